@@ -1,0 +1,125 @@
+"""Backend registry with lazy framework detection.
+
+A framework is never imported to check a type: an object can only be a torch tensor if
+``torch`` is already in ``sys.modules`` (the einops approach). Adapters are small classes,
+one module per framework, instantiated once and cached.
+
+Examples
+--------
+>>> import numpy as np
+>>> from jacspec.backends import infer_backend
+>>> infer_backend(np.ones(3)).name
+'numpy'
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+from ._base import Backend, Linearization
+
+__all__ = [
+    "Backend",
+    "Linearization",
+    "BACKEND_NAMES",
+    "get_backend",
+    "backend_of",
+    "infer_backend",
+    "available_backends",
+]
+
+#: Supported backends, by name, and the top-level module that must be imported for an
+#: object to belong to them.
+BACKEND_NAMES: dict[str, str] = {
+    "numpy": "numpy",
+    "torch": "torch",
+    "jax": "jax",
+    "tensorflow": "tensorflow",
+}
+
+_CACHE: dict[str, Backend] = {}
+
+
+def get_backend(name: str) -> Backend:
+    """The adapter for backend ``name`` (imports the framework).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    ImportError
+        When the framework is not installed.
+    """
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"Expected a backend in {sorted(BACKEND_NAMES)}. Received {name!r}.")
+    if name not in _CACHE:
+        module = importlib.import_module(f"jacspec.backends.{name}")
+        _CACHE[name] = module.BACKEND
+    return _CACHE[name]
+
+
+def _array_kind(x: Any) -> str | None:
+    """The backend name an array belongs to, checking only imported frameworks."""
+    mod = type(x).__module__.split(".", 1)[0]
+    # Fast path on the defining module, then isinstance for subclasses.
+    candidates = [mod] if mod in ("numpy", "torch", "jax", "jaxlib", "tensorflow") else []
+    candidates += ["torch", "jax", "tensorflow", "numpy"]
+    for name in candidates:
+        name = "jax" if name == "jaxlib" else name
+        if BACKEND_NAMES[name] not in sys.modules:
+            continue
+        if get_backend(name).is_array(x):
+            return name
+    return None
+
+
+def backend_of(x: Any) -> Backend | None:
+    """The backend of an array, or ``None`` for a non-array (lists, scalars...)."""
+    name = _array_kind(x)
+    return None if name is None else get_backend(name)
+
+
+def infer_backend(*objs: Any, what: str = "arrays") -> Backend:
+    """The single backend of the arrays among ``objs`` (``None`` entries are skipped).
+
+    Raises
+    ------
+    TypeError
+        If arrays of two frameworks are mixed, or none of ``objs`` is a supported array.
+    """
+    found: dict[str, Backend] = {}
+    for obj in objs:
+        if obj is None:
+            continue
+        b = backend_of(obj)
+        if b is None:
+            raise TypeError(
+                f"Expected {what} to be arrays of one of {sorted(BACKEND_NAMES)} "
+                f"(numpy.ndarray, torch.Tensor, jax.Array, tf.Tensor). "
+                f"Received {type(obj).__module__}.{type(obj).__qualname__}."
+            )
+        found[b.name] = b
+    if len(found) > 1:
+        raise TypeError(
+            f"Expected {what} from a single framework. Received arrays from "
+            f"{' and '.join(sorted(found))} in one call; convert them to one framework."
+        )
+    if not found:
+        raise TypeError(f"Expected {what} to include at least one array. Received none.")
+    return next(iter(found.values()))
+
+
+def available_backends() -> dict[str, str | None]:
+    """Installed backends and their versions (``None`` when not installed).
+
+    This imports each installed framework; it is meant for ``jacspec info``.
+    """
+    out: dict[str, str | None] = {}
+    for name in BACKEND_NAMES:
+        try:
+            out[name] = get_backend(name).version()
+        except ImportError:
+            out[name] = None
+    return out

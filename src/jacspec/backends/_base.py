@@ -1,0 +1,245 @@
+"""The adapter protocol every framework implements.
+
+The numerical core of jacspec sees only this protocol: an array namespace ``xp``
+(array-API style), a handful of conversions, a seeded sampler, and two autodiff entry
+points (:meth:`Backend.linearize` for Jacobians, :meth:`Backend.linearize_gradient` for
+Hessians). Adding a framework means writing one subclass in one module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+FLOAT_DTYPES = ("float32", "float64")
+COMPLEX_DTYPES = ("complex64", "complex128")
+
+
+@dataclass
+class Linearization:
+    """A derivative evaluated at one point, applied to flat vectors.
+
+    All products take and return *flat* blocks of column vectors: ``V`` has shape
+    ``batch_shape + (n, k)`` for :attr:`mm` and ``batch_shape + (m, k)`` for :attr:`rmm`.
+    With ``grad=True`` the result is differentiable (in the framework's own autodiff)
+    with respect to the point and to whatever the function closes over; with
+    ``grad=False`` it carries no gradient.
+
+    Attributes
+    ----------
+    y : array
+        The function value at the point (for a Hessian: the scalar(s) ``f(x)``).
+    n, m : int
+        Flattened input and output sizes (per sample when batched).
+    batch_shape : tuple
+        ``(B,)`` for a batched linearization, else ``()``.
+    mm, rmm : callable
+        ``mm(V, grad) -> J V`` and ``rmm(U, grad) -> J^T U``.
+    """
+
+    y: Array
+    n: int
+    m: int
+    batch_shape: tuple[int, ...]
+    mm: Callable[[Array, bool], Array]
+    rmm: Callable[[Array, bool], Array]
+
+
+class Backend:
+    """Base class of the framework adapters (see :mod:`jacspec.backends`)."""
+
+    name: str = ""
+    module_name: str = ""
+    has_autodiff: bool = True
+
+    # -- namespace and types ----------------------------------------------------------
+    @property
+    def xp(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def is_array(self, x: Any) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def version(self) -> str:
+        import importlib
+
+        return getattr(importlib.import_module(self.module_name), "__version__", "?")
+
+    def devices(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def dtype_name(self, dtype: Any) -> str:
+        """Canonical NumPy-style name of a framework dtype (``"float32"``, ...)."""
+        return np.dtype(dtype).name
+
+    def dtype_from_name(self, name: str) -> Any:
+        return getattr(self.xp, name)
+
+    def device(self, x: Array) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_numpy(self, x: Array) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def from_numpy(self, a: np.ndarray, *, dtype: Any = None, device: Any = None) -> Array:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def normal(
+        self, shape: tuple[int, ...], *, dtype: Any, device: Any, seed: int | None
+    ) -> Array:  # pragma: no cover - abstract
+        """Standard normal samples, deterministic for a fixed ``seed`` on a device.
+
+        Complex dtypes get independent real and imaginary parts. The framework's global
+        RNG state is never touched.
+        """
+        raise NotImplementedError
+
+    def stop_gradient(self, x: Array) -> Array:
+        return x
+
+    def is_traced(self, x: Array) -> bool:
+        """True inside a tracing transformation (``jax.jit``, ``tf.function``)."""
+        return False
+
+    def all_finite(self, x: Array) -> bool:
+        return bool(np.all(np.isfinite(self.to_numpy(x))))
+
+    def no_grad(self) -> contextlib.AbstractContextManager[Any]:
+        """Context in which products need record no gradient (torch: ``no_grad``)."""
+        return contextlib.nullcontext()
+
+    # -- autodiff ------------------------------------------------------------------
+    def linearize(self, f: Callable, x: Array, *, batched: bool) -> Linearization:
+        """Jacobian of ``f`` at ``x`` (see :class:`Linearization`)."""
+        raise TypeError(self._no_autodiff_message())
+
+    def linearize_gradient(self, f: Callable, x: Any, *, batched: bool) -> Linearization:
+        """Hessian of scalar ``f`` at ``x``, an array or a parameter collection."""
+        raise TypeError(self._no_autodiff_message())
+
+    def is_param_collection(self, x: Any) -> bool:
+        """Whether ``x`` is a collection of parameters (list/tuple/dict of arrays...)."""
+        if isinstance(x, dict):
+            return len(x) > 0 and all(self.is_array(v) for v in x.values())
+        if isinstance(x, (list, tuple)):
+            return len(x) > 0 and all(self.is_array(v) for v in x)
+        return False
+
+    def _no_autodiff_message(self) -> str:
+        return (
+            f"{self.name} has no automatic differentiation, so it cannot build a Jacobian "
+            "or Hessian; pass torch, jax or tensorflow arrays (explicit matrices go "
+            "through js.aslinearoperator)."
+        )
+
+    # -- helpers shared by the adapters ---------------------------------------------
+    @staticmethod
+    def sizes(shape: tuple[int, ...]) -> int:
+        return int(math.prod(shape))
+
+
+@contextlib.contextmanager
+def nullcontext() -> Iterator[None]:
+    yield
+
+
+def check_output(backend: Backend, y: Any, x_batch: int | None, *, what: str) -> None:
+    """Validate a function output before any product is taken.
+
+    Raises ``TypeError`` for non-arrays or non-floating outputs, ``ValueError`` when a
+    batched ``f`` changed the batch size, ``FloatingPointError`` for NaN/Inf.
+    """
+    if not backend.is_array(y):
+        raise TypeError(
+            f"Expected {what} to return a single {backend.name} array. "
+            f"Received {type(y).__name__}."
+        )
+    name = backend.dtype_name(y.dtype)
+    if name not in FLOAT_DTYPES:
+        raise TypeError(
+            f"Expected {what} to return floating-point values (float32 or float64). "
+            f"Received dtype {name}; integer or boolean outputs have no derivative."
+        )
+    if x_batch is not None:
+        if len(y.shape) == 0 or int(y.shape[0]) != x_batch:
+            raise ValueError(
+                f"Expected {what} to keep the batch size with batched=True: output shape "
+                f"({x_batch}, ...). Received output shape {tuple(y.shape)}."
+            )
+    if not backend.is_traced(y) and not backend.all_finite(y):
+        raise FloatingPointError(f"{what} returned NaN or Inf at the given point.")
+
+
+def check_input(backend: Backend, x: Any, *, batched: bool, what: str = "x") -> None:
+    """Validate the point at which a derivative is taken."""
+    name = backend.dtype_name(x.dtype)
+    if name not in FLOAT_DTYPES:
+        raise TypeError(
+            f"Expected {what} of dtype float32 or float64. Received dtype {name}; "
+            "derivatives need floating-point inputs."
+        )
+    if batched and len(x.shape) == 0:
+        raise ValueError(f"Expected {what} with a leading batch axis. Received shape ().")
+    if batched and int(x.shape[0]) == 0:
+        raise ValueError(f"Expected a non-empty batch. Received {what} of shape {tuple(x.shape)}.")
+
+
+def find_closure_objects(f: Any, predicate: Callable[[Any], bool], _depth: int = 0) -> list:
+    """Objects reachable from callable ``f`` that satisfy ``predicate``.
+
+    Looks at ``f`` itself, a bound method's ``__self__``, ``functools.partial`` parts,
+    closure cells and the globals ``f``'s code names (``lambda x: model(x)`` at module
+    level). Used to keep a model's state (BatchNorm statistics, train/eval mode) exactly
+    as it was around the forward passes jacspec runs.
+    """
+    import functools
+
+    found: list = []
+    seen: set[int] = set()
+
+    def add(obj: Any) -> None:
+        if id(obj) not in seen and predicate(obj):
+            seen.add(id(obj))
+            found.append(obj)
+
+    def visit(g: Any, depth: int) -> None:
+        if depth > 2 or g is None:
+            return
+        if predicate(g):
+            add(g)
+            return
+        if isinstance(g, functools.partial):
+            visit(g.func, depth + 1)
+            for a in list(g.args) + list(g.keywords.values()):
+                visit(a, depth + 1)
+            return
+        owner = getattr(g, "__self__", None)
+        if owner is not None and predicate(owner):
+            add(owner)
+        func = getattr(g, "__func__", g)
+        code = getattr(func, "__code__", None)
+        for cell in getattr(func, "__closure__", None) or ():
+            try:
+                content = cell.cell_contents
+            except ValueError:
+                continue
+            if predicate(content):
+                add(content)
+            elif callable(content):
+                visit(content, depth + 1)
+        glb = getattr(func, "__globals__", None)
+        if code is not None and glb is not None:
+            for nm in code.co_names:
+                obj = glb.get(nm)
+                if obj is not None and predicate(obj):
+                    add(obj)
+
+    visit(f, _depth)
+    return found

@@ -1,0 +1,155 @@
+"""JAX adapter.
+
+A Jacobian is linearized once (``jax.linearize``: one forward pass, residuals kept) and
+its transpose comes from ``jax.linear_transpose`` of that linearization, so JVPs and VJPs
+both reuse the forward pass. Blocks of vectors go through ``jax.vmap``. Hessians are
+forward-over-reverse (``jax.linearize`` of ``jax.grad``). Everything is traceable under
+``jax.jit`` and differentiable under ``jax.grad``. The library never changes the x64 flag:
+float64 needs ``jax_enable_x64`` set by the user.
+
+GPU: ``pip install "jax[cuda12]"``; products run on the device of ``x``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ._base import Backend, Linearization, check_input, check_output
+
+
+def _cols_first(V, shape):
+    k = V.shape[-1]
+    return jnp.moveaxis(V, -1, 0).reshape((k,) + tuple(shape))
+
+
+def _cols_last(R, batch_shape, size):
+    k = R.shape[0]
+    return jnp.moveaxis(R.reshape((k,) + tuple(batch_shape) + (size,)), 0, -1)
+
+
+def _apply_cols(fn, V, in_shape, batch_shape, out_size, grad):
+    Vc = _cols_first(V, in_shape)
+    R = fn(Vc[0])[None] if Vc.shape[0] == 1 else jax.vmap(fn)(Vc)
+    R = _cols_last(R, batch_shape, out_size)
+    return R if grad else jax.lax.stop_gradient(R)
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    module_name = "jax"
+
+    @property
+    def xp(self) -> Any:
+        return jnp
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, jax.Array)
+
+    def version(self) -> str:
+        return jax.__version__
+
+    def devices(self) -> list[str]:
+        return [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]
+
+    def dtype_name(self, dtype: Any) -> str:
+        return np.dtype(dtype).name
+
+    def dtype_from_name(self, name: str) -> Any:
+        return jnp.dtype(name)
+
+    def device(self, x: Any) -> Any:
+        try:
+            dev = x.device
+            return dev() if callable(dev) else dev
+        except Exception:  # tracers have no committed device
+            return None
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def from_numpy(self, a, *, dtype=None, device=None):
+        arr = jnp.asarray(np.asarray(a), dtype=dtype)
+        return jax.device_put(arr, device) if device is not None else arr
+
+    def normal(self, shape, *, dtype, device, seed):
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        key = jax.random.key(int(seed))
+        out = jax.random.normal(key, tuple(shape), dtype=dtype)
+        return jax.device_put(out, device) if device is not None else out
+
+    def stop_gradient(self, x):
+        return jax.lax.stop_gradient(x)
+
+    def is_traced(self, x) -> bool:
+        return isinstance(x, jax.core.Tracer)
+
+    def all_finite(self, x) -> bool:
+        return bool(jnp.all(jnp.isfinite(x)))
+
+    def is_param_collection(self, x: Any) -> bool:
+        if self.is_array(x):
+            return False
+        leaves = jax.tree_util.tree_leaves(x)
+        return len(leaves) > 0 and all(self.is_array(v) for v in leaves)
+
+    # -- autodiff ------------------------------------------------------------------
+    def linearize(self, f, x, *, batched):
+        check_input(self, x, batched=batched)
+        y, jvp_fn = jax.linearize(f, x)
+        check_output(self, y, int(x.shape[0]) if batched else None, what="f")
+        vjp_fn = jax.linear_transpose(jvp_fn, x)
+        bshape = (int(x.shape[0]),) if batched else ()
+        n = self.sizes(tuple(x.shape)[len(bshape):])
+        m = self.sizes(tuple(y.shape)[len(bshape):])
+
+        def mm(V, grad):
+            return _apply_cols(jvp_fn, V, x.shape, bshape, m, grad)
+
+        def rmm(U, grad):
+            return _apply_cols(lambda u: vjp_fn(u)[0], U, y.shape, bshape, n, grad)
+
+        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
+
+    def linearize_gradient(self, f, x, *, batched):
+        if self.is_array(x):
+            check_input(self, x, batched=batched)
+            x0, fun = x, f
+        else:
+            if batched:
+                raise ValueError(
+                    "Expected an array x with batched=True. Received a parameter collection "
+                    f"({type(x).__name__}); batched Hessians are per-sample input Hessians."
+                )
+            for leaf in jax.tree_util.tree_leaves(x):
+                check_input(self, leaf, batched=False, what="each parameter")
+            x0, unravel = ravel_pytree(x)
+
+            def fun(theta):
+                return f(unravel(theta))
+
+        y = fun(x0)
+        bshape = (int(x0.shape[0]),) if batched else ()
+        check_output(self, y, bshape[0] if batched else None, what="f")
+        if tuple(y.shape) != bshape and not (not batched and y.size == 1):
+            raise ValueError(
+                "Expected f to return a scalar"
+                + (" per sample, shape (B,)" if batched else "")
+                + f" for a Hessian. Received output shape {tuple(y.shape)}."
+            )
+        grad_fn = jax.grad(lambda t: jnp.sum(fun(t)))
+        _, hvp_fn = jax.linearize(grad_fn, x0)
+        n = self.sizes(tuple(x0.shape)[len(bshape):])
+
+        def mm(V, grad):
+            return _apply_cols(hvp_fn, V, x0.shape, bshape, n, grad)
+
+        return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+
+
+BACKEND = JaxBackend()

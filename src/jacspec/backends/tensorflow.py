@@ -1,0 +1,208 @@
+"""TensorFlow adapter.
+
+``f`` runs once under a persistent ``tf.GradientTape``: a VJP is ``tape.gradient`` with
+``output_gradients``. A JVP differentiates that VJP with respect to its cotangent on a
+second persistent tape (built once, on first use), so both reuse the forward pass.
+Hessian-vector products are reverse-over-reverse on a retained gradient. The array
+namespace is the shim in :mod:`jacspec.backends._tf_namespace`. Keras models ``f``
+reaches keep their non-trainable variables (BatchNorm moving statistics).
+
+GPU: ``pip install "tensorflow[and-cuda]"``; products run on the device of ``x``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from . import _tf_namespace
+from ._base import Backend, Linearization, check_input, check_output, find_closure_objects
+
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+def _is_keras_layer(obj: Any) -> bool:
+    keras = getattr(tf, "keras", None)
+    try:
+        return keras is not None and isinstance(obj, keras.layers.Layer)
+    except Exception:  # pragma: no cover - keras missing or broken
+        return False
+
+
+@contextlib.contextmanager
+def keras_state_guard(f: Callable) -> Iterator[None]:
+    """Restore the non-trainable variables of Keras layers ``f`` reaches."""
+    layers = find_closure_objects(f, _is_keras_layer)
+    saved = []
+    for layer in layers:
+        for v in getattr(layer, "non_trainable_variables", []):
+            saved.append((v, tf.identity(v)))
+    try:
+        yield
+    finally:
+        for v, value in saved:
+            v.assign(value)
+
+
+def _cols(V: tf.Tensor, shape) -> list[tf.Tensor]:
+    """``batch + (n, k)`` -> k tensors of ``shape``."""
+    k = V.shape[-1]
+    return [tf.reshape(V[..., j], shape) for j in range(k)]
+
+
+def _stack_cols(cols: list[tf.Tensor], batch_shape, size) -> tf.Tensor:
+    return tf.stack([tf.reshape(c, tuple(batch_shape) + (size,)) for c in cols], axis=-1)
+
+
+class TensorflowBackend(Backend):
+    name = "tensorflow"
+    module_name = "tensorflow"
+
+    @property
+    def xp(self) -> Any:
+        return _tf_namespace
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, (tf.Tensor, tf.Variable))
+
+    def version(self) -> str:
+        return tf.__version__
+
+    def devices(self) -> list[str]:
+        return [d.name for d in tf.config.list_logical_devices()]
+
+    def dtype_name(self, dtype: Any) -> str:
+        return tf.as_dtype(dtype).name
+
+    def dtype_from_name(self, name: str) -> Any:
+        return tf.as_dtype(name)
+
+    def device(self, x: Any) -> Any:
+        try:
+            return x.device
+        except Exception:
+            return None
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+
+    def from_numpy(self, a, *, dtype=None, device=None):
+        with tf.device(device) if device else contextlib.nullcontext():
+            return tf.constant(np.asarray(a), dtype=None if dtype is None else tf.as_dtype(dtype))
+
+    def normal(self, shape, *, dtype, device, seed):
+        dtype = tf.as_dtype(dtype)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        seeds = tf.constant([int(seed) % (2**31), 0x5EED], dtype=tf.int64)
+        with tf.device(device) if device else contextlib.nullcontext():
+            if dtype.is_complex:
+                real_dt = dtype.real_dtype
+                re = tf.random.stateless_normal(shape, seed=seeds, dtype=real_dt)
+                im = tf.random.stateless_normal(shape, seed=seeds + [0, 1], dtype=real_dt)
+                return tf.complex(re, im) / tf.cast(np.sqrt(2.0), dtype)
+            return tf.random.stateless_normal(tuple(shape), seed=seeds, dtype=dtype)
+
+    def stop_gradient(self, x):
+        return tf.stop_gradient(x)
+
+    def is_traced(self, x) -> bool:
+        return not tf.executing_eagerly()
+
+    def all_finite(self, x) -> bool:
+        return bool(tf.reduce_all(tf.math.is_finite(x)))
+
+    # -- autodiff ------------------------------------------------------------------
+    def linearize(self, f, x, *, batched):
+        check_input(self, x, batched=batched)
+        with keras_state_guard(f), tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = f(x)
+        check_output(self, y, int(x.shape[0]) if batched else None, what="f")
+        bshape = (int(x.shape[0]),) if batched else ()
+        in_shape, out_shape = tuple(x.shape), tuple(y.shape)
+        n = self.sizes(in_shape[len(bshape):])
+        m = self.sizes(out_shape[len(bshape):])
+        dual: dict[str, Any] = {}
+
+        def finish(cols, size, grad):
+            out = _stack_cols(cols, bshape, size)
+            return out if grad else tf.stop_gradient(out)
+
+        def rmm(U, grad):
+            cols = [
+                tape.gradient(y, x, output_gradients=u, unconnected_gradients=_ZERO)
+                for u in _cols(U, out_shape)
+            ]
+            return finish(cols, n, grad)
+
+        def mm(V, grad):
+            if not dual:
+                u0 = tf.zeros_like(y)
+                with tf.GradientTape(persistent=True) as outer:
+                    outer.watch(u0)
+                    g = tape.gradient(y, x, output_gradients=u0, unconnected_gradients=_ZERO)
+                dual.update(u0=u0, g=g, tape=outer)
+            cols = [
+                dual["tape"].gradient(
+                    dual["g"], dual["u0"], output_gradients=v, unconnected_gradients=_ZERO
+                )
+                for v in _cols(V, in_shape)
+            ]
+            return finish(cols, m, grad)
+
+        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
+
+    def linearize_gradient(self, f, x, *, batched):
+        if self.is_array(x):
+            check_input(self, x, batched=batched)
+            leaves, arg = [x], x
+        else:
+            if batched:
+                raise ValueError(
+                    "Expected an array x with batched=True. Received a parameter collection "
+                    f"({type(x).__name__}); batched Hessians are per-sample input Hessians."
+                )
+            leaves = list(x.values()) if isinstance(x, dict) else list(x)
+            for v in leaves:
+                check_input(self, v, batched=False, what="each parameter")
+            arg = x
+        with keras_state_guard(f), tf.GradientTape(persistent=True) as outer:
+            outer.watch(leaves)
+            with tf.GradientTape() as inner:
+                inner.watch(leaves)
+                y = f(arg)
+                y_sum = tf.reduce_sum(y)
+            bshape = (int(x.shape[0]),) if batched else ()
+            check_output(self, y, bshape[0] if batched else None, what="f")
+            if tuple(y.shape) != bshape and not (not batched and int(tf.size(y)) == 1):
+                raise ValueError(
+                    "Expected f to return a scalar"
+                    + (" per sample, shape (B,)" if batched else "")
+                    + f" for a Hessian. Received output shape {tuple(y.shape)}."
+                )
+            grads = inner.gradient(y_sum, leaves, unconnected_gradients=_ZERO)
+        shapes = [tuple(v.shape) for v in leaves]
+        sizes = [self.sizes(s[len(bshape):]) for s in shapes]
+        n = sum(sizes)
+
+        def mm(V, grad):
+            cols = []
+            for j in range(V.shape[-1]):
+                parts = tf.split(V[..., j], sizes, axis=-1)
+                gos = [tf.reshape(p, s) for p, s in zip(parts, shapes)]
+                res = outer.gradient(grads, leaves, output_gradients=gos,
+                                     unconnected_gradients=_ZERO)
+                cols.append(tf.concat(
+                    [tf.reshape(r, bshape + (sz,)) for r, sz in zip(res, sizes)], axis=-1))
+            out = tf.stack(cols, axis=-1)
+            return out if grad else tf.stop_gradient(out)
+
+        return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+
+
+BACKEND = TensorflowBackend()

@@ -1,0 +1,282 @@
+"""PyTorch adapter.
+
+Products reuse one forward pass: ``f`` runs once, its graph is retained, a VJP is one
+``torch.autograd.grad`` call on it, and a JVP is the derivative of that VJP with respect to
+its (dummy) cotangent — a second backward on a gradient graph built once ("double-VJP").
+Blocks of vectors go through ``is_grads_batched`` (one vmapped backward). Hessian-vector
+products differentiate the retained gradient graph, the formulation measured fastest in
+DESIGN.md. Modules that ``f`` reaches keep their buffers (BatchNorm running statistics),
+train/eval mode and ``requires_grad`` flags.
+
+GPU: install a CUDA build of torch (see ``backends/torch/README.md``); every product runs on
+the device of ``x``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import array_api_compat.torch as xp_torch
+import numpy as np
+import torch
+
+from ._base import (
+    Backend,
+    Linearization,
+    check_input,
+    check_output,
+    find_closure_objects,
+)
+
+
+def _is_module(obj: Any) -> bool:
+    return isinstance(obj, torch.nn.Module)
+
+
+@contextlib.contextmanager
+def module_state_guard(f: Callable) -> Iterator[None]:
+    """Restore the buffers, modes and ``requires_grad`` flags of modules ``f`` reaches."""
+    modules = find_closure_objects(f, _is_module)
+    if not modules:
+        yield
+        return
+    modes = [(m, m.training) for root in modules for m in root.modules()]
+    flags = [(p, p.requires_grad) for root in modules for p in root.parameters()]
+    buffers = []
+    for root in modules:
+        for b in root.buffers():
+            buffers.append((b, b._version, b.detach().clone()))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, version, copy in buffers:
+                # Only buffers changed in place are written back: a buffer saved for
+                # backward (eval-mode BatchNorm) must keep its version counter.
+                if b._version != version:
+                    b.copy_(copy)
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+
+
+def _cols_first(V: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``batch + (n, k)`` -> ``(k,) + shape``."""
+    k = V.shape[-1]
+    return torch.movedim(V, -1, 0).reshape((k,) + tuple(shape))
+
+
+def _cols_last(R: torch.Tensor, batch_shape: tuple[int, ...], size: int) -> torch.Tensor:
+    """``(k,) + anything`` -> ``batch + (size, k)``."""
+    k = R.shape[0]
+    return torch.movedim(R.reshape((k,) + batch_shape + (size,)), 0, -1)
+
+
+def _depends_on_other_leaves(y: torch.Tensor, own: list[torch.Tensor]) -> bool:
+    """Whether ``y``'s graph reaches a tensor requiring grad other than ``own``.
+
+    Decides if ``grad=True`` products need a differentiable graph at all: when ``x`` does
+    not require grad and ``f`` closes over nothing that does, they can stay detached.
+    """
+    if y.grad_fn is None:
+        return False
+    own_ids = {id(t) for t in own}
+    seen: set[int] = set()
+    stack = [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        var = getattr(node, "variable", None)
+        if var is not None and id(var) not in own_ids:
+            return True
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return False
+
+
+def _grad(outputs, inputs, grad_outputs, *, create_graph: bool, batched: bool):
+    return torch.autograd.grad(
+        outputs,
+        inputs,
+        grad_outputs,
+        retain_graph=True,
+        create_graph=create_graph,
+        allow_unused=True,
+        is_grads_batched=batched,
+    )
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    module_name = "torch"
+
+    @property
+    def xp(self) -> Any:
+        return xp_torch
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, torch.Tensor)
+
+    def version(self) -> str:
+        return torch.__version__
+
+    def devices(self) -> list[str]:
+        out = ["cpu"]
+        if torch.cuda.is_available():
+            out += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            out.append("mps")
+        return out
+
+    def dtype_name(self, dtype: Any) -> str:
+        return str(dtype).removeprefix("torch.")
+
+    def device(self, x: Any) -> Any:
+        return x.device
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.detach().resolve_conj().cpu().numpy()
+
+    def from_numpy(self, a, *, dtype=None, device=None):
+        return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
+
+    def normal(self, shape, *, dtype, device, seed):
+        gen = torch.Generator(device=device or "cpu")
+        if seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(int(seed))
+        return torch.randn(tuple(shape), generator=gen, dtype=dtype, device=device)
+
+    def stop_gradient(self, x):
+        return x.detach()
+
+    def all_finite(self, x) -> bool:
+        return bool(torch.isfinite(x).all())
+
+    def no_grad(self):
+        return torch.no_grad()
+
+    # -- autodiff ------------------------------------------------------------------
+    def linearize(self, f, x, *, batched):
+        check_input(self, x, batched=batched)
+        xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        with module_state_guard(f), torch.enable_grad():
+            y = f(xg)
+        check_output(self, y, int(x.shape[0]) if batched else None, what="f")
+        bshape = (int(x.shape[0]),) if batched else ()
+        differentiable = x.requires_grad or _depends_on_other_leaves(y, [xg])
+        in_shape = tuple(x.shape)
+        n = self.sizes(in_shape[len(bshape):])
+        m = self.sizes(tuple(y.shape)[len(bshape):])
+        dual: dict[str, Any] = {}
+
+        def zeros(size: int, k: int) -> torch.Tensor:
+            return torch.zeros(bshape + (size, k), dtype=y.dtype, device=y.device)
+
+        def rmm(U: torch.Tensor, grad: bool) -> torch.Tensor:
+            grad = grad and differentiable and torch.is_grad_enabled()
+            k = U.shape[-1]
+            if not y.requires_grad:
+                return zeros(n, k)
+            Uc = _cols_first(U, tuple(y.shape))
+            (g,) = _grad(y, xg, Uc if k > 1 else Uc[0], create_graph=grad, batched=k > 1)
+            if g is None:
+                return zeros(n, k)
+            return _cols_last(g if k > 1 else g[None], bshape, n)
+
+        def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
+            grad = grad and differentiable and torch.is_grad_enabled()
+            k = V.shape[-1]
+            if not y.requires_grad:
+                return zeros(m, k)
+            if not dual:
+                u0 = torch.zeros_like(y, requires_grad=True)
+                with torch.enable_grad():
+                    (g,) = torch.autograd.grad(
+                        y, xg, u0, retain_graph=True, create_graph=True, allow_unused=True
+                    )
+                dual["u0"], dual["g"] = u0, g
+            g = dual["g"]
+            if g is None or not g.requires_grad:
+                return zeros(m, k)
+            Vc = _cols_first(V, in_shape)
+            (r,) = _grad(g, dual["u0"], Vc if k > 1 else Vc[0], create_graph=grad, batched=k > 1)
+            if r is None:
+                return zeros(m, k)
+            return _cols_last(r if k > 1 else r[None], bshape, m)
+
+        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
+
+    def linearize_gradient(self, f, x, *, batched):
+        if self.is_array(x):
+            check_input(self, x, batched=batched)
+            values_in = [x]
+            leaves = [x if x.requires_grad else x.detach().requires_grad_(True)]
+            arg: Any = leaves[0]
+        else:
+            if batched:
+                raise ValueError(
+                    "Expected an array x with batched=True. Received a parameter collection "
+                    f"({type(x).__name__}); batched Hessians are per-sample input Hessians."
+                )
+            values_in = list(x.values()) if isinstance(x, dict) else list(x)
+            for v in values_in:
+                check_input(self, v, batched=False, what="each parameter")
+            leaves = [v if v.requires_grad else v.detach().requires_grad_(True) for v in values_in]
+            if isinstance(x, dict):
+                arg = dict(zip(x.keys(), leaves))
+            else:
+                arg = type(x)(leaves) if isinstance(x, (list, tuple)) else leaves
+        with module_state_guard(f), torch.enable_grad():
+            y = f(arg)
+        bshape = (int(x.shape[0]),) if batched else ()
+        check_output(self, y, bshape[0] if batched else None, what="f")
+        if tuple(y.shape) != bshape and not (not batched and y.numel() == 1):
+            raise ValueError(
+                "Expected f to return a scalar"
+                + (" per sample, shape (B,)" if batched else "")
+                + f" for a Hessian. Received output shape {tuple(y.shape)}."
+            )
+        sample_shapes = [tuple(v.shape)[len(bshape):] for v in leaves]
+        sizes = [self.sizes(s) for s in sample_shapes]
+        n = sum(sizes)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                y.sum(), leaves, create_graph=True, allow_unused=True
+            ) if y.requires_grad else [None] * len(leaves)
+        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        own = [leaf for leaf, orig in zip(leaves, values_in) if leaf is not orig]
+        differentiable = len(own) < len(leaves) or _depends_on_other_leaves(y, leaves)
+
+        def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
+            grad = grad and differentiable and torch.is_grad_enabled()
+            k = V.shape[-1]
+            if not live:
+                return torch.zeros(bshape + (n, k), dtype=y.dtype, device=y.device)
+            Vc = torch.movedim(V, -1, 0)  # (k,) + bshape + (n,)
+            parts = torch.split(Vc, sizes, dim=-1)
+            outs = [grads[i] for i in live]
+            gos = [parts[i].reshape((k,) + tuple(leaves[i].shape)) for i in live]
+            if k == 1:
+                gos = [g[0] for g in gos]
+            res = _grad(outs, leaves, gos, create_graph=grad, batched=k > 1)
+            cols = []
+            for r, leaf, size in zip(res, leaves, sizes):
+                if r is None:
+                    r = torch.zeros((k,) + tuple(leaf.shape), dtype=y.dtype, device=y.device)
+                elif k == 1:
+                    r = r[None]
+                cols.append(r.reshape((k,) + bshape + (size,)))
+            return torch.movedim(torch.cat(cols, dim=-1), 0, -1)
+
+        return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+
+
+BACKEND = TorchBackend()

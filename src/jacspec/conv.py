@@ -1,0 +1,1 @@
+"""Convolution layers (work in progress: issue 4)."""

@@ -1,0 +1,195 @@
+"""Jacobian and Hessian operators from the framework's own autodiff."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .backends import Backend, backend_of, infer_backend
+from .operators import LinearizationOperator
+
+__all__ = ["jacobian", "hessian"]
+
+
+def _autodiff_backend(x: Any, *, allow_collections: bool) -> tuple[Backend, Any]:
+    """The backend of ``x`` (an array or, if allowed, a parameter collection)."""
+    b = backend_of(x)
+    if b is not None:
+        pass
+    elif allow_collections and (isinstance(x, (list, tuple, dict)) or _is_iterator(x)):
+        x = _materialize(x)
+        leaves = _leaves(x)
+        if not leaves:
+            raise TypeError(
+                "Expected x to be an array or a non-empty collection of arrays. "
+                f"Received an empty {type(x).__name__}."
+            )
+        b = infer_backend(*leaves, what="the parameters in x")
+    elif allow_collections and _is_jax_pytree(x):
+        b = backend_of(_leaves(x)[0])
+    else:
+        raise TypeError(
+            "Expected x to be an array of torch, jax or tensorflow (numpy has no autodiff)"
+            + (", or a collection of parameter arrays" if allow_collections else "")
+            + f". Received {type(x).__module__}.{type(x).__qualname__}."
+        )
+    if not b.has_autodiff:
+        raise TypeError(
+            "Expected x to be a torch, jax or tensorflow array: NumPy has no automatic "
+            "differentiation, so js.jacobian / js.hessian cannot differentiate f. Received a "
+            "numpy array. Convert x (and f) to one of torch, jax or tensorflow, or pass an "
+            "explicit matrix to js.aslinearoperator."
+        )
+    return b, x
+
+
+def _is_iterator(x: Any) -> bool:
+    return hasattr(x, "__next__") and hasattr(x, "__iter__")
+
+
+def _materialize(x: Any) -> Any:
+    """``named_parameters()`` iterators and lists of ``(name, tensor)`` become dicts."""
+    if _is_iterator(x):
+        x = list(x)
+    if isinstance(x, list) and x and all(
+        isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], str) for t in x
+    ):
+        return dict(x)
+    return x
+
+
+def _leaves(x: Any) -> list:
+    if isinstance(x, dict):
+        out = []
+        for v in x.values():
+            out += _leaves(v) if isinstance(v, (dict, list, tuple)) else [v]
+        return out
+    if isinstance(x, (list, tuple)):
+        out = []
+        for v in x:
+            out += _leaves(v) if isinstance(v, (dict, list, tuple)) else [v]
+        return out
+    import sys
+
+    if "jax" in sys.modules:
+        return sys.modules["jax"].tree_util.tree_leaves(x)
+    return [x]
+
+
+def _is_jax_pytree(x: Any) -> bool:
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    leaves = sys.modules["jax"].tree_util.tree_leaves(x)
+    return bool(leaves) and all(backend_of(v) is not None for v in leaves)
+
+
+def _check_callable(f: Any) -> None:
+    if not callable(f):
+        raise TypeError(f"Expected f to be callable. Received {type(f).__name__}.")
+
+
+def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOperator:
+    """The Jacobian of ``f`` at ``x`` as a matrix-free operator.
+
+    ``matvec`` is a Jacobian-vector product (forward mode) and ``rmatvec`` a
+    vector-Jacobian product (reverse mode); both reuse one forward pass of ``f``. Inputs
+    and outputs of any shape are flattened: the operator has shape ``(f(x).size, x.size)``.
+
+    Parameters
+    ----------
+    f : callable
+        Maps an array of ``x``'s framework to an array (any shape, floating dtype).
+        It may close over model parameters; gradients of results built on this
+        operator (``js.spectral_norm``) flow to them.
+    x : array
+        A torch tensor, JAX array or TensorFlow tensor/variable (float32 or float64).
+    batched : bool
+        If True, ``x`` has a leading batch axis ``B``, ``f`` acts on each sample
+        independently, and the result is the batched operator of the ``B`` per-sample
+        Jacobians (``batch_shape == (B,)``), applied with one JVP/VJP over the batch.
+
+    Returns
+    -------
+    LinearOperator
+        Shape ``(m, n)``, batch shape ``()`` or ``(B,)``; the value ``f(x)`` is
+        available as ``.value``.
+
+    Raises
+    ------
+    TypeError
+        For a NumPy ``x`` (no autodiff), a non-array, an integer ``x``, or an ``f``
+        returning a non-array or integers.
+    ValueError
+        If a batched ``f`` changes the batch size.
+    FloatingPointError
+        If ``f(x)`` contains NaN or Inf.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import jacspec as js
+    >>> W = torch.tensor([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]])
+    >>> J = js.jacobian(lambda x: torch.tanh(W @ x), torch.zeros(2))
+    >>> J.shape
+    (3, 2)
+    >>> J @ torch.tensor([1.0, 1.0])
+    tensor([3., 4., 0.])
+    >>> Jb = js.jacobian(lambda x: x**2, torch.ones(5, 3), batched=True)
+    >>> Jb.batch_shape, Jb.shape
+    ((5,), (3, 3))
+    """
+    _check_callable(f)
+    backend, x = _autodiff_backend(x, allow_collections=False)
+    lin = backend.linearize(f, x, batched=bool(batched))
+    return LinearizationOperator(lin, x, backend, kind="jacobian")
+
+
+def hessian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOperator:
+    """The Hessian of scalar ``f`` at ``x`` as a symmetric matrix-free operator.
+
+    ``matvec`` is a Hessian-vector product that reuses one forward and one backward pass
+    of ``f``. ``x`` may be an array or a parameter collection: a list/tuple/dict of
+    arrays, a JAX pytree, a torch ``named_parameters()`` dict (or iterator), or a list of
+    ``tf.Variable``; vectors are then flat, of size the total number of entries, in the
+    collection's order.
+
+    Parameters
+    ----------
+    f : callable
+        Maps ``x`` (the same kind of object) to a scalar; with ``batched=True``, maps a
+        batch ``(B, ...)`` to ``B`` scalars, one per sample.
+    x : array or collection of arrays
+        The point (torch, jax or tensorflow).
+    batched : bool
+        Per-sample Hessians of a batch of inputs (arrays only).
+
+    Returns
+    -------
+    LinearOperator
+        Square and symmetric, ``(n, n)``, batch shape ``()`` or ``(B,)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import jacspec as js
+    >>> H = js.hessian(lambda x: (x**3).sum(), torch.tensor([1.0, 2.0]))
+    >>> js.dense(H)
+    tensor([[ 6.,  0.],
+            [ 0., 12.]])
+    >>> model = torch.nn.Linear(3, 1)
+    >>> X = torch.ones(4, 3)
+    >>> loss = lambda p: torch.func.functional_call(model, p, (X,)).pow(2).mean()
+    >>> js.hessian(loss, dict(model.named_parameters())).shape
+    (4, 4)
+    """
+    _check_callable(f)
+    backend, x = _autodiff_backend(x, allow_collections=True)
+    if not backend.is_array(x) and not backend.is_param_collection(x):
+        raise TypeError(
+            "Expected x to be an array or a collection (list, tuple, dict) of "
+            f"{backend.name} arrays. Received {type(x).__name__}."
+        )
+    lin = backend.linearize_gradient(f, x, batched=bool(batched))
+    return LinearizationOperator(lin, x, backend, kind="hessian")

@@ -1,0 +1,1 @@
+"""Training penalties (work in progress: issue 5)."""
