@@ -79,7 +79,12 @@ class JaxBackend(Backend):
     def normal(self, shape, *, dtype, device, seed):
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        key = jax.random.key(int(seed))
+        if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+            key = seed  # a jax.random key (may be traced: varies between jitted calls)
+        elif isinstance(seed, jax.Array):
+            key = jax.random.key(seed)  # a (possibly traced) integer
+        else:
+            key = jax.random.key(int(seed))
         out = jax.random.normal(key, tuple(shape), dtype=dtype)
         return jax.device_put(out, device) if device is not None else out
 
@@ -150,6 +155,25 @@ class JaxBackend(Backend):
             return _apply_cols(hvp_fn, V, x0.shape, bshape, n, grad)
 
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+
+    # -- convolutions (js.conv) ------------------------------------------------------
+    def conv2d(self, x, w, *, stride, pads):
+        """Cross-correlation of ``x`` ``(N, C, H, W)`` with ``w`` ``(O, C, h, w)``.
+
+        ``pads = ((top, bottom), (left, right))`` zeros, ``stride = (sh, sw)``.
+        """
+        return jax.lax.conv_general_dilated(
+            x, w, window_strides=tuple(stride), padding=[tuple(p) for p in pads],
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            precision=jax.lax.Precision.HIGHEST,
+        )
+
+    def conv2d_adjoint(self, y, w, *, stride, pads, input_hw):
+        """The exact adjoint of :meth:`conv2d` (its linear transpose), ``(N, C, H, W)``."""
+        spec = jax.ShapeDtypeStruct((y.shape[0], w.shape[1]) + tuple(input_hw), y.dtype)
+        (z,) = jax.linear_transpose(
+            lambda x: self.conv2d(x, w, stride=stride, pads=pads), spec)(y)
+        return z
 
 
 BACKEND = JaxBackend()

@@ -42,5 +42,34 @@ class NumpyBackend(Backend):
             return (real / np.sqrt(2)).astype(dt)
         return rng.standard_normal(shape).astype(dt)
 
+    # -- convolutions (js.conv) ------------------------------------------------------
+    def conv2d(self, x, w, *, stride, pads):
+        """Cross-correlation of ``x`` ``(N, C, H, W)`` with ``w`` ``(O, C, h, w)``.
+
+        ``pads = ((top, bottom), (left, right))`` zeros, ``stride = (sh, sw)``; pure
+        NumPy (sliding windows and one ``tensordot``).
+        """
+        (pt, pb), (pl, pr) = pads
+        xp_ = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        kh, kw = w.shape[-2:]
+        win = np.lib.stride_tricks.sliding_window_view(xp_, (kh, kw), axis=(2, 3))
+        win = win[:, :, :: stride[0], :: stride[1]]  # (N, C, Ho, Wo, kh, kw)
+        out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # (N, Ho, Wo, O)
+        return np.ascontiguousarray(np.moveaxis(out, -1, 1))
+
+    def conv2d_adjoint(self, y, w, *, stride, pads, input_hw):
+        """The exact adjoint of :meth:`conv2d` (a transposed conv), ``(N, C, H, W)``."""
+        (pt, pb), (pl, pr) = pads
+        H, W = input_hw
+        (sh, sw), (kh, kw) = stride, w.shape[-2:]
+        ho, wo = y.shape[-2:]
+        dtype = np.result_type(y.dtype, w.dtype)
+        z = np.zeros((y.shape[0], w.shape[1], H + pt + pb, W + pl + pr), dtype=dtype)
+        for a in range(kh):
+            for b in range(kw):
+                z[:, :, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw] += np.einsum(
+                    "nohw,oc->nchw", y, w[:, :, a, b])
+        return z[:, :, pt:pt + H, pl:pl + W]
+
 
 BACKEND = NumpyBackend()

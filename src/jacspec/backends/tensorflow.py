@@ -98,7 +98,11 @@ class TensorflowBackend(Backend):
         dtype = tf.as_dtype(dtype)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        seeds = tf.constant([int(seed) % (2**31), 0x5EED], dtype=tf.int64)
+        if isinstance(seed, (tf.Tensor, tf.Variable)):  # a (possibly traced) integer
+            seeds = tf.stack([tf.math.floormod(tf.cast(seed, tf.int64), 2**31),
+                              tf.constant(0x5EED, dtype=tf.int64)])
+        else:
+            seeds = tf.constant([int(seed) % (2**31), 0x5EED], dtype=tf.int64)
         with tf.device(device) if device else contextlib.nullcontext():
             if dtype.is_complex:
                 real_dt = dtype.real_dtype
@@ -203,6 +207,39 @@ class TensorflowBackend(Backend):
             return out if grad else tf.stop_gradient(out)
 
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+
+    # -- convolutions (js.conv) ------------------------------------------------------
+    def conv2d(self, x, w, *, stride, pads):
+        """Cross-correlation of ``x`` ``(N, C, H, W)`` with ``w`` ``(O, C, h, w)``.
+
+        ``pads = ((top, bottom), (left, right))`` zeros, ``stride = (sh, sw)``. Runs
+        NHWC (the layout TensorFlow's CPU kernels support).
+        """
+        (pt, pb), (pl, pr) = pads
+        out = tf.nn.conv2d(
+            tf.transpose(x, (0, 2, 3, 1)), tf.transpose(w, (2, 3, 1, 0)),
+            strides=[1, stride[0], stride[1], 1],
+            padding=[[0, 0], [pt, pb], [pl, pr], [0, 0]],
+        )
+        return tf.transpose(out, (0, 3, 1, 2))
+
+    def conv2d_adjoint(self, y, w, *, stride, pads, input_hw):
+        """The exact adjoint of :meth:`conv2d` (``conv2d_transpose``), ``(N, C, H, W)``."""
+        (pt, pb), (pl, pr) = pads
+        n, c = int(y.shape[0]), int(w.shape[1])
+        out = tf.nn.conv2d_transpose(
+            tf.transpose(y, (0, 2, 3, 1)), tf.transpose(w, (2, 3, 1, 0)),
+            output_shape=[n, int(input_hw[0]), int(input_hw[1]), c],
+            strides=[1, stride[0], stride[1], 1],
+            padding=[[0, 0], [pt, pb], [pl, pr], [0, 0]],
+        )
+        return tf.transpose(out, (0, 3, 1, 2))
+
+    def conv_layers(self, model, input_shape):
+        """Conv/dense layers of a Keras model, in forward order (js.conv)."""
+        from ._conv_layers import keras_layers
+
+        return keras_layers(model, input_shape)
 
 
 BACKEND = TensorflowBackend()

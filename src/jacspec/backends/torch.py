@@ -44,19 +44,16 @@ def module_state_guard(f: Callable) -> Iterator[None]:
         return
     modes = [(m, m.training) for root in modules for m in root.modules()]
     flags = [(p, p.requires_grad) for root in modules for p in root.parameters()]
-    buffers = []
-    for root in modules:
-        for b in root.buffers():
-            buffers.append((b, b._version, b.detach().clone()))
+    buffers = [(b, b.detach().clone()) for root in modules for b in root.buffers()]
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, version, copy in buffers:
-                # Only buffers changed in place are written back: a buffer saved for
-                # backward (eval-mode BatchNorm) must keep its version counter.
-                if b._version != version:
-                    b.copy_(copy)
+            for b, copy in buffers:
+                # Write back through ``.data`` so the version counter is untouched: the
+                # retained graph may have saved this buffer for backward.
+                if not torch.equal(b, copy):
+                    b.data.copy_(copy)
         for m, mode in modes:
             m.training = mode
         for p, flag in flags:
@@ -277,6 +274,33 @@ class TorchBackend(Backend):
             return torch.movedim(torch.cat(cols, dim=-1), 0, -1)
 
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+
+    # -- convolutions (js.conv) ------------------------------------------------------
+    def conv2d(self, x, w, *, stride, pads):
+        """Cross-correlation of ``x`` ``(N, C, H, W)`` with ``w`` ``(O, C, h, w)``.
+
+        ``pads = ((top, bottom), (left, right))`` zeros, ``stride = (sh, sw)``.
+        """
+        (pt, pb), (pl, pr) = pads
+        if pt or pb or pl or pr:
+            x = torch.nn.functional.pad(x, (pl, pr, pt, pb))
+        return torch.nn.functional.conv2d(x, w, stride=tuple(stride))
+
+    def conv2d_adjoint(self, y, w, *, stride, pads, input_hw):
+        """The exact adjoint of :meth:`conv2d` (a transposed conv), ``(N, C, H, W)``."""
+        (pt, pb), (pl, pr) = pads
+        H, W = input_hw
+        (sh, sw), (kh, kw) = stride, tuple(w.shape[-2:])
+        extra = (H + pt + pb - ((y.shape[-2] - 1) * sh + kh),
+                 W + pl + pr - ((y.shape[-1] - 1) * sw + kw))
+        z = torch.nn.functional.conv_transpose2d(y, w, stride=(sh, sw), output_padding=extra)
+        return z[..., pt:pt + H, pl:pl + W]
+
+    def conv_layers(self, model, input_shape):
+        """Conv/dense layers a ``torch.nn.Module`` runs, in forward order (js.conv)."""
+        from ._conv_layers import torch_layers
+
+        return torch_layers(model, input_shape)
 
 
 BACKEND = TorchBackend()
