@@ -470,11 +470,13 @@ class LinearizationOperator(LinearOperator):
     ``rmatvec`` a VJP, each reusing the forward pass.
     """
 
-    def __init__(self, lin: Any, x: Array, backend: Backend, *, kind: str,
-                 dtype: Any = None) -> None:
+    def __init__(self, lin: Any, x: Array, backend: Backend, *, kind: str) -> None:
+        # f may change precision (float32 inputs, float64 parameters): products take
+        # vectors in the dtype of the side they enter and return the wider of the two.
+        in_dtype = x.dtype if backend.is_array(x) and kind == "jacobian" else lin.y.dtype
         super().__init__(
             (lin.m, lin.n),
-            dtype=dtype if dtype is not None else lin.y.dtype,
+            dtype=_result_dtype(backend, lin.y.dtype, in_dtype),
             backend=backend,
             device=backend.device(lin.y),
             batch_shape=lin.batch_shape,
@@ -482,6 +484,7 @@ class LinearizationOperator(LinearOperator):
         self.lin = lin
         self.kind = kind
         self.x = x
+        self._side_dtypes = (in_dtype, lin.y.dtype)  # (input side, output side)
 
     @property
     def is_hermitian(self) -> bool:
@@ -493,7 +496,11 @@ class LinearizationOperator(LinearOperator):
         return self.lin.y
 
     def _mm(self, V, *, adjoint=False, grad=False):
-        return (self.lin.rmm if adjoint else self.lin.mm)(V, grad)
+        enter = self._side_dtypes[1 if adjoint else 0]
+        if V.dtype != enter:
+            V = self.xp.astype(V, enter)
+        out = (self.lin.rmm if adjoint else self.lin.mm)(V, grad)
+        return out if out.dtype == self.dtype else self.xp.astype(out, self.dtype)
 
 
 class ScipyOperator(LinearOperator):

@@ -12,6 +12,7 @@ GPU: ``pip install "jax[cuda12]"``; products run on the device of ``x``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -162,18 +163,25 @@ class JaxBackend(Backend):
 
         ``pads = ((top, bottom), (left, right))`` zeros, ``stride = (sh, sw)``.
         """
-        return jax.lax.conv_general_dilated(
-            x, w, window_strides=tuple(stride), padding=[tuple(p) for p in pads],
-            dimension_numbers=("NCHW", "OIHW", "NCHW"),
-            precision=jax.lax.Precision.HIGHEST,
-        )
+        return _conv2d(x, w, tuple(stride), tuple(tuple(p) for p in pads))
 
     def conv2d_adjoint(self, y, w, *, stride, pads, input_hw):
         """The exact adjoint of :meth:`conv2d` (its linear transpose), ``(N, C, H, W)``."""
-        spec = jax.ShapeDtypeStruct((y.shape[0], w.shape[1]) + tuple(input_hw), y.dtype)
-        (z,) = jax.linear_transpose(
-            lambda x: self.conv2d(x, w, stride=stride, pads=pads), spec)(y)
-        return z
+        return _conv2d_adjoint(y, w, tuple(stride), tuple(tuple(p) for p in pads),
+                               tuple(input_hw))
 
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _conv2d(x, w, stride, pads):
+    return jax.lax.conv_general_dilated(
+        x, w, window_strides=stride, padding=list(pads),
+        dimension_numbers=("NCHW", "OIHW", "NCHW"), precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _conv2d_adjoint(y, w, stride, pads, input_hw):
+    spec = jax.ShapeDtypeStruct((y.shape[0], w.shape[1]) + input_hw, y.dtype)
+    (z,) = jax.linear_transpose(lambda x: _conv2d(x, w, stride, pads), spec)(y)
+    return z
 
 BACKEND = JaxBackend()

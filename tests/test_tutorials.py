@@ -1,0 +1,43 @@
+"""The code blocks of the tutorials run (each ```python block in a fresh namespace).
+
+A page's blocks run with the backend the page is about, so each runs once per test
+session of that backend.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PAGES = {
+    "tutorials/torch.md": "torch",
+    "tutorials/slope.md": "torch",
+    "tutorials/jax.md": "jax",
+    "tutorials/tensorflow.md": "tensorflow",
+}
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def _blocks(page: str) -> list[str]:
+    return _BLOCK.findall((DOCS / page).read_text())
+
+
+CASES = [(page, i) for page in PAGES for i in range(len(_blocks(page)))]
+
+
+@pytest.mark.parametrize(("page", "index"), CASES, ids=[f"{p}#{i}" for p, i in CASES])
+def test_tutorial_block_runs(autodiff_backend, page, index, capsys):
+    if PAGES[page] != autodiff_backend:
+        pytest.skip(f"{page} is run in the {PAGES[page]} session")
+    if page.endswith("slope.md"):
+        pytest.importorskip("sklearn")
+    code = _blocks(page)[index]
+    exec(compile(code, f"{page}#{index}", "exec"), {"__name__": "__docs__"})
+
+
+def test_pages_have_code():
+    for page in PAGES:
+        assert _blocks(page), page
