@@ -69,15 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="installed backends, versions and devices")
+    from . import demo
+
     p_demo = sub.add_parser(
         "demo",
         help="train a small classifier on scikit-learn's digits with and without spectral "
         "penalties and report accuracy, Jacobian spectral norms and slopes",
     )
-    p_demo.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="framework (default: the first installed of torch, jax, tensorflow)")
-    p_demo.add_argument("--quick", action="store_true", help="fewer training steps")
-    p_demo.add_argument("--out", default=".", help="folder for the slope plot (default: .)")
+    demo.build_parser(p_demo)
     p_bench = sub.add_parser("bench", help="the benchmark table (ratios measured side by side)")
     p_bench.add_argument("--backend", choices=BACKENDS, default=None)
     p_bench.add_argument("--quick", action="store_true", help="a shorter run (< 3 minutes)")
@@ -88,10 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(info())
         return 0
     if args.command == "demo":
-        from . import demo
-
-        return int(demo.run(backend=_backend_arg(args.backend), quick=args.quick,
-                            out=args.out) or 0)
+        args.backend = _backend_arg(args.backend)
+        return demo.run_args(args)
     if args.command == "bench":
         from . import bench
 

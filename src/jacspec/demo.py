@@ -330,8 +330,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m jacspec.demo`` (and of ``jacspec demo``)."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``python -m jacspec.demo``."""
+    return run_args(build_parser().parse_args(argv))
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Run the demo from parsed :func:`build_parser` arguments (``jacspec demo``)."""
     run(backend=args.backend, quick=args.quick, steps=args.steps, n_train=args.n_train,
         seed=args.seed, out=args.out, plot=not args.no_plot, progress=not args.no_progress)
     return 0
