@@ -1,29 +1,27 @@
-"""Spectral solvers (work in progress: issue 3)."""
+"""Spectral solvers: top singular values and eigenvalues, norms and trace estimators.
+
+Written once against the array namespace of the operator's framework and the operator
+primitive ``op._mm``; batched operators carry ``B`` problems through one product per step.
+
+- :func:`svds` / :func:`spectral_norm` (:mod:`.svd`): Golub–Kahan–Lanczos, power, dense.
+- :func:`eigsh` (:mod:`.eig`): symmetric Lanczos, power, dense.
+- :func:`trace`, :func:`frobenius_norm` (:mod:`.stochtrace`): Hutchinson, Hutch++,
+  Hoffman et al.'s random projection, exact.
+- :mod:`.decomp`: the batched Krylov decompositions behind them.
+"""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from .eig import EighResult, eigsh
+from .stochtrace import frobenius_norm, trace
+from .svd import SVDResult, spectral_norm, svds
 
-
-class SVDResult(NamedTuple):
-    values: Any
-    left: Any
-    right: Any
-    converged: Any
-    num_matvecs: int
-    residuals: Any
-
-
-class EighResult(NamedTuple):
-    values: Any
-    vectors: Any
-    converged: Any
-    num_matvecs: int
-    residuals: Any
-
-
-def _todo(*args, **kwargs):
-    raise NotImplementedError("spectral solvers are not implemented yet")
-
-
-svds = eigsh = spectral_norm = frobenius_norm = trace = _todo
+__all__ = [
+    "svds",
+    "eigsh",
+    "spectral_norm",
+    "frobenius_norm",
+    "trace",
+    "SVDResult",
+    "EighResult",
+]

@@ -1,0 +1,128 @@
+"""Argument checks shared by the spectral solvers (run before any product)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from ..backends import backend_of
+from ..operators import LinearOperator
+
+METHODS = ("auto", "dense", "lanczos", "power")
+WHICH = ("LM", "LA", "SA")
+TRACE_METHODS = ("hutch++", "hutchinson")
+PROBES = ("rademacher", "gaussian")
+
+
+def as_operator(op: Any) -> LinearOperator:
+    """``op`` itself, or an explicit array wrapped by :func:`jacspec.aslinearoperator`."""
+    if isinstance(op, LinearOperator):
+        return op
+    from ..interop import aslinearoperator
+
+    try:
+        return aslinearoperator(op)
+    except TypeError:
+        raise TypeError(
+            "Expected op to be a js.LinearOperator (from js.jacobian, js.hessian or "
+            "js.aslinearoperator) or an explicit 2-D/3-D array. "
+            f"Received {type(op).__module__}.{type(op).__qualname__}."
+        ) from None
+
+
+def choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(
+            f"Expected {name} to be one of {', '.join(repr(a) for a in allowed)}. "
+            f"Received {value!r}."
+        )
+    return value
+
+
+def check_k(k: Any, op: LinearOperator) -> int:
+    limit = min(op.shape)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"Expected k to be an int. Received {type(k).__name__}.")
+    k = int(k)
+    if k < 1 or k > limit:
+        raise ValueError(
+            f"Expected 1 <= k <= min(m, n) = {limit} for an operator of shape {op.shape}. "
+            f"Received k={k}."
+        )
+    return k
+
+
+def real_dtype_name(op: LinearOperator) -> str:
+    name = op._backend.dtype_name(op.dtype)
+    return {"complex64": "float32", "complex128": "float64"}.get(name, name)
+
+
+def default_tol(op: LinearOperator) -> float:
+    return float(np.sqrt(np.finfo(real_dtype_name(op)).eps))
+
+
+def check_tol(tol: Any, op: LinearOperator) -> float:
+    if tol is None:
+        return default_tol(op)
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"Expected tol to be a positive float or None. Received {tol!r}.")
+    tol = float(tol)
+    if not tol > 0 or not np.isfinite(tol):
+        raise ValueError(f"Expected tol > 0 (a relative accuracy). Received tol={tol!r}.")
+    return tol
+
+
+def check_maxiter(maxiter: Any) -> int | None:
+    if maxiter is None:
+        return None
+    if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral):
+        raise TypeError(f"Expected maxiter to be a positive int or None. Received {maxiter!r}.")
+    if int(maxiter) < 1:
+        raise ValueError(f"Expected maxiter >= 1 (a cap on products). Received {maxiter}.")
+    return int(maxiter)
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Expected {name} to be an int. Received {value!r}.")
+    if int(value) < minimum:
+        raise ValueError(f"Expected {name} >= {minimum}. Received {name}={value}.")
+    return int(value)
+
+
+def check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"Expected seed to be an int or None. Received {seed!r}.")
+    return int(seed)
+
+
+def check_v0(v0: Any, op: LinearOperator) -> Any:
+    """A start vector of shape ``batch_shape + (n,)`` in the op's framework and dtype."""
+    if v0 is None:
+        return None
+    b = backend_of(v0)
+    if b is None:
+        raise TypeError(
+            f"Expected v0 to be a {op.backend} array. Received "
+            f"{type(v0).__module__}.{type(v0).__qualname__}."
+        )
+    if b.name != op.backend:
+        raise TypeError(
+            f"Expected v0 from the operator's framework ({op.backend}). Received a "
+            f"{b.name} array; arrays from {op.backend} and {b.name} cannot be mixed."
+        )
+    expected = op.batch_shape + (op.shape[1],)
+    if tuple(int(s) for s in v0.shape) != expected:
+        raise ValueError(
+            f"Expected v0 of shape {expected}. Received {tuple(int(s) for s in v0.shape)}."
+        )
+    return op.xp.astype(v0, op.dtype)
+
+
+def check_square(op: LinearOperator, what: str) -> None:
+    if op.shape[0] != op.shape[1]:
+        raise ValueError(f"Expected a square operator for {what}. Received shape {op.shape}.")

@@ -1,0 +1,530 @@
+"""Krylov decompositions: Golub–Kahan–Lanczos bidiagonalization and symmetric Lanczos.
+
+Everything works on a batch of ``B`` independent problems (an unbatched operator is a
+batch of one): one product per step advances all of them, inner products and norms are
+per sample, and a sample whose Krylov space breaks down (an invariant subspace) is
+restarted with a random vector orthogonal to its basis while the others go on.
+
+Both decompositions keep the projected matrix generically, from the coefficients of the
+(twice-done, "twice is enough") full reorthogonalization: column ``j`` of
+``U^H A V`` (GKL) or ``Q^H A Q`` (Lanczos) is exactly what reorthogonalizing the new
+product removes. A thick restart therefore needs no special bookkeeping: the kept Ritz
+vectors become the basis and their Ritz values the diagonal of the projected matrix; the
+next step's coefficients fill in the coupling (an arrowhead).
+
+Convergence is judged from Ritz residuals: for GKL, triplet ``i`` has residual
+``beta * |x_i[-1]|`` (``x_i`` the left singular vector of the projected matrix), for
+Lanczos ``beta * |s_i[-1]|``, relative to the largest Ritz value.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..operators import LinearOperator
+
+Array = Any
+
+DEFAULT_MAXITER = 2000
+
+
+class Context:
+    """A (possibly batched, possibly adjointed) operator seen as a batch of problems.
+
+    ``mm(V)`` applies the operator to ``V`` of shape ``(B, n_in, k)``; with
+    ``adjoint=True`` the adjoint to ``(B, n_out, k)``. Products carry no gradient and
+    are counted per sample in :attr:`count`.
+    """
+
+    def __init__(self, op: LinearOperator, *, adjoint: bool = False,
+                 seed: int | None = 0) -> None:
+        self.op = op
+        self.adj = adjoint
+        self.xp = op.xp
+        self.backend = op._backend
+        self.batched = bool(op.batch_shape)
+        self.B = op.batch_shape[0] if self.batched else 1
+        m, n = op.shape
+        self.n_in, self.n_out = (m, n) if adjoint else (n, m)
+        self.dtype = op.dtype
+        self.device = op.device
+        name = self.backend.dtype_name(op.dtype)
+        self.is_complex = name.startswith("complex")
+        self.real_name = {"complex64": "float32", "complex128": "float64"}.get(name, name)
+        self.real_dtype = self.backend.dtype_from_name(self.real_name)
+        fi = np.finfo(self.real_name)
+        self.eps = float(fi.eps)
+        self.tiny = float(fi.tiny) * 1e3
+        self.bd_rtol = self.eps ** 0.75
+        self.count = 0
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**31 - 1))
+        self._seed = int(seed)
+        self._draws = 0
+        self.traced = False
+
+    # -- products ------------------------------------------------------------------
+    def mm(self, V: Array, *, adjoint: bool = False) -> Array:
+        a = adjoint != self.adj
+        self.count += int(V.shape[-1])
+        if self.batched:
+            out = self.op._mm(V, adjoint=a, grad=False)
+        else:
+            out = self.op._mm(V[0], adjoint=a, grad=False)[None]
+        if not self.traced and self.backend.is_traced(out):
+            self.traced = True
+        return out
+
+    # -- helpers -------------------------------------------------------------------
+    def random(self, shape: tuple[int, ...]) -> Array:
+        """Standard normal samples of the op's dtype, a fresh deterministic draw."""
+        self._draws += 1
+        return self.backend.normal(tuple(shape), dtype=self.dtype, device=self.device,
+                                   seed=(self._seed + 7919 * self._draws) % (2**31 - 1))
+
+    def cast(self, x: Array) -> Array:
+        """A real array cast to the op's (possibly complex) dtype."""
+        return self.xp.astype(x, self.dtype) if self.is_complex else x
+
+    def conj(self, x: Array) -> Array:
+        return self.xp.conj(x) if self.is_complex else x
+
+    def H(self, X: Array) -> Array:
+        """Conjugate transpose of the last two axes."""
+        return self.conj(self.xp.matrix_transpose(X))
+
+    def norm(self, w: Array) -> Array:
+        return self.xp.linalg.vector_norm(w, axis=-1)
+
+    def zeros(self, shape: tuple[int, ...], real: bool = False) -> Array:
+        return self.xp.zeros(shape, dtype=self.real_dtype if real else self.dtype,
+                             device=self.device)
+
+    def check_finite(self, x: Array, what: str = "product") -> None:
+        if self.traced or self.backend.is_traced(x):
+            return
+        if not self.backend.all_finite(x):
+            raise FloatingPointError(
+                f"A {what} with {self.op!r} produced NaN or Inf."
+            )
+
+    def all_true(self, x: Array) -> bool:
+        return bool(self.backend.to_numpy(self.xp.all(x)))
+
+    def eye(self, k: int) -> Array:
+        return self.xp.eye(k, dtype=self.dtype, device=self.device)
+
+    def start(self, v0: Array | None) -> Array:
+        """A unit start vector per sample, ``(B, n_in)`` (random where v0 is zero)."""
+        xp = self.xp
+        rnd = self.random((self.B, self.n_in))
+        if v0 is None:
+            v = rnd
+        else:
+            v = v0  # (B, n_in)
+            nrm = self.norm(v)
+            v = xp.where((nrm <= self.tiny)[:, None], rnd, v)
+        return v / self.cast(self.norm(v))[:, None]
+
+
+def extend(ctx: Context, Q: Array, w: Array, scale: Array):
+    """Orthogonalize ``w`` (B, s) against the orthonormal columns of ``Q`` (B, s, J).
+
+    Classical Gram–Schmidt, done twice. Where the remainder is at rounding level
+    (breakdown: ``w`` lies in ``span(Q)``, relative to ``scale``, the running estimate
+    of ``||A||``), a random vector orthogonalized against ``Q`` replaces it and the
+    coupling is 0. Returns ``(q, coef, norm, scale)``: the unit vector, ``Q^H w``
+    (B, J), the coupling (0 at breakdown) and the updated scale.
+    """
+    xp = ctx.xp
+    B, s = int(w.shape[0]), int(w.shape[1])
+    J = int(Q.shape[-1])
+    nrm0 = ctx.norm(w)
+    scale = xp.maximum(scale, nrm0)
+    thresh = ctx.bd_rtol * scale + ctx.tiny
+    QH = ctx.H(Q) if J else None
+    if J:
+        c1 = xp.matmul(QH, w[..., None])
+        w = w - xp.matmul(Q, c1)[..., 0]
+    nrm1 = ctx.norm(w)
+    bd = nrm1 <= thresh
+    w = xp.where(bd[:, None], ctx.random((B, s)), w)
+    if J:
+        c2 = xp.matmul(QH, w[..., None])
+        w = w - xp.matmul(Q, c2)[..., 0]
+        c3 = xp.matmul(QH, w[..., None])
+        w = w - xp.matmul(Q, c3)[..., 0]
+        extra = (c2 + c3)[..., 0]
+        coef = c1[..., 0] + xp.where(bd[:, None], xp.zeros_like(extra), extra)
+    else:
+        coef = ctx.zeros((B, 0))
+    nrm = ctx.norm(w)
+    one = xp.ones_like(nrm)
+    q = w / ctx.cast(xp.where(nrm > 0, nrm, one))[:, None]
+    coupling = xp.where(bd, xp.zeros_like(nrm), nrm)
+    return q, coef, coupling, scale, bd
+
+
+class _Fresh:
+    """Per-sample guard against accepting convergence right after a breakdown.
+
+    A breakdown (an invariant Krylov subspace) hides the other copies of a repeated
+    value: after the random restart, the sample must again build ``min(room, 2k + 1)``
+    vectors (``room``: the dimension left) before it may converge. Consecutive
+    breakdowns (a null space being swept, e.g. the zero operator) do not reset it.
+    """
+
+    def __init__(self, ctx: Context, n: int, k: int) -> None:
+        self.ctx = ctx
+        self.n, self.need = n, 2 * k + 1
+        self.count = ctx.zeros((ctx.B,), real=True)
+        self.room = ctx.zeros((ctx.B,), real=True) + n
+        self.prev = self.count > 0  # all False
+
+    def step(self, J: int, bd: Array, eligible: Array | None = None) -> None:
+        xp = self.ctx.xp
+        reset = bd & ~self.prev
+        if eligible is not None:
+            reset = reset & eligible
+        zero = xp.zeros_like(self.count)
+        self.count = xp.where(reset, zero, self.count + 1)
+        self.room = xp.where(reset, zero + (self.n - J), self.room)
+        self.prev = bd
+
+    def ok(self) -> Array:
+        xp = self.ctx.xp
+        need = xp.minimum(self.room, xp.zeros_like(self.room) + self.need)
+        return (self.count >= need)[:, None]
+
+
+class KrylovResult(NamedTuple):
+    """Top Ritz values/vectors of a batch of problems (all arrays with a leading B)."""
+
+    values: Array  # (B, k) real
+    left: Array  # (B, n_out, k) (GKL) or None
+    right: Array  # (B, n_in, k)
+    residuals: Array  # (B, k) real
+    converged: Array  # (B, k) bool
+    num_matvecs: int
+
+
+def basis_sizes(r: int, k: int, ncv: int | None) -> tuple[int, int, int]:
+    """``(jmin, jmax, keep)``: minimum basis before accepting convergence, basis size at
+    which to restart, and the Ritz vectors a thick restart keeps."""
+    jmin = min(r, 2 * k + 1)
+    jmax = min(r, max(jmin + 1, ncv if ncv is not None else max(2 * k + 1, k + 32)))
+    keep = min(jmax - 1, k + max(1, (jmax - k) // 2))
+    return jmin, jmax, keep
+
+
+def _warn_unconverged(what: str, nprod: int) -> None:
+    warnings.warn(
+        f"{what} stopped after {nprod} products (maxiter) before reaching tol; the "
+        "unconverged values are flagged by converged=False. Raise maxiter or tol.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+class _Padded:
+    """Constants for a basis kept at a fixed width ``jmax`` (zero columns beyond ``J``).
+
+    Fixed shapes keep every array operation of the loop identical from step to step, so
+    frameworks that compile per shape (JAX eager) compile once per problem, not per step.
+    """
+
+    def __init__(self, ctx: Context, jmax: int) -> None:
+        xp = ctx.xp
+        self.jmax = jmax
+        eye = np.eye(jmax)
+
+        def const(a: np.ndarray) -> Array:
+            return xp.asarray(a, dtype=ctx.real_dtype, device=ctx.device)
+
+        self.e = [const(eye[j]) for j in range(jmax)]
+        self.ec = [ctx.cast(e) for e in self.e]
+        self._inactive: dict[int, Array] = {}
+        self._active: dict[int, Array] = {}
+        self._pad: dict[int, Array] = {}
+        self.const = const
+        self.eye = const(eye)
+        self.upper = const(np.triu(np.ones((jmax, jmax)), 1))
+
+    def active(self, J: int) -> Array:
+        if J not in self._active:
+            self._active[J] = self.const((np.arange(self.jmax) < J).astype(float))
+        return self._active[J]
+
+    def inactive_diag(self, J: int) -> Array:
+        if J not in self._inactive:
+            self._inactive[J] = self.const(np.diag((np.arange(self.jmax) >= J).astype(float)))
+        return self._inactive[J]
+
+    def pad(self, keep: int) -> Array:
+        """``(keep, jmax)``: the first ``keep`` rows of the identity."""
+        if keep not in self._pad:
+            self._pad[keep] = self.const(np.eye(self.jmax)[:keep])
+        return self._pad[keep]
+
+
+def _put_col(ctx: Context, X: Array, x: Array, e: Array) -> Array:
+    """``X`` (B, s, jmax) with ``x`` (B, s) added in the column selected by one-hot e."""
+    return X + x[..., None] * e
+
+
+def _sentinel(ctx: Context, M: Array) -> Array:
+    """Per-sample value (B, 1, 1) above every singular value / |eigenvalue| of M."""
+    xp = ctx.xp
+    fro = xp.sqrt(xp.sum(xp.sum(xp.real(ctx.conj(M) * M), axis=-1), axis=-1))
+    return (2 * fro + 1)[:, None, None]
+
+
+def _select_active(ctx: Context, key: Array, weight: Array, k: int) -> Array:
+    """One-hot (B, jmax, k) of the k largest keys among entries whose vectors live in
+    the active part (weight > 1/2), in descending key order."""
+    xp = ctx.xp
+    floor = xp.min(key, axis=-1, keepdims=True) - 1
+    key = xp.where(weight > 0.5, key, floor)
+    J = int(key.shape[-1])
+    idx = xp.argsort(key, axis=-1, descending=True, stable=True)[..., :k]
+    ar = xp.astype(xp.arange(J, device=ctx.device), idx.dtype)
+    return xp.astype(idx[..., None, :] == ar[:, None], ctx.real_dtype)
+
+
+def _weights(ctx: Context, vecs: Array, act: Array) -> Array:
+    """Squared norm of each column of ``vecs`` (B, jmax, jmax) on the active rows."""
+    xp = ctx.xp
+    sq = xp.real(ctx.conj(vecs) * vecs)
+    return xp.sum(sq * act[:, None], axis=-2)
+
+
+def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
+                v0: Array | None = None, ncv: int | None = None,
+                check_every: int = 1) -> KrylovResult:
+    """Top-``k`` singular triplets by Golub–Kahan–Lanczos bidiagonalization.
+
+    ``ctx``'s input side should be the smaller one (``n_in = min(m, n)``): the basis
+    then fills after ``n_in`` steps and the decomposition is exact. Thick restarts
+    bound the basis at ``jmax`` vectors. Outside a trace, convergence is checked every
+    ``check_every`` steps from the Ritz residuals; inside one (``jax.jit``), a fixed
+    number of steps runs (``maxiter`` products, by default one basis of ``jmax``).
+    """
+    xp = ctx.xp
+    B, r, mo = ctx.B, ctx.n_in, ctx.n_out
+    jmin, jmax, keep = basis_sizes(r, k, ncv)
+    pad = _Padded(ctx, jmax)
+    fresh = _Fresh(ctx, r, k)
+    # A coupling below tol (relative) is an invariant subspace to the requested accuracy:
+    # treat it as a breakdown so the other copies of a (numerically) repeated value show.
+    ctx.bd_rtol = max(ctx.bd_rtol, min(tol, 1e-2))
+    if maxiter is None and not ctx.traced:
+        maxiter = max(DEFAULT_MAXITER, 2 * r)
+    V = ctx.zeros((B, r, jmax))
+    U = ctx.zeros((B, mo, jmax))
+    M = ctx.zeros((B, jmax, jmax))
+    v = ctx.start(v0)
+    scale = ctx.zeros((B,), real=True)
+    beta = ctx.zeros((B,), real=True)
+    J = 0
+    since_check = 0
+    ritz = None
+    while True:
+        cost = 2 if J + 1 < r else 1
+        limit = maxiter
+        if limit is None and ctx.traced:
+            limit = 2 * jmax - (1 if jmax == r else 0)
+        if J > 0 and limit is not None and ctx.count + cost > limit:
+            break
+        # -- u-step: A v, orthogonalized against U
+        p = ctx.mm(v[..., None])[..., 0]
+        u, c, alpha, scale, bd_u = extend(ctx, U, p, scale)
+        e = pad.ec[J]
+        M = M + (c + ctx.cast(alpha)[:, None] * e)[..., :, None] * e
+        V = _put_col(ctx, V, v, e)
+        U = _put_col(ctx, U, u, e)
+        J += 1
+        ritz = None
+        # -- v-step: A^H u, orthogonalized against V
+        if J < r:
+            q = ctx.mm(u[..., None], adjoint=True)[..., 0]
+            v, _, beta, scale, bd_v = extend(ctx, V, q, scale)
+            fresh.step(J, bd_v, ~bd_u)
+        else:
+            beta = ctx.zeros((B,), real=True)
+            break
+        since_check += 1
+        if not ctx.traced and J >= jmin and (since_check >= check_every or J == jmax):
+            since_check = 0
+            ctx.check_finite(M)
+            ritz = _svd_ritz(ctx, pad, M, J, k)
+            res, conv = _svd_conv(ctx, pad, ritz, beta, J, tol)
+            if ctx.all_true(conv & fresh.ok()):
+                break
+        if J == jmax:
+            V, U, M = _svd_restart(ctx, pad, V, U, M, keep)
+            J = keep
+            ritz = None
+    if ritz is None:
+        if not ctx.traced:
+            ctx.check_finite(M)
+        ritz = _svd_ritz(ctx, pad, M, J, k)
+    S, X, Y = ritz
+    res, conv = _svd_conv(ctx, pad, ritz, beta, J, tol)
+    if J < r:
+        conv = conv & fresh.ok()
+    if J < jmin:
+        conv = conv & (xp.zeros_like(res) > 1)  # too small a basis to accept anything
+    if not ctx.traced and not ctx.all_true(conv):
+        _warn_unconverged("Golub-Kahan-Lanczos", ctx.count)
+    return KrylovResult(S, xp.matmul(U, X), xp.matmul(V, Y), res, conv, ctx.count)
+
+
+def _svd_ritz(ctx: Context, pad: _Padded, M: Array, J: int, k: int):
+    """Top-k singular values (B, k) and vectors (B, jmax, k) of the active block of M."""
+    xp = ctx.xp
+    Mp = M + _sentinel(ctx, M) * ctx.cast(pad.inactive_diag(J))
+    X, S, Yh = xp.linalg.svd(Mp, full_matrices=False)
+    Y = ctx.H(Yh)
+    P = _select_active(ctx, S, _weights(ctx, Y, pad.active(J)), k)
+    vals = xp.sum(S[:, :, None] * P, axis=-2)
+    Pc = ctx.cast(P)
+    return vals, xp.matmul(X, Pc), xp.matmul(Y, Pc)
+
+
+def _svd_conv(ctx: Context, pad: _Padded, ritz, beta: Array, J: int, tol: float):
+    xp = ctx.xp
+    S, X, _ = ritz
+    last = xp.abs(xp.sum(X * pad.ec[J - 1][:, None], axis=-2))  # (B, k)
+    res = beta[:, None] * last
+    return res, res <= tol * xp.max(S, axis=-1, keepdims=True)
+
+
+def _svd_restart(ctx: Context, pad: _Padded, V, U, M, keep: int):
+    xp = ctx.xp
+    S, X, Y = _svd_ritz(ctx, pad, M, pad.jmax, keep)
+    E = ctx.cast(pad.pad(keep))
+    V = xp.matmul(xp.matmul(V, Y), E)
+    U = xp.matmul(xp.matmul(U, X), E)
+    d = xp.matmul(S[:, None, :], pad.pad(keep))[:, 0, :]
+    return V, U, ctx.cast(d)[:, :, None] * ctx.cast(pad.eye)
+
+
+# ------------------------------------------------------------------ symmetric Lanczos
+
+
+def _hermitian(ctx: Context, T: Array, pad: _Padded) -> Array:
+    """The Hermitian matrix whose upper triangle is that of ``T``."""
+    xp = ctx.xp
+    strict = T * ctx.cast(pad.upper)
+    diag = ctx.cast(xp.real(T) * pad.eye) if ctx.is_complex else T * pad.eye
+    return strict + ctx.H(strict) + diag
+
+
+def select(ctx: Context, theta: Array, which: str, k: int) -> Array:
+    """One-hot selection matrices (B, J, k) of the ``k`` wanted Ritz values, ordered:
+    ``LM`` by descending magnitude, ``LA`` descending, ``SA`` ascending."""
+    xp = ctx.xp
+    J = int(theta.shape[-1])
+    key = {"LM": xp.abs(theta), "LA": theta, "SA": -theta}[which]
+    idx = xp.argsort(key, axis=-1, descending=True, stable=True)[..., :k]
+    ar = xp.arange(J, device=ctx.device)
+    P = xp.astype(idx[..., None, :] == xp.astype(ar, idx.dtype)[:, None], ctx.real_dtype)
+    return P  # (B, J, k)
+
+
+def _eig_ritz(ctx: Context, pad: _Padded, T: Array, J: int, which: str, k: int):
+    """Wanted Ritz values (B, k) and vectors (B, jmax, k) of the active block of T."""
+    xp = ctx.xp
+    Ts = _hermitian(ctx, T, pad)
+    Tp = Ts + _sentinel(ctx, Ts) * ctx.cast(pad.inactive_diag(J))
+    theta, S = xp.linalg.eigh(Tp)
+    key = {"LM": xp.abs(theta), "LA": theta, "SA": -theta}[which]
+    w = _weights(ctx, S, pad.active(J))
+    P = _select_active(ctx, key, w, k)
+    vals = xp.sum(theta[:, :, None] * P, axis=-2)
+    act = xp.where(w > 0.5, xp.abs(theta), xp.zeros_like(theta))
+    radius = xp.max(act, axis=-1, keepdims=True)
+    return vals, xp.matmul(S, ctx.cast(P)), radius
+
+
+def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | None,
+                v0: Array | None = None, ncv: int | None = None,
+                check_every: int = 1) -> KrylovResult:
+    """``k`` wanted eigenpairs of a Hermitian operator by symmetric Lanczos with full
+    reorthogonalization (twice), breakdown restarts and thick restarts."""
+    xp = ctx.xp
+    B, n = ctx.B, ctx.n_in
+    jmin, jmax, keep = basis_sizes(n, k, ncv)
+    pad = _Padded(ctx, jmax)
+    fresh = _Fresh(ctx, n, k)
+    ctx.bd_rtol = max(ctx.bd_rtol, min(tol, 1e-2))
+    if maxiter is None and not ctx.traced:
+        maxiter = max(DEFAULT_MAXITER, n)
+    Q = ctx.zeros((B, n, jmax))
+    T = ctx.zeros((B, jmax, jmax))
+    q = ctx.start(v0)
+    scale = ctx.zeros((B,), real=True)
+    beta = ctx.zeros((B,), real=True)
+    J = 0
+    since_check = 0
+    ritz = None
+    while True:
+        limit = maxiter
+        if limit is None and ctx.traced:
+            limit = jmax
+        if J > 0 and limit is not None and ctx.count + 1 > limit:
+            break
+        w = ctx.mm(q[..., None])[..., 0]
+        e = pad.ec[J]
+        Q = _put_col(ctx, Q, q, e)
+        J += 1
+        q, c, beta, scale, bd = extend(ctx, Q, w, scale)
+        fresh.step(J, bd)
+        T = T + c[..., :, None] * e
+        ritz = None
+        if J == n:
+            beta = ctx.zeros((B,), real=True)
+            break
+        since_check += 1
+        if not ctx.traced and J >= jmin and (since_check >= check_every or J == jmax):
+            since_check = 0
+            ctx.check_finite(T)
+            ritz = _eig_ritz(ctx, pad, T, J, which, k)
+            res, conv = _eig_conv(ctx, pad, ritz, beta, J, tol)
+            if ctx.all_true(conv & fresh.ok()):
+                break
+        if J == jmax:
+            Q, T = _eig_restart(ctx, pad, Q, T, which, keep)
+            J = keep
+            ritz = None
+    if ritz is None:
+        if not ctx.traced:
+            ctx.check_finite(T)
+        ritz = _eig_ritz(ctx, pad, T, J, which, k)
+    vals, vecs, _ = ritz
+    res, conv = _eig_conv(ctx, pad, ritz, beta, J, tol)
+    if J < n:
+        conv = conv & fresh.ok()
+    if J < jmin:
+        conv = conv & (xp.zeros_like(res) > 1)
+    if not ctx.traced and not ctx.all_true(conv):
+        _warn_unconverged("Lanczos", ctx.count)
+    return KrylovResult(vals, None, xp.matmul(Q, vecs), res, conv, ctx.count)
+
+
+def _eig_conv(ctx: Context, pad: _Padded, ritz, beta: Array, J: int, tol: float):
+    xp = ctx.xp
+    vals, vecs, radius = ritz
+    res = beta[:, None] * xp.abs(xp.sum(vecs * pad.ec[J - 1][:, None], axis=-2))
+    return res, res <= tol * radius
+
+
+def _eig_restart(ctx: Context, pad: _Padded, Q, T, which: str, keep: int):
+    xp = ctx.xp
+    vals, vecs, _ = _eig_ritz(ctx, pad, T, pad.jmax, which, keep)
+    E = ctx.cast(pad.pad(keep))
+    d = xp.matmul(vals[:, None, :], pad.pad(keep))[:, 0, :]
+    return xp.matmul(xp.matmul(Q, vecs), E), ctx.cast(d)[:, :, None] * ctx.cast(pad.eye)

@@ -1,0 +1,140 @@
+"""``js.eigsh``: extreme eigenpairs of Hermitian (batched) operators such as Hessians."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..operators import LinearOperator
+from . import _validate as V
+from .decomp import Context, KrylovResult, eig_lanczos
+from .dense import eig_dense
+from .power import eig_power
+from .svd import _squeeze, auto_is_dense
+
+Array = Any
+
+
+class EighResult(NamedTuple):
+    """Result of :func:`jacspec.eigsh`.
+
+    Attributes
+    ----------
+    values : array
+        ``(k,)`` or ``(B, k)``: ``LM`` by descending magnitude, ``LA`` descending,
+        ``SA`` ascending.
+    vectors : array or None
+        Orthonormal eigenvectors ``(n, k)``/``(B, n, k)`` when ``return_vectors``.
+    converged : array of bool
+        One flag per value.
+    num_matvecs : int
+        Operator products spent (per sample).
+    residuals : array
+        Ritz residuals ``||A x - lambda x||`` (0 for ``method="dense"``).
+    """
+
+    values: Any
+    vectors: Any
+    converged: Any
+    num_matvecs: int
+    residuals: Any
+
+
+def _solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float,
+               maxiter: int | None, v0: Array | None, seed: int | None,
+               ncv: int | None = None) -> KrylovResult:
+    ctx = Context(op, seed=seed)
+    if method == "dense":
+        return eig_dense(ctx, k, which=which)
+    start = None
+    if v0 is not None:
+        start = v0 if op.batch_shape else v0[None]
+    if method == "lanczos":
+        return eig_lanczos(ctx, k, which=which, tol=tol, maxiter=maxiter, v0=start, ncv=ncv)
+    if which == "LM":
+        return eig_power(ctx, k, which="LM", tol=tol, maxiter=maxiter, v0=start)
+    # LA / SA: iterate on +-A + rho I, rho an estimate of the spectral radius, so the
+    # wanted end of the spectrum dominates.
+    est = eig_power(ctx, 1, which="LM", tol=1e-2, maxiter=maxiter, v0=start)
+    xp = ctx.xp
+    rho = xp.abs(est.values[:, 0]) * 1.1
+    rest = None if maxiter is None else max(maxiter - ctx.count, k)
+    return eig_power(ctx, k, which=which, tol=tol, maxiter=rest, v0=start, shift=rho,
+                     sign=1.0 if which == "LA" else -1.0)
+
+
+def eigsh(op: Any, k: int = 1, *, which: str = "LM", method: str = "auto",
+          tol: float | None = None, maxiter: int | None = None, v0: Array | None = None,
+          seed: int | None = 0, return_vectors: bool = False,
+          ncv: int | None = None) -> EighResult:
+    """``k`` extreme eigenvalues (and vectors) of a Hermitian (batched) operator.
+
+    The operator is assumed Hermitian (Hessians from :func:`jacspec.hessian`, ``A^H A``,
+    symmetric matrices); only products with it are taken.
+
+    Parameters
+    ----------
+    op : LinearOperator or array
+        A square operator ``(n, n)`` (batched: ``batch_shape == (B,)``).
+    k : int
+        Number of eigenvalues, ``1 <= k <= n``.
+    which : {"LM", "LA", "SA"}
+        Largest magnitude, largest algebraic, smallest algebraic.
+    method : {"auto", "dense", "lanczos", "power"}
+        ``"lanczos"``: symmetric Lanczos with full reorthogonalization (twice),
+        breakdown restarts and thick restarts (one product per step); ``"dense"``:
+        materialize and ``eigh``; ``"power"``: block subspace iteration (``LA``/``SA``
+        through a shift by an estimate of the spectral radius). ``"auto"``: dense when
+        ``n <= 2 * max(2k + 1, k + 20)``, Lanczos otherwise.
+    tol : float, optional
+        Relative accuracy: a pair is converged when ``||A x - lambda x||`` is at most
+        ``tol * max |lambda|``. Default ``sqrt(eps)`` of the dtype.
+    maxiter : int, optional
+        Cap on products (see :func:`jacspec.svds`).
+    v0 : array, optional
+        Start vector ``batch_shape + (n,)``.
+    seed : int or None
+        Seed of the random start and restart vectors.
+    return_vectors : bool
+        Also return the eigenvectors.
+    ncv : int, optional
+        Lanczos basis size at which a thick restart happens.
+
+    Returns
+    -------
+    EighResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import jacspec as js
+    >>> A = np.diag([-4.0, 1.0, 2.0, 3.0])
+    >>> js.eigsh(A, k=2, method="lanczos").values.round(6).tolist()
+    [-4.0, 3.0]
+    >>> js.eigsh(A, k=2, which="LA", method="lanczos").values.round(6).tolist()
+    [3.0, 2.0]
+    >>> js.eigsh(A, which="SA", method="dense").values.round(6).tolist()
+    [-4.0]
+    """
+    op = V.as_operator(op)
+    V.check_square(op, "eigsh")
+    which = V.choice(which, V.WHICH, "which")
+    method = V.choice(method, V.METHODS, "method")
+    k = V.check_k(k, op)
+    tol = V.check_tol(tol, op)
+    maxiter = V.check_maxiter(maxiter)
+    seed = V.check_seed(seed)
+    v0 = V.check_v0(v0, op)
+    if ncv is not None:
+        ncv = V.check_positive_int(ncv, "ncv", minimum=k + 1)
+    if method == "auto":
+        method = "dense" if auto_is_dense(op.shape, k, 1) else "lanczos"
+    with op._backend.no_grad():
+        out = _solve_eig(op, k, which=which, method=method, tol=tol, maxiter=maxiter,
+                         v0=v0, seed=seed, ncv=ncv)
+    return EighResult(
+        values=_squeeze(op, out.values),
+        vectors=_squeeze(op, out.right) if return_vectors else None,
+        converged=_squeeze(op, out.converged),
+        num_matvecs=int(out.num_matvecs),
+        residuals=_squeeze(op, out.residuals),
+    )

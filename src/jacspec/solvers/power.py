@@ -1,0 +1,103 @@
+"""Power (block subspace) iteration with Rayleigh–Ritz, batched.
+
+``svd_power`` iterates on ``A^H A`` with a block of ``k`` vectors; ``eig_power`` on a
+Hermitian ``A`` (``LM``; ``LA``/``SA`` through a shift by an estimate of the spectral
+radius). Convergence comes from the Ritz residuals, as for Lanczos. Power iteration
+converges at the rate ``sigma_{k+1} / sigma_k``, which is close to 1 for trained
+networks (DESIGN.md): it is offered for comparison and for very cheap steps, not chosen by
+``method="auto"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .decomp import Context, KrylovResult, _warn_unconverged, select
+
+Array = Any
+
+DEFAULT_MAXITER = 2000
+TRACED_MAXITER = 200
+
+
+def _orth(ctx: Context, Z: Array) -> Array:
+    return ctx.xp.linalg.qr(Z).Q
+
+
+def svd_power(ctx: Context, k: int, *, tol: float, maxiter: int | None,
+              v0: Array | None = None) -> KrylovResult:
+    xp = ctx.xp
+    B, r = ctx.B, ctx.n_in
+    V = ctx.start(v0)[..., None]
+    if k > 1:
+        V = _orth(ctx, xp.concat([V, ctx.random((B, r, k - 1))], axis=-1))
+    out = None
+    while True:
+        W = ctx.mm(V)  # (B, n_out, k)
+        limit = maxiter
+        if limit is None:
+            limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
+        ctx.check_finite(W)
+        Uw, S, Yh = xp.linalg.svd(W, full_matrices=False)
+        Z = ctx.mm(Uw, adjoint=True)  # = A^H U ~ V Y S
+        Y = ctx.H(Yh)
+        Vr = xp.matmul(V, Y)
+        R = Z - Vr * ctx.cast(S)[:, None, :]
+        res = ctx.norm(ctx.xp.matrix_transpose(R))
+        conv = res <= tol * S[:, :1]
+        out = (S, Uw, Vr, res, conv)
+        if not ctx.traced:
+            ctx.check_finite(res)
+            if ctx.all_true(conv):
+                break
+        if ctx.count + 2 * k > limit:
+            break
+        V = _orth(ctx, Z)
+    S, Uw, Vr, res, conv = out
+    if not ctx.traced and not ctx.all_true(conv):
+        _warn_unconverged("Power iteration", ctx.count)
+    return KrylovResult(S, Uw, Vr, res, conv, ctx.count)
+
+
+def eig_power(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | None,
+              v0: Array | None = None, shift: Array | None = None,
+              sign: float = 1.0) -> KrylovResult:
+    """Subspace iteration on ``sign * A + shift I`` (``shift`` per sample, (B,)); the
+    Ritz values are those of ``A`` itself and ``which`` selects among them."""
+    xp = ctx.xp
+    B, n = ctx.B, ctx.n_in
+    V = ctx.start(v0)[..., None]
+    if k > 1:
+        V = _orth(ctx, xp.concat([V, ctx.random((B, n, k - 1))], axis=-1))
+    out = None
+    while True:
+        W = ctx.mm(V)  # A V
+        limit = maxiter
+        if limit is None:
+            limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
+        ctx.check_finite(W)
+        T = xp.matmul(ctx.H(V), W)
+        T = (T + ctx.H(T)) / 2
+        theta, S = xp.linalg.eigh(T)
+        P = select(ctx, theta, which, k)
+        vals = xp.sum(theta[:, :, None] * P, axis=-2)
+        Sk = xp.matmul(S, ctx.cast(P))
+        X = xp.matmul(V, Sk)
+        R = xp.matmul(W, Sk) - X * ctx.cast(vals)[:, None, :]
+        res = ctx.norm(xp.matrix_transpose(R))
+        radius = xp.max(xp.abs(theta), axis=-1, keepdims=True)
+        conv = res <= tol * radius
+        out = (vals, X, res, conv)
+        if not ctx.traced:
+            if ctx.all_true(conv):
+                break
+        if ctx.count + k > limit:
+            break
+        Z = W if sign == 1.0 else -W
+        if shift is not None:
+            Z = Z + ctx.cast(shift)[:, None, None] * V
+        V = _orth(ctx, Z)
+    vals, X, res, conv = out
+    if not ctx.traced and not ctx.all_true(conv):
+        _warn_unconverged("Power iteration", ctx.count)
+    return KrylovResult(vals, None, X, res, conv, ctx.count)
