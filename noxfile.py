@@ -1,0 +1,86 @@
+"""Nox sessions for jacspec.
+
+    nox -s tests                          # all four backends (what CI runs)
+    nox -s "tests(backend='torch')"       # one backend
+    nox -s tests -- -k svds -x            # extra arguments go to pytest
+    nox -s lint docs bench
+
+Each backend session installs that backend's pinned CPU requirements from
+``backends/<name>/requirements.txt`` *before* resolving jacspec, so that e.g. torch is
+never resolved unpinned (which would pull the multi-GB CUDA build).
+
+Virtual environments use the standard library's ``venv`` and pip. uv is deliberately not
+used: uv does not read pip's configuration (find-links), so on a CPU-only machine
+``uv pip install torch==2.13.0`` resolves the CUDA build from PyPI instead of the local
+CPU wheel that pip picks up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests"]
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).resolve().parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+BACKENDS = ["numpy", "torch", "jax", "tensorflow"]
+# The backend whose session also runs the docstring examples (they use torch and NumPy).
+DOCTEST_BACKEND = "torch"
+
+
+def _requirements(backend: str) -> list[str]:
+    return ["-r", str(ROOT / "backends" / backend / "requirements.txt")]
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """Test suite for one backend (JACSPEC_TEST_BACKENDS=<backend>)."""
+    # One resolver run: the pins in requirements.txt constrain everything else.
+    session.install(*_requirements(backend), "-e", ".[test]")
+    session.env["JACSPEC_TEST_BACKENDS"] = backend
+    session.run("pytest", *session.posargs)
+    if backend == DOCTEST_BACKEND:
+        # Docstring examples. Modules of frameworks not installed here (jax, tensorflow
+        # adapters) fail to import; skip those instead of erroring. Exit code 5 (no
+        # doctest collected) is not a failure.
+        session.run(
+            "pytest",
+            "--doctest-modules",
+            "--doctest-ignore-import-errors",
+            "-p",
+            "no:cacheprovider",
+            "src/jacspec",
+            success_codes=[0, 5],
+        )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check over src, tests and this file."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", "src", "tests", "noxfile.py", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation with mkdocs (strict: warnings are errors)."""
+    # mkdocstrings reads the sources statically; torch is installed (pinned, CPU) so that
+    # anything that does import the package for rendering finds it.
+    # ruff (in the docs extra) formats the rendered signatures.
+    session.install(*_requirements("torch"), "-e", ".[docs]")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark table: `jacspec bench --quick` with torch and JAX installed."""
+    session.install(*_requirements("torch"), *_requirements("jax"), "-e", ".")
+    args = session.posargs or ["--quick"]
+    session.run("jacspec", "bench", *args)

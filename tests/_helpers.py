@@ -1,0 +1,241 @@
+"""Backend-agnostic helpers for the test suite.
+
+Import them in test modules with ``from _helpers import from_numpy, to_numpy, rtol_for``
+(pytest puts ``tests/`` on ``sys.path``; ``tests/`` has no ``__init__.py``).
+
+Nothing here imports a framework at module level: each framework is imported only when
+an array of it is built or converted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+ALL_BACKENDS: tuple[str, ...] = ("numpy", "torch", "jax", "tensorflow")
+
+# The module each backend needs (what must be importable for its tests to run).
+FRAMEWORK_MODULE: dict[str, str] = {
+    "numpy": "numpy",
+    "torch": "torch",
+    "jax": "jax",
+    "tensorflow": "tensorflow",
+}
+
+
+def selected_backends() -> list[str]:
+    """Backends named in ``JACSPEC_TEST_BACKENDS`` (comma list; default all four)."""
+    raw = os.environ.get("JACSPEC_TEST_BACKENDS", "").strip()
+    if not raw or raw.lower() == "all":
+        return list(ALL_BACKENDS)
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_BACKENDS]
+    if unknown:
+        raise ValueError(
+            f"Expected JACSPEC_TEST_BACKENDS to name backends among {ALL_BACKENDS}. "
+            f"Received {unknown!r}."
+        )
+    # keep order, drop duplicates
+    return list(dict.fromkeys(names))
+
+
+def backend_available(backend: str) -> bool:
+    """Whether ``backend``'s framework imports (imports it as a side effect)."""
+    try:
+        importlib.import_module(FRAMEWORK_MODULE[backend])
+    except Exception:  # ImportError, or a broken install raising something else
+        return False
+    return True
+
+
+def backend_of(x: Any) -> str:
+    """Name of the framework an array belongs to, from its type's module."""
+    mod = type(x).__module__.split(".")[0]
+    if mod == "torch":
+        return "torch"
+    if mod in ("jax", "jaxlib"):
+        return "jax"
+    if mod in ("tensorflow", "keras", "tf_keras"):
+        return "tensorflow"
+    if mod == "numpy" or isinstance(x, (int, float, complex, bool, np.generic)):
+        return "numpy"
+    raise TypeError(f"Expected an array of a known backend. Received {type(x).__name__}.")
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+
+def dtype_name(dtype: Any) -> str:
+    """Canonical NumPy-style name ("float32", "complex128", ...) of any backend's dtype."""
+    if dtype is None:
+        raise TypeError("dtype_name() needs a dtype, not None")
+    if isinstance(dtype, str):
+        return np.dtype(dtype.removeprefix("torch.").removeprefix("tf.")).name
+    mod = type(dtype).__module__.split(".")[0]
+    if mod == "torch":  # torch.float32 -> "torch.float32"
+        return str(dtype).removeprefix("torch.")
+    name = getattr(dtype, "name", None)  # tf.DType and np.dtype both have .name
+    if isinstance(name, str) and mod != "numpy":
+        return name
+    return np.dtype(dtype).name
+
+
+def numpy_dtype(dtype: Any) -> np.dtype:
+    return np.dtype(dtype_name(dtype))
+
+
+def framework_dtype(dtype: Any, backend: str) -> Any:
+    """The ``backend``'s own dtype object for ``dtype`` (any backend's dtype or a name)."""
+    name = dtype_name(dtype)
+    if backend == "torch":
+        import torch
+
+        return getattr(torch, name)
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return jnp.dtype(name)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.as_dtype(name)
+    if backend == "numpy":
+        return np.dtype(name)
+    raise ValueError(f"Expected a backend among {ALL_BACKENDS}. Received {backend!r}.")
+
+
+_RTOL = {"float32": 1e-3, "complex64": 1e-3, "float64": 1e-7, "complex128": 1e-7}
+_ATOL = {"float32": 1e-5, "complex64": 1e-5, "float64": 1e-11, "complex128": 1e-11}
+
+
+def rtol_for(dtype: Any) -> float:
+    """Relative tolerance for comparing a solver result (default ``tol``) with a dense
+    reference: 1e-3 in single precision, 1e-7 in double precision."""
+    return _RTOL[dtype_name(dtype)]
+
+
+def atol_for(dtype: Any) -> float:
+    """Absolute tolerance to pair with :func:`rtol_for` (scaled by the matrix norm in
+    comparisons of values that may be zero)."""
+    return _ATOL[dtype_name(dtype)]
+
+
+def eps_for(dtype: Any) -> float:
+    return float(np.finfo(numpy_dtype(dtype)).eps)
+
+
+# ------------------------------------------------------------------------- conversion
+
+
+def to_numpy(x: Any) -> Any:
+    """A NumPy array (or nested structure of them) from any backend's array.
+
+    Works on detached/non-detached torch tensors on any device (conjugation resolved),
+    jax arrays, tf tensors and variables, NumPy arrays and Python scalars; tuples, lists,
+    dicts and NamedTuples are converted element-wise (``None`` stays ``None``).
+    """
+    if x is None:
+        return None
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, (bool, int, float, complex, np.generic)):
+        return np.asarray(x)
+    if isinstance(x, Mapping):
+        return {k: to_numpy(v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # NamedTuple results
+        return type(x)(*(to_numpy(v) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_numpy(v) for v in x)
+    mod = type(x).__module__.split(".")[0]
+    if mod == "torch":
+        return x.detach().resolve_conj().resolve_neg().cpu().numpy()
+    if mod in ("tensorflow", "keras", "tf_keras"):
+        return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+    # jax arrays and anything else exposing __array__
+    return np.asarray(x)
+
+
+def from_numpy(a: Any, backend: str, dtype: Any = None, *, device: Any = None) -> Any:
+    """An array of ``backend`` holding a copy of ``a``.
+
+    ``dtype`` may be a name ("float64"), a NumPy dtype or any backend's dtype; the
+    default keeps ``a``'s dtype. For jax, float64 needs x64 enabled (``tests/conftest.py``
+    does that). ``device`` is passed to torch (``"cuda"``) / used as a jax device / a
+    ``tf.device`` string; default: the framework's default device.
+    """
+    arr = np.array(a, dtype=None if dtype is None else numpy_dtype(dtype), copy=True)
+    if backend == "numpy":
+        return arr
+    if backend == "torch":
+        import torch
+
+        t = torch.from_numpy(arr)
+        return t if device is None else t.to(device)
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        out = jnp.asarray(arr)
+        if out.dtype != arr.dtype:
+            raise RuntimeError(
+                f"jax made {out.dtype} from {arr.dtype}: enable x64 "
+                "(jax.config.update('jax_enable_x64', True)) before creating arrays"
+            )
+        return out if device is None else jax.device_put(out, device)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if device is None:
+            return tf.convert_to_tensor(arr)
+        with tf.device(device):
+            return tf.identity(tf.convert_to_tensor(arr))
+    raise ValueError(f"Expected a backend among {ALL_BACKENDS}. Received {backend!r}.")
+
+
+# ------------------------------------------------------------------------------- GPU
+
+_GPU_CACHE: dict[str, bool] = {}
+
+
+def has_gpu(backend: str) -> bool:
+    """Whether ``backend`` sees a GPU (CUDA/ROCm) device. NumPy never does."""
+    if backend in _GPU_CACHE:
+        return _GPU_CACHE[backend]
+    ok = False
+    try:
+        if backend == "torch":
+            import torch
+
+            ok = bool(torch.cuda.is_available())
+        elif backend == "jax":
+            import jax
+
+            try:
+                ok = len(jax.devices("gpu")) > 0
+            except RuntimeError:  # no GPU platform
+                ok = False
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            ok = len(tf.config.list_physical_devices("GPU")) > 0
+    except ImportError:
+        ok = False
+    _GPU_CACHE[backend] = ok
+    return ok
+
+
+def gpu_device(backend: str) -> Any:
+    """The ``device=`` argument of :func:`from_numpy` for the first GPU of ``backend``."""
+    if backend == "torch":
+        return "cuda"
+    if backend == "jax":
+        import jax
+
+        return jax.devices("gpu")[0]
+    if backend == "tensorflow":
+        return "/GPU:0"
+    raise ValueError(f"Backend {backend!r} has no GPU device.")

@@ -1,0 +1,131 @@
+"""Test configuration: backend selection, JAX float64, hypothesis profiles, GPU marker.
+
+- ``JACSPEC_TEST_BACKENDS``: comma list of backends to test (default: all four,
+  ``numpy,torch,jax,tensorflow``). The ``backend`` fixture is parametrized over them; a
+  backend whose framework is not installed is skipped, not failed. The nox session
+  ``tests(backend=NAME)`` sets it to ``NAME``.
+- JAX: float64 tests need x64, so this file enables it (``jax_enable_x64``) when JAX is
+  selected and installed. The library itself never changes it.
+- ``HYPOTHESIS_PROFILE``: ``ci`` (default: 15 examples, derandomized, no deadline) or
+  ``dev`` (50 random examples).
+- ``@pytest.mark.gpu``: skipped unless the backend under test (or, for tests without a
+  ``backend`` parameter, any installed framework) sees a GPU.
+
+Helpers (``to_numpy``, ``from_numpy``, ``rtol_for``, ...) live in ``tests/_helpers.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before any TensorFlow import: silence its C++ start-up logging.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from _helpers import (  # noqa: E402
+    ALL_BACKENDS,
+    backend_available,
+    has_gpu,
+    selected_backends,
+)
+
+# ------------------------------------------------------------------------ hypothesis
+
+_SUPPRESSED = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile(
+    "ci",
+    max_examples=15,
+    deadline=None,
+    derandomize=True,  # the same examples on every CI run: no flaky reds
+    suppress_health_check=_SUPPRESSED,
+    print_blob=True,
+)
+settings.register_profile(
+    "dev",
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=_SUPPRESSED,
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# -------------------------------------------------------------------------- backends
+
+SELECTED_BACKENDS: list[str] = selected_backends()
+_AVAILABLE: dict[str, bool] = {}
+
+
+def _available(name: str) -> bool:
+    if name not in _AVAILABLE:
+        _AVAILABLE[name] = backend_available(name)
+    return _AVAILABLE[name]
+
+
+def _enable_jax_x64() -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # x64 must be on before the first jax array is made, so do it at start-up.
+    if "jax" in SELECTED_BACKENDS and _available("jax"):
+        _enable_jax_x64()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    parts = []
+    for name in SELECTED_BACKENDS:
+        if not _available(name):
+            parts.append(f"{name} (not installed: skipped)")
+            continue
+        mod = __import__(name)
+        parts.append(f"{name} {getattr(mod, '__version__', '?')}")
+    return ["jacspec test backends: " + ", ".join(parts)]
+
+
+@pytest.fixture(scope="session", params=SELECTED_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Name of the backend under test: "numpy", "torch", "jax" or "tensorflow".
+
+    Session-scoped (tests are grouped per backend, and hypothesis accepts it). Skips the
+    test when the framework is not importable.
+    """
+    name: str = request.param
+    if not _available(name):
+        pytest.skip(f"backend {name!r} is not installed")
+    if name == "jax":
+        _enable_jax_x64()  # idempotent; covers a JACSPEC_TEST_BACKENDS change mid-run
+    return name
+
+
+@pytest.fixture(scope="session")
+def autodiff_backend(backend: str) -> str:
+    """Like ``backend`` but skips NumPy (no autodiff: jacobian/hessian/slope/penalties)."""
+    if backend == "numpy":
+        pytest.skip("NumPy has no autodiff")
+    return backend
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request: pytest.FixtureRequest) -> str:
+    """Floating dtype name; convert with ``_helpers.from_numpy(a, backend, dtype)``."""
+    return request.param
+
+
+# ------------------------------------------------------------------------------- GPU
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is None:
+        return
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    name = params.get("backend")
+    if name in ALL_BACKENDS:
+        if not has_gpu(name):
+            pytest.skip(f"needs a GPU visible to {name}")
+    elif not any(has_gpu(b) for b in SELECTED_BACKENDS if _available(b)):
+        pytest.skip("needs a GPU")
