@@ -44,6 +44,9 @@ def tests(session: nox.Session, backend: str) -> None:
     # One resolver run: the pins in requirements.txt constrain everything else.
     session.install(*_requirements(backend), "-e", ".[test]")
     session.env["JACSPEC_TEST_BACKENDS"] = backend
+    if backend == "jax":
+        # Eager JAX compiles each new shape; fewer hypothesis examples keep CI in budget.
+        session.env["JACSPEC_MAX_EXAMPLES"] = "6"
     session.run("pytest", *session.posargs)
     if backend == DOCTEST_BACKEND:
         # Docstring examples. Modules of frameworks not installed here (jax, tensorflow
