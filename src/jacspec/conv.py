@@ -506,28 +506,6 @@ def operator(weight: Array, input_size: Any, *, stride: Any = 1, padding: Any = 
     return _make_operator(b, w, input_size, stride, padding, _hint(b, layout))
 
 
-def _operator_norm(op: LinearOperator, *, method: str, tol: float | None) -> Array:
-    """Largest singular value of ``op``, differentiable (envelope theorem)."""
-    from . import solvers
-
-    try:
-        return solvers.spectral_norm(op, method=method, tol=tol)
-    except NotImplementedError:  # pragma: no cover - before jacspec.solvers landed
-        return _dense_norm(op)
-
-
-def _dense_norm(op: LinearOperator) -> Array:
-    """Exact ``sigma_max`` from the materialized matrix; gradient ``u^T (dA) v``."""
-    from .interop import materialize
-
-    b, xp = op._backend, op.xp
-    with b.no_grad():
-        M = materialize(op, grad=False)
-        U, S, Vh = xp.linalg.svd(M, full_matrices=False)
-        u, v = U[:, :1], xp.matrix_transpose(Vh[:1, :])
-    return xp.sum(u * op._mm(v, grad=True))
-
-
 def spectral_norm(weight: Array, input_size: Any, *, stride: Any = 1,
                   padding: Any = "same", layout: str | None = None,
                   tol: float | None = None, method: str = "auto") -> Array:
@@ -566,7 +544,9 @@ def _conv_norm(op: ConvOperator, *, method: str = "auto", tol: float | None = No
     if op.circular and op.stride == (1, 1):
         H, W = op.input_hw
         return _circular_values(op.xp, op.weight, H, W, top_only=True)
-    return _operator_norm(op, method=method, tol=tol)
+    from .solvers import spectral_norm as _spectral_norm
+
+    return _spectral_norm(op, method=method, tol=tol)
 
 
 # --------------------------------------------------------------------- layer report
