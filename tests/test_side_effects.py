@@ -103,3 +103,29 @@ def test_jax_jacobian_under_jit_and_grad():
     g = jax.grad(lambda W: product(W, x, v).sum())(W)
     g_ref = jax.grad(lambda W: ((1 - jnp.tanh(W @ x) ** 2) * (W @ v)).sum())(W)
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-12)
+
+
+def test_keras_variables_are_tensorflow_arrays():
+    tf = pytest.importorskip("tensorflow")
+    keras = tf.keras
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(1)])
+    X = tf.random.stateless_normal((5, 3), seed=[0, 1])
+    params = model.trainable_variables  # Keras 3 variables, not tf.Variable instances
+    H = js.hessian(lambda vs: tf.reduce_mean(model(X) ** 2), params)
+    n = sum(int(np.prod(v.shape)) for v in params)
+    assert H.shape == (n, n)
+    D = js.dense(H).numpy()
+    # reference: nested tapes over the tf.Variables behind the Keras variables
+    tvars = [v.value for v in params]
+    with tf.GradientTape(persistent=True) as t2:
+        with tf.GradientTape() as t1:
+            loss = tf.reduce_mean(model(X) ** 2)
+        g = tf.concat([tf.reshape(gi, [-1]) for gi in t1.gradient(loss, tvars)], 0)
+    rows = t2.jacobian(g, tvars, experimental_use_pfor=False)
+    ref = np.concatenate([r.numpy().reshape(n, -1) for r in rows], axis=1)
+    np.testing.assert_allclose(D, ref, rtol=1e-4, atol=1e-6)
+    kernel = model.layers[0].kernel
+    with tf.GradientTape() as tape:
+        s = js.conv.miyato(tf.reshape(kernel, (1, 1, 3, 4)))
+    assert tape.gradient(s, kernel) is not None

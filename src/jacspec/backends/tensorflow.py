@@ -13,6 +13,7 @@ GPU: ``pip install "tensorflow[and-cuda]"``; products run on the device of ``x``
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -48,6 +49,20 @@ def keras_state_guard(f: Callable) -> Iterator[None]:
             v.assign(value)
 
 
+def _is_keras_variable(x: Any) -> bool:
+    """A Keras 3 variable (``layer.kernel``, ``model.trainable_variables``) on TensorFlow."""
+    keras = sys.modules.get("keras")
+    cls = getattr(keras, "Variable", None) if keras is not None else None
+    return cls is not None and isinstance(x, cls) and isinstance(
+        getattr(x, "value", None), tf.Variable
+    )
+
+
+def _watchable(x: Any) -> Any:
+    """The ``tf.Variable`` behind a Keras variable (what tapes watch), else ``x``."""
+    return x.value if _is_keras_variable(x) else x
+
+
 def _cols(V: tf.Tensor, shape) -> list[tf.Tensor]:
     """``batch + (n, k)`` -> k tensors of ``shape``."""
     k = V.shape[-1]
@@ -67,7 +82,7 @@ class TensorflowBackend(Backend):
         return _tf_namespace
 
     def is_array(self, x: Any) -> bool:
-        return isinstance(x, (tf.Tensor, tf.Variable))
+        return isinstance(x, (tf.Tensor, tf.Variable)) or _is_keras_variable(x)
 
     def version(self) -> str:
         return tf.__version__
@@ -124,7 +139,7 @@ class TensorflowBackend(Backend):
     def linearize(self, f, x, *, batched):
         check_input(self, x, batched=batched)
         with keras_state_guard(f), tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
+            tape.watch(xw := _watchable(x))
             y = f(x)
         check_output(self, y, int(x.shape[0]) if batched else None, what="f")
         bshape = (int(x.shape[0]),) if batched else ()
@@ -139,7 +154,7 @@ class TensorflowBackend(Backend):
 
         def rmm(U, grad):
             cols = [
-                tape.gradient(y, x, output_gradients=u, unconnected_gradients=_ZERO)
+                tape.gradient(y, xw, output_gradients=u, unconnected_gradients=_ZERO)
                 for u in _cols(U, out_shape)
             ]
             return finish(cols, n, grad)
@@ -149,7 +164,7 @@ class TensorflowBackend(Backend):
                 u0 = tf.zeros_like(y)
                 with tf.GradientTape(persistent=True) as outer:
                     outer.watch(u0)
-                    g = tape.gradient(y, x, output_gradients=u0, unconnected_gradients=_ZERO)
+                    g = tape.gradient(y, xw, output_gradients=u0, unconnected_gradients=_ZERO)
                 dual.update(u0=u0, g=g, tape=outer)
             cols = [
                 dual["tape"].gradient(
@@ -164,14 +179,14 @@ class TensorflowBackend(Backend):
     def linearize_gradient(self, f, x, *, batched):
         if self.is_array(x):
             check_input(self, x, batched=batched)
-            leaves, arg = [x], x
+            leaves, arg = [_watchable(x)], x
         else:
             if batched:
                 raise ValueError(
                     "Expected an array x with batched=True. Received a parameter collection "
                     f"({type(x).__name__}); batched Hessians are per-sample input Hessians."
                 )
-            leaves = list(x.values()) if isinstance(x, dict) else list(x)
+            leaves = [_watchable(v) for v in (x.values() if isinstance(x, dict) else x)]
             for v in leaves:
                 check_input(self, v, batched=False, what="each parameter")
             arg = x

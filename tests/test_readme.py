@@ -1,0 +1,44 @@
+"""The README's examples run, each in the session of the framework it is about.
+
+Blocks under a heading naming PyTorch (and the Slope block, which reuses the PyTorch
+model) share one namespace, in order; the others run on their own.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+_SECTION = re.compile(r"^### (.+?)\n(.*?)(?=^##)", re.S | re.M)
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def _backend_of(title: str) -> str:
+    for key, name in (("PyTorch", "torch"), ("Slope", "torch"), ("JAX", "jax"),
+                      ("TensorFlow", "tensorflow"), ("NumPy", "numpy")):
+        if key in title:
+            return name
+    raise AssertionError(f"README section {title!r} names no backend")
+
+
+def _examples() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for title, body in _SECTION.findall(README.read_text()):
+        for block in _BLOCK.findall(body):
+            out.setdefault(_backend_of(title), []).append(block)
+    return out
+
+
+def test_readme_has_examples_for_every_backend():
+    assert set(_examples()) == {"numpy", "torch", "jax", "tensorflow"}
+
+
+def test_readme_examples_run(backend, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # res.plot() and friends write nothing into the tree
+    pytest.importorskip("matplotlib") if backend == "torch" else None
+    namespace: dict = {"__name__": "__readme__"}
+    for i, code in enumerate(_examples()[backend]):
+        exec(compile(code, f"README.md[{backend}#{i}]", "exec"), namespace)
