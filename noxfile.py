@@ -83,7 +83,21 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark table: `jacspec bench --quick` with torch and JAX installed."""
-    session.install(*_requirements("torch"), *_requirements("jax"), "-e", ".")
-    args = session.posargs or ["--quick"]
-    session.run("jacspec", "bench", *args)
+    """The benchmark table: `jacspec bench --quick` with torch, JAX and the peers.
+
+    Peers (curvlinops-for-pytorch, PyHessian, matfree) are installed with ``--no-deps``
+    after the pinned CPU torch, plus their small pure-Python dependencies: their own
+    requirements (torchvision via backpack-for-pytorch) would otherwise upgrade torch to
+    a CUDA build. hessian-eigenthings is not on PyPI; its row prints a skip line.
+    """
+    session.install(*_requirements("torch"), *_requirements("jax"), "-e", ".[demo]")
+    session.install("--no-deps", "curvlinops-for-pytorch", "backpack-for-pytorch",
+                    "pyhessian", "matfree", "einops", "einconv", "linear_operator",
+                    "unfoldNd", "opt-einsum")
+    session.run("python", "-c", "import torch; assert '+cpu' in torch.__version__ or "
+                "not torch.cuda.is_available(), torch.__version__; print(torch.__version__)")
+    if session.posargs:
+        session.run("jacspec", "bench", *session.posargs)
+    else:
+        session.run("jacspec", "bench", "--quick", "--backend", "torch")
+        session.run("jacspec", "bench", "--quick", "--backend", "jax")

@@ -160,6 +160,14 @@ class TorchBackend(Backend):
     def no_grad(self):
         return torch.no_grad()
 
+    def set_column(self, X, j, x):
+        """Write ``x`` (..., s) into column ``j`` of ``X`` (..., s, J) in place; returns X.
+
+        Only for solver work buffers (no gradient), see ``solvers.decomp._put_col``."""
+        with torch.no_grad():
+            X[..., j] = x
+        return X
+
     # -- autodiff ------------------------------------------------------------------
     def linearize(self, f, x, *, batched):
         check_input(self, x, batched=batched)

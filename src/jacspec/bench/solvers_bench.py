@@ -164,7 +164,7 @@ def run(backend: str = "torch", quick: bool = False) -> list[dict[str, Any]]:
         xs = X32[:16]
         times = {}
         for method in ["dense", "lanczos", "auto"]:
-            times[method] = _timeit(lambda method=method: js.spectral_norm(
+            times[method] = _timeit(lambda method=method, net=net, xs=xs: js.spectral_norm(
                 js.jacobian(net, xs, batched=True), method=method), 2)
         ratio = times["auto"] / min(times["dense"], times["lanczos"])
         worst = max(worst, ratio)

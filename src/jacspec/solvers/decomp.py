@@ -19,6 +19,7 @@ Lanczos ``beta * |s_i[-1]|``, relative to the largest Ritz value.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, NamedTuple
 
@@ -78,6 +79,13 @@ class Context:
             self.traced = True
         return out
 
+    @property
+    def dynamic(self) -> bool:
+        """Whether array shapes may change from step to step: outside a trace and not in
+        JAX (whose eager mode compiles every new shape). Then the loops work on the
+        filled part of their fixed-width buffers only."""
+        return not self.traced and self.backend.name != "jax"
+
     # -- helpers -------------------------------------------------------------------
     def random(self, shape: tuple[int, ...]) -> Array:
         """Standard normal samples of the op's dtype, a fresh deterministic draw."""
@@ -130,37 +138,50 @@ class Context:
         return v / self.cast(self.norm(v))[:, None]
 
 
-def extend(ctx: Context, Q: Array, w: Array, scale: Array):
-    """Orthogonalize ``w`` (B, s) against the orthonormal columns of ``Q`` (B, s, J).
+def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None):
+    """Orthogonalize ``w`` (B, s) against the orthonormal columns of ``Q`` (B, s, width).
 
-    Classical Gram–Schmidt, done twice. Where the remainder is at rounding level
-    (breakdown: ``w`` lies in ``span(Q)``, relative to ``scale``, the running estimate
-    of ``||A||``), a random vector orthogonalized against ``Q`` replaces it and the
-    coupling is 0. Returns ``(q, coef, norm, scale)``: the unit vector, ``Q^H w``
-    (B, J), the coupling (0 at breakdown) and the updated scale.
+    Classical Gram–Schmidt, done twice ("twice is enough"). Where the remainder after
+    the first pass is at rounding level (breakdown: ``w`` lies in ``span(Q)``, relative
+    to ``scale``, the running estimate of ``||A||``), a random vector orthogonalized
+    against ``Q`` (also twice) replaces it and the coupling is 0. The random vector
+    rides along the first pass as a second column of the same block product, so a
+    breakdown costs no extra pass and needs no host synchronization.
+
+    With ``J`` given and shapes free to change (:attr:`Context.dynamic`), only the
+    first ``J`` (filled) columns of ``Q`` are used; the coefficients are zero-padded to
+    the full width. Returns ``(q, coef, coupling, scale, bd)``: the unit vector,
+    ``Q^H w`` (B, width), the coupling (0 at breakdown), the updated scale and the
+    breakdown flags.
     """
     xp = ctx.xp
     B, s = int(w.shape[0]), int(w.shape[1])
-    J = int(Q.shape[-1])
+    width = int(Q.shape[-1])
+    if J is not None and ctx.dynamic and J < width:
+        Q = Q[..., :J]
+    nJ = int(Q.shape[-1])
     nrm0 = ctx.norm(w)
     scale = xp.maximum(scale, nrm0)
     thresh = ctx.bd_rtol * scale + ctx.tiny
-    QH = ctx.H(Q) if J else None
-    if J:
-        c1 = xp.matmul(QH, w[..., None])
-        w = w - xp.matmul(Q, c1)[..., 0]
-    nrm1 = ctx.norm(w)
-    bd = nrm1 <= thresh
-    w = xp.where(bd[:, None], ctx.random((B, s)), w)
-    if J:
+    rnd = ctx.random((B, s))
+    if nJ:
+        QH = ctx.H(Q)
+        W2 = xp.stack([w, rnd], axis=-1)  # (B, s, 2)
+        C1 = xp.matmul(QH, W2)
+        W2 = W2 - xp.matmul(Q, C1)
+        w = W2[..., 0]
+        bd = ctx.norm(w) <= thresh
+        w = xp.where(bd[:, None], W2[..., 1], w)
         c2 = xp.matmul(QH, w[..., None])
         w = w - xp.matmul(Q, c2)[..., 0]
-        c3 = xp.matmul(QH, w[..., None])
-        w = w - xp.matmul(Q, c3)[..., 0]
-        extra = (c2 + c3)[..., 0]
-        coef = c1[..., 0] + xp.where(bd[:, None], xp.zeros_like(extra), extra)
+        extra = c2[..., 0]
+        coef = C1[..., 0] + xp.where(bd[:, None], xp.zeros_like(extra), extra)
+        if nJ < width:
+            coef = xp.concat([coef, ctx.zeros((B, width - nJ))], axis=-1)
     else:
-        coef = ctx.zeros((B, 0))
+        bd = nrm0 <= thresh
+        w = xp.where(bd[:, None], rnd, w)
+        coef = ctx.zeros((B, width))
     nrm = ctx.norm(w)
     one = xp.ones_like(nrm)
     q = w / ctx.cast(xp.where(nrm > 0, nrm, one))[:, None]
@@ -270,9 +291,57 @@ class _Padded:
         return self._pad[keep]
 
 
-def _put_col(ctx: Context, X: Array, x: Array, e: Array) -> Array:
-    """``X`` (B, s, jmax) with ``x`` (B, s) added in the column selected by one-hot e."""
+def _put_col(ctx: Context, X: Array, x: Array, e: Array, j: int) -> Array:
+    """``X`` (B, s, jmax) with ``x`` (B, s) added in column ``j`` (one-hot ``e``), where
+    that column is zero. Adapters with a ``set_column`` (an in-place write into a buffer
+    this module allocated) avoid rebuilding the whole buffer per step."""
+    setter = getattr(ctx.backend, "set_column", None)
+    if setter is not None and ctx.dynamic:
+        return setter(X, j, x)
     return X + x[..., None] * e
+
+
+# Convergence checks (a small SVD/eigh plus a host synchronization) run at every step
+# while the basis is small, then every ``J // CHECK_SPACING`` steps: at most a
+# ``1 / CHECK_SPACING`` fraction of extra products past convergence.
+CHECK_SPACING = 6
+
+
+class _Schedule:
+    """When to check convergence next (outside a trace; deterministic, data-driven).
+
+    With ``check_every`` given, every that many steps. Otherwise every step while
+    ``J < 2 * CHECK_SPACING``, then every ``J // CHECK_SPACING`` steps, and further apart
+    where the worst residual ratio ``res / (tol * scale)`` of the last two checks, extrapolated
+    linearly in log scale, says convergence is still far: half the predicted steps (Krylov
+    convergence accelerates, so the prediction errs long and halving it keeps the
+    overshoot small). Uses the host synchronization the check does anyway.
+    """
+
+    def __init__(self, ctx: Context, check_every: int | None) -> None:
+        self.ctx = ctx
+        self.fixed = check_every
+        self.gap = 1 if check_every is None else check_every
+        self.prev: tuple[int, float] | None = None
+
+    def due(self, since: int, J: int) -> bool:
+        return since >= self.gap
+
+    def update(self, J: int, res: Array, ref: Array) -> None:
+        if self.fixed is not None:
+            return
+        xp = self.ctx.xp
+        gap = max(1, J // CHECK_SPACING)
+        ratio = xp.where(ref > 0, res / xp.where(ref > 0, ref, xp.ones_like(ref)),
+                         xp.zeros_like(res))
+        q = float(self.ctx.backend.to_numpy(xp.max(ratio)))
+        if math.isfinite(q) and q > 1:
+            if self.prev is not None and self.prev[1] > q and J > self.prev[0]:
+                rate = math.log(self.prev[1] / q) / (J - self.prev[0])
+                if rate > 0:
+                    gap = max(gap, int(math.log(q) / rate / 2))
+            self.prev = (J, q)
+        self.gap = gap
 
 
 def _sentinel(ctx: Context, M: Array) -> Array:
@@ -303,13 +372,13 @@ def _weights(ctx: Context, vecs: Array, act: Array) -> Array:
 
 def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
                 v0: Array | None = None, ncv: int | None = None,
-                check_every: int = 1) -> KrylovResult:
+                check_every: int | None = None) -> KrylovResult:
     """Top-``k`` singular triplets by Golub–Kahan–Lanczos bidiagonalization.
 
     ``ctx``'s input side should be the smaller one (``n_in = min(m, n)``): the basis
     then fills after ``n_in`` steps and the decomposition is exact. Thick restarts
     bound the basis at ``jmax`` vectors. Outside a trace, convergence is checked every
-    ``check_every`` steps from the Ritz residuals; inside one (``jax.jit``), a fixed
+    ``check_every`` steps (default: see ``_Schedule``) from the Ritz residuals; inside one (``jax.jit``), a fixed
     number of steps runs (``maxiter`` products, by default one basis of ``jmax``).
     """
     xp = ctx.xp
@@ -330,6 +399,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     beta = ctx.zeros((B,), real=True)
     J = 0
     since_check = 0
+    sched = _Schedule(ctx, check_every)
     ritz = None
     while True:
         cost = 2 if J + 1 < r else 1
@@ -340,29 +410,30 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
             break
         # -- u-step: A v, orthogonalized against U
         p = ctx.mm(v[..., None])[..., 0]
-        u, c, alpha, scale, bd_u = extend(ctx, U, p, scale)
+        u, c, alpha, scale, bd_u = extend(ctx, U, p, scale, J)
         e = pad.ec[J]
         M = M + (c + ctx.cast(alpha)[:, None] * e)[..., :, None] * e
-        V = _put_col(ctx, V, v, e)
-        U = _put_col(ctx, U, u, e)
+        V = _put_col(ctx, V, v, e, J)
+        U = _put_col(ctx, U, u, e, J)
         J += 1
         ritz = None
         # -- v-step: A^H u, orthogonalized against V
         if J < r:
             q = ctx.mm(u[..., None], adjoint=True)[..., 0]
-            v, _, beta, scale, bd_v = extend(ctx, V, q, scale)
+            v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J)
             fresh.step(J, bd_v, ~bd_u)
         else:
             beta = ctx.zeros((B,), real=True)
             break
         since_check += 1
-        if not ctx.traced and J >= jmin and (since_check >= check_every or J == jmax):
+        if not ctx.traced and J >= jmin and (sched.due(since_check, J) or J == jmax):
             since_check = 0
             ctx.check_finite(M)
             ritz = _svd_ritz(ctx, pad, M, J, k)
             res, conv = _svd_conv(ctx, pad, ritz, beta, J, tol)
             if ctx.all_true(conv & fresh.ok()):
                 break
+            sched.update(J, res, tol * xp.max(ritz[0], axis=-1, keepdims=True))
         if J == jmax:
             V, U, M = _svd_restart(ctx, pad, V, U, M, keep)
             J = keep
@@ -382,9 +453,24 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     return KrylovResult(S, xp.matmul(U, X), xp.matmul(V, Y), res, conv, ctx.count)
 
 
+def _pad_rows(ctx: Context, X: Array, jmax: int) -> Array:
+    """``X`` (B, J, k) zero-padded to (B, jmax, k)."""
+    J = int(X.shape[-2])
+    if J == jmax:
+        return X
+    z = ctx.zeros((int(X.shape[0]), jmax - J, int(X.shape[-1])))
+    return ctx.xp.concat([X, z], axis=-2)
+
+
 def _svd_ritz(ctx: Context, pad: _Padded, M: Array, J: int, k: int):
     """Top-k singular values (B, k) and vectors (B, jmax, k) of the active block of M."""
     xp = ctx.xp
+    if ctx.dynamic:
+        # Shapes may change: factor the filled J x J block only (no sentinel needed).
+        X, S, Yh = xp.linalg.svd(M[:, :J, :J], full_matrices=False)
+        Y = ctx.H(Yh)
+        return (S[:, :k], _pad_rows(ctx, X[..., :k], pad.jmax),
+                _pad_rows(ctx, Y[..., :k], pad.jmax))
     Mp = M + _sentinel(ctx, M) * ctx.cast(pad.inactive_diag(J))
     X, S, Yh = xp.linalg.svd(Mp, full_matrices=False)
     Y = ctx.H(Yh)
@@ -439,6 +525,12 @@ def _eig_ritz(ctx: Context, pad: _Padded, T: Array, J: int, which: str, k: int):
     """Wanted Ritz values (B, k) and vectors (B, jmax, k) of the active block of T."""
     xp = ctx.xp
     Ts = _hermitian(ctx, T, pad)
+    if ctx.dynamic:
+        theta, S = xp.linalg.eigh(Ts[:, :J, :J])
+        P = select(ctx, theta, which, k)
+        vals = xp.sum(theta[:, :, None] * P, axis=-2)
+        radius = xp.max(xp.abs(theta), axis=-1, keepdims=True)
+        return vals, _pad_rows(ctx, xp.matmul(S, ctx.cast(P)), pad.jmax), radius
     Tp = Ts + _sentinel(ctx, Ts) * ctx.cast(pad.inactive_diag(J))
     theta, S = xp.linalg.eigh(Tp)
     key = {"LM": xp.abs(theta), "LA": theta, "SA": -theta}[which]
@@ -452,7 +544,7 @@ def _eig_ritz(ctx: Context, pad: _Padded, T: Array, J: int, which: str, k: int):
 
 def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | None,
                 v0: Array | None = None, ncv: int | None = None,
-                check_every: int = 1) -> KrylovResult:
+                check_every: int | None = None) -> KrylovResult:
     """``k`` wanted eigenpairs of a Hermitian operator by symmetric Lanczos with full
     reorthogonalization (twice), breakdown restarts and thick restarts."""
     xp = ctx.xp
@@ -470,6 +562,7 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
     beta = ctx.zeros((B,), real=True)
     J = 0
     since_check = 0
+    sched = _Schedule(ctx, check_every)
     ritz = None
     while True:
         limit = maxiter
@@ -479,9 +572,9 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
             break
         w = ctx.mm(q[..., None])[..., 0]
         e = pad.ec[J]
-        Q = _put_col(ctx, Q, q, e)
+        Q = _put_col(ctx, Q, q, e, J)
         J += 1
-        q, c, beta, scale, bd = extend(ctx, Q, w, scale)
+        q, c, beta, scale, bd = extend(ctx, Q, w, scale, J)
         fresh.step(J, bd)
         T = T + c[..., :, None] * e
         ritz = None
@@ -489,13 +582,14 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
             beta = ctx.zeros((B,), real=True)
             break
         since_check += 1
-        if not ctx.traced and J >= jmin and (since_check >= check_every or J == jmax):
+        if not ctx.traced and J >= jmin and (sched.due(since_check, J) or J == jmax):
             since_check = 0
             ctx.check_finite(T)
             ritz = _eig_ritz(ctx, pad, T, J, which, k)
             res, conv = _eig_conv(ctx, pad, ritz, beta, J, tol)
             if ctx.all_true(conv & fresh.ok()):
                 break
+            sched.update(J, res, tol * ritz[2])
         if J == jmax:
             Q, T = _eig_restart(ctx, pad, Q, T, which, keep)
             J = keep

@@ -21,7 +21,23 @@ TRACED_MAXITER = 200
 
 
 def _orth(ctx: Context, Z: Array) -> Array:
+    if int(Z.shape[-1]) == 1:
+        # One vector: a norm, not a (batched LAPACK) QR.
+        nrm = ctx.norm(Z[..., 0])
+        nrm = ctx.xp.where(nrm > 0, nrm, ctx.xp.ones_like(nrm))
+        return Z / ctx.cast(nrm)[:, None, None]
     return ctx.xp.linalg.qr(Z).Q
+
+
+def _svd_block(ctx: Context, W: Array):
+    """``(U, S, Y)`` of a thin SVD of ``W`` (B, s, k); k = 1 without LAPACK."""
+    xp = ctx.xp
+    if int(W.shape[-1]) == 1:
+        S = ctx.norm(W[..., 0])[:, None]  # (B, 1)
+        safe = xp.where(S > 0, S, xp.ones_like(S))
+        return W / ctx.cast(safe)[:, None, :], S, None
+    Uw, S, Yh = xp.linalg.svd(W, full_matrices=False)
+    return Uw, S, ctx.H(Yh)
 
 
 def svd_power(ctx: Context, k: int, *, tol: float, maxiter: int | None,
@@ -38,10 +54,9 @@ def svd_power(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         if limit is None:
             limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
         ctx.check_finite(W)
-        Uw, S, Yh = xp.linalg.svd(W, full_matrices=False)
+        Uw, S, Y = _svd_block(ctx, W)
         Z = ctx.mm(Uw, adjoint=True)  # = A^H U ~ V Y S
-        Y = ctx.H(Yh)
-        Vr = xp.matmul(V, Y)
+        Vr = V if Y is None else xp.matmul(V, Y)
         R = Z - Vr * ctx.cast(S)[:, None, :]
         res = ctx.norm(ctx.xp.matrix_transpose(R))
         conv = res <= tol * S[:, :1]
@@ -76,14 +91,21 @@ def eig_power(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | No
         if limit is None:
             limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
         ctx.check_finite(W)
-        T = xp.matmul(ctx.H(V), W)
-        T = (T + ctx.H(T)) / 2
-        theta, S = xp.linalg.eigh(T)
-        P = select(ctx, theta, which, k)
-        vals = xp.sum(theta[:, :, None] * P, axis=-2)
-        Sk = xp.matmul(S, ctx.cast(P))
-        X = xp.matmul(V, Sk)
-        R = xp.matmul(W, Sk) - X * ctx.cast(vals)[:, None, :]
+        if k == 1:
+            # Rayleigh quotient; no (batched LAPACK) eigh of a 1 x 1 matrix.
+            theta = xp.real(xp.sum(ctx.conj(V[..., 0]) * W[..., 0], axis=-1))[:, None]
+            vals = theta
+            X = V
+            R = W - X * ctx.cast(vals)[:, None, :]
+        else:
+            T = xp.matmul(ctx.H(V), W)
+            T = (T + ctx.H(T)) / 2
+            theta, S = xp.linalg.eigh(T)
+            P = select(ctx, theta, which, k)
+            vals = xp.sum(theta[:, :, None] * P, axis=-2)
+            Sk = xp.matmul(S, ctx.cast(P))
+            X = xp.matmul(V, Sk)
+            R = xp.matmul(W, Sk) - X * ctx.cast(vals)[:, None, :]
         res = ctx.norm(xp.matrix_transpose(R))
         radius = xp.max(xp.abs(theta), axis=-1, keepdims=True)
         conv = res <= tol * radius
