@@ -129,3 +129,19 @@ def test_keras_variables_are_tensorflow_arrays():
     with tf.GradientTape() as tape:
         s = js.conv.miyato(tf.reshape(kernel, (1, 1, 3, 4)))
     assert tape.gradient(s, kernel) is not None
+
+
+def test_torch_operator_survives_the_users_backward():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x = torch.randn(4)
+    J = js.jacobian(model, x)
+    js.spectral_norm(J).backward()  # frees the graph J's products reuse
+    ref = torch.func.jacrev(model)(x).detach().numpy()
+    np.testing.assert_allclose(js.dense(J).detach().numpy(), ref, rtol=1e-5, atol=1e-6)
+    H = js.hessian(lambda p: model(x).pow(2).sum(), dict(model.named_parameters()))
+    (H @ torch.ones(H.shape[1])).sum().backward()
+    v = torch.ones(H.shape[1])
+    first = (H @ v).detach()
+    np.testing.assert_allclose((H @ v).detach().numpy(), first.numpy(), rtol=1e-6)

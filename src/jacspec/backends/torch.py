@@ -96,6 +96,17 @@ def _depends_on_other_leaves(y: torch.Tensor, own: list[torch.Tensor]) -> bool:
     return False
 
 
+def _retry_freed(run: Callable[[], Any], rebuild: Callable[[], None]) -> Any:
+    """Run a product; if autograd freed the retained graph, rebuild it once and retry."""
+    try:
+        return run()
+    except RuntimeError as err:
+        if "backward through the graph a second time" not in str(err):
+            raise
+        rebuild()
+        return run()
+
+
 def _grad(outputs, inputs, grad_outputs, *, create_graph: bool, batched: bool):
     return torch.autograd.grad(
         outputs,
@@ -172,51 +183,66 @@ class TorchBackend(Backend):
     def linearize(self, f, x, *, batched):
         check_input(self, x, batched=batched)
         xg = x if x.requires_grad else x.detach().requires_grad_(True)
-        with module_state_guard(f), torch.enable_grad():
-            y = f(xg)
+        st: dict[str, Any] = {}
+
+        def forward() -> None:
+            # The graph is retained for every product. If the user backpropagates through
+            # a result built on it (``js.spectral_norm(J).backward()``), autograd frees it;
+            # the next product then runs this again (at the current parameter values).
+            st.clear()
+            with module_state_guard(f), torch.enable_grad():
+                st["y"] = f(xg)
+
+        forward()
+        y = st["y"]
         check_output(self, y, int(x.shape[0]) if batched else None, what="f")
         bshape = (int(x.shape[0]),) if batched else ()
         differentiable = x.requires_grad or _depends_on_other_leaves(y, [xg])
         in_shape = tuple(x.shape)
         n = self.sizes(in_shape[len(bshape):])
         m = self.sizes(tuple(y.shape)[len(bshape):])
-        dual: dict[str, Any] = {}
 
         def zeros(size: int, k: int) -> torch.Tensor:
             return torch.zeros(bshape + (size, k), dtype=y.dtype, device=y.device)
 
-        def rmm(U: torch.Tensor, grad: bool) -> torch.Tensor:
-            grad = grad and differentiable and torch.is_grad_enabled()
+        def rmm_once(U: torch.Tensor, grad: bool) -> torch.Tensor:
             k = U.shape[-1]
-            if not y.requires_grad:
-                return zeros(n, k)
+            y = st["y"]
             Uc = _cols_first(U, tuple(y.shape))
             (g,) = _grad(y, xg, Uc if k > 1 else Uc[0], create_graph=grad, batched=k > 1)
             if g is None:
                 return zeros(n, k)
             return _cols_last(g if k > 1 else g[None], bshape, n)
 
-        def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
-            grad = grad and differentiable and torch.is_grad_enabled()
+        def mm_once(V: torch.Tensor, grad: bool) -> torch.Tensor:
             k = V.shape[-1]
-            if not y.requires_grad:
-                return zeros(m, k)
-            if not dual:
-                u0 = torch.zeros_like(y, requires_grad=True)
+            if "g" not in st:
+                u0 = torch.zeros_like(st["y"], requires_grad=True)
                 with torch.enable_grad():
                     (g,) = torch.autograd.grad(
-                        y, xg, u0, retain_graph=True, create_graph=True, allow_unused=True
+                        st["y"], xg, u0, retain_graph=True, create_graph=True,
+                        allow_unused=True,
                     )
-                dual["u0"], dual["g"] = u0, g
-            g = dual["g"]
+                st["u0"], st["g"] = u0, g
+            g = st["g"]
             if g is None or not g.requires_grad:
                 return zeros(m, k)
             Vc = _cols_first(V, in_shape)
-            (r,) = _grad(g, dual["u0"], Vc if k > 1 else Vc[0], create_graph=grad, batched=k > 1)
+            (r,) = _grad(g, st["u0"], Vc if k > 1 else Vc[0], create_graph=grad, batched=k > 1)
             if r is None:
                 return zeros(m, k)
             return _cols_last(r if k > 1 else r[None], bshape, m)
 
+        def product(once, size):
+            def apply(V: torch.Tensor, grad: bool) -> torch.Tensor:
+                grad = grad and differentiable and torch.is_grad_enabled()
+                if not y.requires_grad:
+                    return zeros(size, V.shape[-1])
+                return _retry_freed(lambda: once(V, grad), forward)
+
+            return apply
+
+        mm, rmm = product(mm_once, m), product(rmm_once, n)
         return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
 
     def linearize_gradient(self, f, x, *, batched):
@@ -239,8 +265,18 @@ class TorchBackend(Backend):
                 arg = dict(zip(x.keys(), leaves))
             else:
                 arg = type(x)(leaves) if isinstance(x, (list, tuple)) else leaves
-        with module_state_guard(f), torch.enable_grad():
-            y = f(arg)
+        st: dict[str, Any] = {}
+
+        def forward() -> None:  # rebuilt if the user's backward frees the graph
+            with module_state_guard(f), torch.enable_grad():
+                y = f(arg)
+                st["y"] = y
+                st["grads"] = torch.autograd.grad(
+                    y.sum(), leaves, create_graph=True, allow_unused=True
+                ) if y.requires_grad and y.numel() else [None] * len(leaves)
+
+        forward()
+        y = st["y"]
         bshape = (int(x.shape[0]),) if batched else ()
         check_output(self, y, bshape[0] if batched else None, what="f")
         if tuple(y.shape) != bshape and not (not batched and y.numel() == 1):
@@ -252,10 +288,7 @@ class TorchBackend(Backend):
         sample_shapes = [tuple(v.shape)[len(bshape):] for v in leaves]
         sizes = [self.sizes(s) for s in sample_shapes]
         n = sum(sizes)
-        with torch.enable_grad():
-            grads = torch.autograd.grad(
-                y.sum(), leaves, create_graph=True, allow_unused=True
-            ) if y.requires_grad else [None] * len(leaves)
+        grads = st["grads"]
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         own = [leaf for leaf, orig in zip(leaves, values_in) if leaf is not orig]
         differentiable = len(own) < len(leaves) or _depends_on_other_leaves(y, leaves)
@@ -267,11 +300,14 @@ class TorchBackend(Backend):
                 return torch.zeros(bshape + (n, k), dtype=y.dtype, device=y.device)
             Vc = torch.movedim(V, -1, 0)  # (k,) + bshape + (n,)
             parts = torch.split(Vc, sizes, dim=-1)
-            outs = [grads[i] for i in live]
             gos = [parts[i].reshape((k,) + tuple(leaves[i].shape)) for i in live]
             if k == 1:
                 gos = [g[0] for g in gos]
-            res = _grad(outs, leaves, gos, create_graph=grad, batched=k > 1)
+            res = _retry_freed(
+                lambda: _grad([st["grads"][i] for i in live], leaves, gos, create_graph=grad,
+                              batched=k > 1),
+                forward,
+            )
             cols = []
             for r, leaf, size in zip(res, leaves, sizes):
                 if r is None:
