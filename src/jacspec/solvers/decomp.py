@@ -138,7 +138,8 @@ class Context:
         return v / self.cast(self.norm(v))[:, None]
 
 
-def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None):
+def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
+           force: Array | None = None):
     """Orthogonalize ``w`` (B, s) against the orthonormal columns of ``Q`` (B, s, width).
 
     Classical Gram–Schmidt, done twice ("twice is enough"). Where the remainder after
@@ -152,7 +153,8 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None)
     first ``J`` (filled) columns of ``Q`` are used; the coefficients are zero-padded to
     the full width. Returns ``(q, coef, coupling, scale, bd)``: the unit vector,
     ``Q^H w`` (B, width), the coupling (0 at breakdown), the updated scale and the
-    breakdown flags.
+    breakdown flags. ``force`` (B,) bool restarts those samples as if they had broken
+    down (see :func:`_verify`).
     """
     xp = ctx.xp
     B, s = int(w.shape[0]), int(w.shape[1])
@@ -171,6 +173,8 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None)
         W2 = W2 - xp.matmul(Q, C1)
         w = W2[..., 0]
         bd = ctx.norm(w) <= thresh
+        if force is not None:
+            bd = bd | force
         w = xp.where(bd[:, None], W2[..., 1], w)
         c2 = xp.matmul(QH, w[..., None])
         w = w - xp.matmul(Q, c2)[..., 0]
@@ -180,6 +184,8 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None)
             coef = xp.concat([coef, ctx.zeros((B, width - nJ))], axis=-1)
     else:
         bd = nrm0 <= thresh
+        if force is not None:
+            bd = bd | force
         w = xp.where(bd[:, None], rnd, w)
         coef = ctx.zeros((B, width))
     nrm = ctx.norm(w)
@@ -219,6 +225,42 @@ class _Fresh:
         xp = self.ctx.xp
         need = xp.minimum(self.room, xp.zeros_like(self.room) + self.need)
         return (self.count >= need)[:, None]
+
+
+class _Verify:
+    """Per-sample check restart for ``k >= 2``, so that repeated values are all found.
+
+    A single Krylov sequence holds one copy of each repeated eigen/singular value; the
+    other copies appear only after a breakdown. When a sample first looks converged, it
+    is restarted once with a random vector orthogonal to its basis (a forced breakdown)
+    and must converge again after ``2k + 1`` more vectors (:class:`_Fresh`): a missing
+    copy of a top value then shows up as a new Ritz value. ``k = 1`` needs no check (the
+    top value is found whatever its multiplicity).
+    """
+
+    def __init__(self, ctx: Context, k: int) -> None:
+        self.ctx = ctx
+        self.on = k > 1 and not ctx.traced
+        self.done = ctx.zeros((ctx.B,), real=True) > 0  # all False
+        self.force: Array | None = None
+
+    def accept(self, ok: Array) -> bool:
+        """Given per-value ``ok`` (B, k) flags, whether the solver may stop now."""
+        xp = self.ctx.xp
+        ready = xp.all(ok, axis=-1)
+        if not self.on:
+            return self.ctx.all_true(ready)
+        if self.ctx.all_true(ready & self.done):
+            return True
+        need = ready & ~self.done
+        if bool(xp.any(need)):
+            self.force = need
+            self.done = self.done | need
+        return False
+
+    def take(self) -> Array | None:
+        force, self.force = self.force, None
+        return force
 
 
 class KrylovResult(NamedTuple):
@@ -386,6 +428,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     jmin, jmax, keep = basis_sizes(r, k, ncv)
     pad = _Padded(ctx, jmax)
     fresh = _Fresh(ctx, r, k)
+    verify = _Verify(ctx, k)
     # A coupling below tol (relative) is an invariant subspace to the requested accuracy:
     # treat it as a breakdown so the other copies of a (numerically) repeated value show.
     ctx.bd_rtol = max(ctx.bd_rtol, min(tol, 1e-2))
@@ -420,7 +463,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         # -- v-step: A^H u, orthogonalized against V
         if J < r:
             q = ctx.mm(u[..., None], adjoint=True)[..., 0]
-            v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J)
+            v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J, force=verify.take())
             fresh.step(J, bd_v, ~bd_u)
         else:
             beta = ctx.zeros((B,), real=True)
@@ -431,7 +474,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
             ctx.check_finite(M)
             ritz = _svd_ritz(ctx, pad, M, J, k)
             res, conv = _svd_conv(ctx, pad, ritz, beta, J, tol)
-            if ctx.all_true(conv & fresh.ok()):
+            if verify.accept(conv & fresh.ok()):
                 break
             sched.update(J, res, tol * xp.max(ritz[0], axis=-1, keepdims=True))
         if J == jmax:
@@ -552,6 +595,7 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
     jmin, jmax, keep = basis_sizes(n, k, ncv)
     pad = _Padded(ctx, jmax)
     fresh = _Fresh(ctx, n, k)
+    verify = _Verify(ctx, k)
     ctx.bd_rtol = max(ctx.bd_rtol, min(tol, 1e-2))
     if maxiter is None and not ctx.traced:
         maxiter = max(DEFAULT_MAXITER, n)
@@ -574,7 +618,7 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
         e = pad.ec[J]
         Q = _put_col(ctx, Q, q, e, J)
         J += 1
-        q, c, beta, scale, bd = extend(ctx, Q, w, scale, J)
+        q, c, beta, scale, bd = extend(ctx, Q, w, scale, J, force=verify.take())
         fresh.step(J, bd)
         T = T + c[..., :, None] * e
         ritz = None
@@ -587,7 +631,7 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
             ctx.check_finite(T)
             ritz = _eig_ritz(ctx, pad, T, J, which, k)
             res, conv = _eig_conv(ctx, pad, ritz, beta, J, tol)
-            if ctx.all_true(conv & fresh.ok()):
+            if verify.accept(conv & fresh.ok()):
                 break
             sched.update(J, res, tol * ritz[2])
         if J == jmax:
