@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .backends import Backend, backend_of, infer_backend
+from .backends import Backend, backend_of, collection_leaves, infer_backend
 from .operators import LinearizationOperator
 
 __all__ = ["jacobian", "hessian"]
@@ -14,23 +14,15 @@ __all__ = ["jacobian", "hessian"]
 def _autodiff_backend(x: Any, *, allow_collections: bool) -> tuple[Backend, Any]:
     """The backend of ``x`` (an array or, if allowed, a parameter collection)."""
     b = backend_of(x)
-    if b is not None:
-        pass
-    elif allow_collections and (isinstance(x, (list, tuple, dict)) or _is_iterator(x)):
+    if b is None and allow_collections and not isinstance(x, (str, bytes)):
         x = _materialize(x)
-        leaves = _leaves(x)
-        if not leaves:
-            raise TypeError(
-                "Expected x to be an array or a non-empty collection of arrays. "
-                f"Received an empty {type(x).__name__}."
-            )
-        b = infer_backend(*leaves, what="the parameters in x")
-    elif allow_collections and _is_jax_pytree(x):
-        b = backend_of(_leaves(x)[0])
-    else:
+        leaves = collection_leaves(x)
+        if leaves and all(backend_of(v) is not None for v in leaves):
+            b = infer_backend(*leaves, what="the parameters in x")
+    if b is None:
         raise TypeError(
             "Expected x to be an array of torch, jax or tensorflow (numpy has no autodiff)"
-            + (", or a collection of parameter arrays" if allow_collections else "")
+            + (", or a non-empty collection of such arrays" if allow_collections else "")
             + f". Received {type(x).__module__}.{type(x).__qualname__}."
         )
     if not b.has_autodiff:
@@ -56,33 +48,6 @@ def _materialize(x: Any) -> Any:
     ):
         return dict(x)
     return x
-
-
-def _leaves(x: Any) -> list:
-    if isinstance(x, dict):
-        out = []
-        for v in x.values():
-            out += _leaves(v) if isinstance(v, (dict, list, tuple)) else [v]
-        return out
-    if isinstance(x, (list, tuple)):
-        out = []
-        for v in x:
-            out += _leaves(v) if isinstance(v, (dict, list, tuple)) else [v]
-        return out
-    import sys
-
-    if "jax" in sys.modules:
-        return sys.modules["jax"].tree_util.tree_leaves(x)
-    return [x]
-
-
-def _is_jax_pytree(x: Any) -> bool:
-    import sys
-
-    if "jax" not in sys.modules:
-        return False
-    leaves = sys.modules["jax"].tree_util.tree_leaves(x)
-    return bool(leaves) and all(backend_of(v) is not None for v in leaves)
 
 
 def _check_callable(f: Any) -> None:

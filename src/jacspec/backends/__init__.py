@@ -28,6 +28,7 @@ __all__ = [
     "backend_of",
     "infer_backend",
     "available_backends",
+    "collection_leaves",
 ]
 
 #: Supported backends, by name, and the top-level module that must be imported for an
@@ -123,3 +124,15 @@ def available_backends() -> dict[str, str | None]:
         except ImportError:
             out[name] = None
     return out
+
+
+def collection_leaves(x: Any) -> list:
+    """The leaves of a parameter collection: nested dicts, lists and tuples, or (once
+    JAX is imported) any JAX pytree. A non-collection is its own single leaf."""
+    if "jax" in sys.modules:
+        return get_backend("jax").tree_leaves(x)
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        return [leaf for v in x for leaf in collection_leaves(v)]
+    return [x]

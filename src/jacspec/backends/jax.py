@@ -98,6 +98,9 @@ class JaxBackend(Backend):
     def all_finite(self, x) -> bool:
         return bool(jnp.all(jnp.isfinite(x)))
 
+    def tree_leaves(self, x: Any) -> list:
+        return jax.tree_util.tree_leaves(x)
+
     def is_param_collection(self, x: Any) -> bool:
         if self.is_array(x):
             return False
