@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import backend_of
 from ..operators import LinearOperator
 
 METHODS = ("auto", "dense", "lanczos", "power")
@@ -104,23 +103,7 @@ def check_v0(v0: Any, op: LinearOperator) -> Any:
     """A start vector of shape ``batch_shape + (n,)`` in the op's framework and dtype."""
     if v0 is None:
         return None
-    b = backend_of(v0)
-    if b is None:
-        raise TypeError(
-            f"Expected v0 to be a {op.backend} array. Received "
-            f"{type(v0).__module__}.{type(v0).__qualname__}."
-        )
-    if b.name != op.backend:
-        raise TypeError(
-            f"Expected v0 from the operator's framework ({op.backend}). Received a "
-            f"{b.name} array; arrays from {op.backend} and {b.name} cannot be mixed."
-        )
-    expected = op.batch_shape + (op.shape[1],)
-    if tuple(int(s) for s in v0.shape) != expected:
-        raise ValueError(
-            f"Expected v0 of shape {expected}. Received {tuple(int(s) for s in v0.shape)}."
-        )
-    return op.xp.astype(v0, op.dtype)
+    return op._check_vector(v0, op.shape[1], block=False)
 
 
 def check_square(op: LinearOperator, what: str) -> None:
