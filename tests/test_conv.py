@@ -263,9 +263,6 @@ def test_spectral_norm_equals_dense(backend, padding, stride):
 
 def test_spectral_norm_lanczos(backend):
     """The Krylov path (what real layers take), value and gradient."""
-    if backend == "jax":
-        pytest.skip("eager JAX Lanczos compiles at every step (~30 s): covered by the "
-                    "solver tests; the conv products are checked here by the dense path")
     w = RNG.standard_normal((2, 1, 3, 3))
     ref = _sv(_conv_matrix(w, 4, 4, stride=1, padding=1))[0]
     got = js.conv.spectral_norm(_weight(w, backend), (4, 4), padding=1, method="lanczos")
