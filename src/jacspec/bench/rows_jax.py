@@ -34,18 +34,26 @@ def _mlp(jax, jnp, sizes, seed=0):
 
 
 def overhead_jax(quick: bool) -> list[Row]:
+    """Target rows on the DESIGN.md model size (64-256-256-10 MLP, B=128 per-sample
+    10x64 Jacobians); report rows on the small case (B=32, 256x64 Jacobians)."""
+    return (_overhead_jax(quick, [64, 256, 256, 10], 128, "", True)
+            + _overhead_jax(quick, [64, 256, 256], 32, ", small", False))
+
+
+def _overhead_jax(quick: bool, sizes: list[int], B: int, suffix: str,
+                  target: bool) -> list[Row]:
     import jax
     import jax.numpy as jnp
 
     import jacspec as js
 
     X, _ = _digits()
-    B = 32
     xb = jnp.asarray(X[:B])
-    f = _mlp(jax, jnp, [64, 256, 256])
+    f = _mlp(jax, jnp, sizes)
     reps = _reps(quick)
-    steps = 20
-    nprod = 2 * steps
+    pw_steps = 20
+    # GKL steps: at most the smaller side (the basis is full there; jacspec stops)
+    steps = min(20, sizes[0], sizes[-1])
     key = jax.random.key(0)
     v0 = jax.random.normal(key, xb.shape)
 
@@ -60,7 +68,7 @@ def overhead_jax(quick: bool) -> list[Row]:
             z = vjp(u)[0]
             return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
-        v = jax.lax.fori_loop(0, steps, body, v0 / jnp.linalg.norm(v0, axis=-1,
+        v = jax.lax.fori_loop(0, pw_steps, body, v0 / jnp.linalg.norm(v0, axis=-1,
                                                                      keepdims=True))
         return jnp.linalg.norm(jvp(v), axis=-1)
 
@@ -68,7 +76,7 @@ def overhead_jax(quick: bool) -> list[Row]:
     def native_gkl(x):
         _, jvp = jax.linearize(f, x)
         vjp = jax.linear_transpose(jvp, x)
-        n, m = x.shape[-1], 256
+        n, m = x.shape[-1], sizes[-1]
         V = jnp.zeros((B, n, steps))
         U = jnp.zeros((B, m, steps))
         Bd = jnp.zeros((B, steps, steps))
@@ -96,26 +104,32 @@ def overhead_jax(quick: bool) -> list[Row]:
         V, U, Bd, v = jax.lax.fori_loop(0, steps, body, (V, U, Bd, v))
         return jnp.linalg.svd(Bd, compute_uv=False)[:, 0]
 
+    nprods = {"lanczos": 2 * steps, "power": 2 * pw_steps}
+
     def ours(method):
         return jax.jit(lambda x: js.svds(js.jacobian(f, x, batched=True), method=method,
-                                         maxiter=nprod).values)
+                                         maxiter=nprods[method]).values)
 
-    cfg = (f"B={B}, MLP 64-256-256 tanh, float32, {nprod} products, both inside jax.jit; "
+    arch = "-".join(map(str, sizes))
+    cfg = (f"B={B}, random MLP {arch} tanh, float32, per-sample Jacobians "
+           f"{sizes[-1]}x{sizes[0]}, {steps} GKL steps / {pw_steps} power steps "
+           f"(jacspec maxiter {2 * steps} / {2 * pw_steps}), both inside jax.jit; "
            "reference: hand-written lax.fori_loop on jax.linearize/linear_transpose")
     rows = []
     for method, native in [("lanczos", native_gkl), ("power", native_power)]:
         fo = ours(method)
         t_j = median_time(lambda fo=fo: fo(xb), reps, jax.block_until_ready)
         t_n = median_time(lambda nf=native: nf(xb), reps, jax.block_until_ready)
-        rows.append(dict(name=f"overhead: {method} (jax.jit)", jacspec=_ms(t_j),
-                         reference=_ms(t_n), ratio=t_j / t_n, target="<= 1.10",
-                         met=t_j / t_n <= 1.10, configuration=cfg,
-                         details=dict(jacspec_s=t_j, native_s=t_n, products=nprod)))
+        rows.append(dict(name=f"overhead: {method} (jax.jit{suffix})", jacspec=_ms(t_j),
+                         reference=_ms(t_n), ratio=t_j / t_n,
+                         target="<= 1.10" if target else "report",
+                         met=(t_j / t_n <= 1.10) if target else None, configuration=cfg,
+                         details=dict(jacspec_s=t_j, native_s=t_n, products=nprods[method])))
     # eager jacspec (data-dependent stopping) for information
     t_e = median_time(lambda: js.svds(js.jacobian(f, xb, batched=True), method="lanczos",
                                       tol=1e-4).values, 3, jax.block_until_ready)
     t_n = median_time(lambda: native_gkl(xb), reps, jax.block_until_ready)
-    rows.append(dict(name="overhead: lanczos (jax eager)", jacspec=_ms(t_e),
+    rows.append(dict(name=f"overhead: lanczos (jax eager{suffix})", jacspec=_ms(t_e),
                      reference=_ms(t_n), ratio=t_e / t_n, target="report", met=None,
                      configuration="as above, jacspec eager with tol 1e-4 (own stopping) "
                      "vs the jitted native loop", details=dict(jacspec_s=t_e, native_s=t_n)))

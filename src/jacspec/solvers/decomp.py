@@ -59,6 +59,7 @@ class Context:
         fi = np.finfo(self.real_name)
         self.eps = float(fi.eps)
         self.tiny = float(fi.tiny) * 1e3
+        self.tiny_normal = float(fi.tiny)
         self.bd_rtol = self.eps ** 0.75
         self.count = 0
         if seed is None:
@@ -165,6 +166,8 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
     nrm0 = ctx.norm(w)
     scale = xp.maximum(scale, nrm0)
     thresh = ctx.bd_rtol * scale + ctx.tiny
+    if ctx.dynamic:
+        return _extend_eager(ctx, Q, w, scale, thresh, force, B, s, width, nJ, nrm0)
     rnd = ctx.random((B, s))
     if nJ:
         QH = ctx.H(Q)
@@ -195,6 +198,54 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
     return q, coef, coupling, scale, bd
 
 
+def _extend_eager(ctx: Context, Q: Array, w: Array, scale: Array, thresh: Array,
+                  force: Array | None, B: int, s: int, width: int, nJ: int, nrm0: Array):
+    """:func:`extend` where shapes may change (eager torch/numpy/TF).
+
+    Both passes run on ``w`` alone; one host read of "did any sample break down?" then
+    decides. The common no-breakdown step takes no random draw and no masking and
+    returns ``bd=None``. Breakdown is judged on the remainder after the second pass
+    (at most the first pass's); a sample that broke down (or is forced) is redone from a
+    random vector orthogonalized twice, with its coupling set to 0.
+    """
+    xp = ctx.xp
+    if not nJ:
+        bd = nrm0 <= thresh if force is None else (nrm0 <= thresh) | force
+        coef = ctx.zeros((B, width))
+        if not bool(ctx.backend.to_numpy(xp.any(bd))):
+            return w / ctx.cast(nrm0)[:, None], coef, nrm0, scale, None
+        w = xp.where(bd[:, None], ctx.random((B, s)), w)
+        nrm = ctx.norm(w)
+        return (w / ctx.cast(nrm)[:, None], coef, xp.where(bd, xp.zeros_like(nrm), nrm),
+                scale, bd)
+    QH = ctx.H(Q)
+    c1 = QH @ w[..., None]
+    w = w - (Q @ c1)[..., 0]
+    c2 = QH @ w[..., None]
+    w = w - (Q @ c2)[..., 0]
+    nrm = ctx.norm(w)
+    bd = nrm <= thresh if force is None else (nrm <= thresh) | force
+    broke = bool(ctx.backend.to_numpy(xp.any(bd)))
+    if not broke:
+        coef = (c1 + c2)[..., 0]
+        if nJ < width:
+            coef = xp.concat([coef, ctx.zeros((B, width - nJ))], axis=-1)
+        return w / ctx.cast(nrm)[:, None], coef, nrm, scale, None
+    r = ctx.random((B, s))[..., None]
+    r = r - Q @ (QH @ r)
+    r = (r - Q @ (QH @ r))[..., 0]
+    w = xp.where(bd[:, None], r, w)
+    c = (c1 + c2)[..., 0]
+    coef = xp.where(bd[:, None], c1[..., 0], c)
+    if nJ < width:
+        coef = xp.concat([coef, ctx.zeros((B, width - nJ))], axis=-1)
+    nrm2 = ctx.norm(w)
+    one = xp.ones_like(nrm2)
+    q = w / ctx.cast(xp.where(nrm2 > 0, nrm2, one))[:, None]
+    coupling = xp.where(bd, xp.zeros_like(nrm), nrm)
+    return q, coef, coupling, scale, bd
+
+
 class _Fresh:
     """Per-sample guard against accepting convergence right after a breakdown.
 
@@ -210,9 +261,17 @@ class _Fresh:
         self.count = ctx.zeros((ctx.B,), real=True)
         self.room = ctx.zeros((ctx.B,), real=True) + n
         self.prev = self.count > 0  # all False
+        self.none = self.prev
+        self.prev_any = False  # whether prev may hold a True
 
-    def step(self, J: int, bd: Array, eligible: Array | None = None) -> None:
+    def step(self, J: int, bd: Array | None, eligible: Array | None = None) -> None:
         xp = self.ctx.xp
+        if bd is None:  # no sample broke down (see ``extend``): no reset anywhere
+            self.count = self.count + 1
+            if self.prev_any:
+                self.prev, self.prev_any = self.none, False
+            return
+        self.prev_any = True
         reset = bd & ~self.prev
         if eligible is not None:
             reset = reset & eligible
@@ -455,7 +514,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         p = ctx.mm(v[..., None])[..., 0]
         u, c, alpha, scale, bd_u = extend(ctx, U, p, scale, J)
         e = pad.ec[J]
-        M = M + (c + ctx.cast(alpha)[:, None] * e)[..., :, None] * e
+        M = _put_col(ctx, M, c + ctx.cast(alpha)[:, None] * e, e, J)
         V = _put_col(ctx, V, v, e, J)
         U = _put_col(ctx, U, u, e, J)
         J += 1
@@ -464,7 +523,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         if J < r:
             q = ctx.mm(u[..., None], adjoint=True)[..., 0]
             v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J, force=verify.take())
-            fresh.step(J, bd_v, ~bd_u)
+            fresh.step(J, bd_v, None if bd_u is None else ~bd_u)
         else:
             beta = ctx.zeros((B,), real=True)
             break
@@ -620,7 +679,7 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
         J += 1
         q, c, beta, scale, bd = extend(ctx, Q, w, scale, J, force=verify.take())
         fresh.step(J, bd)
-        T = T + c[..., :, None] * e
+        T = _put_col(ctx, T, c, e, J - 1)
         ritz = None
         if J == n:
             beta = ctx.zeros((B,), real=True)

@@ -10,6 +10,7 @@ networks (DESIGN.md): it is offered for comparison and for very cheap steps, not
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .decomp import Context, KrylovResult, _warn_unconverged, select
@@ -20,12 +21,21 @@ DEFAULT_MAXITER = 2000
 TRACED_MAXITER = 200
 
 
+def _colnorm(ctx: Context, Z: Array) -> Array:
+    """Norms of the columns of ``Z`` (B, s, k): (B, k), real."""
+    return ctx.xp.linalg.vector_norm(Z, axis=-2)
+
+
+def _safe(ctx: Context, nrm: Array) -> Array:
+    """``nrm`` with zeros raised to the smallest normal number (a zero column then stays
+    zero when divided by it)."""
+    return ctx.xp.maximum(nrm, ctx.xp.zeros_like(nrm) + ctx.tiny_normal)
+
+
 def _orth(ctx: Context, Z: Array) -> Array:
     if int(Z.shape[-1]) == 1:
         # One vector: a norm, not a (batched LAPACK) QR.
-        nrm = ctx.norm(Z[..., 0])
-        nrm = ctx.xp.where(nrm > 0, nrm, ctx.xp.ones_like(nrm))
-        return Z / ctx.cast(nrm)[:, None, None]
+        return Z / ctx.cast(_safe(ctx, _colnorm(ctx, Z)))[:, None, :]
     return ctx.xp.linalg.qr(Z).Q
 
 
@@ -33,11 +43,22 @@ def _svd_block(ctx: Context, W: Array):
     """``(U, S, Y)`` of a thin SVD of ``W`` (B, s, k); k = 1 without LAPACK."""
     xp = ctx.xp
     if int(W.shape[-1]) == 1:
-        S = ctx.norm(W[..., 0])[:, None]  # (B, 1)
-        safe = xp.where(S > 0, S, xp.ones_like(S))
-        return W / ctx.cast(safe)[:, None, :], S, None
+        S = _colnorm(ctx, W)  # (B, 1)
+        return W / ctx.cast(_safe(ctx, S))[:, None, :], S, None
     Uw, S, Yh = xp.linalg.svd(W, full_matrices=False)
     return Uw, S, ctx.H(Yh)
+
+
+def _stop(ctx: Context, res: Array, bound: Array) -> bool:
+    """Whether every residual is within its bound, from one host read (outside a
+    trace); raises FloatingPointError for NaN/Inf residuals (a NaN or Inf in a product
+    reaches them)."""
+    xp = ctx.xp
+    both = ctx.backend.to_numpy(xp.stack([xp.max(res - bound), xp.sum(res)]))
+    q, total = float(both[0]), float(both[1])
+    if not (math.isfinite(q) and math.isfinite(total)):
+        ctx.check_finite(res)  # raises if really non-finite
+    return q <= 0
 
 
 def svd_power(ctx: Context, k: int, *, tol: float, maxiter: int | None,
@@ -48,27 +69,28 @@ def svd_power(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     if k > 1:
         V = _orth(ctx, xp.concat([V, ctx.random((B, r, k - 1))], axis=-1))
     out = None
+    limit = maxiter
+    if limit is None:
+        limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
     while True:
         W = ctx.mm(V)  # (B, n_out, k)
-        limit = maxiter
-        if limit is None:
-            limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
-        ctx.check_finite(W)
+        if k > 1:
+            ctx.check_finite(W)  # before LAPACK sees it
         Uw, S, Y = _svd_block(ctx, W)
         Z = ctx.mm(Uw, adjoint=True)  # = A^H U ~ V Y S
         Vr = V if Y is None else xp.matmul(V, Y)
-        R = Z - Vr * ctx.cast(S)[:, None, :]
-        res = ctx.norm(ctx.xp.matrix_transpose(R))
-        conv = res <= tol * S[:, :1]
-        out = (S, Uw, Vr, res, conv)
-        if not ctx.traced:
-            ctx.check_finite(res)
-            if ctx.all_true(conv):
-                break
+        res = _colnorm(ctx, Z - Vr * ctx.cast(S)[:, None, :])
+        bound = tol * S[:, :1]
+        out = (S, Uw, Vr, res, bound)
+        if not ctx.traced and _stop(ctx, res, bound):
+            break
         if ctx.count + 2 * k > limit:
             break
         V = _orth(ctx, Z)
-    S, Uw, Vr, res, conv = out
+    S, Uw, Vr, res, bound = out
+    if not ctx.traced:
+        ctx.check_finite(res)
+    conv = res <= bound
     if not ctx.traced and not ctx.all_true(conv):
         _warn_unconverged("Power iteration", ctx.count)
     return KrylovResult(S, Uw, Vr, res, conv, ctx.count)
@@ -85,12 +107,13 @@ def eig_power(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | No
     if k > 1:
         V = _orth(ctx, xp.concat([V, ctx.random((B, n, k - 1))], axis=-1))
     out = None
+    limit = maxiter
+    if limit is None:
+        limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
     while True:
         W = ctx.mm(V)  # A V
-        limit = maxiter
-        if limit is None:
-            limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
-        ctx.check_finite(W)
+        if k > 1:
+            ctx.check_finite(W)  # before LAPACK sees it
         if k == 1:
             # Rayleigh quotient; no (batched LAPACK) eigh of a 1 x 1 matrix.
             theta = xp.real(xp.sum(ctx.conj(V[..., 0]) * W[..., 0], axis=-1))[:, None]
@@ -106,20 +129,22 @@ def eig_power(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | No
             Sk = xp.matmul(S, ctx.cast(P))
             X = xp.matmul(V, Sk)
             R = xp.matmul(W, Sk) - X * ctx.cast(vals)[:, None, :]
-        res = ctx.norm(xp.matrix_transpose(R))
+        res = _colnorm(ctx, R)
         radius = xp.max(xp.abs(theta), axis=-1, keepdims=True)
-        conv = res <= tol * radius
-        out = (vals, X, res, conv)
-        if not ctx.traced:
-            if ctx.all_true(conv):
-                break
+        bound = tol * radius
+        out = (vals, X, res, bound)
+        if not ctx.traced and _stop(ctx, res, bound):
+            break
         if ctx.count + k > limit:
             break
         Z = W if sign == 1.0 else -W
         if shift is not None:
             Z = Z + ctx.cast(shift)[:, None, None] * V
         V = _orth(ctx, Z)
-    vals, X, res, conv = out
+    vals, X, res, bound = out
+    if not ctx.traced:
+        ctx.check_finite(res)
+    conv = res <= bound
     if not ctx.traced and not ctx.all_true(conv):
         _warn_unconverged("Power iteration", ctx.count)
     return KrylovResult(vals, None, X, res, conv, ctx.count)
