@@ -20,6 +20,8 @@ import os
 
 # Before any TensorFlow import: silence its C++ start-up logging.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Plots in tests (slope, demo, README) render off-screen.
+os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
