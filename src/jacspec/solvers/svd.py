@@ -16,7 +16,7 @@ Array = Any
 # product, then a LAPACK-class factorization) costs less than the Krylov products Lanczos
 # is expected to need. Block products are several times cheaper per column than the
 # sequential products of a Krylov loop, hence the factor (measured by
-# ``jacspec.bench.solvers_bench``, row "auto vs best").
+# ``jacspec.bench.rows``, row "auto vs best").
 AUTO_EXPECTED_STEPS = 20
 AUTO_BLOCK_ADVANTAGE = 2.0
 # For the SVD (two products per step, a materialization from the smaller side) the
