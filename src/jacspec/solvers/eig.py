@@ -81,7 +81,9 @@ def eigsh(op: Any, k: int = 1, *, which: str = "LM", method: str = "auto",
         Largest magnitude, largest algebraic, smallest algebraic.
     method : {"auto", "dense", "lanczos", "power"}
         ``"lanczos"``: symmetric Lanczos with full reorthogonalization (twice),
-        breakdown restarts and thick restarts (one product per step); ``"dense"``:
+        breakdown restarts and thick restarts (one product per step; for ``k >= 2``
+        one check restart after the first convergence finds every copy of a repeated
+        eigenvalue); ``"dense"``:
         materialize and ``eigh``; ``"power"``: block subspace iteration (``LA``/``SA``
         through a shift by an estimate of the spectral radius). ``"auto"``: dense when
         ``n <= 2 * max(2k + 1, k + 20)``, Lanczos otherwise.

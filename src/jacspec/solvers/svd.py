@@ -110,8 +110,9 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
     method : {"auto", "dense", "lanczos", "power"}
         ``"dense"`` materializes the operator (``min(m, n)`` products in one block) and
         takes an exact SVD; ``"lanczos"`` is Golub–Kahan–Lanczos bidiagonalization with
-        full reorthogonalization (twice), breakdown restarts and thick restarts;
-        ``"power"`` is block power iteration on ``A^H A``. ``"auto"`` picks dense when
+        full reorthogonalization (twice), breakdown restarts and thick restarts (for
+        ``k >= 2``, one check restart with a random vector after the first convergence,
+        so that every copy of a repeated value is found); ``"power"`` is block power iteration on ``A^H A``. ``"auto"`` picks dense when
         ``min(m, n) <= 4 * 2 * max(2k + 1, k + 20)`` (168 for ``k = 1``), the point
         below which one block of ``min(m, n)`` products costs less than the ~``2 (k + 20)``
         sequential products of Lanczos; Lanczos otherwise.
