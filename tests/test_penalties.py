@@ -398,10 +398,7 @@ def test_conv_bound_is_fantastic_four(autodiff_backend):
     rng = np.random.default_rng(12)
     K = rng.standard_normal((3, 2, 3, 3))
     w = from_numpy(K if backend == "torch" else K.transpose(2, 3, 1, 0), backend, "float64")
-    try:
-        ref = js.conv.fantastic_four(w).bound
-    except (NotImplementedError, AttributeError):
-        pytest.skip("js.conv is not implemented yet")
+    ref = js.conv.fantastic_four(w).bound
     val = js.penalties.conv_bound(w)
     np.testing.assert_allclose(to_numpy(val), to_numpy(ref))
     assert tuple(val.shape) == ()
