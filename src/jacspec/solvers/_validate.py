@@ -109,3 +109,17 @@ def check_v0(v0: Any, op: LinearOperator) -> Any:
 def check_square(op: LinearOperator, what: str) -> None:
     if op.shape[0] != op.shape[1]:
         raise ValueError(f"Expected a square operator for {what}. Received shape {op.shape}.")
+
+
+def check_common(op: LinearOperator, k: int, tol: Any, maxiter: Any, seed: Any, v0: Any,
+                 ncv: Any) -> tuple[int, float, int | None, int | None, Any, int | None]:
+    """The checks ``svds`` and ``eigsh`` share, in order; returns the cleaned values
+    ``(k, tol, maxiter, seed, v0, ncv)``."""
+    k = check_k(k, op)
+    tol = check_tol(tol, op)
+    maxiter = check_maxiter(maxiter)
+    seed = check_seed(seed)
+    v0 = check_v0(v0, op)
+    if ncv is not None:
+        ncv = check_positive_int(ncv, "ncv", minimum=k + 1)
+    return k, tol, maxiter, seed, v0, ncv

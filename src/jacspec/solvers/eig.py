@@ -121,13 +121,7 @@ def eigsh(op: Any, k: int = 1, *, which: str = "LM", method: str = "auto",
     V.check_square(op, "eigsh")
     which = V.choice(which, V.WHICH, "which")
     method = V.choice(method, V.METHODS, "method")
-    k = V.check_k(k, op)
-    tol = V.check_tol(tol, op)
-    maxiter = V.check_maxiter(maxiter)
-    seed = V.check_seed(seed)
-    v0 = V.check_v0(v0, op)
-    if ncv is not None:
-        ncv = V.check_positive_int(ncv, "ncv", minimum=k + 1)
+    k, tol, maxiter, seed, v0, ncv = V.check_common(op, k, tol, maxiter, seed, v0, ncv)
     if method == "auto":
         method = "dense" if auto_is_dense(op.shape, k, 1) else "lanczos"
     with op._backend.no_grad():

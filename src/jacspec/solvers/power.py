@@ -61,17 +61,21 @@ def _stop(ctx: Context, res: Array, bound: Array) -> bool:
     return q <= 0
 
 
+def _start(ctx: Context, k: int, v0: Array | None, maxiter: int | None):
+    """The orthonormal start block ``(B, n_in, k)`` and the product limit."""
+    V = ctx.start(v0)[..., None]
+    if k > 1:
+        V = _orth(ctx, ctx.xp.concat([V, ctx.random((ctx.B, ctx.n_in, k - 1))], axis=-1))
+    if maxiter is None:
+        maxiter = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
+    return V, maxiter
+
+
 def svd_power(ctx: Context, k: int, *, tol: float, maxiter: int | None,
               v0: Array | None = None) -> KrylovResult:
     xp = ctx.xp
-    B, r = ctx.B, ctx.n_in
-    V = ctx.start(v0)[..., None]
-    if k > 1:
-        V = _orth(ctx, xp.concat([V, ctx.random((B, r, k - 1))], axis=-1))
+    V, limit = _start(ctx, k, v0, maxiter)
     out = None
-    limit = maxiter
-    if limit is None:
-        limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
     while True:
         W = ctx.mm(V)  # (B, n_out, k)
         if k > 1:
@@ -102,14 +106,8 @@ def eig_power(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | No
     """Subspace iteration on ``sign * A + shift I`` (``shift`` per sample, (B,)); the
     Ritz values are those of ``A`` itself and ``which`` selects among them."""
     xp = ctx.xp
-    B, n = ctx.B, ctx.n_in
-    V = ctx.start(v0)[..., None]
-    if k > 1:
-        V = _orth(ctx, xp.concat([V, ctx.random((B, n, k - 1))], axis=-1))
+    V, limit = _start(ctx, k, v0, maxiter)
     out = None
-    limit = maxiter
-    if limit is None:
-        limit = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
     while True:
         W = ctx.mm(V)  # A V
         if k > 1:

@@ -170,13 +170,7 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
     """
     op = V.as_operator(op)
     method = V.choice(method, V.METHODS, "method")
-    k = V.check_k(k, op)
-    tol = V.check_tol(tol, op)
-    maxiter = V.check_maxiter(maxiter)
-    seed = V.check_seed(seed)
-    v0 = V.check_v0(v0, op)
-    if ncv is not None:
-        ncv = V.check_positive_int(ncv, "ncv", minimum=k + 1)
+    k, tol, maxiter, seed, v0, ncv = V.check_common(op, k, tol, maxiter, seed, v0, ncv)
     if method == "auto":
         method = "dense" if auto_is_dense(op.shape, k, 2) else "lanczos"
     with op._backend.no_grad():
