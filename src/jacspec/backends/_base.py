@@ -64,6 +64,12 @@ class Backend:
     def xp(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def solver_xp(self) -> Any:
+        """The namespace the solvers' inner loops use: :attr:`xp`, or a faster variant of
+        it for arrays that already share one dtype and device (see the torch adapter)."""
+        return self.xp
+
     def is_array(self, x: Any) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -110,6 +116,10 @@ class Backend:
 
     def all_finite(self, x: Array) -> bool:
         return bool(np.all(np.isfinite(self.to_numpy(x))))
+
+    def to_bool(self, x: Array) -> bool:
+        """A 0-d boolean array as a Python bool (a host read)."""
+        return bool(self.to_numpy(x))
 
     def no_grad(self) -> contextlib.AbstractContextManager[Any]:
         """Context in which products need record no gradient (torch: ``no_grad``)."""

@@ -98,6 +98,36 @@ class JaxBackend(Backend):
     def all_finite(self, x) -> bool:
         return bool(jnp.all(jnp.isfinite(x)))
 
+    def hash_uniform(self, shape, *, dtype, seed: int):
+        """Uniform(-1, 1) values from a counter hash (murmur3's 32-bit finalizer of the
+        element index and ``seed``): a few fused integer ops, unlike ``jax.random``,
+        whose threefry draws cost more than a Krylov step inside a compiled loop. For
+        breakdown restart directions only (generic, not statistically random)."""
+        size = int(np.prod(shape))
+        h = jnp.arange(size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B1)
+        h = h + jnp.uint32((seed * 0x632BE5AB) % 2**32)
+        h = h ^ (h >> 16)
+        h = h * jnp.uint32(0x85EBCA6B)
+        h = h ^ (h >> 13)
+        h = h * jnp.uint32(0xC2B2AE35)
+        h = h ^ (h >> 16)
+        u = (h >> 8).astype(jnp.float32) * (2.0 / 2**24) - 1.0
+        return u.reshape(shape).astype(dtype)
+
+    # Solver buffer writes (``solvers.decomp._put_row``/``_put_col``): functional
+    # dynamic-update-slices, which XLA performs in place inside a compiled loop.
+    functional_set = True
+
+    def set_row(self, X, j, x):
+        """``X`` (..., J, s) with row ``j`` replaced by ``x`` (..., s)."""
+        return jax.lax.dynamic_update_slice_in_dim(X, x[..., None, :], j, axis=X.ndim - 2)
+
+    def set_column(self, X, j, x, start=0):
+        """``X`` (..., s, J) with rows ``start:start + t`` of column ``j`` replaced by
+        ``x`` (..., t)."""
+        idx = (0,) * (X.ndim - 2) + (start, j)
+        return jax.lax.dynamic_update_slice(X, x[..., None].astype(X.dtype), idx)
+
     def tree_leaves(self, x: Any) -> list:
         return jax.tree_util.tree_leaves(x)
 

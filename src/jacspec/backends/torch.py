@@ -96,12 +96,17 @@ def _depends_on_other_leaves(y: torch.Tensor, own: list[torch.Tensor]) -> bool:
     return False
 
 
+def _freed(err: RuntimeError) -> bool:
+    """Whether ``err`` says autograd freed a graph a product needed."""
+    return "backward through the graph a second time" in str(err)
+
+
 def _retry_freed(run: Callable[[], Any], rebuild: Callable[[], None]) -> Any:
     """Run a product; if autograd freed the retained graph, rebuild it once and retry."""
     try:
         return run()
     except RuntimeError as err:
-        if "backward through the graph a second time" not in str(err):
+        if not _freed(err):
             raise
         rebuild()
         return run()
@@ -119,6 +124,28 @@ def _grad(outputs, inputs, grad_outputs, *, create_graph: bool, batched: bool):
     )
 
 
+class _SolverNamespace:
+    """``array_api_compat.torch`` with a few hot functions bound to torch directly.
+
+    The compat wrappers of ``matmul``, ``where``, ``maximum`` and ``minimum`` resolve
+    type promotion on every call (about 10 us each, a sizeable part of a Krylov step on
+    small problems). Inside the solvers all arrays already share one dtype and device,
+    so torch's own functions give the same results."""
+
+    matmul = staticmethod(torch.matmul)
+    where = staticmethod(torch.where)
+    maximum = staticmethod(torch.maximum)
+    minimum = staticmethod(torch.minimum)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the namespace, cached
+        value = getattr(xp_torch, name)
+        setattr(self, name, value)
+        return value
+
+
+_SOLVER_XP = _SolverNamespace()
+
+
 class TorchBackend(Backend):
     name = "torch"
     module_name = "torch"
@@ -126,6 +153,10 @@ class TorchBackend(Backend):
     @property
     def xp(self) -> Any:
         return xp_torch
+
+    @property
+    def solver_xp(self) -> Any:
+        return _SOLVER_XP
 
     def is_array(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor)
@@ -168,15 +199,27 @@ class TorchBackend(Backend):
     def all_finite(self, x) -> bool:
         return bool(torch.isfinite(x).all())
 
+    def to_bool(self, x) -> bool:
+        return bool(x)
+
     def no_grad(self):
         return torch.no_grad()
 
-    def set_column(self, X, j, x):
-        """Write ``x`` (..., s) into column ``j`` of ``X`` (..., s, J) in place; returns X.
+    def set_row(self, X, j, x):
+        """Write ``x`` (..., s) into row ``j`` of ``X`` (..., J, s) in place; returns X.
+
+        Only for solver work buffers (no gradient), see ``solvers.decomp._put_row``."""
+        with torch.no_grad():
+            X[..., j, :] = x
+        return X
+
+    def set_column(self, X, j, x, start=0):
+        """Write ``x`` (..., t) into rows ``start:start + t`` of column ``j`` of ``X``
+        (..., s, J) in place; returns X.
 
         Only for solver work buffers (no gradient), see ``solvers.decomp._put_col``."""
         with torch.no_grad():
-            X[..., j] = x
+            X[..., start:start + x.shape[-1], j] = x
         return X
 
     # -- autodiff ------------------------------------------------------------------
@@ -208,11 +251,14 @@ class TorchBackend(Backend):
         def rmm_once(U: torch.Tensor, grad: bool) -> torch.Tensor:
             k = U.shape[-1]
             y = st["y"]
+            if k == 1:  # one vector: plain views, no batched-gradient machinery
+                (g,) = _grad(y, xg, U.reshape(y.shape), create_graph=grad, batched=False)
+                return zeros(n, 1) if g is None else g.reshape(bshape + (n, 1))
             Uc = _cols_first(U, tuple(y.shape))
-            (g,) = _grad(y, xg, Uc if k > 1 else Uc[0], create_graph=grad, batched=k > 1)
+            (g,) = _grad(y, xg, Uc, create_graph=grad, batched=True)
             if g is None:
                 return zeros(n, k)
-            return _cols_last(g if k > 1 else g[None], bshape, n)
+            return _cols_last(g, bshape, n)
 
         def mm_once(V: torch.Tensor, grad: bool) -> torch.Tensor:
             k = V.shape[-1]
@@ -227,18 +273,28 @@ class TorchBackend(Backend):
             g = st["g"]
             if g is None or not g.requires_grad:
                 return zeros(m, k)
+            if k == 1:
+                (r,) = _grad(g, st["u0"], V.reshape(in_shape), create_graph=grad,
+                             batched=False)
+                return zeros(m, 1) if r is None else r.reshape(bshape + (m, 1))
             Vc = _cols_first(V, in_shape)
-            (r,) = _grad(g, st["u0"], Vc if k > 1 else Vc[0], create_graph=grad, batched=k > 1)
+            (r,) = _grad(g, st["u0"], Vc, create_graph=grad, batched=True)
             if r is None:
                 return zeros(m, k)
-            return _cols_last(r if k > 1 else r[None], bshape, m)
+            return _cols_last(r, bshape, m)
 
         def product(once, size):
             def apply(V: torch.Tensor, grad: bool) -> torch.Tensor:
                 grad = grad and differentiable and torch.is_grad_enabled()
                 if not y.requires_grad:
                     return zeros(size, V.shape[-1])
-                return _retry_freed(lambda: once(V, grad), forward)
+                try:
+                    return once(V, grad)
+                except RuntimeError as err:  # the user's backward freed the graph
+                    if not _freed(err):
+                        raise
+                    forward()
+                    return once(V, grad)
 
             return apply
 

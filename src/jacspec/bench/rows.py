@@ -525,14 +525,15 @@ def peers_torch(quick: bool) -> list[Row]:
            f"float32, top |eigenvalue|, tol {tol}; error vs dense float64 eigvalsh")
     rows: list[Row] = []
 
-    def add(peer, t_p, lam_p, n_p):
+    def add(peer, t_p, lam_p, n_p, target=True, note=""):
         err_p = abs(lam_p - exact) / abs(exact)
         met = (t_ours <= t_p) and (err_ours <= max(err_p, 1e-6))
         rows.append(dict(name=f"peers: {peer}", jacspec=f"{_ms(t_ours)}, {nprod} HVPs, "
                          f"err {err_ours:.1e}",
                          reference=f"{_ms(t_p)}, {n_p} HVPs, err {err_p:.1e}",
-                         ratio=t_ours / t_p, target="faster, err <=", met=met,
-                         configuration=cfg,
+                         ratio=t_ours / t_p, target="faster, err <=" if target else "report",
+                         met=met if target else None,
+                         configuration=cfg + note,
                          details=dict(jacspec_s=t_ours, peer_s=t_p, jacspec_products=nprod,
                                       peer_products=n_p, jacspec_err=err_ours,
                                       peer_err=err_p, exact=exact)))
@@ -573,12 +574,12 @@ def peers_torch(quick: bool) -> list[Row]:
             count[0] += 1
             return orig(*a, **k)
 
-        def pyh():
+        def pyh(tol_p=tol):
             ph.hessian_vector_product = counted
             try:
                 count[0] = 0
                 comp = ph.hessian(model, crit, data=(X, y), cuda=False)
-                vals, _ = comp.eigenvalues(maxIter=1000, tol=tol, top_n=1)
+                vals, _ = comp.eigenvalues(maxIter=1000, tol=tol_p, top_n=1)
                 return float(vals[0]), count[0]
             finally:
                 ph.hessian_vector_product = orig
@@ -586,7 +587,22 @@ def peers_torch(quick: bool) -> list[Row]:
         for p in params:
             p.requires_grad_(True)
         lam_p, n_p = pyh()
-        add("PyHessian", median_time(pyh, reps), lam_p, n_p)
+        add("PyHessian (same tol)", median_time(pyh, reps), lam_p, n_p, target=False,
+            note="; PyHessian stops on the relative change of its eigenvalue estimate, a "
+            "looser test than jacspec's Ritz residual")
+        # Equal accuracy: PyHessian's tol tightened until its error is at most ours
+        # (or 1e-6); if no setting gets there, its most accurate setting.
+        runs = []
+        for tol_p in (1e-4, 1e-5, 1e-6, 1e-7):
+            lam_q, n_q = pyh(tol_p)
+            runs.append((abs(lam_q - exact) / abs(exact), tol_p, lam_q, n_q))
+            if runs[-1][0] <= max(err_ours, 1e-6):
+                break
+        err_q, tol_q, lam_q, n_q = min(runs) if runs[-1][0] > max(err_ours, 1e-6) \
+            else runs[-1]
+        add("PyHessian (equal accuracy)", median_time(lambda: pyh(tol_q), reps), lam_q, n_q,
+            note=f"; PyHessian at tol {tol_q:g}, the first of 1e-4 ... 1e-7 whose error is "
+            "at most jacspec's (or 1e-6), else its most accurate")
     except ImportError:
         rows.append(dict(name="peers: PyHessian", skipped="pyhessian not installed"))
     # hessian-eigenthings

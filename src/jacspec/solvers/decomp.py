@@ -44,8 +44,8 @@ class Context:
                  seed: int | None = 0) -> None:
         self.op = op
         self.adj = adjoint
-        self.xp = op.xp
         self.backend = op._backend
+        self.xp = self.backend.solver_xp
         self.batched = bool(op.batch_shape)
         self.B = op.batch_shape[0] if self.batched else 1
         m, n = op.shape
@@ -66,7 +66,26 @@ class Context:
             seed = int(np.random.default_rng().integers(2**31 - 1))
         self._seed = int(seed)
         self._draws = 0
+        # whether the adapter's buffer writes are functional (usable inside a trace)
+        self.functional_set = bool(getattr(self.backend, "functional_set", False))
+        value = getattr(op, "value", None)  # f(x) of a derivative operator
+        if value is not None and self.backend.is_array(value) and self.backend.is_traced(value):
+            self.traced = True  # known before the first product
         self.traced = False
+
+    @property
+    def traced(self) -> bool:
+        """Whether the products are traced (``jax.jit``, ``tf.function``): then no host
+        reads, fixed shapes and a fixed number of steps."""
+        return self._traced
+
+    @traced.setter
+    def traced(self, value: bool) -> None:
+        self._traced = bool(value)
+        # Whether array shapes may change from step to step: outside a trace and not in
+        # JAX (whose eager mode compiles every new shape). Then the loops work on the
+        # filled part of their fixed-width buffers only.
+        self.dynamic = not self._traced and self.backend.name != "jax"
 
     # -- products ------------------------------------------------------------------
     def mm(self, V: Array, *, adjoint: bool = False) -> Array:
@@ -80,19 +99,24 @@ class Context:
             self.traced = True
         return out
 
-    @property
-    def dynamic(self) -> bool:
-        """Whether array shapes may change from step to step: outside a trace and not in
-        JAX (whose eager mode compiles every new shape). Then the loops work on the
-        filled part of their fixed-width buffers only."""
-        return not self.traced and self.backend.name != "jax"
-
     # -- helpers -------------------------------------------------------------------
     def random(self, shape: tuple[int, ...]) -> Array:
         """Standard normal samples of the op's dtype, a fresh deterministic draw."""
         self._draws += 1
         return self.backend.normal(tuple(shape), dtype=self.dtype, device=self.device,
                                    seed=(self._seed + 7919 * self._draws) % (2**31 - 1))
+
+    def restart_vector(self, s: int) -> Array:
+        """A generic (B, s) vector for a breakdown restart: a fresh random draw, or
+        inside a trace (where every step carries one) the adapter's cheap hash-based
+        vector if it has one (counter-based random draws cost more than a Krylov step
+        in a compiled loop)."""
+        self._draws += 1
+        seed = (self._seed + 7919 * self._draws) % (2**31 - 1)
+        hashed = getattr(self.backend, "hash_uniform", None)
+        if self.traced and hashed is not None:
+            return hashed((self.B, s), dtype=self.dtype, seed=seed)
+        return self.random((self.B, s))
 
     def cast(self, x: Array) -> Array:
         """A real array cast to the op's (possibly complex) dtype."""
@@ -121,7 +145,10 @@ class Context:
             )
 
     def all_true(self, x: Array) -> bool:
-        return bool(self.backend.to_numpy(self.xp.all(x)))
+        return self.backend.to_bool(self.xp.all(x))
+
+    def any_true(self, x: Array) -> bool:
+        return self.backend.to_bool(self.xp.any(x))
 
     def eye(self, k: int) -> Array:
         return self.xp.eye(k, dtype=self.dtype, device=self.device)
@@ -129,7 +156,7 @@ class Context:
     def start(self, v0: Array | None) -> Array:
         """A unit start vector per sample, ``(B, n_in)`` (random where v0 is zero)."""
         xp = self.xp
-        rnd = self.random((self.B, self.n_in))
+        rnd = self.restart_vector(self.n_in)
         if v0 is None:
             v = rnd
         else:
@@ -139,50 +166,59 @@ class Context:
         return v / self.cast(self.norm(v))[:, None]
 
 
+def _coefs(ctx: Context, QH: Array, W: Array) -> Array:
+    """``Q^H w`` for each row ``w`` of ``W`` (B, t, s): (B, t, J), with ``QH = H(Q)``.
+
+    The basis is stored as rows (B, J, s) and every projection is a row-vector product
+    (``(1, s) @ (s, J)`` and ``(1, J) @ (J, s)``): batched matrix-vector products with
+    the vector on the right are several times slower on CPU for these shapes."""
+    return ctx.xp.matmul(W, QH)
+
+
 def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
            force: Array | None = None):
-    """Orthogonalize ``w`` (B, s) against the orthonormal columns of ``Q`` (B, s, width).
+    """Orthogonalize ``w`` (B, s) against the orthonormal rows of ``Q`` (B, width, s).
 
     Classical Gram–Schmidt, done twice ("twice is enough"). Where the remainder after
     the first pass is at rounding level (breakdown: ``w`` lies in ``span(Q)``, relative
     to ``scale``, the running estimate of ``||A||``), a random vector orthogonalized
     against ``Q`` (also twice) replaces it and the coupling is 0. The random vector
-    rides along the first pass as a second column of the same block product, so a
+    rides along the first pass as a second row of the same block product, so a
     breakdown costs no extra pass and needs no host synchronization.
 
     With ``J`` given and shapes free to change (:attr:`Context.dynamic`), only the
-    first ``J`` (filled) columns of ``Q`` are used; the coefficients are zero-padded to
-    the full width. Returns ``(q, coef, coupling, scale, bd)``: the unit vector,
-    ``Q^H w`` (B, width), the coupling (0 at breakdown), the updated scale and the
+    first ``J`` (filled) rows of ``Q`` are used and the coefficients have length ``J``
+    (:func:`_put_col` pads them); otherwise they have the full width. Returns ``(q, coef, coupling, scale, bd)``: the unit vector,
+    ``Q^H w``, the coupling (0 at breakdown), the updated scale and the
     breakdown flags. ``force`` (B,) bool restarts those samples as if they had broken
     down (see :func:`_verify`).
     """
     xp = ctx.xp
     B, s = int(w.shape[0]), int(w.shape[1])
-    width = int(Q.shape[-1])
+    width = int(Q.shape[-2])
     if J is not None and ctx.dynamic and J < width:
-        Q = Q[..., :J]
-    nJ = int(Q.shape[-1])
+        Q = Q[:, :J]
+    nJ = int(Q.shape[-2])
     nrm0 = ctx.norm(w)
     scale = xp.maximum(scale, nrm0)
     thresh = ctx.bd_rtol * scale + ctx.tiny
     if ctx.dynamic:
         return _extend_eager(ctx, Q, w, scale, thresh, force, B, s, width, nJ, nrm0)
-    rnd = ctx.random((B, s))
+    rnd = ctx.restart_vector(s)
     if nJ:
         QH = ctx.H(Q)
-        W2 = xp.stack([w, rnd], axis=-1)  # (B, s, 2)
-        C1 = xp.matmul(QH, W2)
-        W2 = W2 - xp.matmul(Q, C1)
-        w = W2[..., 0]
+        W2 = xp.stack([w, rnd], axis=1)  # (B, 2, s)
+        C1 = _coefs(ctx, QH, W2)  # (B, 2, J)
+        W2 = W2 - xp.matmul(C1, Q)
+        w = W2[:, 0]
         bd = ctx.norm(w) <= thresh
         if force is not None:
             bd = bd | force
-        w = xp.where(bd[:, None], W2[..., 1], w)
-        c2 = xp.matmul(QH, w[..., None])
-        w = w - xp.matmul(Q, c2)[..., 0]
-        extra = c2[..., 0]
-        coef = C1[..., 0] + xp.where(bd[:, None], xp.zeros_like(extra), extra)
+        w = xp.where(bd[:, None], W2[:, 1], w)
+        c2 = _coefs(ctx, QH, w[:, None, :])
+        w = w - xp.matmul(c2, Q)[:, 0]
+        extra = c2[:, 0]
+        coef = C1[:, 0] + xp.where(bd[:, None], xp.zeros_like(extra), extra)
         if nJ < width:
             coef = xp.concat([coef, ctx.zeros((B, width - nJ))], axis=-1)
     else:
@@ -211,34 +247,30 @@ def _extend_eager(ctx: Context, Q: Array, w: Array, scale: Array, thresh: Array,
     xp = ctx.xp
     if not nJ:
         bd = nrm0 <= thresh if force is None else (nrm0 <= thresh) | force
-        coef = ctx.zeros((B, width))
-        if not bool(ctx.backend.to_numpy(xp.any(bd))):
+        coef = ctx.zeros((B, 0))
+        if not ctx.any_true(bd):
             return w / ctx.cast(nrm0)[:, None], coef, nrm0, scale, None
         w = xp.where(bd[:, None], ctx.random((B, s)), w)
         nrm = ctx.norm(w)
         return (w / ctx.cast(nrm)[:, None], coef, xp.where(bd, xp.zeros_like(nrm), nrm),
                 scale, bd)
     QH = ctx.H(Q)
-    c1 = QH @ w[..., None]
-    w = w - (Q @ c1)[..., 0]
-    c2 = QH @ w[..., None]
-    w = w - (Q @ c2)[..., 0]
+    w = w[:, None, :]
+    c1 = _coefs(ctx, QH, w)
+    w = w - xp.matmul(c1, Q)
+    c2 = _coefs(ctx, QH, w)
+    w = (w - xp.matmul(c2, Q))[:, 0]
     nrm = ctx.norm(w)
     bd = nrm <= thresh if force is None else (nrm <= thresh) | force
-    broke = bool(ctx.backend.to_numpy(xp.any(bd)))
+    broke = ctx.any_true(bd)
     if not broke:
-        coef = (c1 + c2)[..., 0]
-        if nJ < width:
-            coef = xp.concat([coef, ctx.zeros((B, width - nJ))], axis=-1)
-        return w / ctx.cast(nrm)[:, None], coef, nrm, scale, None
-    r = ctx.random((B, s))[..., None]
-    r = r - Q @ (QH @ r)
-    r = (r - Q @ (QH @ r))[..., 0]
+        return w / ctx.cast(nrm)[:, None], (c1 + c2)[:, 0], nrm, scale, None
+    r = ctx.random((B, s))[:, None, :]
+    r = r - xp.matmul(_coefs(ctx, QH, r), Q)
+    r = (r - xp.matmul(_coefs(ctx, QH, r), Q))[:, 0]
     w = xp.where(bd[:, None], r, w)
-    c = (c1 + c2)[..., 0]
-    coef = xp.where(bd[:, None], c1[..., 0], c)
-    if nJ < width:
-        coef = xp.concat([coef, ctx.zeros((B, width - nJ))], axis=-1)
+    c = (c1 + c2)[:, 0]
+    coef = xp.where(bd[:, None], c1[:, 0], c)
     nrm2 = ctx.norm(w)
     one = xp.ones_like(nrm2)
     q = w / ctx.cast(xp.where(nrm2 > 0, nrm2, one))[:, None]
@@ -312,10 +344,17 @@ class _Verify:
         if self.ctx.all_true(ready & self.done):
             return True
         need = ready & ~self.done
-        if bool(xp.any(need)):
+        if self.ctx.any_true(need):
             self.force = need
             self.done = self.done | need
         return False
+
+    def would_act(self, ok: Array) -> bool:
+        """Whether :meth:`accept` would stop or force a restart given ``ok``."""
+        ready = self.ctx.xp.all(ok, axis=-1)
+        if not self.on:
+            return self.ctx.all_true(ready)
+        return self.ctx.any_true(ready & ~self.done) or self.ctx.all_true(ready)
 
     def take(self) -> Array | None:
         force, self.force = self.force, None
@@ -333,11 +372,17 @@ class KrylovResult(NamedTuple):
     num_matvecs: int
 
 
-def basis_sizes(r: int, k: int, ncv: int | None) -> tuple[int, int, int]:
+def basis_sizes(r: int, k: int, ncv: int | None, steps: int | None = None
+                ) -> tuple[int, int, int]:
     """``(jmin, jmax, keep)``: minimum basis before accepting convergence, basis size at
-    which to restart, and the Ritz vectors a thick restart keeps."""
+    which to restart, and the Ritz vectors a thick restart keeps. ``steps``: the number
+    of basis vectors a fixed budget (inside a trace) builds; the default basis then
+    shrinks to it (no restart can happen, and smaller buffers are cheaper)."""
     jmin = min(r, 2 * k + 1)
-    jmax = min(r, max(jmin + 1, ncv if ncv is not None else max(2 * k + 1, k + 32)))
+    default = max(2 * k + 1, k + 32)
+    if steps is not None:
+        default = min(default, steps + 1)
+    jmax = min(r, max(jmin + 1, ncv if ncv is not None else default))
     keep = min(jmax - 1, k + max(1, (jmax - k) // 2))
     return jmin, jmax, keep
 
@@ -366,14 +411,28 @@ class _Padded:
         def const(a: np.ndarray) -> Array:
             return xp.asarray(a, dtype=ctx.real_dtype, device=ctx.device)
 
-        self.e = [const(eye[j]) for j in range(jmax)]
-        self.ec = [ctx.cast(e) for e in self.e]
+        self._eye_np = eye
+        self._e: dict[int, Array] = {}
+        self._ec: dict[int, Array] = {}
         self._inactive: dict[int, Array] = {}
         self._active: dict[int, Array] = {}
         self._pad: dict[int, Array] = {}
         self.const = const
+        self.cast = ctx.cast
         self.eye = const(eye)
         self.upper = const(np.triu(np.ones((jmax, jmax)), 1))
+
+    def e(self, j: int) -> Array:
+        """The ``j``-th unit vector (real dtype), made once."""
+        if j not in self._e:
+            self._e[j] = self.const(self._eye_np[j])
+        return self._e[j]
+
+    def ec(self, j: int) -> Array:
+        """The ``j``-th unit vector in the op's dtype."""
+        if j not in self._ec:
+            self._ec[j] = self.cast(self.e(j))
+        return self._ec[j]
 
     def active(self, J: int) -> Array:
         if J not in self._active:
@@ -392,14 +451,30 @@ class _Padded:
         return self._pad[keep]
 
 
-def _put_col(ctx: Context, X: Array, x: Array, e: Array, j: int) -> Array:
-    """``X`` (B, s, jmax) with ``x`` (B, s) added in column ``j`` (one-hot ``e``), where
-    that column is zero. Adapters with a ``set_column`` (an in-place write into a buffer
-    this module allocated) avoid rebuilding the whole buffer per step."""
+def _put_col(ctx: Context, X: Array, x: Array, e: Array, j: int, start: int = 0
+             ) -> Array:
+    """``X`` (B, s, jmax) with ``x`` (B, t) added to rows ``start:start + t`` of column
+    ``j`` (one-hot ``e``), where those entries are zero. Adapters with a
+    ``set_column`` (an in-place write into a buffer this module allocated) avoid
+    rebuilding the whole buffer per step."""
     setter = getattr(ctx.backend, "set_column", None)
-    if setter is not None and ctx.dynamic:
-        return setter(X, j, x)
+    if setter is not None and (ctx.dynamic or ctx.functional_set):
+        return setter(X, j, x, start)
+    B, t, s = int(x.shape[0]), int(x.shape[-1]), int(X.shape[-2])
+    if t < s:
+        parts = [ctx.zeros((B, start))] if start else []
+        parts += [x] + ([ctx.zeros((B, s - t - start))] if s - t - start else [])
+        x = ctx.xp.concat(parts, axis=-1)
     return X + x[..., None] * e
+
+
+def _put_row(ctx: Context, X: Array, x: Array, e: Array, j: int) -> Array:
+    """``X`` (B, jmax, s) with ``x`` (B, s) added in row ``j`` (one-hot ``e``), where that
+    row is zero (a basis vector, see :func:`_coefs` for the row layout)."""
+    setter = getattr(ctx.backend, "set_row", None)
+    if setter is not None and (ctx.dynamic or ctx.functional_set):
+        return setter(X, j, x)
+    return X + e[:, None] * x[:, None, :]
 
 
 # Convergence checks (a small SVD/eigh plus a host synchronization) run at every step
@@ -484,7 +559,10 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     """
     xp = ctx.xp
     B, r, mo = ctx.B, ctx.n_in, ctx.n_out
-    jmin, jmax, keep = basis_sizes(r, k, ncv)
+    v = ctx.start(v0)
+    p = ctx.mm(v[..., None])[..., 0]  # first, as it tells whether products are traced
+    steps = (maxiter + 1) // 2 if ctx.traced and maxiter is not None else None
+    jmin, jmax, keep = basis_sizes(r, k, ncv, steps)
     pad = _Padded(ctx, jmax)
     fresh = _Fresh(ctx, r, k)
     verify = _Verify(ctx, k)
@@ -493,10 +571,9 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     ctx.bd_rtol = max(ctx.bd_rtol, min(tol, 1e-2))
     if maxiter is None and not ctx.traced:
         maxiter = max(DEFAULT_MAXITER, 2 * r)
-    V = ctx.zeros((B, r, jmax))
-    U = ctx.zeros((B, mo, jmax))
+    V = ctx.zeros((B, jmax, r))  # basis vectors as rows
+    U = ctx.zeros((B, jmax, mo))
     M = ctx.zeros((B, jmax, jmax))
-    v = ctx.start(v0)
     scale = ctx.zeros((B,), real=True)
     beta = ctx.zeros((B,), real=True)
     J = 0
@@ -511,12 +588,17 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         if J > 0 and limit is not None and ctx.count + cost > limit:
             break
         # -- u-step: A v, orthogonalized against U
-        p = ctx.mm(v[..., None])[..., 0]
+        if J > 0:  # (the first product was taken above)
+            p = ctx.mm(v[..., None])[..., 0]
         u, c, alpha, scale, bd_u = extend(ctx, U, p, scale, J)
-        e = pad.ec[J]
-        M = _put_col(ctx, M, c + ctx.cast(alpha)[:, None] * e, e, J)
-        V = _put_col(ctx, V, v, e, J)
-        U = _put_col(ctx, U, u, e, J)
+        e = pad.ec(J)
+        if ctx.dynamic:  # c has length J: the column is (c, alpha, 0, ...)
+            M = _put_col(ctx, M, c, e, J)
+            M = _put_col(ctx, M, ctx.cast(alpha)[:, None], e, J, start=J)
+        else:
+            M = _put_col(ctx, M, c + ctx.cast(alpha)[:, None] * e, e, J)
+        V = _put_row(ctx, V, v, e, J)
+        U = _put_row(ctx, U, u, e, J)
         J += 1
         ritz = None
         # -- v-step: A^H u, orthogonalized against V
@@ -531,6 +613,13 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         if not ctx.traced and J >= jmin and (sched.due(since_check, J) or J == jmax):
             since_check = 0
             ctx.check_finite(M)
+            if ctx.dynamic and J < jmax:
+                # Screen first with the (cheaper) eigh of M M^H; the SVD only when the
+                # screen says the check would act.
+                S, res, conv = _svd_screen(ctx, M, beta, J, k, tol)
+                if not verify.would_act(conv & fresh.ok()):
+                    sched.update(J, res, tol * xp.max(S, axis=-1, keepdims=True))
+                    continue
             ritz = _svd_ritz(ctx, pad, M, J, k)
             res, conv = _svd_conv(ctx, pad, ritz, beta, J, tol)
             if verify.accept(conv & fresh.ok()):
@@ -552,7 +641,8 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         conv = conv & (xp.zeros_like(res) > 1)  # too small a basis to accept anything
     if not ctx.traced and not ctx.all_true(conv):
         _warn_unconverged("Golub-Kahan-Lanczos", ctx.count)
-    return KrylovResult(S, xp.matmul(U, X), xp.matmul(V, Y), res, conv, ctx.count)
+    mT = xp.matrix_transpose
+    return KrylovResult(S, xp.matmul(mT(U), X), xp.matmul(mT(V), Y), res, conv, ctx.count)
 
 
 def _pad_rows(ctx: Context, X: Array, jmax: int) -> Array:
@@ -582,10 +672,24 @@ def _svd_ritz(ctx: Context, pad: _Padded, M: Array, J: int, k: int):
     return vals, xp.matmul(X, Pc), xp.matmul(Y, Pc)
 
 
+def _svd_screen(ctx: Context, M: Array, beta: Array, J: int, k: int, tol: float):
+    """A cheaper convergence screen than :func:`_svd_ritz` + :func:`_svd_conv`: the top
+    ``k`` eigenpairs of ``M M^H`` (filled block) give the singular values (exact for the
+    top ones up to rounding of ``sigma_1^2``) and the left vectors whose last entries
+    give the Ritz residuals. Returns ``(values, residuals, converged)``."""
+    xp = ctx.xp
+    Mj = M[:, :J, :J]
+    lam, X = xp.linalg.eigh(xp.matmul(Mj, ctx.H(Mj)))  # ascending
+    lam = lam[:, J - k:]
+    S = xp.sqrt(xp.where(lam > 0, lam, xp.zeros_like(lam)))
+    res = beta[:, None] * xp.abs(X[:, J - 1, J - k:])
+    return S, res, res <= tol * xp.max(S, axis=-1, keepdims=True)
+
+
 def _svd_conv(ctx: Context, pad: _Padded, ritz, beta: Array, J: int, tol: float):
     xp = ctx.xp
     S, X, _ = ritz
-    last = xp.abs(xp.sum(X * pad.ec[J - 1][:, None], axis=-2))  # (B, k)
+    last = xp.abs(xp.sum(X * pad.ec(J - 1)[:, None], axis=-2))  # (B, k)
     res = beta[:, None] * last
     return res, res <= tol * xp.max(S, axis=-1, keepdims=True)
 
@@ -593,9 +697,9 @@ def _svd_conv(ctx: Context, pad: _Padded, ritz, beta: Array, J: int, tol: float)
 def _svd_restart(ctx: Context, pad: _Padded, V, U, M, keep: int):
     xp = ctx.xp
     S, X, Y = _svd_ritz(ctx, pad, M, pad.jmax, keep)
-    E = ctx.cast(pad.pad(keep))
-    V = xp.matmul(xp.matmul(V, Y), E)
-    U = xp.matmul(xp.matmul(U, X), E)
+    Et = ctx.cast(xp.matrix_transpose(pad.pad(keep)))  # (jmax, keep)
+    V = xp.matmul(Et, xp.matmul(xp.matrix_transpose(Y), V))  # rows: (V_cols Y E)^T
+    U = xp.matmul(Et, xp.matmul(xp.matrix_transpose(X), U))
     d = xp.matmul(S[:, None, :], pad.pad(keep))[:, 0, :]
     return V, U, ctx.cast(d)[:, :, None] * ctx.cast(pad.eye)
 
@@ -651,16 +755,17 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
     reorthogonalization (twice), breakdown restarts and thick restarts."""
     xp = ctx.xp
     B, n = ctx.B, ctx.n_in
-    jmin, jmax, keep = basis_sizes(n, k, ncv)
+    q = ctx.start(v0)
+    w = ctx.mm(q[..., None])[..., 0]  # first, as it tells whether products are traced
+    jmin, jmax, keep = basis_sizes(n, k, ncv, maxiter if ctx.traced else None)
     pad = _Padded(ctx, jmax)
     fresh = _Fresh(ctx, n, k)
     verify = _Verify(ctx, k)
     ctx.bd_rtol = max(ctx.bd_rtol, min(tol, 1e-2))
     if maxiter is None and not ctx.traced:
         maxiter = max(DEFAULT_MAXITER, n)
-    Q = ctx.zeros((B, n, jmax))
+    Q = ctx.zeros((B, jmax, n))  # basis vectors as rows
     T = ctx.zeros((B, jmax, jmax))
-    q = ctx.start(v0)
     scale = ctx.zeros((B,), real=True)
     beta = ctx.zeros((B,), real=True)
     J = 0
@@ -673,9 +778,10 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
             limit = jmax
         if J > 0 and limit is not None and ctx.count + 1 > limit:
             break
-        w = ctx.mm(q[..., None])[..., 0]
-        e = pad.ec[J]
-        Q = _put_col(ctx, Q, q, e, J)
+        if J > 0:  # (the first product was taken above)
+            w = ctx.mm(q[..., None])[..., 0]
+        e = pad.ec(J)
+        Q = _put_row(ctx, Q, q, e, J)
         J += 1
         q, c, beta, scale, bd = extend(ctx, Q, w, scale, J, force=verify.take())
         fresh.step(J, bd)
@@ -709,19 +815,21 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
         conv = conv & (xp.zeros_like(res) > 1)
     if not ctx.traced and not ctx.all_true(conv):
         _warn_unconverged("Lanczos", ctx.count)
-    return KrylovResult(vals, None, xp.matmul(Q, vecs), res, conv, ctx.count)
+    return KrylovResult(vals, None, xp.matmul(xp.matrix_transpose(Q), vecs), res, conv,
+                        ctx.count)
 
 
 def _eig_conv(ctx: Context, pad: _Padded, ritz, beta: Array, J: int, tol: float):
     xp = ctx.xp
     vals, vecs, radius = ritz
-    res = beta[:, None] * xp.abs(xp.sum(vecs * pad.ec[J - 1][:, None], axis=-2))
+    res = beta[:, None] * xp.abs(xp.sum(vecs * pad.ec(J - 1)[:, None], axis=-2))
     return res, res <= tol * radius
 
 
 def _eig_restart(ctx: Context, pad: _Padded, Q, T, which: str, keep: int):
     xp = ctx.xp
     vals, vecs, _ = _eig_ritz(ctx, pad, T, pad.jmax, which, keep)
-    E = ctx.cast(pad.pad(keep))
+    Et = ctx.cast(xp.matrix_transpose(pad.pad(keep)))
     d = xp.matmul(vals[:, None, :], pad.pad(keep))[:, 0, :]
-    return xp.matmul(xp.matmul(Q, vecs), E), ctx.cast(d)[:, :, None] * ctx.cast(pad.eye)
+    Q = xp.matmul(Et, xp.matmul(xp.matrix_transpose(vecs), Q))
+    return Q, ctx.cast(d)[:, :, None] * ctx.cast(pad.eye)
