@@ -36,6 +36,23 @@ def median_time(fn: Callable[[], Any], reps: int, sync: Callable[[Any], Any] | N
     return statistics.median(ts)
 
 
+def paired_times(fa: Callable[[], Any], fb: Callable[[], Any], reps: int,
+                 sync: Callable[[Any], Any] | None = None) -> tuple[float, float]:
+    """Median wall times of ``fa`` and ``fb`` run alternately (``reps`` pairs after one
+    warm-up each): a slow spell of a shared machine then hits both sides alike."""
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(reps + 1):
+        for fn, ts in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            out = fn()
+            if sync is not None:
+                sync(out)
+            if i:
+                ts.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def _ms(t: float) -> str:
     return f"{t * 1e3:.1f} ms"
 
@@ -221,9 +238,9 @@ def _overhead_pair(torch, js, net, xb, reps, cfg, suffix, target):
     res = js.svds(js.jacobian(net, xb, batched=True), method="lanczos", tol=tol)
     nprod = int(res.num_matvecs)
     steps = (nprod + 1) // 2
-    t_j = median_time(lambda: js.svds(js.jacobian(net, xb, batched=True), method="lanczos",
-                                      tol=tol).values, reps)
-    t_n = median_time(lambda: _native_gkl_torch(torch, net, xb, steps), reps)
+    t_j, t_n = paired_times(lambda: js.svds(js.jacobian(net, xb, batched=True),
+                                            method="lanczos", tol=tol).values,
+                            lambda: _native_gkl_torch(torch, net, xb, steps), 3 * reps)
     err = float((res.values[:, 0] - _native_gkl_torch(torch, net, xb, steps)).abs().max())
     rows.append(dict(name=f"overhead: lanczos (torch{suffix})", jacspec=_ms(t_j),
                      reference=_ms(t_n), ratio=t_j / t_n, target=tgt, met=met(t_j / t_n),
@@ -233,9 +250,10 @@ def _overhead_pair(torch, js, net, xb, reps, cfg, suffix, target):
                                   max_abs_diff=err)))
     # Power: a fixed number of products (power does not reach tight tolerances here).
     nprod = 40
-    t_j = median_time(lambda: js.svds(js.jacobian(net, xb, batched=True), method="power",
-                                      tol=1e-6, maxiter=nprod).values, reps)
-    t_n = median_time(lambda: _native_power_torch(torch, net, xb, nprod // 2, 1e-6), reps)
+    t_j, t_n = paired_times(lambda: js.svds(js.jacobian(net, xb, batched=True),
+                                            method="power", tol=1e-6, maxiter=nprod).values,
+                            lambda: _native_power_torch(torch, net, xb, nprod // 2, 1e-6),
+                            3 * reps)
     rows.append(dict(name=f"overhead: power (torch{suffix})", jacspec=_ms(t_j),
                      reference=_ms(t_n), ratio=t_j / t_n, target=tgt, met=met(t_j / t_n),
                      configuration=f"{cfg}; {nprod} products; reference: hand-written "

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .rows import _digits, _ms, _reps, median_time
+from .rows import _digits, _ms, _reps, median_time, paired_times
 
 Row = dict[str, Any]
 
@@ -118,8 +118,8 @@ def _overhead_jax(quick: bool, sizes: list[int], B: int, suffix: str,
     rows = []
     for method, native in [("lanczos", native_gkl), ("power", native_power)]:
         fo = ours(method)
-        t_j = median_time(lambda fo=fo: fo(xb), reps, jax.block_until_ready)
-        t_n = median_time(lambda nf=native: nf(xb), reps, jax.block_until_ready)
+        t_j, t_n = paired_times(lambda fo=fo: fo(xb), lambda nf=native: nf(xb), 3 * reps,
+                                jax.block_until_ready)
         rows.append(dict(name=f"overhead: {method} (jax.jit{suffix})", jacspec=_ms(t_j),
                          reference=_ms(t_n), ratio=t_j / t_n,
                          target="<= 1.10" if target else "report",
@@ -185,34 +185,61 @@ def peers_jax(quick: bool) -> list[Row]:
     lam = float(ours_jit(theta0))
     t_o = median_time(lambda: float(ours_jit(theta0)), reps)
     hvp = jax.jit(lambda v: jax.jvp(jax.grad(loss), (theta0,), (v,))[1])
-    tri = decomp.tridiag_sym(nprod, reortho="full")
     v0 = jax.random.normal(jax.random.key(0), theta0.shape)
 
-    @jax.jit
-    def mf():
-        res = tri(lambda v: hvp(v), v0 / jnp.linalg.norm(v0))
-        T = res.J_small if hasattr(res, "J_small") else res[1]
-        if isinstance(T, tuple):  # (diagonal, off-diagonal)
-            d, e = T
-            T = jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1)
-        w = jnp.linalg.eigvalsh(T)
-        return w[jnp.argmax(jnp.abs(w))]
+    def matfree_top(num):
+        tri = decomp.tridiag_sym(num, reortho="full")
 
+        @jax.jit
+        def mf():
+            res = tri(lambda v: hvp(v), v0 / jnp.linalg.norm(v0))
+            T = res.J_small if hasattr(res, "J_small") else res[1]
+            if isinstance(T, tuple):  # (diagonal, off-diagonal)
+                d, e = T
+                T = jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1)
+            w = jnp.linalg.eigvalsh(T)
+            return w[jnp.argmax(jnp.abs(w))]
+
+        return mf
+
+    e_o = abs(lam - exact) / abs(exact)
     try:
+        mf = matfree_top(nprod)
         lam_m = float(mf())
     except Exception as exc:  # API drift between matfree versions
         return [dict(name="peers: matfree (jax)", skipped=f"matfree API: {exc}")]
     t_m = median_time(lambda: float(mf()), reps)
-    e_o, e_m = abs(lam - exact) / abs(exact), abs(lam_m - exact) / abs(exact)
-    return [dict(name="peers: matfree (jax)",
-                 jacspec=f"{_ms(t_o)}, {nprod} HVPs, err {e_o:.1e}",
-                 reference=f"{_ms(t_m)}, {nprod} HVPs, err {e_m:.1e}", ratio=t_o / t_m,
-                 target="faster, err <=", met=(t_o <= t_m) and e_o <= max(e_m, 1e-6),
-                 configuration=f"jacspec inside jax.jit with {nprod} products (the count "
-                 f"its eager run needed for tol {tol}; eager: {_ms(t_eager)}); "
-                 f"loss Hessian of a 64-32-10 tanh MLP (no biases, "
-                 f"{theta0.size} parameters) on 256 digits, float32, tol {tol}; matfree "
-                 "tridiag_sym (full reorthogonalization, jitted) with jacspec's product "
-                 "count; error vs dense eigvalsh",
-                 details=dict(jacspec_s=t_o, jacspec_eager_s=t_eager, peer_s=t_m, products=nprod, jacspec_err=e_o,
-                              peer_err=e_m, exact=exact))]
+    e_m = abs(lam_m - exact) / abs(exact)
+    # Equal accuracy: matfree's product count raised until its error is at most ours
+    # (or 1e-6); if no count up to 3x ours gets there, its most accurate run.
+    runs = [(e_m, nprod, mf)]
+    for num in range(nprod + 2, 3 * nprod + 1, 2):
+        if runs[-1][0] <= max(e_o, 1e-6):
+            break
+        g = matfree_top(num)
+        runs.append((abs(float(g()) - exact) / abs(exact), num, g))
+    e_q, n_q, g_q = runs[-1] if runs[-1][0] <= max(e_o, 1e-6) else min(
+        runs, key=lambda r: r[0])
+    t_o, t_q = paired_times(lambda: float(ours_jit(theta0)), lambda: float(g_q()), 3 * reps)
+    cfg = (f"jacspec inside jax.jit with {nprod} products (the count its eager run "
+           f"needed for tol {tol}; eager: {_ms(t_eager)}); loss Hessian of a 64-32-10 "
+           f"tanh MLP (no biases, {theta0.size} parameters) on 256 digits, float32, tol "
+           f"{tol}; matfree tridiag_sym (full reorthogonalization, jitted); error vs "
+           "dense eigvalsh")
+    return [
+        dict(name="peers: matfree (jax, same products)",
+             jacspec=f"{_ms(t_o)}, {nprod} HVPs, err {e_o:.1e}",
+             reference=f"{_ms(t_m)}, {nprod} HVPs, err {e_m:.1e}", ratio=t_o / t_m,
+             target="report", met=None, configuration=cfg,
+             details=dict(jacspec_s=t_o, jacspec_eager_s=t_eager, peer_s=t_m,
+                          products=nprod, jacspec_err=e_o, peer_err=e_m, exact=exact)),
+        dict(name="peers: matfree (jax, equal accuracy)",
+             jacspec=f"{_ms(t_o)}, {nprod} HVPs, err {e_o:.1e}",
+             reference=f"{_ms(t_q)}, {n_q} HVPs, err {e_q:.1e}", ratio=t_o / t_q,
+             target="faster, err <=", met=(t_o <= t_q) and e_o <= max(e_q, 1e-6),
+             configuration=cfg + f"; matfree with {n_q} products, the first count from "
+             f"{nprod} up whose error is at most jacspec's (or 1e-6), else its most "
+             "accurate",
+             details=dict(jacspec_s=t_o, peer_s=t_q, jacspec_products=nprod,
+                          peer_products=n_q, jacspec_err=e_o, peer_err=e_q, exact=exact)),
+    ]

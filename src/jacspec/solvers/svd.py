@@ -21,8 +21,9 @@ AUTO_EXPECTED_STEPS = 20
 AUTO_BLOCK_ADVANTAGE = 2.0
 # For the SVD (two products per step, a materialization from the smaller side) the
 # measured crossover on square maps R^s -> R^s (``jacspec bench``, row "auto/best", torch
-# CPU) lies between s = 128 (dense 2x faster) and s = 256 (Lanczos 1.6x faster).
-AUTO_BLOCK_ADVANTAGE_SVD = 4.0
+# CPU) lies near s = 128 (dense and Lanczos equal there; dense 2x faster at s = 64,
+# Lanczos 2.5x faster at s = 256).
+AUTO_BLOCK_ADVANTAGE_SVD = 3.0
 
 
 def expected_krylov_products(k: int, products_per_step: int) -> int:
@@ -32,9 +33,9 @@ def expected_krylov_products(k: int, products_per_step: int) -> int:
 
 def auto_is_dense(shape: tuple[int, int], k: int, products_per_step: int) -> bool:
     """The ``method="auto"`` rule: dense iff
-    ``min(m, n) <= c * products_per_step * max(2k + 1, k + 20)`` with ``c = 4`` for the
+    ``min(m, n) <= c * products_per_step * max(2k + 1, k + 20)`` with ``c = 3`` for the
     SVD (``products_per_step = 2``) and ``c = 2`` otherwise (for ``svds`` with ``k = 1``:
-    ``min(m, n) <= 168``; for ``eigsh``: ``n <= 42``)."""
+    ``min(m, n) <= 126``; for ``eigsh``: ``n <= 42``)."""
     c = AUTO_BLOCK_ADVANTAGE_SVD if products_per_step == 2 else AUTO_BLOCK_ADVANTAGE
     return min(shape) <= c * expected_krylov_products(k, products_per_step)
 
@@ -113,7 +114,7 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
         full reorthogonalization (twice), breakdown restarts and thick restarts (for
         ``k >= 2``, one check restart with a random vector after the first convergence,
         so that every copy of a repeated value is found); ``"power"`` is block power iteration on ``A^H A``. ``"auto"`` picks dense when
-        ``min(m, n) <= 4 * 2 * max(2k + 1, k + 20)`` (168 for ``k = 1``), the point
+        ``min(m, n) <= 3 * 2 * max(2k + 1, k + 20)`` (126 for ``k = 1``), the point
         below which one block of ``min(m, n)`` products costs less than the ~``2 (k + 20)``
         sequential products of Lanczos; Lanczos otherwise.
     tol : float, optional
