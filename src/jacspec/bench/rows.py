@@ -36,21 +36,28 @@ def median_time(fn: Callable[[], Any], reps: int, sync: Callable[[Any], Any] | N
     return statistics.median(ts)
 
 
-def paired_times(fa: Callable[[], Any], fb: Callable[[], Any], reps: int,
-                 sync: Callable[[Any], Any] | None = None) -> tuple[float, float]:
-    """Median wall times of ``fa`` and ``fb`` run alternately (``reps`` pairs after one
-    warm-up each): a slow spell of a shared machine then hits both sides alike."""
-    ta: list[float] = []
-    tb: list[float] = []
+def interleaved_times(fns: dict[str, Callable[[], Any]], reps: int,
+                      sync: Callable[[Any], Any] | None = None) -> dict[str, float]:
+    """Median wall time of each function, run in turn (``reps`` rounds after one
+    warm-up round): a slow spell of a shared machine then hits every side alike."""
+    ts: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(reps + 1):
-        for fn, ts in ((fa, ta), (fb, tb)):
+        for k, fn in fns.items():
             t0 = time.perf_counter()
             out = fn()
             if sync is not None:
                 sync(out)
             if i:
-                ts.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
+                ts[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def paired_times(fa: Callable[[], Any], fb: Callable[[], Any], reps: int,
+                 sync: Callable[[Any], Any] | None = None) -> tuple[float, float]:
+    """Median wall times of ``fa`` and ``fb`` run alternately (see
+    :func:`interleaved_times`)."""
+    t = interleaved_times({"a": fa, "b": fb}, reps, sync)
+    return t["a"], t["b"]
 
 
 def _ms(t: float) -> str:
@@ -446,11 +453,11 @@ def auto_vs_best_torch(quick: bool) -> list[Row]:
     for s in sizes:
         net = _torch_mlp(torch, [s, 2 * s, s], torch.float32)
         xs = torch.randn(B if s <= 1024 else 2, s, generator=g)
-        reps = 3 if (quick or s >= 1024) else 5
-        times = {}
-        for method in ["dense", "lanczos", "auto"]:
-            times[method] = median_time(lambda m=method, net=net, xs=xs: js.spectral_norm(
-                js.jacobian(net, xs, batched=True), method=m), reps)
+        reps = 3 if s >= 1024 else (7 if s >= 256 else 11)
+        times = interleaved_times(
+            {m: (lambda m=m, net=net, xs=xs: js.spectral_norm(
+                js.jacobian(net, xs, batched=True), method=m))
+             for m in ["dense", "lanczos", "auto"]}, reps)
         ratio = times["auto"] / min(times["dense"], times["lanczos"])
         worst = max(worst, ratio)
         detail[s] = dict(times_ms={k: round(v * 1e3, 2) for k, v in times.items()},

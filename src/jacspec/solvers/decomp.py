@@ -548,7 +548,7 @@ def _weights(ctx: Context, vecs: Array, act: Array) -> Array:
 
 def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
                 v0: Array | None = None, ncv: int | None = None,
-                check_every: int | None = None) -> KrylovResult:
+                check_every: int | None = None, vectors: bool = True) -> KrylovResult:
     """Top-``k`` singular triplets by Golub–Kahan–Lanczos bidiagonalization.
 
     ``ctx``'s input side should be the smaller one (``n_in = min(m, n)``): the basis
@@ -556,6 +556,8 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     bound the basis at ``jmax`` vectors. Outside a trace, convergence is checked every
     ``check_every`` steps (default: see ``_Schedule``) from the Ritz residuals; inside one (``jax.jit``), a fixed
     number of steps runs (``maxiter`` products, by default one basis of ``jmax``).
+    With ``vectors=False`` the result may omit the singular vectors (``None``): when the
+    basis fills (an exact decomposition), the values then come from ``svdvals``.
     """
     xp = ctx.xp
     B, r, mo = ctx.B, ctx.n_in, ctx.n_out
@@ -629,6 +631,14 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
             V, U, M = _svd_restart(ctx, pad, V, U, M, keep)
             J = keep
             ritz = None
+    if ritz is None and not vectors and J == r and hasattr(xp.linalg, "svdvals"):
+        # Exact decomposition (the basis spans the whole input side): residuals are 0
+        # and only the values are wanted.
+        if not ctx.traced:
+            ctx.check_finite(M)
+        S = xp.linalg.svdvals(M)[:, :k]
+        res = xp.zeros_like(S)
+        return KrylovResult(S, None, None, res, res <= 0, ctx.count)
     if ritz is None:
         if not ctx.traced:
             ctx.check_finite(M)

@@ -74,7 +74,7 @@ def _squeeze(op: LinearOperator, x: Array | None) -> Array | None:
 
 def _solve_svd(op: LinearOperator, k: int, *, method: str, tol: float,
                maxiter: int | None, v0: Array | None, seed: int | None,
-               ncv: int | None = None) -> KrylovResult:
+               ncv: int | None = None, vectors: bool = True) -> KrylovResult:
     """Batched (leading B) top-k triplets of ``op``, no gradient. ``method`` resolved."""
     m, n = op.shape
     if method == "dense":
@@ -87,7 +87,8 @@ def _solve_svd(op: LinearOperator, k: int, *, method: str, tol: float,
         if adjoint:
             start = ctx.mm(start[..., None], adjoint=True)[..., 0]  # A v0 in R^m
     if method == "lanczos":
-        out = svd_lanczos(ctx, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv)
+        out = svd_lanczos(ctx, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv,
+                          vectors=vectors)
     else:
         out = svd_power(ctx, k, tol=tol, maxiter=maxiter, v0=start)
     if adjoint:
@@ -176,7 +177,7 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
         method = "dense" if auto_is_dense(op.shape, k, 2) else "lanczos"
     with op._backend.no_grad():
         out = _solve_svd(op, k, method=method, tol=tol, maxiter=maxiter, v0=v0, seed=seed,
-                         ncv=ncv)
+                         ncv=ncv, vectors=return_vectors)
     return SVDResult(
         values=_squeeze(op, out.values),
         left=_squeeze(op, out.left) if return_vectors else None,
