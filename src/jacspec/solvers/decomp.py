@@ -15,6 +15,14 @@ next step's coefficients fill in the coupling (an arrowhead).
 Convergence is judged from Ritz residuals: for GKL, triplet ``i`` has residual
 ``beta * |x_i[-1]|`` (``x_i`` the left singular vector of the projected matrix), for
 Lanczos ``beta * |s_i[-1]|``, relative to the largest Ritz value.
+
+Speed notes (measured with ``jacspec bench``): the bases are stored as rows
+``(B, J, s)`` and projected with row-vector products, several times faster on CPU than
+batched matrix-vector products for these shapes; eager GKL screens convergence with the
+eigendecomposition of ``M M^H`` and factors ``M`` only when the screen says stop; inside
+``jax.jit`` restart vectors come from a counter hash (threefry draws cost more than a
+step there), buffers are written with dynamic-update-slices, and a fixed budget sizes the
+basis.
 """
 
 from __future__ import annotations
