@@ -77,9 +77,8 @@ class Context:
         # whether the adapter's buffer writes are functional (usable inside a trace)
         self.functional_set = bool(getattr(self.backend, "functional_set", False))
         value = getattr(op, "value", None)  # f(x) of a derivative operator
-        if value is not None and self.backend.is_array(value) and self.backend.is_traced(value):
-            self.traced = True  # known before the first product
-        self.traced = False
+        # known before the first product where the operator holds a traced value
+        self.traced = value is not None and self.backend.is_traced(value)
 
     @property
     def traced(self) -> bool:
