@@ -208,18 +208,17 @@ class TorchBackend(Backend):
     def set_row(self, X, j, x):
         """Write ``x`` (..., s) into row ``j`` of ``X`` (..., J, s) in place; returns X.
 
-        Only for solver work buffers (no gradient), see ``solvers.decomp._put_row``."""
-        with torch.no_grad():
-            X[..., j, :] = x
+        Only for solver work buffers, which never require grad (the solvers run under
+        ``no_grad``), see ``solvers.decomp._put_row``."""
+        X[..., j, :] = x
         return X
 
     def set_column(self, X, j, x, start=0):
         """Write ``x`` (..., t) into rows ``start:start + t`` of column ``j`` of ``X``
         (..., s, J) in place; returns X.
 
-        Only for solver work buffers (no gradient), see ``solvers.decomp._put_col``."""
-        with torch.no_grad():
-            X[..., start:start + x.shape[-1], j] = x
+        Only for solver work buffers, see :meth:`set_row`."""
+        X[..., start:start + x.shape[-1], j] = x
         return X
 
     # -- autodiff ------------------------------------------------------------------

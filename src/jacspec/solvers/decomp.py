@@ -302,6 +302,7 @@ class _Fresh:
         self.prev = self.count > 0  # all False
         self.none = self.prev
         self.prev_any = False  # whether prev may hold a True
+        self.clean = True  # no breakdown yet: every sample counts all its steps
 
     def step(self, J: int, bd: Array | None, eligible: Array | None = None) -> None:
         xp = self.ctx.xp
@@ -311,6 +312,7 @@ class _Fresh:
                 self.prev, self.prev_any = self.none, False
             return
         self.prev_any = True
+        self.clean = False
         reset = bd & ~self.prev
         if eligible is not None:
             reset = reset & eligible
@@ -514,10 +516,15 @@ class _Schedule:
         if self.fixed is not None:
             return
         xp = self.ctx.xp
-        gap = max(1, J // CHECK_SPACING)
         ratio = xp.where(ref > 0, res / xp.where(ref > 0, ref, xp.ones_like(ref)),
                          xp.zeros_like(res))
-        q = float(self.ctx.backend.to_numpy(xp.max(ratio)))
+        self.observe(J, float(self.ctx.backend.to_numpy(xp.max(ratio))))
+
+    def observe(self, J: int, q: float) -> None:
+        """:meth:`update` from the worst ratio ``q = max(res / (tol * scale))``."""
+        if self.fixed is not None:
+            return
+        gap = max(1, J // CHECK_SPACING)
         if math.isfinite(q) and q > 1:
             if self.prev is not None and self.prev[1] > q and J > self.prev[0]:
                 rate = math.log(self.prev[1] / q) / (J - self.prev[0])
@@ -621,10 +628,21 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         since_check += 1
         if not ctx.traced and J >= jmin and (sched.due(since_check, J) or J == jmax):
             since_check = 0
+            if ctx.dynamic and J < jmax and not verify.on:
+                # Screen first with the (cheaper) eigh of M M^H and one host read; the
+                # SVD only when the screen says every sample has converged.
+                try:
+                    S, res, _ = _svd_screen(ctx, M, beta, J, k, tol)
+                except Exception:
+                    ctx.check_finite(M)  # NaN/Inf reported as such
+                    raise
+                worst = _worst_ratio(ctx, res, tol * xp.max(S, axis=-1, keepdims=True),
+                                     fresh, None, M)
+                if worst > 1:
+                    sched.observe(J, worst)
+                    continue
             ctx.check_finite(M)
-            if ctx.dynamic and J < jmax:
-                # Screen first with the (cheaper) eigh of M M^H; the SVD only when the
-                # screen says the check would act.
+            if ctx.dynamic and J < jmax and verify.on:
                 S, res, conv = _svd_screen(ctx, M, beta, J, k, tol)
                 if not verify.would_act(conv & fresh.ok()):
                     sched.update(J, res, tol * xp.max(S, axis=-1, keepdims=True))
@@ -687,6 +705,24 @@ def _svd_ritz(ctx: Context, pad: _Padded, M: Array, J: int, k: int):
     vals = xp.sum(S[:, :, None] * P, axis=-2)
     Pc = ctx.cast(P)
     return vals, xp.matmul(X, Pc), xp.matmul(Y, Pc)
+
+
+def _worst_ratio(ctx: Context, res: Array, ref: Array, fresh: _Fresh, ok: Array | None,
+                 M: Array) -> float:
+    """``max(res / ref)`` over samples and values, as one host read: at most 1 iff every
+    value is converged (``res <= ref``; ``ref == 0`` counts only ``res == 0``). Samples
+    not yet :class:`_Fresh` (after a breakdown) and values not selected (``ok`` False)
+    count as unconverged / not at all. Raises FloatingPointError for NaN/Inf in ``M``."""
+    xp = ctx.xp
+    ratio = res / (ref + ctx.tiny_normal)
+    if ok is not None:
+        ratio = xp.where(ok, ratio, xp.zeros_like(ratio))
+    if not fresh.clean:
+        ratio = xp.where(fresh.ok(), ratio, xp.zeros_like(ratio) + math.inf)
+    q = float(ctx.backend.to_numpy(xp.max(ratio)))
+    if math.isnan(q):
+        ctx.check_finite(M)
+    return q
 
 
 def _svd_screen(ctx: Context, M: Array, beta: Array, J: int, k: int, tol: float):
@@ -810,6 +846,12 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
         since_check += 1
         if not ctx.traced and J >= jmin and (sched.due(since_check, J) or J == jmax):
             since_check = 0
+            if ctx.dynamic and J < jmax and k == 1:
+                # One host read: the worst residual ratio of the wanted Ritz value.
+                worst = _eig_worst_ratio(ctx, pad, T, beta, J, which, tol, fresh)
+                if worst > 1:
+                    sched.observe(J, worst)
+                    continue
             ctx.check_finite(T)
             ritz = _eig_ritz(ctx, pad, T, J, which, k)
             res, conv = _eig_conv(ctx, pad, ritz, beta, J, tol)
@@ -834,6 +876,25 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
         _warn_unconverged("Lanczos", ctx.count)
     return KrylovResult(vals, None, xp.matmul(xp.matrix_transpose(Q), vecs), res, conv,
                         ctx.count)
+
+
+def _eig_worst_ratio(ctx: Context, pad: _Padded, T: Array, beta: Array, J: int,
+                     which: str, tol: float, fresh: _Fresh) -> float:
+    """For ``k = 1``: the worst (over samples) ``residual / (tol * radius)`` of the
+    wanted Ritz value of the filled block, from one ``eigh`` and one host read (ties of
+    the wanted value count with their largest residual)."""
+    xp = ctx.xp
+    Ts = _hermitian(ctx, T, pad)[:, :J, :J]
+    try:
+        theta, S = xp.linalg.eigh(Ts)
+    except Exception:
+        ctx.check_finite(T)  # NaN/Inf reported as such
+        raise
+    key = {"LM": xp.abs(theta), "LA": theta, "SA": -theta}[which]
+    wanted = key >= xp.max(key, axis=-1, keepdims=True)
+    res = beta[:, None] * xp.abs(S[:, J - 1, :])
+    ref = tol * xp.max(xp.abs(theta), axis=-1, keepdims=True)
+    return _worst_ratio(ctx, res, ref, fresh, wanted, T)
 
 
 def _eig_conv(ctx: Context, pad: _Padded, ritz, beta: Array, J: int, tol: float):
