@@ -297,22 +297,31 @@ class _Fresh:
     def __init__(self, ctx: Context, n: int, k: int) -> None:
         self.ctx = ctx
         self.n, self.need = n, 2 * k + 1
-        self.count = ctx.zeros((ctx.B,), real=True)
-        self.room = ctx.zeros((ctx.B,), real=True) + n
-        self.prev = self.count > 0  # all False
-        self.none = self.prev
-        self.prev_any = False  # whether prev may hold a True
         self.clean = True  # no breakdown yet: every sample counts all its steps
+        self.steps = 0  # the count while clean (tensors only after a breakdown)
+        self.prev_any = False  # whether prev may hold a True
+
+    def _materialize(self) -> None:
+        ctx = self.ctx
+        self.count = ctx.zeros((ctx.B,), real=True) + self.steps
+        self.room = ctx.zeros((ctx.B,), real=True) + self.n
+        self.none = self.count < 0  # all False
+        self.prev = self.none
+        self.clean = False
 
     def step(self, J: int, bd: Array | None, eligible: Array | None = None) -> None:
         xp = self.ctx.xp
         if bd is None:  # no sample broke down (see ``extend``): no reset anywhere
+            if self.clean:
+                self.steps += 1
+                return
             self.count = self.count + 1
             if self.prev_any:
                 self.prev, self.prev_any = self.none, False
             return
+        if self.clean:
+            self._materialize()
         self.prev_any = True
-        self.clean = False
         reset = bd & ~self.prev
         if eligible is not None:
             reset = reset & eligible
@@ -323,6 +332,9 @@ class _Fresh:
 
     def ok(self) -> Array:
         xp = self.ctx.xp
+        if self.clean:
+            ok = self.steps >= min(self.n, self.need)
+            return self.ctx.zeros((self.ctx.B, 1), real=True) < (1 if ok else 0)
         need = xp.minimum(self.room, xp.zeros_like(self.room) + self.need)
         return (self.count >= need)[:, None]
 
@@ -341,7 +353,7 @@ class _Verify:
     def __init__(self, ctx: Context, k: int) -> None:
         self.ctx = ctx
         self.on = k > 1 and not ctx.traced
-        self.done = ctx.zeros((ctx.B,), real=True) > 0  # all False
+        self.done = ctx.zeros((ctx.B,), real=True) > 0 if self.on else None  # all False
         self.force: Array | None = None
 
     def accept(self, ok: Array) -> bool:
@@ -428,8 +440,21 @@ class _Padded:
         self._pad: dict[int, Array] = {}
         self.const = const
         self.cast = ctx.cast
-        self.eye = const(eye)
-        self.upper = const(np.triu(np.ones((jmax, jmax)), 1))
+        self._eye: Array | None = None
+        self._upper: Array | None = None
+
+    @property
+    def eye(self) -> Array:
+        if self._eye is None:
+            self._eye = self.const(self._eye_np)
+        return self._eye
+
+    @property
+    def upper(self) -> Array:
+        """Ones strictly above the diagonal."""
+        if self._upper is None:
+            self._upper = self.const(np.triu(np.ones((self.jmax, self.jmax)), 1))
+        return self._upper
 
     def e(self, j: int) -> Array:
         """The ``j``-th unit vector (real dtype), made once."""
@@ -460,10 +485,10 @@ class _Padded:
         return self._pad[keep]
 
 
-def _put_col(ctx: Context, X: Array, x: Array, e: Array, j: int, start: int = 0
+def _put_col(ctx: Context, X: Array, x: Array, pad: _Padded, j: int, start: int = 0
              ) -> Array:
     """``X`` (B, s, jmax) with ``x`` (B, t) added to rows ``start:start + t`` of column
-    ``j`` (one-hot ``e``), where those entries are zero. Adapters with a
+    ``j`` (one-hot ``pad.ec(j)``), where those entries are zero. Adapters with a
     ``set_column`` (an in-place write into a buffer this module allocated) avoid
     rebuilding the whole buffer per step."""
     setter = getattr(ctx.backend, "set_column", None)
@@ -474,16 +499,16 @@ def _put_col(ctx: Context, X: Array, x: Array, e: Array, j: int, start: int = 0
         parts = [ctx.zeros((B, start))] if start else []
         parts += [x] + ([ctx.zeros((B, s - t - start))] if s - t - start else [])
         x = ctx.xp.concat(parts, axis=-1)
-    return X + x[..., None] * e
+    return X + x[..., None] * pad.ec(j)
 
 
-def _put_row(ctx: Context, X: Array, x: Array, e: Array, j: int) -> Array:
-    """``X`` (B, jmax, s) with ``x`` (B, s) added in row ``j`` (one-hot ``e``), where that
-    row is zero (a basis vector, see :func:`_coefs` for the row layout)."""
+def _put_row(ctx: Context, X: Array, x: Array, pad: _Padded, j: int) -> Array:
+    """``X`` (B, jmax, s) with ``x`` (B, s) added in row ``j`` (one-hot ``pad.ec(j)``),
+    where that row is zero (a basis vector, see :func:`_coefs` for the row layout)."""
     setter = getattr(ctx.backend, "set_row", None)
     if setter is not None and (ctx.dynamic or ctx.functional_set):
         return setter(X, j, x)
-    return X + e[:, None] * x[:, None, :]
+    return X + pad.ec(j)[:, None] * x[:, None, :]
 
 
 # Convergence checks (a small SVD/eigh plus a host synchronization) run at every step
@@ -607,14 +632,13 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         if J > 0:  # (the first product was taken above)
             p = ctx.mm(v[..., None])[..., 0]
         u, c, alpha, scale, bd_u = extend(ctx, U, p, scale, J)
-        e = pad.ec(J)
         if ctx.dynamic:  # c has length J: the column is (c, alpha, 0, ...)
-            M = _put_col(ctx, M, c, e, J)
-            M = _put_col(ctx, M, ctx.cast(alpha)[:, None], e, J, start=J)
+            M = _put_col(ctx, M, c, pad, J)
+            M = _put_col(ctx, M, ctx.cast(alpha)[:, None], pad, J, start=J)
         else:
-            M = _put_col(ctx, M, c + ctx.cast(alpha)[:, None] * e, e, J)
-        V = _put_row(ctx, V, v, e, J)
-        U = _put_row(ctx, U, u, e, J)
+            M = _put_col(ctx, M, c + ctx.cast(alpha)[:, None] * pad.ec(J), pad, J)
+        V = _put_row(ctx, V, v, pad, J)
+        U = _put_row(ctx, U, u, pad, J)
         J += 1
         ritz = None
         # -- v-step: A^H u, orthogonalized against V
@@ -833,12 +857,11 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
             break
         if J > 0:  # (the first product was taken above)
             w = ctx.mm(q[..., None])[..., 0]
-        e = pad.ec(J)
-        Q = _put_row(ctx, Q, q, e, J)
+        Q = _put_row(ctx, Q, q, pad, J)
         J += 1
         q, c, beta, scale, bd = extend(ctx, Q, w, scale, J, force=verify.take())
         fresh.step(J, bd)
-        T = _put_col(ctx, T, c, e, J - 1)
+        T = _put_col(ctx, T, c, pad, J - 1)
         ritz = None
         if J == n:
             beta = ctx.zeros((B,), real=True)
