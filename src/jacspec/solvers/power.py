@@ -28,8 +28,8 @@ def _colnorm(ctx: Context, Z: Array) -> Array:
 
 def _safe(ctx: Context, nrm: Array) -> Array:
     """``nrm`` plus the smallest normal number: a zero column then stays zero when
-    divided by it; any other norm above ``2^-100`` (relative to the dtype's range) is
-    unchanged. One operation, on the hot path of every step."""
+    divided by it, and norms more than ``2^24`` (float32; ``2^53`` in float64) times that
+    number are unchanged in floating point. One operation, on the hot path of every step."""
     return nrm + ctx.tiny_normal
 
 
