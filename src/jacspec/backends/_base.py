@@ -121,6 +121,10 @@ class Backend:
         """A 0-d boolean array as a Python bool (a host read)."""
         return bool(self.to_numpy(x))
 
+    def to_float(self, x: Array) -> float:
+        """A 0-d real array as a Python float (a host read)."""
+        return float(self.to_numpy(x))
+
     def no_grad(self) -> contextlib.AbstractContextManager[Any]:
         """Context in which products need record no gradient (torch: ``no_grad``)."""
         return contextlib.nullcontext()

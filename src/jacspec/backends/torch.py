@@ -202,6 +202,9 @@ class TorchBackend(Backend):
     def to_bool(self, x) -> bool:
         return bool(x)
 
+    def to_float(self, x) -> float:
+        return float(x)
+
     def no_grad(self):
         return torch.no_grad()
 

@@ -546,7 +546,7 @@ class _Schedule:
         xp = self.ctx.xp
         ratio = xp.where(ref > 0, res / xp.where(ref > 0, ref, xp.ones_like(ref)),
                          xp.zeros_like(res))
-        self.observe(J, float(self.ctx.backend.to_numpy(xp.max(ratio))))
+        self.observe(J, self.ctx.backend.to_float(xp.max(ratio)))
 
     def observe(self, J: int, q: float) -> None:
         """:meth:`update` from the worst ratio ``q = max(res / (tol * scale))``."""
@@ -746,7 +746,7 @@ def _worst_ratio(ctx: Context, res: Array, ref: Array, fresh: _Fresh, ok: Array 
         ratio = xp.where(ok, ratio, xp.zeros_like(ratio))
     if not fresh.clean:
         ratio = xp.where(fresh.ok(), ratio, xp.zeros_like(ratio) + math.inf)
-    q = float(ctx.backend.to_numpy(xp.max(ratio)))
+    q = ctx.backend.to_float(xp.max(ratio))
     if math.isnan(q):
         ctx.check_finite(M)
     return q

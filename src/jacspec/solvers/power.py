@@ -54,7 +54,7 @@ def _stop(ctx: Context, res: Array, bound: Array) -> bool:
     """Whether every residual is within its bound, from one host read (outside a
     trace); raises FloatingPointError for NaN/Inf residuals (a NaN or Inf in a product
     reaches them)."""
-    q = float(ctx.backend.to_numpy(ctx.xp.max(res - bound)))
+    q = ctx.backend.to_float(ctx.xp.max(res - bound))
     if not math.isfinite(q):
         ctx.check_finite(res)  # raises if really non-finite
     return q <= 0
