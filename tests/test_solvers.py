@@ -512,3 +512,21 @@ def test_jax_jit_krylov_hard_cases(backend):
     h = jax.jit(lambda z: js.eigsh(js.hessian(lambda y: 0.5 * y @ jnp.asarray(H) @ y, z),
                                    k=3, method="lanczos").values)
     np.testing.assert_allclose(np.asarray(h(jnp.zeros(6))), [5.0, 5.0, 5.0], atol=1e-10)
+
+
+def test_tiny_restart_basis_still_checks(backend):
+    """With ``ncv`` below the first scheduled check (2k + 1 + FIRST_CHECK_DELAY), the
+    check at every thick restart still runs: the solve converges to the dense answer
+    instead of running to ``maxiter``."""
+    rng = np.random.default_rng(21)
+    A = rng.standard_normal((60, 50))
+    ref = np.linalg.svd(A, compute_uv=False)
+    evals = np.linalg.eigvalsh(A.T @ A)[::-1]
+    for k, ncv in ((1, 4), (2, 6)):
+        r = js.svds(from_numpy(A, backend), k=k, method="lanczos", ncv=ncv, tol=1e-8)
+        assert bool(np.all(to_numpy(r.converged))) and r.num_matvecs < 400
+        np.testing.assert_allclose(to_numpy(r.values), ref[:k], rtol=1e-7)
+        e = js.eigsh(from_numpy(A.T @ A, backend), k=k, method="lanczos", ncv=ncv,
+                     tol=1e-8)
+        assert bool(np.all(to_numpy(e.converged))) and e.num_matvecs < 200
+        np.testing.assert_allclose(to_numpy(e.values), evals[:k], rtol=1e-7)
