@@ -96,17 +96,12 @@ def _depends_on_other_leaves(y: torch.Tensor, own: list[torch.Tensor]) -> bool:
     return False
 
 
-def _freed(err: RuntimeError) -> bool:
-    """Whether ``err`` says autograd freed a graph a product needed."""
-    return "backward through the graph a second time" in str(err)
-
-
 def _retry_freed(run: Callable[[], Any], rebuild: Callable[[], None]) -> Any:
     """Run a product; if autograd freed the retained graph, rebuild it once and retry."""
     try:
         return run()
     except RuntimeError as err:
-        if not _freed(err):
+        if "backward through the graph a second time" not in str(err):
             raise
         rebuild()
         return run()
@@ -290,13 +285,7 @@ class TorchBackend(Backend):
                 grad = grad and differentiable and torch.is_grad_enabled()
                 if not y.requires_grad:
                     return zeros(size, V.shape[-1])
-                try:
-                    return once(V, grad)
-                except RuntimeError as err:  # the user's backward freed the graph
-                    if not _freed(err):
-                        raise
-                    forward()
-                    return once(V, grad)
+                return _retry_freed(lambda: once(V, grad), forward)
 
             return apply
 

@@ -118,11 +118,11 @@ class Context:
         inside a trace (where every step carries one) the adapter's cheap hash-based
         vector if it has one (counter-based random draws cost more than a Krylov step
         in a compiled loop)."""
-        self._draws += 1
-        seed = (self._seed + 7919 * self._draws) % (2**31 - 1)
         hashed = getattr(self.backend, "hash_uniform", None)
         if self.traced and hashed is not None:
-            return hashed((self.B, s), dtype=self.dtype, seed=seed)
+            self._draws += 1
+            return hashed((self.B, s), dtype=self.dtype,
+                          seed=(self._seed + 7919 * self._draws) % (2**31 - 1))
         return self.random((self.B, s))
 
     def cast(self, x: Array) -> Array:
@@ -182,6 +182,13 @@ def _coefs(ctx: Context, QH: Array, W: Array) -> Array:
     return ctx.xp.matmul(W, QH)
 
 
+def _broke(ctx: Context, nrm: Array, scale: Array, force: Array | None) -> Array:
+    """Breakdown flags (B,): ``nrm <= bd_rtol * scale`` (written ``nrm / bd_rtol <=
+    scale``, one operation fewer on the hot path), or forced."""
+    bd = nrm * (1.0 / ctx.bd_rtol) <= scale
+    return bd if force is None else bd | force
+
+
 def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
            force: Array | None = None):
     """Orthogonalize ``w`` (B, s) against the orthonormal rows of ``Q`` (B, width, s).
@@ -210,7 +217,6 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
     scale = xp.maximum(scale, nrm0)
     if ctx.dynamic:
         return _extend_eager(ctx, Q, w, scale, force, B, s, width, nJ, nrm0)
-    thresh = ctx.bd_rtol * scale + ctx.tiny
     rnd = ctx.restart_vector(s)
     if nJ:
         QH = ctx.H(Q)
@@ -218,9 +224,7 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
         C1 = _coefs(ctx, QH, W2)  # (B, 2, J)
         W2 = W2 - xp.matmul(C1, Q)
         w = W2[:, 0]
-        bd = ctx.norm(w) <= thresh
-        if force is not None:
-            bd = bd | force
+        bd = _broke(ctx, ctx.norm(w), scale, force)
         w = xp.where(bd[:, None], W2[:, 1], w)
         c2 = _coefs(ctx, QH, w[:, None, :])
         w = w - xp.matmul(c2, Q)[:, 0]
@@ -229,9 +233,7 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
         if nJ < width:
             coef = xp.concat([coef, ctx.zeros((B, width - nJ))], axis=-1)
     else:
-        bd = nrm0 <= thresh
-        if force is not None:
-            bd = bd | force
+        bd = _broke(ctx, nrm0, scale, force)
         w = xp.where(bd[:, None], rnd, w)
         coef = ctx.zeros((B, width))
     nrm = ctx.norm(w)
@@ -249,14 +251,11 @@ def _extend_eager(ctx: Context, Q: Array, w: Array, scale: Array, force: Array |
     decides. The common no-breakdown step takes no random draw and no masking and
     returns ``bd=None``. Breakdown is judged on the remainder after the second pass
     (at most the first pass's); a sample that broke down (or is forced) is redone from a
-    random vector orthogonalized twice, with its coupling set to 0. (The breakdown test
-    ``nrm <= bd_rtol * scale`` is written ``nrm / bd_rtol <= scale``: one operation
-    fewer on the hot path.)
+    random vector orthogonalized twice, with its coupling set to 0.
     """
     xp = ctx.xp
-    inv = 1.0 / ctx.bd_rtol
     if not nJ:
-        bd = nrm0 * inv <= scale if force is None else (nrm0 * inv <= scale) | force
+        bd = _broke(ctx, nrm0, scale, force)
         coef = ctx.zeros((B, 0))
         if not ctx.any_true(bd):
             return w / ctx.cast(nrm0)[:, None], coef, nrm0, scale, None
@@ -271,7 +270,7 @@ def _extend_eager(ctx: Context, Q: Array, w: Array, scale: Array, force: Array |
     c2 = _coefs(ctx, QH, w)
     w = (w - xp.matmul(c2, Q))[:, 0]
     nrm = ctx.norm(w)
-    bd = nrm * inv <= scale if force is None else (nrm * inv <= scale) | force
+    bd = _broke(ctx, nrm, scale, force)
     broke = ctx.any_true(bd)
     if not broke:
         return w / ctx.cast(nrm)[:, None], (c1 + c2)[:, 0], nrm, scale, None
