@@ -125,6 +125,19 @@ class Backend:
         """A 0-d real array as a Python float (a host read)."""
         return float(self.to_numpy(x))
 
+    def any_true(self, x: Array) -> bool:
+        """Whether any entry of a boolean array is True (a host read)."""
+        return self.to_bool(self.solver_xp.any(x))
+
+    def all_true(self, x: Array) -> bool:
+        """Whether every entry of a boolean array is True (a host read)."""
+        return self.to_bool(self.solver_xp.all(x))
+
+    def sub_matmul(self, W: Array, C: Array, Q: Array) -> Array:
+        """``W - C @ Q`` for stacks of matrices (the Gram–Schmidt update), fused where
+        the framework has such a kernel (torch: ``baddbmm``)."""
+        return W - self.solver_xp.matmul(C, Q)
+
     def no_grad(self) -> contextlib.AbstractContextManager[Any]:
         """Context in which products need record no gradient (torch: ``no_grad``)."""
         return contextlib.nullcontext()

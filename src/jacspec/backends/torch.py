@@ -14,6 +14,7 @@ the device of ``x``.
 
 from __future__ import annotations
 
+import cmath
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -119,18 +120,32 @@ def _grad(outputs, inputs, grad_outputs, *, create_graph: bool, batched: bool):
     )
 
 
+class _SolverLinalg:
+    """``array_api_compat.torch.linalg`` with ``vector_norm`` bound to torch directly."""
+
+    @staticmethod
+    def vector_norm(x, /, *, axis=None, keepdims=False, ord=2):
+        return torch.linalg.vector_norm(x, ord=ord, dim=axis, keepdim=keepdims)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(xp_torch.linalg, name)
+        setattr(self, name, value)
+        return value
+
+
 class _SolverNamespace:
     """``array_api_compat.torch`` with a few hot functions bound to torch directly.
 
-    The compat wrappers of ``matmul``, ``where``, ``maximum`` and ``minimum`` resolve
-    type promotion on every call (about 10 us each, a sizeable part of a Krylov step on
-    small problems). Inside the solvers all arrays already share one dtype and device,
-    so torch's own functions give the same results."""
+    The compat wrappers of ``matmul``, ``where``, ``maximum``, ``minimum`` and
+    ``linalg.vector_norm`` resolve type promotion on every call (about 10 us each, a
+    sizeable part of a Krylov step on small problems). Inside the solvers all arrays
+    already share one dtype and device, so torch's own functions give the same results."""
 
     matmul = staticmethod(torch.matmul)
     where = staticmethod(torch.where)
     maximum = staticmethod(torch.maximum)
     minimum = staticmethod(torch.minimum)
+    linalg = _SolverLinalg()
 
     def __getattr__(self, name: str) -> Any:  # the rest of the namespace, cached
         value = getattr(xp_torch, name)
@@ -192,6 +207,12 @@ class TorchBackend(Backend):
         return x.detach()
 
     def all_finite(self, x) -> bool:
+        if x.is_floating_point() or x.is_complex():
+            # A finite sum proves every entry finite (NaN and Inf propagate): one
+            # reduction instead of the elementwise test's four kernels.
+            total = x.sum().item()
+            if cmath.isfinite(total):
+                return True
         return bool(torch.isfinite(x).all())
 
     def to_bool(self, x) -> bool:
@@ -199,6 +220,17 @@ class TorchBackend(Backend):
 
     def to_float(self, x) -> float:
         return float(x)
+
+    def any_true(self, x) -> bool:
+        return bool(torch.any(x))
+
+    def all_true(self, x) -> bool:
+        return bool(torch.all(x))
+
+    def sub_matmul(self, W, C, Q):
+        if W.ndim == 3 and C.ndim == 3 and Q.ndim == 3:
+            return torch.baddbmm(W, C, Q, alpha=-1)  # one kernel instead of two
+        return W - torch.matmul(C, Q)
 
     def no_grad(self):
         return torch.no_grad()

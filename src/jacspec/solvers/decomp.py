@@ -152,10 +152,15 @@ class Context:
             )
 
     def all_true(self, x: Array) -> bool:
-        return self.backend.to_bool(self.xp.all(x))
+        return self.backend.all_true(x)
 
     def any_true(self, x: Array) -> bool:
-        return self.backend.to_bool(self.xp.any(x))
+        return self.backend.any_true(x)
+
+    def project_out(self, W: Array, C: Array, Q: Array) -> Array:
+        """``W - C Q`` (rows ``W`` (B, t, s) minus their components ``C`` (B, t, J) along
+        the rows of ``Q`` (B, J, s)), one fused kernel where the adapter has one."""
+        return self.backend.sub_matmul(W, C, Q)
 
     def eye(self, k: int) -> Array:
         return self.xp.eye(k, dtype=self.dtype, device=self.device)
@@ -190,7 +195,7 @@ def _broke(ctx: Context, nrm: Array, scale: Array, force: Array | None) -> Array
 
 
 def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
-           force: Array | None = None):
+           force: Array | None = None, want_coef: bool = True):
     """Orthogonalize ``w`` (B, s) against the orthonormal rows of ``Q`` (B, width, s).
 
     Classical Gram–Schmidt, done twice ("twice is enough"). Where the remainder after
@@ -205,7 +210,8 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
     (:func:`_put_col` pads them); otherwise they have the full width. Returns ``(q, coef, coupling, scale, bd)``: the unit vector,
     ``Q^H w``, the coupling (0 at breakdown), the updated scale and the
     breakdown flags. ``force`` (B,) bool restarts those samples as if they had broken
-    down (see :func:`_verify`).
+    down (see :func:`_verify`). With ``want_coef=False`` the coefficients may be returned as
+    ``None`` (GKL's v-step does not use them).
     """
     xp = ctx.xp
     B, s = int(w.shape[0]), int(w.shape[1])
@@ -216,18 +222,18 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
     nrm0 = ctx.norm(w)
     scale = xp.maximum(scale, nrm0)
     if ctx.dynamic:
-        return _extend_eager(ctx, Q, w, scale, force, B, s, width, nJ, nrm0)
+        return _extend_eager(ctx, Q, w, scale, force, B, s, nJ, nrm0, want_coef)
     rnd = ctx.restart_vector(s)
     if nJ:
         QH = ctx.H(Q)
         W2 = xp.stack([w, rnd], axis=1)  # (B, 2, s)
         C1 = _coefs(ctx, QH, W2)  # (B, 2, J)
-        W2 = W2 - xp.matmul(C1, Q)
+        W2 = ctx.project_out(W2, C1, Q)
         w = W2[:, 0]
         bd = _broke(ctx, ctx.norm(w), scale, force)
         w = xp.where(bd[:, None], W2[:, 1], w)
         c2 = _coefs(ctx, QH, w[:, None, :])
-        w = w - xp.matmul(c2, Q)[:, 0]
+        w = ctx.project_out(w[:, None, :], c2, Q)[:, 0]
         extra = c2[:, 0]
         coef = C1[:, 0] + xp.where(bd[:, None], xp.zeros_like(extra), extra)
         if nJ < width:
@@ -244,7 +250,7 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
 
 
 def _extend_eager(ctx: Context, Q: Array, w: Array, scale: Array, force: Array | None,
-                  B: int, s: int, width: int, nJ: int, nrm0: Array):
+                  B: int, s: int, nJ: int, nrm0: Array, want_coef: bool):
     """:func:`extend` where shapes may change (eager torch/numpy/TF).
 
     Both passes run on ``w`` alone; one host read of "did any sample break down?" then
@@ -266,17 +272,18 @@ def _extend_eager(ctx: Context, Q: Array, w: Array, scale: Array, force: Array |
     QH = ctx.H(Q)
     w = w[:, None, :]
     c1 = _coefs(ctx, QH, w)
-    w = w - xp.matmul(c1, Q)
+    w = ctx.project_out(w, c1, Q)
     c2 = _coefs(ctx, QH, w)
-    w = (w - xp.matmul(c2, Q))[:, 0]
+    w = ctx.project_out(w, c2, Q)[:, 0]
     nrm = ctx.norm(w)
     bd = _broke(ctx, nrm, scale, force)
     broke = ctx.any_true(bd)
     if not broke:
-        return w / ctx.cast(nrm)[:, None], (c1 + c2)[:, 0], nrm, scale, None
+        coef = (c1 + c2)[:, 0] if want_coef else None
+        return w / ctx.cast(nrm)[:, None], coef, nrm, scale, None
     r = ctx.random((B, s))[:, None, :]
-    r = r - xp.matmul(_coefs(ctx, QH, r), Q)
-    r = (r - xp.matmul(_coefs(ctx, QH, r), Q))[:, 0]
+    r = ctx.project_out(r, _coefs(ctx, QH, r), Q)
+    r = ctx.project_out(r, _coefs(ctx, QH, r), Q)[:, 0]
     w = xp.where(bd[:, None], r, w)
     c = (c1 + c2)[:, 0]
     coef = xp.where(bd[:, None], c1[:, 0], c)
@@ -532,14 +539,17 @@ class _Schedule:
     where the worst residual ratio ``res / (tol * scale)`` of the last two checks, extrapolated
     linearly in log scale, says convergence is still far: half the predicted steps (Krylov
     convergence accelerates, so the prediction errs long and halving it keeps the
-    overshoot small). Uses the host synchronization the check does anyway.
+    overshoot small). Before the first check the ratio is taken as ``1 / tol`` at step 0
+    (a random start's residual is of the order of ``||A||``); a gap predicted from that
+    guess is capped at ``J`` (at most doubling the basis). Uses the host synchronization
+    the check does anyway.
     """
 
-    def __init__(self, ctx: Context, check_every: int | None) -> None:
+    def __init__(self, ctx: Context, check_every: int | None, tol: float) -> None:
         self.ctx = ctx
         self.fixed = check_every
         self.gap = 1 if check_every is None else check_every
-        self.prev: tuple[int, float] | None = None
+        self.prev: tuple[int, float] | None = (0, 1.0 / tol) if tol > 0 else None
 
     def due(self, since: int, J: int) -> bool:
         return since >= self.gap
@@ -561,7 +571,10 @@ class _Schedule:
             if self.prev is not None and self.prev[1] > q and J > self.prev[0]:
                 rate = math.log(self.prev[1] / q) / (J - self.prev[0])
                 if rate > 0:
-                    gap = max(gap, int(math.log(q) / rate / 2))
+                    predicted = int(math.log(q) / rate / 2)
+                    if self.prev[0] == 0:  # from the guess at step 0
+                        predicted = min(predicted, J)
+                    gap = max(gap, predicted)
             self.prev = (J, q)
         self.gap = gap
 
@@ -627,7 +640,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     beta = ctx.zeros((B,), real=True)
     J = 0
     since_check = 0
-    sched = _Schedule(ctx, check_every)
+    sched = _Schedule(ctx, check_every, tol)
     ritz = None
     while True:
         cost = 2 if J + 1 < r else 1
@@ -652,7 +665,8 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         # -- v-step: A^H u, orthogonalized against V
         if J < r:
             q = ctx.mm(u[..., None], adjoint=True)[..., 0]
-            v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J, force=verify.take())
+            v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J, force=verify.take(),
+                                             want_coef=False)
             fresh.step(J, bd_v, None if bd_u is None else ~bd_u)
         else:
             beta = ctx.zeros((B,), real=True)
@@ -665,20 +679,19 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
                 # Screen first with the (cheaper) eigh of M M^H and one host read; the
                 # SVD only when the screen says every sample has converged.
                 try:
-                    S, res, _ = _svd_screen(ctx, M, beta, J, k, tol)
+                    res, ref = _svd_screen(ctx, M, beta, J, k, tol)
                 except Exception:
                     ctx.check_finite(M)  # NaN/Inf reported as such
                     raise
-                worst = _worst_ratio(ctx, res, tol * xp.max(S, axis=-1, keepdims=True),
-                                     fresh, None, M)
+                worst = _worst_ratio(ctx, res, ref, fresh, None, M)
                 if worst > 1:
                     sched.observe(J, worst)
                     continue
             ctx.check_finite(M)
             if ctx.dynamic and J < jmax and verify.on:
-                S, res, conv = _svd_screen(ctx, M, beta, J, k, tol)
-                if not verify.would_act(conv & fresh.ok()):
-                    sched.update(J, res, tol * xp.max(S, axis=-1, keepdims=True))
+                res, ref = _svd_screen(ctx, M, beta, J, k, tol)
+                if not verify.would_act((res <= ref) & fresh.ok()):
+                    sched.update(J, res, ref)
                     continue
             ritz = _svd_ritz(ctx, pad, M, J, k)
             res, conv = _svd_conv(ctx, pad, ritz, beta, J, tol)
@@ -694,7 +707,13 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         # and only the values are wanted.
         if not ctx.traced:
             ctx.check_finite(M)
-        S = xp.linalg.svdvals(M)[:, :k]
+        if k == 1 and ctx.dynamic:
+            # sigma_1 = sqrt(lambda_max(M M^H)) to working precision, and eigvalsh is
+            # about twice as fast as svdvals on stacks of small matrices (CPU LAPACK).
+            lam = xp.linalg.eigvalsh(xp.matmul(M, ctx.H(M)))[:, -1:]
+            S = xp.sqrt(xp.maximum(lam, xp.zeros_like(lam)))
+        else:
+            S = xp.linalg.svdvals(M)[:, :k]
         res = xp.zeros_like(S)
         return KrylovResult(S, None, None, res, res <= 0, ctx.count)
     if ritz is None:
@@ -762,14 +781,14 @@ def _svd_screen(ctx: Context, M: Array, beta: Array, J: int, k: int, tol: float)
     """A cheaper convergence screen than :func:`_svd_ritz` + :func:`_svd_conv`: the top
     ``k`` eigenpairs of ``M M^H`` (filled block) give the singular values (exact for the
     top ones up to rounding of ``sigma_1^2``) and the left vectors whose last entries
-    give the Ritz residuals. Returns ``(values, residuals, converged)``."""
+    give the Ritz residuals. Returns ``(residuals, tol * largest value)``: value ``i``
+    has converged where ``residuals[:, i] <= `` the reference."""
     xp = ctx.xp
     Mj = M[:, :J, :J]
     lam, X = xp.linalg.eigh(xp.matmul(Mj, ctx.H(Mj)))  # ascending
-    lam = lam[:, J - k:]
-    S = xp.sqrt(xp.where(lam > 0, lam, xp.zeros_like(lam)))
+    top = lam[:, J - 1:]
     res = beta[:, None] * xp.abs(X[:, J - 1, J - k:])
-    return S, res, res <= tol * xp.max(S, axis=-1, keepdims=True)
+    return res, tol * xp.sqrt(xp.maximum(top, xp.zeros_like(top)))
 
 
 def _svd_conv(ctx: Context, pad: _Padded, ritz, beta: Array, J: int, tol: float):
@@ -857,7 +876,7 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
     beta = ctx.zeros((B,), real=True)
     J = 0
     since_check = 0
-    sched = _Schedule(ctx, check_every)
+    sched = _Schedule(ctx, check_every, tol)
     ritz = None
     while True:
         limit = maxiter
