@@ -514,6 +514,46 @@ def test_jax_jit_krylov_hard_cases(backend):
     np.testing.assert_allclose(np.asarray(h(jnp.zeros(6))), [5.0, 5.0, 5.0], atol=1e-10)
 
 
+def test_jax_jit_compiled_steps_with_thick_restarts(backend):
+    """Inside ``jax.jit`` the steps between thick restarts run as one ``lax.fori_loop``:
+    with a small ``ncv`` and a long budget (many restarts), GKL and Lanczos still reach
+    the dense answer, and the product count is the budget (counted per compiled step,
+    not per trace)."""
+    if backend != "jax":
+        pytest.skip("jax.jit only")
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(5)
+    C = rng.standard_normal((40, 30))
+    C[:, 0] = C[:, 1]  # rank deficient: a breakdown once the basis spans the range
+    ref = np.linalg.svd(C, compute_uv=False)
+    counts = []
+
+    def top_sv(z):
+        r = js.svds(js.jacobian(lambda y: jnp.asarray(C) @ y, z), k=2, method="lanczos",
+                    ncv=8, maxiter=300)
+        counts.append(r.num_matvecs)
+        return r.values
+
+    out = jax.jit(top_sv)(jnp.asarray(rng.standard_normal(30)))
+    np.testing.assert_allclose(np.asarray(out), ref[:2], rtol=1e-9)
+    assert counts == [300]
+    S = np.concatenate([[4.0, 4.0], np.linspace(-3.0, 3.0, 18)])
+    Q, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    H = (Q * S) @ Q.T
+
+    def top_ev(z):
+        r = js.eigsh(js.hessian(lambda y: 0.5 * y @ jnp.asarray(H) @ y, z), k=2,
+                     method="lanczos", ncv=7, maxiter=150)
+        counts.append(r.num_matvecs)
+        return r.values
+
+    np.testing.assert_allclose(np.asarray(jax.jit(top_ev)(jnp.zeros(20))), [4.0, 4.0],
+                               atol=1e-9)
+    assert counts[-1] == 150
+
+
 def test_tiny_restart_basis_still_checks(backend):
     """With ``ncv`` below the first scheduled check (2k + 1 + FIRST_CHECK_DELAY), the
     check at every thick restart still runs: the solve converges to the dense answer

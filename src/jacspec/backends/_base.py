@@ -133,6 +133,11 @@ class Backend:
         """Whether every entry of a boolean array is True (a host read)."""
         return self.to_bool(self.solver_xp.all(x))
 
+    def row_coefs(self, W: Array, Q: Array, QH: Array) -> Array:
+        """``W @ QH`` with ``QH`` the conjugate transpose of ``Q``'s last two axes: the
+        coefficients of the rows of ``W`` along the rows of ``Q`` (Gram–Schmidt)."""
+        return self.solver_xp.matmul(W, QH)
+
     def sub_matmul(self, W: Array, C: Array, Q: Array) -> Array:
         """``W - C @ Q`` for stacks of matrices (the Gram–Schmidt update), fused where
         the framework has such a kernel (torch: ``baddbmm``)."""

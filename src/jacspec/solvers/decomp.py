@@ -20,9 +20,10 @@ Speed notes (measured with ``jacspec bench``): the bases are stored as rows
 ``(B, J, s)`` and projected with row-vector products, several times faster on CPU than
 batched matrix-vector products for these shapes; eager GKL screens convergence with the
 eigendecomposition of ``M M^H`` and factors ``M`` only when the screen says stop; inside
-``jax.jit`` restart vectors come from a counter hash (threefry draws cost more than a
-step there), buffers are written with dynamic-update-slices, and a fixed budget sizes the
-basis.
+``jax.jit`` the steps between restarts run as one ``lax.fori_loop`` (:func:`_compiled`),
+a breakdown repair only under ``lax.cond``, restart vectors come from a counter hash
+(threefry draws cost more than a step there), buffers are written with
+dynamic-update-slices, and a fixed budget sizes the basis.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Context:
             seed = int(np.random.default_rng().integers(2**31 - 1))
         self._seed = int(seed)
         self._draws = 0
+        self.salt: Array | None = None  # a compiled loop's step index (see _compiled)
         # whether the adapter's buffer writes are functional (usable inside a trace)
         self.functional_set = bool(getattr(self.backend, "functional_set", False))
         value = getattr(op, "value", None)  # f(x) of a derivative operator
@@ -121,8 +123,10 @@ class Context:
         hashed = getattr(self.backend, "hash_uniform", None)
         if self.traced and hashed is not None:
             self._draws += 1
-            return hashed((self.B, s), dtype=self.dtype,
-                          seed=(self._seed + 7919 * self._draws) % (2**31 - 1))
+            seed = (self._seed + 7919 * self._draws) % (2**31 - 1)
+            if self.salt is not None:  # one trace serves every step of a compiled loop
+                seed = seed + 104729 * self.salt
+            return hashed((self.B, s), dtype=self.dtype, seed=seed)
         return self.random((self.B, s))
 
     def cast(self, x: Array) -> Array:
@@ -178,13 +182,14 @@ class Context:
         return v / self.cast(self.norm(v))[:, None]
 
 
-def _coefs(ctx: Context, QH: Array, W: Array) -> Array:
-    """``Q^H w`` for each row ``w`` of ``W`` (B, t, s): (B, t, J), with ``QH = H(Q)``.
+def _coefs(ctx: Context, Q: Array, QH: Array, W: Array) -> Array:
+    """``Q^H w`` for each row ``w`` of ``W`` (B, t, s): (B, t, J), with ``QH = H(Q)``
+    (see ``Backend.row_coefs``).
 
     The basis is stored as rows (B, J, s) and every projection is a row-vector product
     (``(1, s) @ (s, J)`` and ``(1, J) @ (J, s)``): batched matrix-vector products with
     the vector on the right are several times slower on CPU for these shapes."""
-    return ctx.xp.matmul(W, QH)
+    return ctx.backend.row_coefs(W, Q, QH)
 
 
 def _broke(ctx: Context, nrm: Array, scale: Array, force: Array | None) -> Array:
@@ -221,18 +226,18 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
     nJ = int(Q.shape[-2])
     nrm0 = ctx.norm(w)
     scale = xp.maximum(scale, nrm0)
-    if ctx.dynamic:
-        return _extend_eager(ctx, Q, w, scale, force, B, s, nJ, nrm0, want_coef)
+    if ctx.dynamic or (ctx.traced and _has_cond(ctx)):
+        return _extend_branching(ctx, Q, w, scale, force, B, s, nJ, nrm0, want_coef)
     rnd = ctx.restart_vector(s)
     if nJ:
         QH = ctx.H(Q)
         W2 = xp.stack([w, rnd], axis=1)  # (B, 2, s)
-        C1 = _coefs(ctx, QH, W2)  # (B, 2, J)
+        C1 = _coefs(ctx, Q, QH, W2)  # (B, 2, J)
         W2 = ctx.project_out(W2, C1, Q)
         w = W2[:, 0]
         bd = _broke(ctx, ctx.norm(w), scale, force)
         w = xp.where(bd[:, None], W2[:, 1], w)
-        c2 = _coefs(ctx, QH, w[:, None, :])
+        c2 = _coefs(ctx, Q, QH, w[:, None, :])
         w = ctx.project_out(w[:, None, :], c2, Q)[:, 0]
         extra = c2[:, 0]
         coef = C1[:, 0] + xp.where(bd[:, None], xp.zeros_like(extra), extra)
@@ -249,49 +254,63 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
     return q, coef, coupling, scale, bd
 
 
-def _extend_eager(ctx: Context, Q: Array, w: Array, scale: Array, force: Array | None,
-                  B: int, s: int, nJ: int, nrm0: Array, want_coef: bool):
-    """:func:`extend` where shapes may change (eager torch/numpy/TF).
+def _has_cond(ctx: Context) -> bool:
+    """Whether the adapter branches inside a trace (``Backend.cond``, JAX)."""
+    return getattr(ctx.backend, "cond", None) is not None
 
-    Both passes run on ``w`` alone; one host read of "did any sample break down?" then
-    decides. The common no-breakdown step takes no random draw and no masking and
-    returns ``bd=None``. Breakdown is judged on the remainder after the second pass
-    (at most the first pass's); a sample that broke down (or is forced) is redone from a
-    random vector orthogonalized twice, with its coupling set to 0.
+
+def _extend_branching(ctx: Context, Q: Array, w: Array, scale: Array,
+                      force: Array | None, B: int, s: int, nJ: int, nrm0: Array,
+                      want_coef: bool):
+    """:func:`extend` with a branch on "did any sample break down?": a host read where
+    shapes may change (eager torch/numpy/TF), ``Backend.cond`` inside a trace (JAX:
+    ``lax.cond``, which runs one branch).
+
+    Both passes run on ``w`` alone. The common no-breakdown branch takes no random
+    vector and no masking (and, eagerly, returns ``bd=None``). Breakdown is judged on
+    the remainder after the second pass (at most the first pass's); a sample that broke
+    down (or is forced) is redone from a random vector orthogonalized twice, with its
+    coupling set to 0.
     """
     xp = ctx.xp
-    if not nJ:
+    if not nJ:  # (eager only: a trace keeps the full width)
         bd = _broke(ctx, nrm0, scale, force)
         coef = ctx.zeros((B, 0))
         if not ctx.any_true(bd):
             return w / ctx.cast(nrm0)[:, None], coef, nrm0, scale, None
-        w = xp.where(bd[:, None], ctx.random((B, s)), w)
+        w = xp.where(bd[:, None], ctx.restart_vector(s), w)
         nrm = ctx.norm(w)
         return (w / ctx.cast(nrm)[:, None], coef, xp.where(bd, xp.zeros_like(nrm), nrm),
                 scale, bd)
     QH = ctx.H(Q)
     w = w[:, None, :]
-    c1 = _coefs(ctx, QH, w)
+    c1 = _coefs(ctx, Q, QH, w)
     w = ctx.project_out(w, c1, Q)
-    c2 = _coefs(ctx, QH, w)
+    c2 = _coefs(ctx, Q, QH, w)
     w = ctx.project_out(w, c2, Q)[:, 0]
     nrm = ctx.norm(w)
     bd = _broke(ctx, nrm, scale, force)
-    broke = ctx.any_true(bd)
-    if not broke:
+
+    def keep():
         coef = (c1 + c2)[:, 0] if want_coef else None
-        return w / ctx.cast(nrm)[:, None], coef, nrm, scale, None
-    r = ctx.random((B, s))[:, None, :]
-    r = ctx.project_out(r, _coefs(ctx, QH, r), Q)
-    r = ctx.project_out(r, _coefs(ctx, QH, r), Q)[:, 0]
-    w = xp.where(bd[:, None], r, w)
-    c = (c1 + c2)[:, 0]
-    coef = xp.where(bd[:, None], c1[:, 0], c)
-    nrm2 = ctx.norm(w)
-    one = xp.ones_like(nrm2)
-    q = w / ctx.cast(xp.where(nrm2 > 0, nrm2, one))[:, None]
-    coupling = xp.where(bd, xp.zeros_like(nrm), nrm)
-    return q, coef, coupling, scale, bd
+        return w / ctx.cast(nrm)[:, None], coef, nrm
+
+    def repair():
+        r = ctx.restart_vector(s)[:, None, :]
+        r = ctx.project_out(r, _coefs(ctx, Q, QH, r), Q)
+        r = ctx.project_out(r, _coefs(ctx, Q, QH, r), Q)[:, 0]
+        v = xp.where(bd[:, None], r, w)
+        coef = xp.where(bd[:, None], c1[:, 0], (c1 + c2)[:, 0]) if want_coef else None
+        nrm2 = ctx.norm(v)
+        one = xp.ones_like(nrm2)
+        q = v / ctx.cast(xp.where(nrm2 > 0, nrm2, one))[:, None]
+        return q, coef, xp.where(bd, xp.zeros_like(nrm), nrm)
+
+    if ctx.traced:
+        return (*ctx.backend.cond(xp.any(bd), repair, keep), scale, bd)
+    if not ctx.any_true(bd):
+        return (*keep(), scale, None)
+    return (*repair(), scale, bd)
 
 
 class _Fresh:
@@ -338,6 +357,16 @@ class _Fresh:
         self.count = xp.where(reset, zero, self.count + 1)
         self.room = xp.where(reset, zero + (self.n - J), self.room)
         self.prev = bd
+
+    def state(self) -> tuple[Array, Array, Array]:
+        """The per-sample arrays, for a compiled loop's carry (see :func:`_compiled`)."""
+        if self.clean:
+            self._materialize()
+        self.prev_any = True
+        return self.count, self.room, self.prev
+
+    def set_state(self, state: tuple[Array, Array, Array]) -> None:
+        self.count, self.room, self.prev = state
 
     def ok(self) -> Array:
         xp = self.ctx.xp
@@ -442,6 +471,7 @@ class _Padded:
             return xp.asarray(a, dtype=ctx.real_dtype, device=ctx.device)
 
         self._eye_np = eye
+        self._xp, self._real = xp, ctx.real_dtype
         self._e: dict[int, Array] = {}
         self._ec: dict[int, Array] = {}
         self._inactive: dict[int, Array] = {}
@@ -472,7 +502,11 @@ class _Padded:
         return self._e[j]
 
     def ec(self, j: int) -> Array:
-        """The ``j``-th unit vector in the op's dtype."""
+        """The ``j``-th unit vector in the op's dtype (``j`` may be a compiled loop's
+        traced index)."""
+        if not isinstance(j, int):
+            hot = self.const(np.arange(self.jmax)) == j
+            return self.cast(self._xp.astype(hot, self._real))
         if j not in self._ec:
             self._ec[j] = self.cast(self.e(j))
         return self._ec[j]
@@ -518,6 +552,36 @@ def _put_row(ctx: Context, X: Array, x: Array, pad: _Padded, j: int) -> Array:
     if setter is not None and (ctx.dynamic or ctx.functional_set):
         return setter(X, j, x)
     return X + pad.ec(j)[:, None] * x[:, None, :]
+
+
+def _has_loop(ctx: Context) -> bool:
+    """Whether the adapter compiles a loop of steps (``Backend.fori_loop``)."""
+    return getattr(ctx.backend, "fori_loop", None) is not None
+
+
+def _compiled(ctx: Context, lo: int, hi: int, per_step: int, body, carry: tuple,
+              fresh: _Fresh) -> tuple:
+    """``carry = body(j, carry)`` for ``j`` in ``[lo, hi)`` as one compiled loop (JAX:
+    ``lax.fori_loop``), for traced solves. An unrolled loop compiles every step on its
+    own and XLA then copies the basis buffers between them; one compiled step runs
+    them in place. ``body`` is traced once with a traced ``j``: the product count
+    (``per_step`` products a step) and :class:`_Fresh`'s arrays go through here, and
+    breakdown restart vectors are salted with ``j``."""
+    count = ctx.count
+
+    def step(j, c):
+        fresh.set_state(c[-1])
+        ctx.salt = j
+        out = body(j, c[:-1])
+        return (*out, fresh.state())
+
+    try:
+        out = ctx.backend.fori_loop(lo, hi, step, (*carry, fresh.state()))
+    finally:
+        ctx.salt = None
+    ctx.count = count + per_step * (hi - lo)
+    fresh.set_state(out[-1])
+    return tuple(out[:-1])
 
 
 # Convergence checks (a small SVD/eigh plus a host synchronization) run at every step
@@ -642,6 +706,32 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     since_check = 0
     sched = _Schedule(ctx, check_every, tol)
     ritz = None
+
+    def u_step(J, v, p, V, U, M, scale):
+        """A v (= p), orthogonalized against U; M's column J and the rows J of V, U."""
+        u, c, alpha, scale, bd_u = extend(ctx, U, p, scale, J)
+        if ctx.dynamic:  # c has length J: the column is (c, alpha, 0, ...)
+            M = _put_col(ctx, M, c, pad, J)
+            M = _put_col(ctx, M, ctx.cast(alpha)[:, None], pad, J, start=J)
+        else:
+            M = _put_col(ctx, M, c + ctx.cast(alpha)[:, None] * pad.ec(J), pad, J)
+        return u, _put_row(ctx, V, v, pad, J), _put_row(ctx, U, u, pad, J), M, scale, bd_u
+
+    def v_step(J, u, V, scale, bd_u):
+        """A^H u, orthogonalized against V (``J`` rows filled)."""
+        q = ctx.mm(u[..., None], adjoint=True)[..., 0]
+        v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J, force=verify.take(),
+                                         want_coef=False)
+        fresh.step(J, bd_v, None if bd_u is None else ~bd_u)
+        return v, beta, scale
+
+    def full_step(j, carry):  # one compiled-loop step, from j filled rows to j + 1
+        v, V, U, M, scale, beta = carry
+        p = ctx.mm(v[..., None])[..., 0]
+        u, V, U, M, scale, bd_u = u_step(j, v, p, V, U, M, scale)
+        v, beta, scale = v_step(j + 1, u, V, scale, bd_u)
+        return v, V, U, M, scale, beta
+
     while True:
         cost = 2 if J + 1 < r else 1
         limit = maxiter
@@ -649,25 +739,26 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
             limit = 2 * jmax - (1 if jmax == r else 0)
         if J > 0 and limit is not None and ctx.count + cost > limit:
             break
+        # Inside a trace, the steps up to the next restart (or the last, partial one)
+        # as one compiled loop where the adapter has one.
+        n = min(jmax - J, r - 1 - J, (limit - ctx.count) // 2) if J > 0 and limit else 0
+        if ctx.traced and n >= 2 and _has_loop(ctx):
+            v, V, U, M, scale, beta = _compiled(ctx, J, J + n, 2, full_step,
+                                                (v, V, U, M, scale, beta), fresh)
+            J += n
+            if J == jmax:
+                V, U, M = _svd_restart(ctx, pad, V, U, M, keep)
+                J = keep
+            continue
         # -- u-step: A v, orthogonalized against U
         if J > 0:  # (the first product was taken above)
             p = ctx.mm(v[..., None])[..., 0]
-        u, c, alpha, scale, bd_u = extend(ctx, U, p, scale, J)
-        if ctx.dynamic:  # c has length J: the column is (c, alpha, 0, ...)
-            M = _put_col(ctx, M, c, pad, J)
-            M = _put_col(ctx, M, ctx.cast(alpha)[:, None], pad, J, start=J)
-        else:
-            M = _put_col(ctx, M, c + ctx.cast(alpha)[:, None] * pad.ec(J), pad, J)
-        V = _put_row(ctx, V, v, pad, J)
-        U = _put_row(ctx, U, u, pad, J)
+        u, V, U, M, scale, bd_u = u_step(J, v, p, V, U, M, scale)
         J += 1
         ritz = None
         # -- v-step: A^H u, orthogonalized against V
         if J < r:
-            q = ctx.mm(u[..., None], adjoint=True)[..., 0]
-            v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J, force=verify.take(),
-                                             want_coef=False)
-            fresh.step(J, bd_v, None if bd_u is None else ~bd_u)
+            v, beta, scale = v_step(J, u, V, scale, bd_u)
         else:
             beta = ctx.zeros((B,), real=True)
             break
@@ -878,19 +969,39 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
     since_check = 0
     sched = _Schedule(ctx, check_every, tol)
     ritz = None
+
+    def step(J, q, w, Q, T, scale):
+        """Row J of Q is q; w = A q orthogonalized against Q gives T's column J."""
+        Q = _put_row(ctx, Q, q, pad, J)
+        q, c, beta, scale, bd = extend(ctx, Q, w, scale, J + 1, force=verify.take())
+        fresh.step(J + 1, bd)
+        return q, Q, _put_col(ctx, T, c, pad, J), beta, scale
+
+    def full_step(j, carry):  # one compiled-loop step
+        q, Q, T, beta, scale = carry
+        return step(j, q, ctx.mm(q[..., None])[..., 0], Q, T, scale)
+
     while True:
         limit = maxiter
         if limit is None and ctx.traced:
             limit = jmax
         if J > 0 and limit is not None and ctx.count + 1 > limit:
             break
+        # Inside a trace, the steps up to the next restart (or the last one) as one
+        # compiled loop where the adapter has one.
+        nsteps = min(jmax - J, n - 1 - J, limit - ctx.count) if J > 0 and limit else 0
+        if ctx.traced and nsteps >= 2 and _has_loop(ctx):
+            q, Q, T, beta, scale = _compiled(ctx, J, J + nsteps, 1, full_step,
+                                             (q, Q, T, beta, scale), fresh)
+            J += nsteps
+            if J == jmax:
+                Q, T = _eig_restart(ctx, pad, Q, T, which, keep)
+                J = keep
+            continue
         if J > 0:  # (the first product was taken above)
             w = ctx.mm(q[..., None])[..., 0]
-        Q = _put_row(ctx, Q, q, pad, J)
+        q, Q, T, beta, scale = step(J, q, w, Q, T, scale)
         J += 1
-        q, c, beta, scale, bd = extend(ctx, Q, w, scale, J, force=verify.take())
-        fresh.step(J, bd)
-        T = _put_col(ctx, T, c, pad, J - 1)
         ritz = None
         if J == n:
             beta = ctx.zeros((B,), real=True)
