@@ -554,6 +554,32 @@ def test_jax_jit_compiled_steps_with_thick_restarts(backend):
     assert counts[-1] == 150
 
 
+def test_large_batch_screens(backend):
+    """A batch larger than the probe set of the eager convergence screens
+    (``decomp.PROBES``), with samples that break down (the zero map, rank one) beside
+    slowly converging ones (near-repeated top values): every sample converges to the
+    dense answer, GKL and Lanczos, within one basis of products."""
+    from jacspec.solvers.decomp import PROBES
+
+    rng = np.random.default_rng(8)
+    B, m, n = 3 * PROBES, 40, 30
+    A = rng.standard_normal((B, m, n))
+    A[0] = 0.0
+    A[1] = np.outer(rng.standard_normal(m), rng.standard_normal(n))
+    for b in range(2, B, 3):  # top two singular values 1 % apart
+        U, s, Vt = np.linalg.svd(A[b], full_matrices=False)
+        s[1] = 0.99 * s[0]
+        A[b] = (U * s) @ Vt
+    ref = np.linalg.svd(A, compute_uv=False)[:, 0]
+    r = js.svds(from_numpy(A, backend), method="lanczos", tol=1e-10)
+    assert bool(np.all(to_numpy(r.converged))) and r.num_matvecs <= 2 * n
+    np.testing.assert_allclose(to_numpy(r.values)[:, 0], ref, rtol=1e-9, atol=1e-12)
+    S = np.einsum("bmi,bmj->bij", A, A)
+    e = js.eigsh(from_numpy(S, backend), method="lanczos", tol=1e-10)
+    assert bool(np.all(to_numpy(e.converged))) and e.num_matvecs <= n
+    np.testing.assert_allclose(to_numpy(e.values)[:, 0], ref**2, rtol=1e-9, atol=1e-12)
+
+
 def test_tiny_restart_basis_still_checks(backend):
     """With ``ncv`` below the first scheduled check (2k + 1 + FIRST_CHECK_DELAY), the
     check at every thick restart still runs: the solve converges to the dense answer

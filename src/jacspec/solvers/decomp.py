@@ -769,12 +769,20 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
             if ctx.dynamic and J < jmax and not verify.on:
                 # Screen first with the (cheaper) eigh of M M^H and one host read; the
                 # SVD only when the screen says every sample has converged.
-                try:
-                    res, ref = _svd_screen(ctx, M, beta, J, k, tol)
-                except Exception:
-                    ctx.check_finite(M)  # NaN/Inf reported as such
-                    raise
-                worst = _worst_ratio(ctx, res, ref, fresh, None, M)
+                # In a large batch, a few probe samples first (one unconverged sample
+                # is enough to go on).
+                rows = _probe_rows(ctx, beta, scale)
+                for sub in ([rows] if rows is not None else []) + [None]:
+                    Ms, bs = (M, beta) if sub is None else (_take(ctx, M, sub),
+                                                           _take(ctx, beta, sub))
+                    try:
+                        res, ref = _svd_screen(ctx, Ms, bs, J, k, tol)
+                    except Exception:
+                        ctx.check_finite(M)  # NaN/Inf reported as such
+                        raise
+                    worst = _worst_ratio(ctx, res, ref, fresh, None, M, sub)
+                    if worst > 1:
+                        break
                 if worst > 1:
                     sched.observe(J, worst)
                     continue
@@ -851,21 +859,44 @@ def _svd_ritz(ctx: Context, pad: _Padded, M: Array, J: int, k: int):
 
 
 def _worst_ratio(ctx: Context, res: Array, ref: Array, fresh: _Fresh, ok: Array | None,
-                 M: Array) -> float:
+                 M: Array, rows: Array | None = None) -> float:
     """``max(res / ref)`` over samples and values, as one host read: at most 1 iff every
     value is converged (``res <= ref``; ``ref == 0`` counts only ``res == 0``). Samples
     not yet :class:`_Fresh` (after a breakdown) and values not selected (``ok`` False)
-    count as unconverged / not at all. Raises FloatingPointError for NaN/Inf in ``M``."""
+    count as unconverged / not at all. ``rows``: the samples ``res`` and ``ref`` are
+    of (all when None). Raises FloatingPointError for NaN/Inf in ``M``."""
     xp = ctx.xp
     ratio = res / (ref + ctx.tiny_normal)
     if ok is not None:
         ratio = xp.where(ok, ratio, xp.zeros_like(ratio))
     if not fresh.clean:
-        ratio = xp.where(fresh.ok(), ratio, xp.zeros_like(ratio) + math.inf)
+        ok_f = fresh.ok() if rows is None else _take(ctx, fresh.ok(), rows)
+        ratio = xp.where(ok_f, ratio, xp.zeros_like(ratio) + math.inf)
     q = ctx.backend.to_float(xp.max(ratio))
     if math.isnan(q):
         ctx.check_finite(M)
     return q
+
+
+# Samples a first convergence screen of a large eager batch looks at (_probe_rows).
+PROBES = 8
+
+
+def _probe_rows(ctx: Context, beta: Array, scale: Array) -> Array | None:
+    """In a batch of more than ``2 * PROBES`` samples (eager, shapes free), the indices
+    of the ``PROBES`` samples with the largest coupling relative to their scale (the
+    coupling bounds the Ritz residual from above): a screen of those alone shows most
+    unconverged batches at a fraction of the cost (the batch goes on if any sample has
+    not converged; batched ``eigh`` of small matrices costs per matrix)."""
+    if not ctx.dynamic or ctx.B <= 2 * PROBES:
+        return None
+    key = beta / (scale + ctx.tiny_normal)
+    return ctx.xp.argsort(key, descending=True)[:PROBES]
+
+
+def _take(ctx: Context, x: Array, rows: Array) -> Array:
+    """The samples ``rows`` of ``x`` (leading axis)."""
+    return ctx.xp.take(x, rows, axis=0)
 
 
 def _svd_screen(ctx: Context, M: Array, beta: Array, J: int, k: int, tol: float):
@@ -1011,8 +1042,13 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
                 (J >= jcheck and sched.due(since_check, J)) or J == jmax):
             since_check = 0
             if ctx.dynamic and J < jmax and k == 1:
-                # One host read: the worst residual ratio of the wanted Ritz value.
-                worst = _eig_worst_ratio(ctx, pad, T, beta, J, which, tol, fresh)
+                # One host read: the worst residual ratio of the wanted Ritz value (in
+                # a large batch, of a few probe samples first).
+                rows = _probe_rows(ctx, beta, scale)
+                for sub in ([rows] if rows is not None else []) + [None]:
+                    worst = _eig_worst_ratio(ctx, pad, T, beta, J, which, tol, fresh, sub)
+                    if worst > 1:
+                        break
                 if worst > 1:
                     sched.observe(J, worst)
                     continue
@@ -1043,12 +1079,15 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
 
 
 def _eig_worst_ratio(ctx: Context, pad: _Padded, T: Array, beta: Array, J: int,
-                     which: str, tol: float, fresh: _Fresh) -> float:
-    """For ``k = 1``: the worst (over samples) ``residual / (tol * radius)`` of the
-    wanted Ritz value of the filled block, from one ``eigh`` and one host read (ties of
-    the wanted value count with their largest residual)."""
+                     which: str, tol: float, fresh: _Fresh, rows: Array | None = None
+                     ) -> float:
+    """For ``k = 1``: the worst (over samples, or over ``rows`` of them) ``residual /
+    (tol * radius)`` of the wanted Ritz value of the filled block, from one ``eigh`` and
+    one host read (ties of the wanted value count with their largest residual)."""
     xp = ctx.xp
     Ts = _hermitian(ctx, T, pad)[:, :J, :J]
+    if rows is not None:
+        Ts, beta = _take(ctx, Ts, rows), _take(ctx, beta, rows)
     try:
         theta, S = xp.linalg.eigh(Ts)
     except Exception:
@@ -1058,7 +1097,7 @@ def _eig_worst_ratio(ctx: Context, pad: _Padded, T: Array, beta: Array, J: int,
     wanted = key >= xp.max(key, axis=-1, keepdims=True)
     res = beta[:, None] * xp.abs(S[:, J - 1, :])
     ref = tol * xp.max(xp.abs(theta), axis=-1, keepdims=True)
-    return _worst_ratio(ctx, res, ref, fresh, wanted, T)
+    return _worst_ratio(ctx, res, ref, fresh, wanted, T, rows)
 
 
 def _eig_conv(ctx: Context, pad: _Padded, ritz, beta: Array, J: int, tol: float):
