@@ -200,7 +200,7 @@ def _broke(ctx: Context, nrm: Array, scale: Array, force: Array | None) -> Array
 
 
 def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
-           force: Array | None = None, want_coef: bool = True):
+           force: Array | None = None, want_coef: bool = True, track: bool = True):
     """Orthogonalize ``w`` (B, s) against the orthonormal rows of ``Q`` (B, width, s).
 
     Classical Gram–Schmidt, done twice ("twice is enough"). Where the remainder after
@@ -216,7 +216,9 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
     ``Q^H w``, the coupling (0 at breakdown), the updated scale and the
     breakdown flags. ``force`` (B,) bool restarts those samples as if they had broken
     down (see :func:`_verify`). With ``want_coef=False`` the coefficients may be returned as
-    ``None`` (GKL's v-step does not use them).
+    ``None`` (GKL's v-step does not use them). With ``track=False`` an eager step leaves
+    the scale to the other steps (GKL's v-steps: ``||A^H u||`` adds nothing to the
+    running ``||A v||`` estimate a breakdown is judged by, and saves two operations).
     """
     xp = ctx.xp
     B, s = int(w.shape[0]), int(w.shape[1])
@@ -224,8 +226,10 @@ def extend(ctx: Context, Q: Array, w: Array, scale: Array, J: int | None = None,
     if J is not None and ctx.dynamic and J < width:
         Q = Q[:, :J]
     nJ = int(Q.shape[-2])
-    nrm0 = ctx.norm(w)
-    scale = xp.maximum(scale, nrm0)
+    nrm0 = None
+    if track or not (ctx.dynamic and nJ):
+        nrm0 = ctx.norm(w)
+        scale = xp.maximum(scale, nrm0)
     if ctx.dynamic or (ctx.traced and _has_cond(ctx)):
         return _extend_branching(ctx, Q, w, scale, force, B, s, nJ, nrm0, want_coef)
     rnd = ctx.restart_vector(s)
@@ -260,7 +264,7 @@ def _has_cond(ctx: Context) -> bool:
 
 
 def _extend_branching(ctx: Context, Q: Array, w: Array, scale: Array,
-                      force: Array | None, B: int, s: int, nJ: int, nrm0: Array,
+                      force: Array | None, B: int, s: int, nJ: int, nrm0: Array | None,
                       want_coef: bool):
     """:func:`extend` with a branch on "did any sample break down?": a host read where
     shapes may change (eager torch/numpy/TF), ``Backend.cond`` inside a trace (JAX:
@@ -721,7 +725,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         """A^H u, orthogonalized against V (``J`` rows filled)."""
         q = ctx.mm(u[..., None], adjoint=True)[..., 0]
         v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J, force=verify.take(),
-                                         want_coef=False)
+                                         want_coef=False, track=False)
         fresh.step(J, bd_v, None if bd_u is None else ~bd_u)
         return v, beta, scale
 
