@@ -134,6 +134,11 @@ class LinearOperator:
         """Apply to ``V`` of shape ``batch_shape + (n, k)`` (``(m, k)`` if ``adjoint``)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def _mv(self, v: Array, *, adjoint: bool = False) -> Array:
+        """Apply to single vectors ``batch_shape + (n,)`` without gradient: :meth:`_mm`
+        on one column, unless a subclass has a faster path (the solvers' steps)."""
+        return self._mm(v[..., None], adjoint=adjoint, grad=False)[..., 0]
+
     # -- public products ----------------------------------------------------------------
     def _check_vector(self, v: Array, size: int, *, block: bool) -> Array:
         b = backend_of(v)
@@ -500,6 +505,16 @@ class LinearizationOperator(LinearOperator):
         if V.dtype != enter:
             V = self.xp.astype(V, enter)
         out = (self.lin.rmm if adjoint else self.lin.mm)(V, grad)
+        return out if out.dtype == self.dtype else self.xp.astype(out, self.dtype)
+
+    def _mv(self, v, *, adjoint=False):
+        f = self.lin.rmv if adjoint else self.lin.mv
+        if f is None:
+            return super()._mv(v, adjoint=adjoint)
+        enter = self._side_dtypes[1 if adjoint else 0]
+        if v.dtype != enter:
+            v = self.xp.astype(v, enter)
+        out = f(v)
         return out if out.dtype == self.dtype else self.xp.astype(out, self.dtype)
 
 

@@ -42,6 +42,9 @@ class Linearization:
         ``(B,)`` for a batched linearization, else ``()``.
     mm, rmm : callable
         ``mm(V, grad) -> J V`` and ``rmm(U, grad) -> J^T U``.
+    mv, rmv : callable or None
+        Optional single-vector forms without gradient, ``batch_shape + (n,)`` to
+        ``batch_shape + (m,)`` and back (a faster path for the Krylov solvers' steps).
     """
 
     y: Array
@@ -50,6 +53,8 @@ class Linearization:
     batch_shape: tuple[int, ...]
     mm: Callable[[Array, bool], Array]
     rmm: Callable[[Array, bool], Array]
+    mv: Callable[[Array], Array] | None = None
+    rmv: Callable[[Array], Array] | None = None
 
 
 class Backend:

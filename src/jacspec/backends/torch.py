@@ -289,8 +289,8 @@ class TorchBackend(Backend):
                 return zeros(n, k)
             return _cols_last(g, bshape, n)
 
-        def mm_once(V: torch.Tensor, grad: bool) -> torch.Tensor:
-            k = V.shape[-1]
+        def jvp_graph() -> torch.Tensor | None:
+            """The gradient graph a JVP differentiates (built on first use)."""
             if "g" not in st:
                 u0 = torch.zeros_like(st["y"], requires_grad=True)
                 with torch.enable_grad():
@@ -299,7 +299,11 @@ class TorchBackend(Backend):
                         allow_unused=True,
                     )
                 st["u0"], st["g"] = u0, g
-            g = st["g"]
+            return st["g"]
+
+        def mm_once(V: torch.Tensor, grad: bool) -> torch.Tensor:
+            k = V.shape[-1]
+            g = jvp_graph()
             if g is None or not g.requires_grad:
                 return zeros(m, k)
             if k == 1:
@@ -321,8 +325,34 @@ class TorchBackend(Backend):
 
             return apply
 
+        # Single vectors without gradient (the Krylov solvers' steps): no column axis
+        # to add and remove around every product.
+        def mv_once(v: torch.Tensor) -> torch.Tensor:
+            g = jvp_graph()
+            if g is None or not g.requires_grad:
+                return torch.zeros(bshape + (m,), dtype=y.dtype, device=y.device)
+            (r,) = _grad(g, st["u0"], v.reshape(in_shape), create_graph=False,
+                         batched=False)
+            return (torch.zeros(bshape + (m,), dtype=y.dtype, device=y.device) if r is None
+                    else r.reshape(bshape + (m,)))
+
+        def rmv_once(u: torch.Tensor) -> torch.Tensor:
+            y = st["y"]
+            (g,) = _grad(y, xg, u.reshape(y.shape), create_graph=False, batched=False)
+            return (torch.zeros(bshape + (n,), dtype=y.dtype, device=y.device) if g is None
+                    else g.reshape(bshape + (n,)))
+
+        def vector(once, size):
+            def apply(v: torch.Tensor) -> torch.Tensor:
+                if not y.requires_grad:
+                    return torch.zeros(bshape + (size,), dtype=y.dtype, device=y.device)
+                return _retry_freed(lambda: once(v), forward)
+
+            return apply
+
         mm, rmm = product(mm_once, m), product(rmm_once, n)
-        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
+        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm,
+                             mv=vector(mv_once, m), rmv=vector(rmv_once, n))
 
     def linearize_gradient(self, f, x, *, batched):
         if self.is_array(x):

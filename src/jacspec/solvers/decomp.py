@@ -108,6 +108,18 @@ class Context:
             self.traced = True
         return out
 
+    def mv(self, v: Array, *, adjoint: bool = False) -> Array:
+        """:meth:`mm` of single vectors ``(B, n_in)`` (the operator's ``_mv``)."""
+        a = adjoint != self.adj
+        self.count += 1
+        if self.batched:
+            out = self.op._mv(v, adjoint=a)
+        else:
+            out = self.op._mv(v[0], adjoint=a)[None]
+        if not self.traced and self.backend.is_traced(out):
+            self.traced = True
+        return out
+
     # -- helpers -------------------------------------------------------------------
     def random(self, shape: tuple[int, ...]) -> Array:
         """Standard normal samples of the op's dtype, a fresh deterministic draw."""
@@ -689,7 +701,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
     xp = ctx.xp
     B, r, mo = ctx.B, ctx.n_in, ctx.n_out
     v = ctx.start(v0)
-    p = ctx.mm(v[..., None])[..., 0]  # first, as it tells whether products are traced
+    p = ctx.mv(v)  # first, as it tells whether products are traced
     steps = (maxiter + 1) // 2 if ctx.traced and maxiter is not None else None
     jmin, jmax, keep = basis_sizes(r, k, ncv, steps)
     jcheck = min(r, jmin + FIRST_CHECK_DELAY)
@@ -723,7 +735,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
 
     def v_step(J, u, V, scale, bd_u):
         """A^H u, orthogonalized against V (``J`` rows filled)."""
-        q = ctx.mm(u[..., None], adjoint=True)[..., 0]
+        q = ctx.mv(u, adjoint=True)
         v, _, beta, scale, bd_v = extend(ctx, V, q, scale, J, force=verify.take(),
                                          want_coef=False, track=False)
         fresh.step(J, bd_v, None if bd_u is None else ~bd_u)
@@ -731,7 +743,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
 
     def full_step(j, carry):  # one compiled-loop step, from j filled rows to j + 1
         v, V, U, M, scale, beta = carry
-        p = ctx.mm(v[..., None])[..., 0]
+        p = ctx.mv(v)
         u, V, U, M, scale, bd_u = u_step(j, v, p, V, U, M, scale)
         v, beta, scale = v_step(j + 1, u, V, scale, bd_u)
         return v, V, U, M, scale, beta
@@ -756,7 +768,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
             continue
         # -- u-step: A v, orthogonalized against U
         if J > 0:  # (the first product was taken above)
-            p = ctx.mm(v[..., None])[..., 0]
+            p = ctx.mv(v)
         u, V, U, M, scale, bd_u = u_step(J, v, p, V, U, M, scale)
         J += 1
         ritz = None
@@ -987,7 +999,7 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
     xp = ctx.xp
     B, n = ctx.B, ctx.n_in
     q = ctx.start(v0)
-    w = ctx.mm(q[..., None])[..., 0]  # first, as it tells whether products are traced
+    w = ctx.mv(q)  # first, as it tells whether products are traced
     jmin, jmax, keep = basis_sizes(n, k, ncv, maxiter if ctx.traced else None)
     jcheck = min(n, jmin + FIRST_CHECK_DELAY)
     pad = _Padded(ctx, jmax)
@@ -1014,7 +1026,7 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
 
     def full_step(j, carry):  # one compiled-loop step
         q, Q, T, beta, scale = carry
-        return step(j, q, ctx.mm(q[..., None])[..., 0], Q, T, scale)
+        return step(j, q, ctx.mv(q), Q, T, scale)
 
     while True:
         limit = maxiter
@@ -1034,7 +1046,7 @@ def eig_lanczos(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | 
                 J = keep
             continue
         if J > 0:  # (the first product was taken above)
-            w = ctx.mm(q[..., None])[..., 0]
+            w = ctx.mv(q)
         q, Q, T, beta, scale = step(J, q, w, Q, T, scale)
         J += 1
         ritz = None
