@@ -792,7 +792,7 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
                     Ms, bs = (M, beta) if sub is None else (_take(ctx, M, sub),
                                                            _take(ctx, beta, sub))
                     try:
-                        res, ref = _svd_screen(ctx, Ms, bs, J, k, tol)
+                        res, ref, X = _svd_screen(ctx, Ms, bs, J, k, tol)
                     except Exception:
                         ctx.check_finite(M)  # NaN/Inf reported as such
                         raise
@@ -802,13 +802,16 @@ def svd_lanczos(ctx: Context, k: int, *, tol: float, maxiter: int | None,
                 if worst > 1:
                     sched.observe(J, worst)
                     continue
+                if k == 1:  # the screen's eigenvectors give the Ritz triplet
+                    ritz = _top_triplet(ctx, pad, M[:, :J, :J], X)
             ctx.check_finite(M)
             if ctx.dynamic and J < jmax and verify.on:
-                res, ref = _svd_screen(ctx, M, beta, J, k, tol)
+                res, ref, _ = _svd_screen(ctx, M, beta, J, k, tol)
                 if not verify.would_act((res <= ref) & fresh.ok()):
                     sched.update(J, res, ref)
                     continue
-            ritz = _svd_ritz(ctx, pad, M, J, k)
+            if ritz is None:
+                ritz = _svd_ritz(ctx, pad, M, J, k)
             res, conv = _svd_conv(ctx, pad, ritz, beta, J, tol)
             if verify.accept(conv & fresh.ok()):
                 break
@@ -859,6 +862,9 @@ def _pad_rows(ctx: Context, X: Array, jmax: int) -> Array:
 def _svd_ritz(ctx: Context, pad: _Padded, M: Array, J: int, k: int):
     """Top-k singular values (B, k) and vectors (B, jmax, k) of the active block of M."""
     xp = ctx.xp
+    if ctx.dynamic and k == 1:
+        Mj = M[:, :J, :J]
+        return _top_triplet(ctx, pad, Mj, xp.linalg.eigh(xp.matmul(Mj, ctx.H(Mj)))[1])
     if ctx.dynamic:
         # Shapes may change: factor the filled J x J block only (no sentinel needed).
         X, S, Yh = xp.linalg.svd(M[:, :J, :J], full_matrices=False)
@@ -872,6 +878,24 @@ def _svd_ritz(ctx: Context, pad: _Padded, M: Array, J: int, k: int):
     vals = xp.sum(S[:, :, None] * P, axis=-2)
     Pc = ctx.cast(P)
     return vals, xp.matmul(X, Pc), xp.matmul(Y, Pc)
+
+
+def _top_triplet(ctx: Context, pad: _Padded, Mj: Array, X: Array):
+    """The top singular triplet of the filled block ``Mj`` (B, J, J) from the
+    eigenvectors ``X`` (ascending) of ``Mj Mj^H``: batched ``eigh`` of small matrices is
+    3-4x faster than batched SVD on CPU (torch). ``x`` is the top eigenvector,
+    ``y = Mj^H x / ||Mj^H x||`` (a unit vector where ``Mj^H x = 0``) and
+    ``sigma = ||Mj^H x||``: for the largest value as accurate as the SVD's. Returns
+    ``(values (B, 1), left (B, jmax, 1), right (B, jmax, 1))`` as :func:`_svd_ritz`."""
+    xp = ctx.xp
+    J = int(Mj.shape[-1])
+    x = X[..., J - 1:]  # (B, J, 1)
+    y = xp.matmul(ctx.H(Mj), x)
+    S = ctx.norm(y[..., 0])[:, None]  # (B, 1)
+    e0 = ctx.cast(pad.e(0)[:J])[None, :, None]
+    y = xp.where(S[:, :, None] > 0,
+                 y / ctx.cast(xp.where(S > 0, S, xp.ones_like(S)))[:, :, None], e0)
+    return S, _pad_rows(ctx, x, pad.jmax), _pad_rows(ctx, y, pad.jmax)
 
 
 def _worst_ratio(ctx: Context, res: Array, ref: Array, fresh: _Fresh, ok: Array | None,
@@ -919,14 +943,14 @@ def _svd_screen(ctx: Context, M: Array, beta: Array, J: int, k: int, tol: float)
     """A cheaper convergence screen than :func:`_svd_ritz` + :func:`_svd_conv`: the top
     ``k`` eigenpairs of ``M M^H`` (filled block) give the singular values (exact for the
     top ones up to rounding of ``sigma_1^2``) and the left vectors whose last entries
-    give the Ritz residuals. Returns ``(residuals, tol * largest value)``: value ``i``
-    has converged where ``residuals[:, i] <= `` the reference."""
+    give the Ritz residuals. Returns ``(residuals, tol * largest value, eigenvectors)``:
+    value ``i`` has converged where ``residuals[:, i] <=`` the reference."""
     xp = ctx.xp
     Mj = M[:, :J, :J]
     lam, X = xp.linalg.eigh(xp.matmul(Mj, ctx.H(Mj)))  # ascending
     top = lam[:, J - 1:]
     res = beta[:, None] * xp.abs(X[:, J - 1, J - k:])
-    return res, tol * xp.sqrt(xp.maximum(top, xp.zeros_like(top)))
+    return res, tol * xp.sqrt(xp.maximum(top, xp.zeros_like(top))), X
 
 
 def _svd_conv(ctx: Context, pad: _Padded, ritz, beta: Array, J: int, tol: float):
