@@ -29,6 +29,8 @@ dynamic-update-slices, and a fixed budget sizes the basis.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Any, NamedTuple
 
@@ -462,12 +464,19 @@ def basis_sizes(r: int, k: int, ncv: int | None, steps: int | None = None
     return jmin, jmax, keep
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _warn_unconverged(what: str, nprod: int) -> None:
+    # Attribute the warning to the first caller outside jacspec (the user's call).
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
     warnings.warn(
         f"{what} stopped after {nprod} products (maxiter) before reaching tol; the "
         "unconverged values are flagged by converged=False. Raise maxiter or tol.",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=level,
     )
 
 

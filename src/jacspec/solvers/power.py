@@ -70,10 +70,36 @@ def _start(ctx: Context, k: int, v0: Array | None, maxiter: int | None):
     return V, maxiter
 
 
+def _svd_power_one(ctx: Context, v: Array, tol: float, limit: int) -> KrylovResult:
+    """:func:`svd_power` for ``k = 1`` on single vectors ``(B, n)``: the same steps
+    without a column axis around every product and norm."""
+    while True:
+        w = ctx.mv(v)
+        s = ctx.norm(w)  # (B,)
+        u = w / ctx.cast(_safe(ctx, s))[:, None]
+        z = ctx.mv(u, adjoint=True)  # = A^H u ~ s v
+        res = ctx.norm(z - v * ctx.cast(s)[:, None])
+        bound = tol * s
+        if not ctx.traced and _stop(ctx, res, bound):
+            break
+        if ctx.count + 2 > limit:
+            break
+        v = z / ctx.cast(_safe(ctx, ctx.norm(z)))[:, None]
+    if not ctx.traced:
+        ctx.check_finite(res)
+    conv = (res <= bound)[:, None]
+    if not ctx.traced and not ctx.all_true(conv):
+        _warn_unconverged("Power iteration", ctx.count)
+    return KrylovResult(s[:, None], u[..., None], v[..., None], res[:, None], conv,
+                        ctx.count)
+
+
 def svd_power(ctx: Context, k: int, *, tol: float, maxiter: int | None,
               v0: Array | None = None) -> KrylovResult:
     xp = ctx.xp
     V, limit = _start(ctx, k, v0, maxiter)
+    if k == 1:
+        return _svd_power_one(ctx, V[..., 0], tol, limit)
     out = None
     while True:
         W = ctx.mm(V)  # (B, n_out, k)
