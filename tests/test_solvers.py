@@ -596,3 +596,14 @@ def test_tiny_restart_basis_still_checks(backend):
                      tol=1e-8)
         assert bool(np.all(to_numpy(e.converged))) and e.num_matvecs < 200
         np.testing.assert_allclose(to_numpy(e.values), evals[:k], rtol=1e-7)
+
+
+def test_unconverged_warning_points_at_the_call(backend):
+    """The maxiter warning names the user's line, not a line inside jacspec."""
+    A = np.random.default_rng(2).standard_normal((30, 20))
+    for method in ("power", "lanczos"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            js.svds(from_numpy(A, backend), method=method, maxiter=4, tol=1e-14)
+        hits = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert hits and all(w.filename == __file__ for w in hits), method
