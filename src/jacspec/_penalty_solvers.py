@@ -2,7 +2,7 @@
 
 Training penalties need the top singular vectors of a batch of per-sample operators, every
 step, at a fixed cost and traceable under ``jax.jit`` / ``tf.function``. These small pure
-functions run a fixed number of products of ``op._mm(..., grad=False)`` (no adaptive
+functions run a fixed number of products of ``op._mv`` (no gradient, no adaptive
 stopping, no host synchronization, Python loops that unroll under a trace) and return the
 top left/right singular vector estimates ``(u, v)`` of every operator in the batch.
 
@@ -32,7 +32,7 @@ def _normalize(xp: Any, w: Array) -> tuple[Array, Array]:
 
 
 def _apply(op: LinearOperator, w: Array, *, adjoint: bool) -> Array:
-    return op._mm(w[..., None], adjoint=adjoint, grad=False)[..., 0]
+    return op._mv(w, adjoint=adjoint)
 
 
 def _start_vector(op: LinearOperator, seed: int | None) -> Array:

@@ -85,7 +85,7 @@ def _solve_svd(op: LinearOperator, k: int, *, method: str, tol: float,
     if v0 is not None:
         start = v0 if op.batch_shape else v0[None]
         if adjoint:
-            start = ctx.mm(start[..., None], adjoint=True)[..., 0]  # A v0 in R^m
+            start = ctx.mv(start, adjoint=True)  # A v0 in R^m
     if method == "lanczos":
         out = svd_lanczos(ctx, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv,
                           vectors=vectors)
