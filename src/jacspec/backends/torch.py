@@ -97,6 +97,12 @@ def _depends_on_other_leaves(y: torch.Tensor, own: list[torch.Tensor]) -> bool:
     return False
 
 
+def _as_shape(t: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """``t`` reshaped to ``shape``, itself where the shapes agree: a view handed to
+    ``autograd.grad`` costs as much as ~4 us of a small backward pass."""
+    return t if tuple(t.shape) == shape else t.reshape(shape)
+
+
 def _retry_freed(run: Callable[[], Any], rebuild: Callable[[], None]) -> Any:
     """Run a product; if autograd freed the retained graph, rebuild it once and retry."""
     try:
@@ -327,11 +333,9 @@ class TorchBackend(Backend):
 
         # Single vectors without gradient (the Krylov solvers' steps): no column axis
         # to add and remove around every product, and no reshape where the shapes
-        # already agree (a view costs as much as ~4 us of the backward pass here).
+        # already agree.
         out_vec, in_vec = bshape + (m,), bshape + (n,)
-
-        def as_shape(t: torch.Tensor, shape: tuple) -> torch.Tensor:
-            return t if tuple(t.shape) == shape else t.reshape(shape)
+        as_shape = _as_shape
 
         def mv_once(v: torch.Tensor) -> torch.Tensor:
             g = jvp_graph()
@@ -435,7 +439,23 @@ class TorchBackend(Backend):
                 cols.append(r.reshape((k,) + bshape + (size,)))
             return torch.movedim(torch.cat(cols, dim=-1), 0, -1)
 
-        return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+        def mv(v: torch.Tensor) -> torch.Tensor:  # single vectors, no gradient
+            if not live:
+                return torch.zeros(bshape + (n,), dtype=y.dtype, device=y.device)
+            parts = torch.split(v, sizes, dim=-1) if len(sizes) > 1 else (v,)
+            gos = [_as_shape(parts[i], tuple(leaves[i].shape)) for i in live]
+            res = _retry_freed(
+                lambda: _grad([st["grads"][i] for i in live], leaves, gos,
+                              create_graph=False, batched=False),
+                forward,
+            )
+            cols = [torch.zeros(bshape + (size,), dtype=y.dtype, device=y.device)
+                    if r is None else _as_shape(r, bshape + (size,))
+                    for r, size in zip(res, sizes)]
+            return cols[0] if len(cols) == 1 else torch.cat(cols, dim=-1)
+
+        return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm, mv=mv,
+                             rmv=mv)
 
     # -- convolutions (js.conv) ------------------------------------------------------
     def conv2d(self, x, w, *, stride, pads):
