@@ -22,8 +22,9 @@ batched matrix-vector products for these shapes; eager GKL screens convergence w
 eigendecomposition of ``M M^H`` and factors ``M`` only when the screen says stop; inside
 ``jax.jit`` the steps between restarts run as one ``lax.fori_loop`` (:func:`_compiled`),
 a breakdown repair only under ``lax.cond``, restart vectors come from a counter hash
-(threefry draws cost more than a step there), buffers are written with
-dynamic-update-slices, and a fixed budget sizes the basis.
+(threefry draws cost more than a step there), coefficients come from an ``einsum``
+(no transposed copy of the basis), buffers are written functionally, and a fixed
+budget sizes the basis.
 """
 
 from __future__ import annotations
@@ -587,9 +588,9 @@ def _has_loop(ctx: Context) -> bool:
 def _compiled(ctx: Context, lo: int, hi: int, per_step: int, body, carry: tuple,
               fresh: _Fresh) -> tuple:
     """``carry = body(j, carry)`` for ``j`` in ``[lo, hi)`` as one compiled loop (JAX:
-    ``lax.fori_loop``), for traced solves. An unrolled loop compiles every step on its
-    own and XLA then copies the basis buffers between them; one compiled step runs
-    them in place. ``body`` is traced once with a traced ``j``: the product count
+    ``lax.fori_loop``), for traced solves: the program (and its compile time) stays the
+    size of one step instead of growing with the budget. ``body`` is traced once with a
+    traced ``j``: the product count
     (``per_step`` products a step) and :class:`_Fresh`'s arrays go through here, and
     breakdown restart vectors are salted with ``j``."""
     count = ctx.count
