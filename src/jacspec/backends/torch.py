@@ -283,17 +283,15 @@ class TorchBackend(Backend):
         def zeros(size: int, k: int) -> torch.Tensor:
             return torch.zeros(bshape + (size, k), dtype=y.dtype, device=y.device)
 
-        def rmm_once(U: torch.Tensor, grad: bool) -> torch.Tensor:
-            k = U.shape[-1]
+        def vjp_vec(u: torch.Tensor, grad: bool) -> torch.Tensor:
+            """``J^T u`` for single vectors ``bshape + (m,)``, no reshape where the shapes
+            already agree (the Krylov solvers' steps)."""
             y = st["y"]
-            if k == 1:  # one vector: plain views, no batched-gradient machinery
-                (g,) = _grad(y, xg, U.reshape(y.shape), create_graph=grad, batched=False)
-                return zeros(n, 1) if g is None else g.reshape(bshape + (n, 1))
-            Uc = _cols_first(U, tuple(y.shape))
-            (g,) = _grad(y, xg, Uc, create_graph=grad, batched=True)
+            (g,) = _grad(y, xg, _as_shape(u, tuple(y.shape)), create_graph=grad,
+                         batched=False)
             if g is None:
-                return zeros(n, k)
-            return _cols_last(g, bshape, n)
+                return torch.zeros(bshape + (n,), dtype=y.dtype, device=y.device)
+            return _as_shape(g, bshape + (n,))
 
         def jvp_graph() -> torch.Tensor | None:
             """The gradient graph a JVP differentiates (built on first use)."""
@@ -307,17 +305,36 @@ class TorchBackend(Backend):
                 st["u0"], st["g"] = u0, g
             return st["g"]
 
+        def jvp_vec(v: torch.Tensor, grad: bool) -> torch.Tensor:
+            """``J v`` for single vectors ``bshape + (n,)`` (see :func:`vjp_vec`)."""
+            g = jvp_graph()
+            r = None
+            if g is not None and g.requires_grad:
+                (r,) = _grad(g, st["u0"], _as_shape(v, in_shape), create_graph=grad,
+                             batched=False)
+            if r is None:
+                return torch.zeros(bshape + (m,), dtype=y.dtype, device=y.device)
+            return _as_shape(r, bshape + (m,))
+
+        def rmm_once(U: torch.Tensor, grad: bool) -> torch.Tensor:
+            k = U.shape[-1]
+            if k == 1:  # one vector: plain views, no batched-gradient machinery
+                return vjp_vec(U[..., 0], grad)[..., None]
+            (g,) = _grad(st["y"], xg, _cols_first(U, tuple(st["y"].shape)),
+                         create_graph=grad, batched=True)
+            if g is None:
+                return zeros(n, k)
+            return _cols_last(g, bshape, n)
+
         def mm_once(V: torch.Tensor, grad: bool) -> torch.Tensor:
             k = V.shape[-1]
+            if k == 1:
+                return jvp_vec(V[..., 0], grad)[..., None]
             g = jvp_graph()
             if g is None or not g.requires_grad:
                 return zeros(m, k)
-            if k == 1:
-                (r,) = _grad(g, st["u0"], V.reshape(in_shape), create_graph=grad,
-                             batched=False)
-                return zeros(m, 1) if r is None else r.reshape(bshape + (m, 1))
-            Vc = _cols_first(V, in_shape)
-            (r,) = _grad(g, st["u0"], Vc, create_graph=grad, batched=True)
+            (r,) = _grad(g, st["u0"], _cols_first(V, in_shape), create_graph=grad,
+                         batched=True)
             if r is None:
                 return zeros(m, k)
             return _cols_last(r, bshape, m)
@@ -331,41 +348,17 @@ class TorchBackend(Backend):
 
             return apply
 
-        # Single vectors without gradient (the Krylov solvers' steps): no column axis
-        # to add and remove around every product, and no reshape where the shapes
-        # already agree.
-        out_vec, in_vec = bshape + (m,), bshape + (n,)
-        as_shape = _as_shape
-
-        def mv_once(v: torch.Tensor) -> torch.Tensor:
-            g = jvp_graph()
-            if g is None or not g.requires_grad:
-                return torch.zeros(out_vec, dtype=y.dtype, device=y.device)
-            (r,) = _grad(g, st["u0"], as_shape(v, in_shape), create_graph=False,
-                         batched=False)
-            if r is None:
-                return torch.zeros(out_vec, dtype=y.dtype, device=y.device)
-            return as_shape(r, out_vec)
-
-        def rmv_once(u: torch.Tensor) -> torch.Tensor:
-            y = st["y"]
-            (g,) = _grad(y, xg, as_shape(u, tuple(y.shape)), create_graph=False,
-                         batched=False)
-            if g is None:
-                return torch.zeros(in_vec, dtype=y.dtype, device=y.device)
-            return as_shape(g, in_vec)
-
-        def vector(once, size):
+        def vector(vec, size):  # single vectors without gradient
             def apply(v: torch.Tensor) -> torch.Tensor:
                 if not y.requires_grad:
                     return torch.zeros(bshape + (size,), dtype=y.dtype, device=y.device)
-                return _retry_freed(lambda: once(v), forward)
+                return _retry_freed(lambda: vec(v, False), forward)
 
             return apply
 
         mm, rmm = product(mm_once, m), product(rmm_once, n)
         return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm,
-                             mv=vector(mv_once, m), rmv=vector(rmv_once, n))
+                             mv=vector(jvp_vec, m), rmv=vector(vjp_vec, n))
 
     def linearize_gradient(self, f, x, *, batched):
         if self.is_array(x):
@@ -415,44 +408,47 @@ class TorchBackend(Backend):
         own = [leaf for leaf, orig in zip(leaves, values_in) if leaf is not orig]
         differentiable = len(own) < len(leaves) or _depends_on_other_leaves(y, leaves)
 
-        def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
-            grad = grad and differentiable and torch.is_grad_enabled()
-            k = V.shape[-1]
-            if not live:
-                return torch.zeros(bshape + (n, k), dtype=y.dtype, device=y.device)
-            Vc = torch.movedim(V, -1, 0)  # (k,) + bshape + (n,)
-            parts = torch.split(Vc, sizes, dim=-1)
-            gos = [parts[i].reshape((k,) + tuple(leaves[i].shape)) for i in live]
-            if k == 1:
-                gos = [g[0] for g in gos]
-            res = _retry_freed(
-                lambda: _grad([st["grads"][i] for i in live], leaves, gos, create_graph=grad,
-                              batched=k > 1),
-                forward,
-            )
-            cols = []
-            for r, leaf, size in zip(res, leaves, sizes):
-                if r is None:
-                    r = torch.zeros((k,) + tuple(leaf.shape), dtype=y.dtype, device=y.device)
-                elif k == 1:
-                    r = r[None]
-                cols.append(r.reshape((k,) + bshape + (size,)))
-            return torch.movedim(torch.cat(cols, dim=-1), 0, -1)
-
-        def mv(v: torch.Tensor) -> torch.Tensor:  # single vectors, no gradient
+        def hvp_vec(v: torch.Tensor, grad: bool) -> torch.Tensor:
+            """``H v`` for single vectors ``bshape + (n,)``, no reshape where the shapes
+            already agree (the Krylov solvers' steps)."""
             if not live:
                 return torch.zeros(bshape + (n,), dtype=y.dtype, device=y.device)
             parts = torch.split(v, sizes, dim=-1) if len(sizes) > 1 else (v,)
             gos = [_as_shape(parts[i], tuple(leaves[i].shape)) for i in live]
             res = _retry_freed(
                 lambda: _grad([st["grads"][i] for i in live], leaves, gos,
-                              create_graph=False, batched=False),
+                              create_graph=grad, batched=False),
                 forward,
             )
             cols = [torch.zeros(bshape + (size,), dtype=y.dtype, device=y.device)
                     if r is None else _as_shape(r, bshape + (size,))
                     for r, size in zip(res, sizes)]
             return cols[0] if len(cols) == 1 else torch.cat(cols, dim=-1)
+
+        def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
+            grad = grad and differentiable and torch.is_grad_enabled()
+            k = V.shape[-1]
+            if k == 1:
+                return hvp_vec(V[..., 0], grad)[..., None]
+            if not live:
+                return torch.zeros(bshape + (n, k), dtype=y.dtype, device=y.device)
+            Vc = torch.movedim(V, -1, 0)  # (k,) + bshape + (n,)
+            parts = torch.split(Vc, sizes, dim=-1)
+            gos = [parts[i].reshape((k,) + tuple(leaves[i].shape)) for i in live]
+            res = _retry_freed(
+                lambda: _grad([st["grads"][i] for i in live], leaves, gos, create_graph=grad,
+                              batched=True),
+                forward,
+            )
+            cols = []
+            for r, leaf, size in zip(res, leaves, sizes):
+                if r is None:
+                    r = torch.zeros((k,) + tuple(leaf.shape), dtype=y.dtype, device=y.device)
+                cols.append(r.reshape((k,) + bshape + (size,)))
+            return torch.movedim(torch.cat(cols, dim=-1), 0, -1)
+
+        def mv(v: torch.Tensor) -> torch.Tensor:  # single vectors, no gradient
+            return hvp_vec(v, False)
 
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm, mv=mv,
                              rmv=mv)

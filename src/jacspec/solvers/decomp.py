@@ -107,9 +107,7 @@ class Context:
             out = self.op._mm(V, adjoint=a, grad=False)
         else:
             out = self.op._mm(V[0], adjoint=a, grad=False)[None]
-        if not self.traced and self.backend.is_traced(out):
-            self.traced = True
-        return out
+        return self._seen(out)
 
     def mv(self, v: Array, *, adjoint: bool = False) -> Array:
         """:meth:`mm` of single vectors ``(B, n_in)`` (the operator's ``_mv``)."""
@@ -119,6 +117,10 @@ class Context:
             out = self.op._mv(v, adjoint=a)
         else:
             out = self.op._mv(v[0], adjoint=a)[None]
+        return self._seen(out)
+
+    def _seen(self, out: Array) -> Array:
+        """A product's output; a traced one marks the solve as traced."""
         if not self.traced and self.backend.is_traced(out):
             self.traced = True
         return out

@@ -70,6 +70,18 @@ def _start(ctx: Context, k: int, v0: Array | None, maxiter: int | None):
     return V, maxiter
 
 
+def _result(ctx: Context, vals: Array, left: Array | None, right: Array, res: Array,
+            bound: Array) -> KrylovResult:
+    """The result of a power iteration: NaN/Inf in the residuals reported, converged
+    where ``res <= bound``, a warning where ``maxiter`` stopped it first."""
+    if not ctx.traced:
+        ctx.check_finite(res)
+    conv = res <= bound
+    if not ctx.traced and not ctx.all_true(conv):
+        _warn_unconverged("Power iteration", ctx.count)
+    return KrylovResult(vals, left, right, res, conv, ctx.count)
+
+
 def _svd_power_one(ctx: Context, v: Array, tol: float, limit: int) -> KrylovResult:
     """:func:`svd_power` for ``k = 1`` on single vectors ``(B, n)``: the same steps
     without a column axis around every product and norm."""
@@ -85,13 +97,8 @@ def _svd_power_one(ctx: Context, v: Array, tol: float, limit: int) -> KrylovResu
         if ctx.count + 2 > limit:
             break
         v = z / ctx.cast(_safe(ctx, ctx.norm(z)))[:, None]
-    if not ctx.traced:
-        ctx.check_finite(res)
-    conv = (res <= bound)[:, None]
-    if not ctx.traced and not ctx.all_true(conv):
-        _warn_unconverged("Power iteration", ctx.count)
-    return KrylovResult(s[:, None], u[..., None], v[..., None], res[:, None], conv,
-                        ctx.count)
+    return _result(ctx, s[:, None], u[..., None], v[..., None], res[:, None],
+                   bound[:, None])
 
 
 def svd_power(ctx: Context, k: int, *, tol: float, maxiter: int | None,
@@ -116,13 +123,7 @@ def svd_power(ctx: Context, k: int, *, tol: float, maxiter: int | None,
         if ctx.count + 2 * k > limit:
             break
         V = _orth(ctx, Z)
-    S, Uw, Vr, res, bound = out
-    if not ctx.traced:
-        ctx.check_finite(res)
-    conv = res <= bound
-    if not ctx.traced and not ctx.all_true(conv):
-        _warn_unconverged("Power iteration", ctx.count)
-    return KrylovResult(S, Uw, Vr, res, conv, ctx.count)
+    return _result(ctx, *out)
 
 
 def eig_power(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | None,
@@ -165,9 +166,4 @@ def eig_power(ctx: Context, k: int, *, which: str, tol: float, maxiter: int | No
             Z = Z + ctx.cast(shift)[:, None, None] * V
         V = _orth(ctx, Z)
     vals, X, res, bound = out
-    if not ctx.traced:
-        ctx.check_finite(res)
-    conv = res <= bound
-    if not ctx.traced and not ctx.all_true(conv):
-        _warn_unconverged("Power iteration", ctx.count)
-    return KrylovResult(vals, None, X, res, conv, ctx.count)
+    return _result(ctx, vals, None, X, res, bound)
