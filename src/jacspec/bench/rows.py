@@ -448,7 +448,7 @@ def auto_vs_best_torch(quick: bool) -> list[Row]:
     import torch
 
     import jacspec as js
-    from jacspec.solvers.svd import auto_is_dense
+    from jacspec.solvers.solve import auto_is_dense
 
     sizes = [10, 32, 64, 128, 256, 512] if quick else [10, 32, 64, 96, 128, 256, 512,
                                                        1024, 3072]
@@ -740,7 +740,7 @@ r0 = rss()
 res = js.svds(op, method="lanczos", tol=1e-4)
 r1 = rss()
 n = res.num_matvecs
-from jacspec.solvers.decomp import basis_sizes
+from jacspec.solvers.driver import basis_sizes
 jmax = basis_sizes(min(arch[0], arch[-1]), 1, None)[1]
 basis = B * (arch[0] + arch[-1]) * jmax * 4 / 2**20
 print(json.dumps(dict(B=B, arch="-".join(map(str, arch)), products=n,
