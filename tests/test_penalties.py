@@ -84,7 +84,7 @@ def test_linear_gradient_is_envelope(autodiff_backend, method, squared):
 
     def loss(W):
         return js.penalties.spectral(linear(backend, W), x, method=method, squared=squared,
-                                     maxiter=num)
+                                     maxiter=num, tol=1e-12)
 
     val, (g,) = value_and_grad(backend, loss, [W0])
     u, v = U[:, 0], V[:, 0]

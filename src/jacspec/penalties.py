@@ -304,11 +304,11 @@ def frobenius(
         M = materialize(J, grad=True)
         return _finite(b, xp.mean(xp.sum(M * M, axis=(-2, -1))), "js.penalties.frobenius")
     m = J.shape[0]
-    V = b.normal(J.batch_shape + (m, num_projections), dtype=J.dtype, device=J.device,
+    P = b.normal(J.batch_shape + (m, num_projections), dtype=J.dtype, device=J.device,
                  seed=seed)
-    nrm = xp.linalg.vector_norm(V, axis=-2)
-    V = V / xp.where(nrm > 0, nrm, xp.ones_like(nrm))[..., None, :]
-    W = J._mm(V, adjoint=True, grad=True)  # (B, n, p)
+    nrm = xp.linalg.vector_norm(P, axis=-2)
+    P = P / xp.where(nrm > 0, nrm, xp.ones_like(nrm))[..., None, :]
+    W = J._mm(P, adjoint=True, grad=True)  # (B, n, p)
     per_sample = xp.sum(W * W, axis=(-2, -1)) * (m / num_projections)
     return _finite(b, xp.mean(per_sample), "js.penalties.frobenius")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..interop import materialize
 from .. import validate as V
+from ..interop import materialize
 from .context import Context
 
 Array = Any

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..operators import LinearOperator
 from .. import validate as V
+from ..operators import LinearOperator
 from .solve import check_budget, resolve_method, solve_eig, solve_svd
 
 Array = Any
