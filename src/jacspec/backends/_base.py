@@ -173,6 +173,15 @@ class Backend:
             carry = body(i, carry)
         return carry
 
+    def while_loop(self, cond_fn: Callable[[Any], Any], body_fn: Callable[[Any], Any],
+                   carry: Any) -> Any:
+        """``carry = body_fn(carry)`` while ``cond_fn(carry)`` (a 0-d boolean) holds: a
+        host read per test by default; inside a trace the framework's loop
+        (``lax.while_loop``, ``tf.while_loop``). ``carry`` is a tuple of arrays."""
+        while self.to_bool(cond_fn(carry)):
+            carry = body_fn(carry)
+        return carry
+
     def set_row(self, X: Array, j: Any, x: Array, start: int = 0) -> Array:
         """``X`` (..., J, W) with ``X[..., j, start:start + t] = x`` (``x``: (..., t));
         ``j`` may be a traced index. Only solver work buffers are written, and the rows
@@ -191,8 +200,8 @@ class Backend:
 
     def hash_uniform(self, shape: tuple[int, ...], *, dtype: Any, seed: Any) -> Array:
         """Generic directions (breakdown restarts) inside a traced loop, where ``seed``
-        may be traced. The default draws normal samples (``seed`` a Python int)."""
-        return self.normal(shape, dtype=dtype, device=None, seed=int(seed))
+        may be traced. The default draws normal samples."""
+        return self.normal(shape, dtype=dtype, device=None, seed=seed)
 
     # -- convolutions and models (js.conv) ----------------------------------------------
     #: The framework's own conv kernel layout (the default of ``layout=``).

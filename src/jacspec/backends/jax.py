@@ -133,6 +133,10 @@ class JaxBackend(Backend):
             return jax.lax.cond(pred, true_fn, false_fn)
         return true_fn() if bool(pred) else false_fn()
 
+    def while_loop(self, cond_fn, body_fn, carry):
+        """``lax.while_loop`` (gradient-free solves only: it has no reverse mode)."""
+        return jax.lax.while_loop(cond_fn, body_fn, carry)
+
     def fori_loop(self, lo: int, hi: int, body, carry):
         """``lax.fori_loop``: the body is traced once, so a traced solve compiles the size
         of one step, not of its budget."""

@@ -144,6 +144,12 @@ class TensorflowBackend(Backend):
             return tf.cond(pred, true_fn, false_fn)
         return true_fn() if bool(pred) else false_fn()
 
+    def while_loop(self, cond_fn, body_fn, carry):
+        """``tf.while_loop`` inside ``tf.function``; a Python loop eagerly."""
+        if tf.executing_eagerly():
+            return super().while_loop(cond_fn, body_fn, carry)
+        return tf.while_loop(cond_fn, lambda c: (body_fn(c),), (carry,))[0]
+
     def read(self, x):
         return tf.convert_to_tensor(_watchable(x))
 

@@ -131,7 +131,7 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
         left=squeeze(op, out.left) if return_vectors else None,
         right=squeeze(op, out.right) if return_vectors else None,
         converged=squeeze(op, out.converged),
-        num_matvecs=int(out.num_matvecs),
+        num_matvecs=V.as_count(out.num_matvecs),
         residuals=squeeze(op, out.residuals),
     )
 
