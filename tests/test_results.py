@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jacspec as js
-from jacspec.backends import get_backend
 from _helpers import from_numpy, to_numpy
+from jacspec.backends import get_backend
 
 
 def _examples(backend: str) -> int:
