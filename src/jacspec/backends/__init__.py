@@ -18,9 +18,11 @@ import importlib
 import sys
 from typing import Any
 
-from ._base import Backend, Linearization
+from ._base import COMPLEX_DTYPES, FLOAT_DTYPES, Backend, Linearization
 
 __all__ = [
+    "FLOAT_DTYPES",
+    "COMPLEX_DTYPES",
     "Backend",
     "Linearization",
     "BACKEND_NAMES",

@@ -117,7 +117,7 @@ class JaxBackend(Backend):
 
     def row_coefs(self, W, Q, QH):
         """An ``einsum`` contracting the rows directly: XLA:CPU otherwise materializes
-        the transposed basis every step (measured 2x slower for a 2368-long basis)."""
+        the transposed basis every step for ``W @ Q^H``."""
         if jnp.iscomplexobj(Q):
             Q = jnp.conj(Q)
         return jnp.einsum("...ts,...js->...tj", W, Q)

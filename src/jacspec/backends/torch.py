@@ -4,8 +4,8 @@ Products reuse one forward pass: ``f`` runs once, its graph is retained, a VJP i
 ``torch.autograd.grad`` call on it, and a JVP is the derivative of that VJP with respect to
 its (dummy) cotangent — a second backward on a gradient graph built once ("double-VJP").
 Blocks of vectors go through ``is_grads_batched`` (one vmapped backward). Hessian-vector
-products differentiate the retained gradient graph, the formulation measured fastest in
-DESIGN.md. Modules that ``f`` reaches keep their buffers (BatchNorm running statistics),
+products differentiate the retained gradient graph, the fastest formulation on CPU (see
+the benchmarks page). Modules that ``f`` reaches keep their buffers (BatchNorm running statistics),
 train/eval mode and ``requires_grad`` flags.
 
 GPU: install a CUDA build of torch (see ``backends/torch/README.md``); every product runs on
@@ -99,7 +99,7 @@ def _depends_on_other_leaves(y: torch.Tensor, own: list[torch.Tensor]) -> bool:
 
 def _as_shape(t: torch.Tensor, shape: tuple) -> torch.Tensor:
     """``t`` reshaped to ``shape``, itself where the shapes agree: a view handed to
-    ``autograd.grad`` costs as much as ~4 us of a small backward pass."""
+    ``autograd.grad`` costs a noticeable part of a small backward pass."""
     return t if tuple(t.shape) == shape else t.reshape(shape)
 
 
@@ -143,7 +143,7 @@ class _SolverNamespace:
     """``array_api_compat.torch`` with a few hot functions bound to torch directly.
 
     The compat wrappers of ``matmul``, ``where``, ``maximum``, ``minimum`` and
-    ``linalg.vector_norm`` resolve type promotion on every call (about 10 us each, a
+    ``linalg.vector_norm`` resolve type promotion on every call (a
     sizeable part of a Krylov step on small problems). Inside the solvers all arrays
     already share one dtype and device, so torch's own functions give the same results."""
 
