@@ -171,6 +171,8 @@ class TensorflowBackend(Backend):
         return not tf.executing_eagerly()
 
     def all_finite(self, x) -> bool:
+        if x.dtype.is_complex:  # tf.math.is_finite takes real dtypes only
+            return self.all_finite(tf.math.real(x)) and self.all_finite(tf.math.imag(x))
         return bool(tf.reduce_all(tf.math.is_finite(x)))
 
     # -- autodiff ------------------------------------------------------------------
