@@ -8,13 +8,13 @@ Its distribution over the data and over the volume between data points describes
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ._progress import progress as progress_display
 from .backends import Backend, backend_of
 from .derivatives import jacobian
 
@@ -141,41 +141,6 @@ class SlopeResult:
         return "SlopeResult\n" + "\n".join(lines)
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    """A progress bar: tqdm when installed, else a one-line stderr counter."""
-
-    class _Null:
-        def update(self, n: int) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    if not enabled:
-        return _Null()
-    try:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc="slope", unit="pt")
-    except ImportError:
-        pass
-
-    class _Counter:
-        def __init__(self) -> None:
-            self.done = 0
-
-        def update(self, n: int) -> None:
-            self.done += n
-            sys.stderr.write(f"\rslope: {self.done}/{total} points")
-            sys.stderr.flush()
-
-        def close(self) -> None:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    return _Counter()
-
-
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, total, size):
         yield start, min(start + size, total)
@@ -238,7 +203,8 @@ def slope(
     batch_size : int, optional
         Points per batched Jacobian (default: all at once). Use it to bound memory.
     progress : bool
-        Show a progress bar (tqdm if installed, else a counter on stderr).
+        Show progress on stderr: a tqdm bar on a terminal (where tqdm is installed),
+        else a line per tenth of the points (log files stay readable).
 
     Returns
     -------
@@ -304,7 +270,7 @@ def slope(
         parts.append(_between_points(b, X, num_between, seed))
     total = N + num_between
     size = total if batch_size is None else batch_size
-    bar = _progress(total, progress)
+    bar = progress_display(total, desc="slope", unit="pt", enabled=progress)
     values = []
     try:
         with b.no_grad():

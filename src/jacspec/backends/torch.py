@@ -5,8 +5,11 @@ Products reuse one forward pass: ``f`` runs once, its graph is retained, a VJP i
 its (dummy) cotangent — a second backward on a gradient graph built once ("double-VJP").
 Blocks of vectors go through ``is_grads_batched`` (one vmapped backward). Hessian-vector
 products differentiate the retained gradient graph, the fastest formulation on CPU (see
-the benchmarks page). Modules that ``f`` reaches keep their buffers (BatchNorm running statistics),
-train/eval mode and ``requires_grad`` flags.
+the benchmarks page). ``f`` runs under :func:`jacspec.backends._torch_state.state_guard`:
+tensors it writes in place (BatchNorm running statistics), modules' train/eval modes and
+``requires_grad`` flags are as they were afterwards, however ``f`` reaches the model.
+Inside ``torch.inference_mode()`` or ``torch.no_grad()`` the forward pass and the products
+still record what autograd needs, so results are those outside.
 
 GPU: install a CUDA build of torch (see ``backends/torch/README.md``); every product runs on
 the device of ``x``.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import cmath
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,43 +27,56 @@ import array_api_compat.torch as xp_torch
 import numpy as np
 import torch
 
-from ._base import (
-    Backend,
-    Linearization,
-    check_input,
-    check_output,
-    find_closure_objects,
-)
+from ._base import Backend, Linearization, check_input, check_output
+from ._torch_state import state_guard
 
 
-def _is_module(obj: Any) -> bool:
-    return isinstance(obj, torch.nn.Module)
+def _outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """Leave ``torch.inference_mode()`` where the caller is in it: products need autograd
+    (the results are the same as outside the mode)."""
+    if torch.is_inference_mode_enabled():
+        return torch.inference_mode(False)
+    return contextlib.nullcontext()
+
+
+def _autograd_on(fn: Callable) -> Callable:
+    """``fn`` run outside ``torch.inference_mode()`` (see :func:`_outside_inference_mode`)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any) -> Any:
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                return fn(*args)
+        return fn(*args)
+
+    return run
+
+
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    """The tensor ``f`` is differentiated at: ``x`` itself when it requires grad, else a
+    detached view (or, for a tensor created in inference mode, a copy) that does."""
+    if x.requires_grad:
+        return x
+    with _outside_inference_mode():
+        return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
 
 
 @contextlib.contextmanager
-def module_state_guard(f: Callable) -> Iterator[None]:
-    """Restore the buffers, modes and ``requires_grad`` flags of modules ``f`` reaches."""
-    modules = find_closure_objects(f, _is_module)
-    if not modules:
-        yield
-        return
-    modes = [(m, m.training) for root in modules for m in root.modules()]
-    flags = [(p, p.requires_grad) for root in modules for p in root.parameters()]
-    buffers = [(b, b.detach().clone()) for root in modules for b in root.buffers()]
+def _forward_mode(f: Callable) -> Iterator[None]:
+    """Where ``f``'s forward runs: autograd on, the user's state protected, and a clear
+    error for parameters created in inference mode (autograd cannot use them)."""
     try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, copy in buffers:
-                # Write back through ``.data`` so the version counter is untouched: the
-                # retained graph may have saved this buffer for backward.
-                if not torch.equal(b, copy):
-                    b.data.copy_(copy)
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
+        with _outside_inference_mode(), torch.enable_grad(), state_guard(f):
+            yield
+    except RuntimeError as err:
+        if "Inference tensors cannot be saved for backward" not in str(err):
+            raise
+        raise TypeError(
+            "Expected f to use tensors that autograd can differentiate. Received tensors "
+            "created inside torch.inference_mode() (e.g. a model built or loaded there), "
+            "which autograd refuses: create the model and the tensors f uses outside "
+            "the mode (torch.no_grad() is fine)."
+        ) from err
 
 
 def _cols_first(V: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -253,7 +270,7 @@ class TorchBackend(Backend):
     # -- autodiff ------------------------------------------------------------------
     def linearize(self, f, x, *, batched):
         check_input(self, x, batched=batched)
-        xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        xg = _leaf(x)
         st: dict[str, Any] = {}
 
         def forward() -> None:
@@ -261,7 +278,7 @@ class TorchBackend(Backend):
             # a result built on it (``js.spectral_norm(J).backward()``), autograd frees it;
             # the next product then runs this again (at the current parameter values).
             st.clear()
-            with module_state_guard(f), torch.enable_grad():
+            with _forward_mode(f):
                 st["y"] = f(xg)
 
         forward()
@@ -333,6 +350,7 @@ class TorchBackend(Backend):
             return _cols_last(r, bshape, m)
 
         def product(once, size):
+            @_autograd_on
             def apply(V: torch.Tensor, grad: bool) -> torch.Tensor:
                 grad = grad and differentiable and torch.is_grad_enabled()
                 if not y.requires_grad:
@@ -342,6 +360,7 @@ class TorchBackend(Backend):
             return apply
 
         def vector(vec, size):  # single vectors without gradient
+            @_autograd_on
             def apply(v: torch.Tensor) -> torch.Tensor:
                 if not y.requires_grad:
                     return torch.zeros(bshape + (size,), dtype=y.dtype, device=y.device)
@@ -357,7 +376,7 @@ class TorchBackend(Backend):
         if self.is_array(x):
             check_input(self, x, batched=batched)
             values_in = [x]
-            leaves = [x if x.requires_grad else x.detach().requires_grad_(True)]
+            leaves = [_leaf(x)]
             arg: Any = leaves[0]
         else:
             if batched:
@@ -368,7 +387,7 @@ class TorchBackend(Backend):
             values_in = list(x.values()) if isinstance(x, dict) else list(x)
             for v in values_in:
                 check_input(self, v, batched=False, what="each parameter")
-            leaves = [v if v.requires_grad else v.detach().requires_grad_(True) for v in values_in]
+            leaves = [_leaf(v) for v in values_in]
             if isinstance(x, dict):
                 arg = dict(zip(x.keys(), leaves))
             else:
@@ -376,8 +395,9 @@ class TorchBackend(Backend):
         st: dict[str, Any] = {}
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
-            with module_state_guard(f), torch.enable_grad():
+            with _forward_mode(f):
                 y = f(arg)
+            with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y
                 st["grads"] = torch.autograd.grad(
                     y.sum(), leaves, create_graph=True, allow_unused=True
@@ -418,6 +438,7 @@ class TorchBackend(Backend):
                     for r, size in zip(res, sizes)]
             return cols[0] if len(cols) == 1 else torch.cat(cols, dim=-1)
 
+        @_autograd_on
         def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
             grad = grad and differentiable and torch.is_grad_enabled()
             k = V.shape[-1]
@@ -440,6 +461,7 @@ class TorchBackend(Backend):
                 cols.append(r.reshape((k,) + bshape + (size,)))
             return torch.movedim(torch.cat(cols, dim=-1), 0, -1)
 
+        @_autograd_on
         def mv(v: torch.Tensor) -> torch.Tensor:  # single vectors, no gradient
             return hvp_vec(v, False)
 
