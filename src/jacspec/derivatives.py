@@ -11,10 +11,10 @@ from .operators import LinearizationOperator
 __all__ = ["jacobian", "hessian"]
 
 
-def _autodiff_backend(x: Any, *, allow_collections: bool) -> tuple[Backend, Any]:
-    """The backend of ``x`` (an array or, if allowed, a parameter collection)."""
+def _autodiff_backend(x: Any) -> tuple[Backend, Any]:
+    """The backend of ``x`` (an array or a parameter collection)."""
     b = backend_of(x)
-    if b is None and allow_collections and not isinstance(x, (str, bytes)):
+    if b is None and not isinstance(x, (str, bytes)):
         x = _materialize(x)
         leaves = collection_leaves(x)
         if leaves and all(backend_of(v) is not None for v in leaves):
@@ -22,7 +22,7 @@ def _autodiff_backend(x: Any, *, allow_collections: bool) -> tuple[Backend, Any]
     if b is None:
         raise TypeError(
             "Expected x to be an array of torch, jax or tensorflow (numpy has no autodiff)"
-            + (", or a non-empty collection of such arrays" if allow_collections else "")
+            + ", or a non-empty collection of such arrays"
             + f". Received {type(x).__module__}.{type(x).__qualname__}."
         )
     if not b.has_autodiff:
@@ -33,6 +33,17 @@ def _autodiff_backend(x: Any, *, allow_collections: bool) -> tuple[Backend, Any]
             "explicit matrix to js.aslinearoperator."
         )
     return b, x
+
+
+def _point(x: Any) -> tuple[Backend, Any]:
+    """The backend of ``x``, an array or a parameter collection (materialized)."""
+    backend, x = _autodiff_backend(x)
+    if not backend.is_array(x) and not backend.is_param_collection(x):
+        raise TypeError(
+            "Expected x to be an array or a collection (list, tuple, dict) of "
+            f"{backend.name} arrays. Received {type(x).__name__}."
+        )
+    return backend, x
 
 
 def _is_iterator(x: Any) -> bool:
@@ -68,12 +79,18 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOper
         Maps an array of ``x``'s framework to an array (any shape, floating dtype).
         It may close over model parameters; gradients of results built on this
         operator (``js.spectral_norm``) flow to them.
-    x : array
-        A torch tensor, JAX array or TensorFlow tensor/variable (float32 or float64).
+    x : array or collection of arrays
+        A torch tensor, JAX array or TensorFlow tensor/variable (float32 or float64), or
+        a parameter collection as for :func:`hessian` (a torch ``named_parameters()``
+        dict, a JAX pytree, a list of ``tf.Variable``, a list/tuple/dict of arrays):
+        then ``f(x)`` maps the collection to outputs, the operator is the Jacobian with
+        respect to the parameters, vectors are flat in the collection's order, and
+        ``J @ J.T`` is the empirical neural tangent kernel of a batch.
     batched : bool
         If True, ``x`` has a leading batch axis ``B``, ``f`` acts on each sample
         independently, and the result is the batched operator of the ``B`` per-sample
         Jacobians (``batch_shape == (B,)``), applied with one JVP/VJP over the batch.
+        Arrays only (a collection with ``batched=True`` is a ``ValueError``).
 
     Returns
     -------
@@ -104,9 +121,17 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOper
     >>> Jb = js.jacobian(lambda x: x**2, torch.ones(5, 3), batched=True)
     >>> Jb.batch_shape, Jb.shape
     ((5,), (3, 3))
+    >>> model = torch.nn.Linear(3, 2)
+    >>> X = torch.ones(4, 3)
+    >>> Jp = js.jacobian(lambda p: torch.func.functional_call(model, p, (X,)),
+    ...                  dict(model.named_parameters()))
+    >>> Jp.shape  # (4 samples x 2 outputs, 6 weights + 2 biases)
+    (8, 8)
+    >>> js.dense(Jp @ Jp.T).shape  # the empirical NTK
+    (8, 8)
     """
     _check_callable(f)
-    backend, x = _autodiff_backend(x, allow_collections=False)
+    backend, x = _point(x)
     lin = backend.linearize(f, x, batched=bool(batched))
     return LinearizationOperator(lin, x, backend, kind="jacobian")
 
@@ -150,11 +175,6 @@ def hessian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOpera
     (4, 4)
     """
     _check_callable(f)
-    backend, x = _autodiff_backend(x, allow_collections=True)
-    if not backend.is_array(x) and not backend.is_param_collection(x):
-        raise TypeError(
-            "Expected x to be an array or a collection (list, tuple, dict) of "
-            f"{backend.name} arrays. Received {type(x).__name__}."
-        )
+    backend, x = _point(x)
     lin = backend.linearize_gradient(f, x, batched=bool(batched))
     return LinearizationOperator(lin, x, backend, kind="hessian")

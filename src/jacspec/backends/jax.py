@@ -160,8 +160,24 @@ class JaxBackend(Backend):
         return len(leaves) > 0 and all(self.is_array(v) for v in leaves)
 
     # -- autodiff ------------------------------------------------------------------
+    def _flat_point(self, f, x, *, batched):
+        """``(x0, fun)``: an array point as it is, a pytree of parameters raveled into
+        one flat vector ``x0`` with ``fun(x0) == f(x)`` (vectors in the tree's order)."""
+        if self.is_array(x):
+            check_input(self, x, batched=batched)
+            return x, f
+        if batched:
+            raise ValueError(
+                "Expected an array x with batched=True. Received a parameter collection "
+                f"({type(x).__name__}); batched derivatives are per-sample input derivatives."
+            )
+        for leaf in jax.tree_util.tree_leaves(x):
+            check_input(self, leaf, batched=False, what="each parameter")
+        x0, unravel = ravel_pytree(x)
+        return x0, lambda theta: f(unravel(theta))
+
     def linearize(self, f, x, *, batched):
-        check_input(self, x, batched=batched)
+        x, f = self._flat_point(f, x, batched=batched)
         y, jvp_fn = jax.linearize(f, x)
         check_output(self, y, int(x.shape[0]) if batched else None, what="f")
         vjp_fn = jax.linear_transpose(jvp_fn, x)
@@ -178,22 +194,7 @@ class JaxBackend(Backend):
         return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
 
     def linearize_gradient(self, f, x, *, batched):
-        if self.is_array(x):
-            check_input(self, x, batched=batched)
-            x0, fun = x, f
-        else:
-            if batched:
-                raise ValueError(
-                    "Expected an array x with batched=True. Received a parameter collection "
-                    f"({type(x).__name__}); batched Hessians are per-sample input Hessians."
-                )
-            for leaf in jax.tree_util.tree_leaves(x):
-                check_input(self, leaf, batched=False, what="each parameter")
-            x0, unravel = ravel_pytree(x)
-
-            def fun(theta):
-                return f(unravel(theta))
-
+        x0, fun = self._flat_point(f, x, batched=batched)
         y = fun(x0)
         bshape = (int(x0.shape[0]),) if batched else ()
         check_output(self, y, bshape[0] if batched else None, what="f")
