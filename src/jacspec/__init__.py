@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 from . import conv, penalties
+from .datasets import ggn
 from .derivatives import hessian, jacobian
 from .interop import aslinearoperator, dense, to_scipy
 from .operators import LinearOperator, rowsum_diagonal
@@ -32,6 +33,7 @@ __all__ = [
     "LinearOperator",
     "jacobian",
     "hessian",
+    "ggn",
     "aslinearoperator",
     "rowsum_diagonal",
     "dense",

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import Backend, backend_of, collection_leaves, infer_backend
-from .operators import LinearizationOperator
+from .operators import LinearizationOperator, LinearOperator
 
 __all__ = ["jacobian", "hessian"]
 
@@ -136,7 +136,16 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOper
     return LinearizationOperator(lin, x, backend, kind="jacobian")
 
 
-def hessian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOperator:
+def hessian(
+    f: Callable,
+    x: Any,
+    *,
+    batched: bool = False,
+    data: Any = None,
+    distributed: bool = False,
+    group: Any = None,
+    progress: bool = False,
+) -> LinearOperator:
     """The Hessian of scalar ``f`` at ``x`` as a symmetric matrix-free operator.
 
     ``matvec`` is a Hessian-vector product that reuses one forward and one backward pass
@@ -154,11 +163,35 @@ def hessian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOpera
         The point (torch, jax or tensorflow).
     batched : bool
         Per-sample Hessians of a batch of inputs (arrays only).
+    data : iterable of batches, optional
+        The Hessian of a **dataset** loss: ``f(x, batch)`` returns the mean loss of one
+        batch, and the operator is the mean over all samples, batches weighted by their
+        size (the leading axis of the batch's first array). ``data`` must be
+        re-iterable (a list of arrays or tuples, a ``torch.utils.data.DataLoader``, a
+        ``tf.data.Dataset``): every product streams it once, in its own order, so memory
+        stays that of one batch. Products carry no gradient.
+    distributed : bool
+        With ``data``: each process holds its shard of the data and every product is
+        summed across processes (torch: ``torch.distributed.all_reduce``; JAX: batches
+        sharded over all devices with ``jax.sharding``, reduced by XLA), so every process
+        gets the operator of the union of the shards.
+    group : optional
+        With ``distributed=True`` in torch: the process group (default: the world).
+    progress : bool
+        With ``data``: a progress bar over the batches of each product (tqdm).
 
     Returns
     -------
     LinearOperator
         Square and symmetric, ``(n, n)``, batch shape ``()`` or ``(B,)``.
+
+    Raises
+    ------
+    TypeError
+        If ``data`` is a one-shot generator or iterator.
+    ValueError
+        If ``f`` returns a non-scalar, ``data`` is empty or its batches change
+        structure, or ``data`` comes with ``batched=True``.
 
     Examples
     --------
@@ -173,7 +206,28 @@ def hessian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOpera
     >>> loss = lambda p: torch.func.functional_call(model, p, (X,)).pow(2).mean()
     >>> js.hessian(loss, dict(model.named_parameters())).shape
     (4, 4)
+    >>> data = [torch.randn(16, 3) for _ in range(4)]  # four batches of 16 samples
+    >>> def batch_loss(p, X):
+    ...     return torch.func.functional_call(model, p, (X,)).pow(2).mean()
+    >>> H = js.hessian(batch_loss, dict(model.named_parameters()), data=data)
+    >>> bool(js.eigsh(H, k=1).values[0] > 0)
+    True
     """
+    if data is not None:
+        from .datasets import dataset_hessian
+
+        if batched:
+            raise ValueError(
+                "Expected batched=False with data=: a dataset Hessian is the Hessian of "
+                "the mean loss over all samples. Received batched=True."
+            )
+        return dataset_hessian(f, x, data, distributed=distributed, group=group,
+                               progress=progress)
+    if distributed or group is not None or progress:
+        raise ValueError(
+            "Expected distributed, group and progress only with data= (dataset "
+            "operators). Received them without data."
+        )
     _check_callable(f)
     backend, x = _point(x)
     lin = backend.linearize_gradient(f, x, batched=bool(batched))

@@ -8,13 +8,13 @@ Its distribution over the data and over the volume between data points describes
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ._progress import progress_bar
 from .backends import Backend, backend_of
 from .derivatives import jacobian
 
@@ -139,41 +139,6 @@ class SlopeResult:
                     f"quantiles(5,25,50,75,95%)=[{qs}]"
                 )
         return "SlopeResult\n" + "\n".join(lines)
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    """A progress bar: tqdm when installed, else a one-line stderr counter."""
-
-    class _Null:
-        def update(self, n: int) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    if not enabled:
-        return _Null()
-    try:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc="slope", unit="pt")
-    except ImportError:
-        pass
-
-    class _Counter:
-        def __init__(self) -> None:
-            self.done = 0
-
-        def update(self, n: int) -> None:
-            self.done += n
-            sys.stderr.write(f"\rslope: {self.done}/{total} points")
-            sys.stderr.flush()
-
-        def close(self) -> None:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    return _Counter()
 
 
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -304,7 +269,7 @@ def slope(
         parts.append(_between_points(b, X, num_between, seed))
     total = N + num_between
     size = total if batch_size is None else batch_size
-    bar = _progress(total, progress)
+    bar = progress_bar(total, progress, desc="slope", unit="pt")
     values = []
     try:
         with b.no_grad():

@@ -490,6 +490,43 @@ class TorchBackend(Backend):
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm, mv=mv,
                              rmv=mv)
 
+    # -- products summed across processes (distributed=True) --------------------------
+    def _check_distributed(self) -> Any:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                "Expected torch.distributed to be initialized for distributed=True (run "
+                "under torchrun and call torch.distributed.init_process_group). Received "
+                "an uninitialized default process group."
+            )
+        return dist
+
+    def distributed_batch(self, batch, *, group):
+        """This process's shard, as it is: each rank streams its own batches."""
+        return batch
+
+    def distributed_count(self, count, *, group):
+        dist = self._check_distributed()
+        t = torch.tensor([int(count)], dtype=torch.int64, device=self._collective_device(group))
+        dist.all_reduce(t, group=group)
+        return int(t.item())
+
+    def distributed_sum(self, x, *, group):
+        """``torch.distributed.all_reduce`` (a sum) of a copy of ``x``."""
+        dist = self._check_distributed()
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    def _collective_device(self, group) -> Any:
+        """Where a collective's buffers live: the current CUDA device under NCCL."""
+        import torch.distributed as dist
+
+        if dist.get_backend(group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     # -- convolutions (js.conv) ------------------------------------------------------
     def conv2d(self, x, w, *, stride, pads):
         """Cross-correlation of ``x`` ``(N, C, H, W)`` with ``w`` ``(O, C, h, w)``.
