@@ -216,11 +216,15 @@ def dataset_hessian(
     summary = scan(data)
     first = summary.first
     lin = backend.linearize_gradient(lambda p: f(p, first), params, batched=False)
-    return DatasetOperator(
-        backend.batch_hessian_product(f, params), data, summary, n=lin.n,
-        dtype=lin.y.dtype, backend=backend, device=backend.device(lin.y),
-        distributed=distributed, group=group, progress=progress, name="hessian",
-    )
+    return _operator(backend.batch_hessian_product(f, params), lin, backend, data, summary,
+                     distributed=distributed, group=group, progress=progress, name="hessian")
+
+
+def _operator(product, lin, backend, data, summary, **options) -> DatasetOperator:
+    """The operator of per-batch ``product``s, sized by ``lin``, the linearization of the
+    first batch (parameters in, outputs or loss out)."""
+    return DatasetOperator(product, data, summary, n=lin.n, dtype=lin.y.dtype,
+                           backend=backend, device=backend.device(lin.y), **options)
 
 
 def ggn(
@@ -306,8 +310,5 @@ def ggn(
     jac = backend.linearize(lambda p: f(p, inputs), params, batched=False)
     z = backend.stop_gradient(jac.y)
     backend.linearize_gradient(lambda o: loss(o, targets), z, batched=False)
-    return DatasetOperator(
-        backend.batch_ggn_product(f, loss, params), data, summary, n=jac.n,
-        dtype=jac.y.dtype, backend=backend, device=backend.device(jac.y),
-        distributed=distributed, group=group, progress=progress, name="ggn",
-    )
+    return _operator(backend.batch_ggn_product(f, loss, params), jac, backend, data, summary,
+                     distributed=distributed, group=group, progress=progress, name="ggn")
