@@ -200,31 +200,42 @@ def _check_flags(distributed: Any, group: Any, progress: Any) -> None:
         raise ValueError("Expected group only with distributed=True. Received distributed=False.")
 
 
-def dataset_hessian(
-    f: Callable,
-    params: Any,
-    data: Any,
-    *,
-    distributed: bool = False,
-    group: Any = None,
-    progress: bool = False,
-) -> DatasetOperator:
+def dataset_hessian(f: Callable, params: Any, data: Any, **options: Any) -> DatasetOperator:
     """The Hessian of the mean loss over a dataset (see :func:`jacspec.hessian`)."""
+    return _build(f, None, params, data, **options)
+
+
+def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
+           distributed: bool = False, group: Any = None, progress: bool = False
+           ) -> DatasetOperator:
+    """Validate, differentiate the first batch once (a non-scalar loss fails here, before
+    any product), and wrap the adapter's per-batch product: the Hessian of ``f`` when
+    ``loss`` is None, else the GGN of ``loss`` after ``f``."""
     _check_callable(f)
+    if loss is not None:
+        _check_callable(loss)
     _check_flags(distributed, group, progress)
     backend, params = _point(params)
     summary = scan(data)
     first = summary.first
-    lin = backend.linearize_gradient(lambda p: f(p, first), params, batched=False)
-    return _operator(backend.batch_hessian_product(f, params), lin, backend, data, summary,
-                     distributed=distributed, group=group, progress=progress, name="hessian")
-
-
-def _operator(product, lin, backend, data, summary, **options) -> DatasetOperator:
-    """The operator of per-batch ``product``s, sized by ``lin``, the linearization of the
-    first batch (parameters in, outputs or loss out)."""
+    if loss is None:
+        lin = backend.linearize_gradient(lambda p: f(p, first), params, batched=False)
+        product = backend.batch_hessian_product(f, params)
+    else:
+        if not (isinstance(first, (tuple, list)) and len(first) == 2):
+            raise ValueError(
+                "Expected data to yield (inputs, targets) pairs for js.ggn. Received "
+                f"batches of structure {summary.signature}."
+            )
+        inputs, targets = first
+        lin = backend.linearize(lambda p: f(p, inputs), params, batched=False)
+        z = backend.stop_gradient(lin.y)
+        backend.linearize_gradient(lambda o: loss(o, targets), z, batched=False)
+        product = backend.batch_ggn_product(f, loss, params)
     return DatasetOperator(product, data, summary, n=lin.n, dtype=lin.y.dtype,
-                           backend=backend, device=backend.device(lin.y), **options)
+                           backend=backend, device=backend.device(lin.y),
+                           distributed=distributed, group=group, progress=progress,
+                           name="hessian" if loss is None else "ggn")
 
 
 def ggn(
@@ -295,20 +306,5 @@ def ggn(
     >>> bool(js.eigsh(G, k=1).values[0] > 0)
     True
     """
-    _check_callable(f)
-    _check_callable(loss)
-    _check_flags(distributed, group, progress)
-    backend, params = _point(params)
-    summary = scan(data)
-    first = summary.first
-    if not (isinstance(first, (tuple, list)) and len(first) == 2):
-        raise ValueError(
-            "Expected data to yield (inputs, targets) pairs for js.ggn. Received batches "
-            f"of structure {summary.signature}."
-        )
-    inputs, targets = first
-    jac = backend.linearize(lambda p: f(p, inputs), params, batched=False)
-    z = backend.stop_gradient(jac.y)
-    backend.linearize_gradient(lambda o: loss(o, targets), z, batched=False)
-    return _operator(backend.batch_ggn_product(f, loss, params), jac, backend, data, summary,
-                     distributed=distributed, group=group, progress=progress, name="ggn")
+    return _build(f, loss, params, data, distributed=distributed, group=group,
+                  progress=progress)
