@@ -127,7 +127,7 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOper
     ...                  dict(model.named_parameters()))
     >>> Jp.shape  # (4 samples x 2 outputs, 6 weights + 2 biases)
     (8, 8)
-    >>> js.dense(Jp @ Jp.T).shape  # the empirical NTK
+    >>> tuple(js.dense(Jp @ Jp.T).shape)  # the empirical NTK, (samples x outputs)^2
     (8, 8)
     """
     _check_callable(f)
