@@ -490,6 +490,33 @@ class TorchBackend(Backend):
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm, mv=mv,
                              rmv=mv)
 
+    # -- dataset operators (js.hessian(..., data=), js.ggn) ----------------------------
+    def batch_hessian_product(self, f, params):
+        """One forward, one backward with ``create_graph`` and one double backward per
+        batch, the graph released as the last backward runs (a linearization retains it
+        for further products, which a dataset product never asks for)."""
+        _, leaves, arg = self._point(params, batched=False)
+        lay = _Layout(leaves, ())
+
+        def prod(batch, V):
+            with module_state_guard(f), torch.enable_grad():
+                y = f(arg, batch)
+                grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
+            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            k = V.shape[-1]
+            if not live:
+                return torch.zeros_like(V)
+            if k == 1:
+                parts = lay.split(V[:, 0])
+            else:
+                parts = lay.split_cols(V)
+            res = torch.autograd.grad([grads[i] for i in live], leaves,
+                                      [parts[i] for i in live], allow_unused=True,
+                                      is_grads_batched=k > 1)
+            return lay.join(res, V)[:, None] if k == 1 else lay.join_cols(res, k, V)
+
+        return prod
+
     # -- products summed across processes (distributed=True) --------------------------
     def _check_distributed(self) -> Any:
         import torch.distributed as dist
