@@ -28,14 +28,14 @@ ERR = 1e-4  # the accuracy every side must reach
 SIZES = [64, 300, 256, 10]  # 99,126 parameters
 
 
-def _problem(torch, dtype, quick: bool):
-    """A trained digits MLP, the digits in batches of 128, and the batch loss."""
+def _problem(torch, dtype, quick: bool, sizes: list[int], nsamples: int | None):
+    """A trained digits MLP and the digits in batches of 128."""
     X, y = _digits()
-    Xt, yt = torch.tensor(X, dtype=dtype), torch.tensor(y)
+    Xt, yt = torch.tensor(X[:nsamples], dtype=dtype), torch.tensor(y[:nsamples])
     torch.manual_seed(0)
     layers: list[Any] = []
-    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-        layers += [torch.nn.Linear(a, b)] + ([torch.nn.Tanh()] if i < len(SIZES) - 2 else [])
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [torch.nn.Linear(a, b)] + ([torch.nn.Tanh()] if i < len(sizes) - 2 else [])
     model = torch.nn.Sequential(*layers).to(dtype)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(20 if quick else 60):  # a few full-batch steps: a realistic spectrum
@@ -61,12 +61,12 @@ def _jacspec_top(torch, js, model, batches, tol):
     return float(r.values[0]), int(r.num_matvecs)
 
 
-def _reference(torch, js, model, batches) -> float:
+def _reference(torch, js, model, batches, tol) -> float:
     import copy
 
     m64 = copy.deepcopy(model).double()
     b64 = [(x.double(), t) for x, t in batches]
-    return _jacspec_top(torch, js, m64, b64, 1e-10)[0]
+    return _jacspec_top(torch, js, m64, b64, tol)[0]
 
 
 def _first_accurate(run: Callable[[float], tuple[float, int]], tols, exact: float):
@@ -133,24 +133,30 @@ def _curvlinops(torch, model, batches):
     return run
 
 
-def dataset_peers_torch(quick: bool) -> list[Row]:
+def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
+                        nsamples: int | None = None) -> list[Row]:
+    """The dataset rows; ``sizes``/``nsamples`` shrink the problem (tests)."""
     import torch
 
     import jacspec as js
 
-    model, batches = _problem(torch, torch.float32, quick)
+    model, batches = _problem(torch, torch.float32, quick, sizes, nsamples)
     for p in model.parameters():
         p.requires_grad_(True)
-    exact = _reference(torch, js, model, batches)
+    ref_tol = 1e-8 if quick else 1e-10
+    exact = _reference(torch, js, model, batches, ref_tol)
     t_ours, lam, n_ours, err_ours, tol = _first_accurate(
         lambda tol: _jacspec_top(torch, js, model, batches, tol), (1e-3, 1e-4, 1e-5), exact)
-    t_ours = median_time(lambda: _jacspec_top(torch, js, model, batches, tol), 2 if quick else 5)
+    if not quick:
+        t_ours = median_time(lambda: _jacspec_top(torch, js, model, batches, tol), 3)
     nparam = sum(p.numel() for p in model.parameters())
-    cfg = (f"loss Hessian of the whole digits set (1797 samples, batches of 128) for a "
-           f"{'-'.join(map(str, SIZES))} tanh MLP ({nparam} parameters), float32, top "
-           f"|eigenvalue| at relative error <= {ERR:g} vs a float64 Lanczos solve to 1e-10; "
-           f"jacspec Lanczos at tol {tol:g}; each peer at the first of its tolerances that "
-           "reaches the error (time of that run)")
+    nsamp = sum(int(x.shape[0]) for x, _ in batches)
+    cfg = (f"loss Hessian of the digits set ({nsamp} samples, batches of 128) for a "
+           f"{'-'.join(map(str, sizes))} tanh MLP ({nparam} parameters), float32, top "
+           f"|eigenvalue| at relative error <= {ERR:g} vs a float64 Lanczos solve to "
+           f"{ref_tol:g}; jacspec Lanczos at tol {tol:g}; each peer at the first of its "
+           "tolerances that reaches the error (time of that run; quick mode: one run, "
+           "fewer peer tolerances)")
     rows: list[Row] = []
 
     def add(peer, res):
@@ -167,13 +173,15 @@ def dataset_peers_torch(quick: bool) -> list[Row]:
                          peer_tol=tol_p, exact=exact)))
 
     try:
-        run = _pyhessian(torch, model, batches, max_iter=300 if quick else 1000)
-        add("PyHessian (data loader)", _first_accurate(run, (1e-4, 1e-5, 1e-6), exact))
+        run = _pyhessian(torch, model, batches, max_iter=200 if quick else 1000)
+        tols = (1e-5,) if quick else (1e-4, 1e-5, 1e-6, 1e-7)
+        add("PyHessian (data loader)", _first_accurate(run, tols, exact))
     except ImportError:
         rows.append(dict(name="dataset peers: PyHessian", skipped="pyhessian not installed"))
     try:
         run = _curvlinops(torch, model, batches)
-        add("curvlinops+eigsh", _first_accurate(run, (1e-3, 1e-4, 1e-5, 1e-6), exact))
+        tols = (1e-3,) if quick else (1e-3, 1e-4, 1e-5, 1e-6)
+        add("curvlinops+eigsh", _first_accurate(run, tols, exact))
     except ImportError:
         rows.append(dict(name="dataset peers: curvlinops+eigsh",
                          skipped="curvlinops-for-pytorch not installed"))
@@ -224,10 +232,12 @@ def _peak_mb(mode: str, width: int, bsize: int, nbatch: int) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
-def dataset_memory_torch(quick: bool) -> list[Row]:
+def dataset_memory_torch(quick: bool, *, shape: tuple[int, int, int] | None = None
+                         ) -> list[Row]:
     """Peak RSS rise of one dataset product vs one batch's forward+backward, and vs one
-    batch's hand-written double-backward HVP."""
-    width, bsize, nbatch = (1024, 1024, 4) if quick else (2048, 2048, 8)
+    batch's hand-written double-backward HVP. ``shape``: (width, batch size, number of
+    batches), to shrink the problem (tests)."""
+    width, bsize, nbatch = shape or ((1024, 1024, 4) if quick else (2048, 2048, 8))
     mb = {mode: _peak_mb(mode, width, bsize, nbatch)
           for mode in ("forward_backward", "native_hvp", "one_batch", "dataset")}
     ds = mb["dataset"]
