@@ -556,10 +556,10 @@ def test_jax_jit_compiled_steps_with_thick_restarts(backend):
 
 def test_large_batch_screens(backend):
     """A batch larger than the probe set of the eager convergence screens
-    (``decomp.PROBES``), with samples that break down (the zero map, rank one) beside
+    (``driver.PROBES``), with samples that break down (the zero map, rank one) beside
     slowly converging ones (near-repeated top values): every sample converges to the
     dense answer, GKL and Lanczos, within one basis of products."""
-    from jacspec.solvers.decomp import PROBES
+    from jacspec.solvers.driver import PROBES
 
     rng = np.random.default_rng(8)
     B, m, n = 3 * PROBES, 40, 30

@@ -46,7 +46,7 @@ import math
 import time
 from typing import Any, NamedTuple
 
-from .backends import Backend, get_backend, infer_backend
+from .backends import Backend, infer_backend, model_backend
 from .backends._base import FLOAT_DTYPES
 from .operators import LinearOperator
 
@@ -64,23 +64,6 @@ __all__ = [
 ]
 
 Array = Any
-
-#: Default weight layout per backend.
-DEFAULT_LAYOUT: dict[str, str] = {
-    "torch": "OIHW",
-    "numpy": "OIHW",
-    "jax": "HWIO",
-    "tensorflow": "HWIO",
-}
-#: Whether the framework's images are channels-last (NHWC) -- the layout of the vectors
-#: an :func:`operator` acts on.
-CHANNELS_LAST: dict[str, bool] = {
-    "torch": False,
-    "numpy": False,
-    "jax": True,
-    "tensorflow": True,
-}
-
 
 class ConvBounds(NamedTuple):
     """The Fantastic Four bound and its ingredients (0-d arrays of the weight's framework).
@@ -112,7 +95,7 @@ def _weight(weight: Any, layout: str | None, what: str = "weight") -> tuple[Back
     if name not in FLOAT_DTYPES:
         raise TypeError(f"Expected a {what} of dtype float32 or float64. Received dtype {name}.")
     if layout is None:
-        layout = DEFAULT_LAYOUT[b.name]
+        layout = b.conv_layout
     if not isinstance(layout, str) or sorted(layout.upper()) != sorted("OIHW"):
         raise ValueError(
             "Expected layout to be an arrangement of the letters O, I, H, W such as 'OIHW' "
@@ -123,10 +106,11 @@ def _weight(weight: Any, layout: str | None, what: str = "weight") -> tuple[Back
     if any(s == 0 for s in shape):
         raise ValueError(f"Expected a non-empty {what}. Received shape {shape}.")
     xp = b.xp
+    weight = b.read(weight)
+    if not b.is_traced(weight) and not b.all_finite(weight):
+        raise FloatingPointError(f"The {what} contains NaN or Inf.")
     if layout != "OIHW":
         weight = xp.permute_dims(weight, tuple(layout.index(c) for c in "OIHW"))
-    elif b.name == "tensorflow":
-        weight = xp.asarray(weight)  # a tf.Variable reads as a tensor
     return b, weight
 
 
@@ -314,7 +298,7 @@ class ConvOperator(LinearOperator):
         self.weight = w
         self.input_hw, self.output_hw = (H, W), (Ho, Wo)
         self.stride, self.pads, self.circular = stride, pads, circular
-        self.channels_last = CHANNELS_LAST[backend.name]
+        self.channels_last = backend.channels_last
         if self.channels_last:
             self.input_shape, self.output_shape = (H, W, ci), (Ho, Wo, co)
         else:
@@ -357,8 +341,6 @@ class ConvOperator(LinearOperator):
 
 def _make_operator(b: Backend, w: Array, input_size: Any, stride: Any, padding: Any,
                    layout_hint: str, wrap: bool = False) -> ConvOperator:
-    if not hasattr(b, "conv2d"):  # pragma: no cover - every adapter has it
-        raise TypeError(f"The {b.name} backend has no convolution primitive.")
     kernel_hw = (int(w.shape[2]), int(w.shape[3]))
     hw, st, pads, circ, out = _geometry(kernel_hw, input_size, stride, padding, layout_hint,
                                         wrap)
@@ -461,7 +443,7 @@ def circular_singular_values(weight: Array, input_size: Any, *,
 
 
 def _hint(b: Backend, layout: str | None) -> str:
-    return f"layout={layout!r}" if layout else f"default layout {DEFAULT_LAYOUT[b.name]!r}"
+    return f"layout={layout!r}" if layout else f"default layout {b.conv_layout!r}"
 
 
 def operator(weight: Array, input_size: Any, *, stride: Any = 1, padding: Any = "same",
@@ -596,18 +578,6 @@ class LayerReport(list):
         return [r._asdict() for r in self]
 
 
-def _model_backend(model: Any) -> str:
-    mods = {c.__module__.split(".")[0] for c in type(model).__mro__}
-    if "torch" in mods:
-        return "torch"
-    if mods & {"keras", "tensorflow", "tf_keras"}:
-        return "tensorflow"
-    raise TypeError(
-        "Expected a torch.nn.Module or a Keras model. Received "
-        f"{type(model).__module__}.{type(model).__qualname__}."
-    )
-
-
 def _expand_kernel(xp: Any, w: Array, dilation: tuple[int, int], groups: int) -> Array:
     """A dense OIHW kernel equivalent to a grouped and/or dilated one."""
     dev = _dev(w)
@@ -679,8 +649,7 @@ def layer_report(model: Any, input_shape: Any, *, tol: float | None = None) -> L
     >>> bool(rep[0].bound >= rep[0].exact)
     True
     """
-    kind = _model_backend(model)
-    b = get_backend(kind)
+    b = model_backend(model)
     try:
         shape = tuple(int(s) for s in input_shape)
     except TypeError:

@@ -122,6 +122,19 @@ class LinearOperator:
         """Whether the operator is known to equal its adjoint (Hessians, real diagonals)."""
         return False
 
+    @property
+    def traced(self) -> bool:
+        """Whether the operator holds traced values (inside ``jax.jit`` or
+        ``tf.function``): its solves then run a fixed budget, with no host reads."""
+        b = self._backend
+        for v in vars(self).values():
+            if isinstance(v, LinearOperator):
+                if v.traced:
+                    return True
+            elif b.is_array(v) and b.is_traced(v):
+                return True
+        return False
+
     def __repr__(self) -> str:
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
         return (
@@ -500,6 +513,10 @@ class LinearizationOperator(LinearOperator):
         """The function value at the point (``f(x)``)."""
         return self.lin.y
 
+    @property
+    def traced(self) -> bool:
+        return self._backend.is_traced(self.lin.y) or super().traced
+
     def _mm(self, V, *, adjoint=False, grad=False):
         enter = self._side_dtypes[1 if adjoint else 0]
         if V.dtype != enter:
@@ -579,5 +596,7 @@ def rowsum_diagonal(op: LinearOperator) -> LinearOperator:
         ones = xp.ones(op.batch_shape + (n, 1), dtype=op.dtype, device=op.device)
         return op._mm(ones, grad=grad)[..., 0]
 
-    return DiagonalOperator(rowsums, size=n, dtype=op.dtype, backend=op._backend,
-                            device=op.device, batch_shape=op.batch_shape)
+    D = DiagonalOperator(rowsums, size=n, dtype=op.dtype, backend=op._backend,
+                         device=op.device, batch_shape=op.batch_shape)
+    D.source = op  # its values come from op's products (and are traced where they are)
+    return D

@@ -28,11 +28,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from . import _penalty_solvers
+from . import validate as V
 from .backends import Backend, backend_of
 from .derivatives import hessian, jacobian
 from .interop import materialize
 from .operators import LinearOperator, rowsum_diagonal
+from .solvers.solve import check_budget, resolve_method, solve_svd
 
 __all__ = ["spectral", "frobenius", "gradient_norm", "conv_bound"]
 
@@ -40,7 +41,6 @@ Array = Any
 
 TARGETS = (None, "transpose", "rowsum_diagonal")
 DERIVATIVES = ("jacobian", "hessian")
-METHODS = ("lanczos", "power")
 
 
 def _check_x(x: Any, what: str = "x") -> Backend:
@@ -67,12 +67,6 @@ def _check_x(x: Any, what: str = "x") -> Backend:
     return b
 
 
-def _check_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Expected {name} to be an integer >= {minimum}. Received {value!r}.")
-    return int(value)
-
-
 def _per_sample_scalar(f: Callable, xp: Any) -> Callable:
     """``f`` with outputs of shape ``(B, 1, ...)`` (one entry per sample) reshaped to (B,)."""
 
@@ -92,21 +86,20 @@ def _operator(f: Callable, x: Array, b: Backend, derivative: str) -> LinearOpera
     return hessian(_per_sample_scalar(f, b.xp), x, batched=True)
 
 
-def _mean(xp: Any, per_sample: Array) -> Array:
-    return xp.mean(per_sample)
-
-
 def spectral(
     f: Callable,
     x: Array,
     *,
     target: str | None = None,
     derivative: str = "jacobian",
-    method: str = "lanczos",
-    num_matvecs: int = 8,
+    method: str = "auto",
+    tol: float = 1e-3,
+    maxiter: int | None = None,
+    v0: Array | None = None,
+    return_vectors: bool = False,
     squared: bool = True,
     seed: int | None = 0,
-) -> Array:
+) -> Array | tuple[Array, Array]:
     r"""Per-sample spectral norm of the Jacobian (or Hessian) minus a target, averaged.
 
     For every sample ``x_i`` of the batch, ``A_i`` is the Jacobian of ``f`` at ``x_i``
@@ -119,14 +112,16 @@ def spectral(
     penalizes asymmetry; Cui et al. 2022) or ``A0 = D(A 1)`` (``"rowsum_diagonal"``:
     penalizes off-diagonal mass; Cui et al. 2022).
 
-    The top left singular vector ``u_i`` of ``A_i - A_{0,i}`` is found with gradients off,
-    by a fixed budget of ``num_matvecs`` batched products (Golub–Kahan–Lanczos with full
-    reorthogonalization, or power iteration). The differentiable value is then, with
-    ``u_i`` held constant (Cui et al. 2022), ``w_i = (A_i - A_{0,i})^T u_i`` (one more
-    product, with gradients) and ``||w_i||^2`` (squared) or ``||w_i||``. At a converged
-    ``u_i`` this equals ``sigma_max^2`` (resp. ``sigma_max``) and its gradient is the
-    envelope gradient: for ``f(x) = W x``, ``2 sigma u v^T`` (resp. ``u v^T``) w.r.t. ``W``.
-    Before convergence the value is a lower bound of ``sigma_max``.
+    **Exact** by default: the top left singular vector ``u_i`` of ``A_i - A_{0,i}`` is
+    found with gradients off to relative accuracy ``tol`` (as :func:`jacspec.svds`:
+    dense when ``min(m, n)`` is small, Golub–Kahan–Lanczos otherwise). The differentiable
+    value is then, with ``u_i`` held constant (Cui et al. 2022), ``w_i = (A_i -
+    A_{0,i})^T u_i`` (one more product, with gradients) and ``||w_i||^2`` (squared) or
+    ``||w_i||``: at the top singular vector it equals ``sigma_max^2`` (``sigma_max``) and
+    its gradient is the envelope gradient (for ``f(x) = W x``: ``2 sigma u v^T``, resp.
+    ``u v^T``, w.r.t. ``W``). ``method="lanczos"`` or ``"power"`` with a fixed
+    ``maxiter`` is the budgeted variant of Cui et al. (a lower bound of ``sigma_max``
+    before convergence; no warning is emitted for it).
 
     Parameters
     ----------
@@ -139,12 +134,20 @@ def spectral(
     target : None, "transpose" or "rowsum_diagonal"
         The target ``A0``; the last two need square ``A`` (as many outputs as inputs).
     derivative : "jacobian" or "hessian"
-    method : "lanczos" or "power"
-        The inner solver. Lanczos converges much faster on real networks (DESIGN.md).
-    num_matvecs : int
-        Operator products spent by the inner solver per call (gradient-free); the
-        differentiable evaluation costs one more. Lanczos takes ``(num_matvecs + 1) // 2``
-        bidiagonalization steps.
+    method : "auto", "dense", "lanczos" or "power"
+        The inner solver (see :func:`jacspec.svds`).
+    tol : float
+        Relative accuracy of each sample's ``sigma_max``.
+    maxiter : int, optional
+        A cap on the inner solver's products per call (the budgeted variant). Inside
+        ``jax.jit`` / ``tf.function`` the inner Lanczos solve runs a fixed number of
+        products: ``maxiter``, by default one basis of 33 vectors (65 products).
+    v0 : array, optional
+        ``(B, m)`` left start vectors, e.g. the ``vectors`` returned by an earlier call
+        on the same samples (a warm start: fewer products).
+    return_vectors : bool
+        Return ``(value, vectors)``: the top left singular vectors ``(B, m)``, without
+        gradient, to pass as ``v0`` next time.
     squared : bool
         Penalize ``sigma_max^2`` (default, as Cui et al.) or ``sigma_max``.
     seed : int or None
@@ -153,18 +156,21 @@ def spectral(
 
     Returns
     -------
-    array
+    array or (array, array)
         A 0-d array of ``x``'s framework, differentiable w.r.t. ``x`` and whatever ``f``
-        closes over.
+        closes over; with ``return_vectors``, also the vectors.
 
     Raises
     ------
     TypeError
         For a NumPy ``x`` or a non-array.
     ValueError
-        For an unknown ``target``, ``derivative`` or ``method``, ``num_matvecs < 1``, a
-        non-square ``A`` with a non-``None`` target, a non-scalar ``f`` with
-        ``derivative="hessian"``, an empty batch, or an ``f`` that changes the batch size.
+        For an unknown ``target``, ``derivative`` or ``method``, ``tol <= 0``, a
+        ``maxiter`` too small, a non-square ``A`` with a non-``None`` target, a
+        non-scalar ``f`` with ``derivative="hessian"``, an empty batch, a ``v0`` of the
+        wrong shape, or an ``f`` that changes the batch size.
+    FloatingPointError
+        When ``f`` or a product produces NaN or Inf.
 
     Examples
     --------
@@ -189,9 +195,9 @@ def spectral(
         raise ValueError(
             f"Expected derivative to be 'jacobian' or 'hessian'. Received {derivative!r}."
         )
-    if method not in METHODS:
-        raise ValueError(f"Expected method to be 'lanczos' or 'power'. Received {method!r}.")
-    num_matvecs = _check_int(num_matvecs, "num_matvecs")
+    method = V.choice(method, V.METHODS, "method")
+    maxiter = V.check_maxiter(maxiter)
+    seed = V.check_seed(seed)
     if not callable(f):
         raise TypeError(f"Expected f to be callable. Received {type(f).__name__}.")
     b = _check_x(x)
@@ -209,22 +215,37 @@ def spectral(
         op = A - rowsum_diagonal(A)
     else:
         op = A
-
-    solver = _penalty_solvers.batched_lanczos if method == "lanczos" else (
-        _penalty_solvers.batched_power)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        u, _ = solver(op, num_matvecs, seed=seed)
-
+    tol = V.check_tol(tol, op)
+    if v0 is not None:
+        v0 = op._check_vector(v0, op.shape[0], block=False)
+    method = resolve_method(method, op, 1, hermitian=False)
+    check_budget(op, 1, method, maxiter)
+    with b.no_grad(), warnings.catch_warnings():
+        if maxiter is not None:  # the budgeted variant stops short by design
+            warnings.simplefilter("ignore", RuntimeWarning)
+        u = solve_svd(op, 1, method=method, tol=tol, maxiter=maxiter, v0=None, u0=v0,
+                      seed=seed).left[..., 0]
+    u = b.stop_gradient(u)
     w = op._mm(u[..., None], adjoint=True, grad=True)[..., 0]  # (B, n): (A - A0)^T u
     if squared:
         per_sample = xp.sum(w * w, axis=-1)
     else:
         # ||w|| written as <w, w_hat> with w_hat = w / ||w|| held constant: the same value
         # and gradient, but no NaN gradient where w = 0 (e.g. a symmetric A, "transpose").
-        w_hat, _ = _penalty_solvers._normalize(xp, b.stop_gradient(w))
+        w_hat = b.stop_gradient(w)
+        nrm = xp.linalg.vector_norm(w_hat, axis=-1)
+        w_hat = w_hat / xp.where(nrm > 0, nrm, xp.ones_like(nrm))[:, None]
         per_sample = xp.sum(w * w_hat, axis=-1)
-    return _mean(xp, per_sample)
+    value = _finite(b, xp.mean(per_sample), "js.penalties.spectral")
+    return (value, u) if return_vectors else value
+
+
+def _finite(b: Backend, value: Array, what: str) -> Array:
+    """``value``, after checking it is finite (outside a trace): NaN/Inf from a model is
+    reported, never propagated into a training step."""
+    if not b.is_traced(value) and not b.all_finite(b.stop_gradient(value)):
+        raise FloatingPointError(f"{what} produced NaN or Inf (from f or its derivative).")
+    return value
 
 
 def frobenius(
@@ -276,20 +297,20 @@ def frobenius(
         raise TypeError(f"Expected f to be callable. Received {type(f).__name__}.")
     b = _check_x(x)
     if num_projections is not None:
-        num_projections = _check_int(num_projections, "num_projections")
+        num_projections = V.check_positive_int(num_projections, "num_projections")
     xp = b.xp
     J = jacobian(f, x, batched=True)
     if num_projections is None:
         M = materialize(J, grad=True)
-        return _mean(xp, xp.sum(M * M, axis=(-2, -1)))
+        return _finite(b, xp.mean(xp.sum(M * M, axis=(-2, -1))), "js.penalties.frobenius")
     m = J.shape[0]
-    V = b.normal(J.batch_shape + (m, num_projections), dtype=J.dtype, device=J.device,
+    P = b.normal(J.batch_shape + (m, num_projections), dtype=J.dtype, device=J.device,
                  seed=seed)
-    nrm = xp.linalg.vector_norm(V, axis=-2)
-    V = V / xp.where(nrm > 0, nrm, xp.ones_like(nrm))[..., None, :]
-    W = J._mm(V, adjoint=True, grad=True)  # (B, n, p)
+    nrm = xp.linalg.vector_norm(P, axis=-2)
+    P = P / xp.where(nrm > 0, nrm, xp.ones_like(nrm))[..., None, :]
+    W = J._mm(P, adjoint=True, grad=True)  # (B, n, p)
     per_sample = xp.sum(W * W, axis=(-2, -1)) * (m / num_projections)
-    return _mean(xp, per_sample)
+    return _finite(b, xp.mean(per_sample), "js.penalties.frobenius")
 
 
 def gradient_norm(loss_fn: Callable, x: Array) -> Array:
@@ -345,11 +366,11 @@ def gradient_norm(loss_fn: Callable, x: Array) -> Array:
     if m == 1:
         ones = xp.ones((1, 1), dtype=J.dtype, device=J.device)
         g = J._mm(ones, adjoint=True, grad=True)[:, 0]
-        return xp.sum(g * g)
+        return _finite(b, xp.sum(g * g), "js.penalties.gradient_norm")
     if len(x.shape) >= 1 and m == B and tuple(J.value.shape) == (B,):
         ones = xp.ones((B, 1), dtype=J.dtype, device=J.device)
         g = xp.reshape(J._mm(ones, adjoint=True, grad=True)[:, 0], (B, -1))
-        return xp.mean(xp.sum(g * g, axis=-1))
+        return _finite(b, xp.mean(xp.sum(g * g, axis=-1)), "js.penalties.gradient_norm")
     raise ValueError(
         "Expected loss_fn to return a scalar or one loss per sample, shape "
         f"({B},). Received output shape {tuple(J.value.shape)}."

@@ -29,7 +29,7 @@ def make_trainer(backend: str, weights: Any, dtype: str = "float32") -> Any:
 def penalty(js_penalties: Any, name: str, f: Any, x: Any, per_sample_loss: Any, seed: Any) -> Any:
     """The named penalty of ``f`` on the batch ``x`` (shared by the three trainers)."""
     if name == "spectral":
-        return js_penalties.spectral(f, x, num_matvecs=6)
+        return js_penalties.spectral(f, x)
     if name == "frobenius":
         return js_penalties.frobenius(f, x, num_projections=1, seed=seed)
     if name == "gradient_norm":

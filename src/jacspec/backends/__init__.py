@@ -29,6 +29,7 @@ __all__ = [
     "infer_backend",
     "available_backends",
     "collection_leaves",
+    "model_backend",
 ]
 
 #: Supported backends, by name, and the top-level module that must be imported for an
@@ -110,6 +111,18 @@ def infer_backend(*objs: Any, what: str = "arrays") -> Backend:
     if not found:
         raise TypeError(f"Expected {what} to include at least one array. Received none.")
     return next(iter(found.values()))
+
+
+def model_backend(model: Any) -> Backend:
+    """The backend whose framework ``model`` belongs to (``torch.nn.Module``, Keras),
+    asking only frameworks already imported."""
+    for name, module in BACKEND_NAMES.items():
+        if module in sys.modules and get_backend(name).owns_model(model):
+            return get_backend(name)
+    raise TypeError(
+        "Expected a torch.nn.Module or a Keras model. Received "
+        f"{type(model).__module__}.{type(model).__qualname__}."
+    )
 
 
 def available_backends() -> dict[str, str | None]:

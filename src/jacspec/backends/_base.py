@@ -152,6 +152,80 @@ class Backend:
         """Context in which products need record no gradient (torch: ``no_grad``)."""
         return contextlib.nullcontext()
 
+    # -- what the solvers' loops use --------------------------------------------------
+    #: Whether arrays may change shape from step to step at no cost outside a trace: the
+    #: Krylov steps then work on the filled rows of their buffers only. False where the
+    #: framework compiles every new shape eagerly (JAX).
+    dynamic_shapes: bool = True
+
+    def cond(self, pred: Array, true_fn: Callable[[], Any], false_fn: Callable[[], Any]
+             ) -> Any:
+        """``true_fn()`` if the 0-d boolean ``pred`` holds, else ``false_fn()``: a host
+        read and a Python branch by default; inside a trace, the framework's branch
+        (``lax.cond``, ``tf.cond``), which runs one side only."""
+        return true_fn() if self.to_bool(pred) else false_fn()
+
+    def fori_loop(self, lo: int, hi: int, body: Callable[[Any, Any], Any], carry: Any
+                  ) -> Any:
+        """``carry = body(i, carry)`` for ``i`` in ``[lo, hi)``: a Python loop by
+        default; JAX compiles it as one loop whose body is traced once."""
+        for i in range(lo, hi):
+            carry = body(i, carry)
+        return carry
+
+    def set_row(self, X: Array, j: Any, x: Array, start: int = 0) -> Array:
+        """``X`` (..., J, W) with ``X[..., j, start:start + t] = x`` (``x``: (..., t));
+        ``j`` may be a traced index. Only solver work buffers are written, and the rows
+        written are zero before: adapters may write in place (torch). The default is
+        functional (a select on the row index)."""
+        xp = self.solver_xp
+        J, W, t = int(X.shape[-2]), int(X.shape[-1]), int(x.shape[-1])
+        rows = xp.arange(J, device=self.device(X))[:, None] == j
+        if t == W:
+            return xp.where(rows, x[..., None, :], X)
+        lead = tuple(int(d) for d in x.shape[:-1])
+        pad = [xp.zeros(lead + (start,), dtype=X.dtype, device=self.device(X)), x,
+               xp.zeros(lead + (W - t - start,), dtype=X.dtype, device=self.device(X))]
+        x = xp.concat(pad, axis=-1)
+        return X + xp.where(rows, x[..., None, :], xp.zeros_like(X))  # other entries kept
+
+    def hash_uniform(self, shape: tuple[int, ...], *, dtype: Any, seed: Any) -> Array:
+        """Generic directions (breakdown restarts) inside a traced loop, where ``seed``
+        may be traced. The default draws normal samples (``seed`` a Python int)."""
+        return self.normal(shape, dtype=dtype, device=None, seed=int(seed))
+
+    # -- convolutions and models (js.conv) ----------------------------------------------
+    #: The framework's own conv kernel layout (the default of ``layout=``).
+    conv_layout: str = "OIHW"
+    #: Whether the framework's images are channels-last (NHWC): the layout of the vectors
+    #: a conv operator acts on.
+    channels_last: bool = False
+
+    def read(self, x: Any) -> Array:
+        """The array behind a framework variable (a ``tf.Variable`` reads as a tensor)."""
+        return x
+
+    def conv2d(self, x: Array, w: Array, *, stride: tuple[int, int],
+               pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+        """Cross-correlation of ``x`` ``(N, C, H, W)`` with ``w`` ``(O, C, h, w)``,
+        ``pads = ((top, bottom), (left, right))`` zeros."""
+        raise NotImplementedError(f"{self.name} has no conv2d.")
+
+    def conv2d_adjoint(self, y: Array, w: Array, *, stride: tuple[int, int],
+                       pads: tuple[tuple[int, int], tuple[int, int]],
+                       input_hw: tuple[int, int]) -> Array:
+        """The exact adjoint of :meth:`conv2d`, ``(N, C, H, W)``."""
+        raise NotImplementedError(f"{self.name} has no conv2d.")
+
+    def owns_model(self, model: Any) -> bool:
+        """Whether ``model`` is a model of this framework (``js.conv.layer_report``)."""
+        return False
+
+    def conv_layers(self, model: Any, input_shape: tuple[int, ...]) -> list:
+        """The conv and dense layers of ``model`` in forward order (see
+        ``js.conv.layer_report``)."""
+        raise TypeError(f"{self.name} models have no layer report.")
+
     # -- autodiff ------------------------------------------------------------------
     def linearize(self, f: Callable, x: Array, *, batched: bool) -> Linearization:
         """Jacobian of ``f`` at ``x`` (see :class:`Linearization`)."""

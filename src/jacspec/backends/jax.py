@@ -148,33 +148,29 @@ class JaxBackend(Backend):
             Q = jnp.conj(Q)
         return jnp.einsum("...ts,...js->...tj", W, Q)
 
+    # Eager JAX compiles every new shape: solver buffers keep their width.
+    dynamic_shapes = False
+    conv_layout = "HWIO"
+    channels_last = True
+
     def cond(self, pred, true_fn, false_fn):
-        """``lax.cond``: inside a trace, a Krylov step runs its breakdown repair only
-        when some sample broke down (see ``solvers.decomp._extend_branching``)."""
-        return jax.lax.cond(pred, true_fn, false_fn)
+        """``lax.cond`` inside a trace (one branch runs); a Python branch eagerly."""
+        if isinstance(pred, jax.core.Tracer):
+            return jax.lax.cond(pred, true_fn, false_fn)
+        return true_fn() if bool(pred) else false_fn()
 
     def fori_loop(self, lo: int, hi: int, body, carry):
-        """``lax.fori_loop``: traced Krylov solves run their steps as one compiled loop
-        (see ``solvers.decomp._compiled``)."""
+        """``lax.fori_loop``: the body is traced once, so a traced solve compiles the size
+        of one step, not of its budget."""
         return jax.lax.fori_loop(lo, hi, body, carry)
 
-    # Solver buffer writes (``solvers.decomp._put_row``/``_put_col``): functional, so that
-    # they are usable inside a trace.
-    functional_set = True
-
-    def set_row(self, X, j, x):
-        """``X`` (..., J, s) with row ``j`` replaced by ``x`` (..., s): a select on the row
-        index. (A dynamic-update-slice of the basis that the step's projections then read
-        made XLA:CPU copy the whole basis several times per step; the select measured
-        2-5% faster on the benchmark's Lanczos rows.)"""
+    def set_row(self, X, j, x, start=0):
+        """A select on the row index: a dynamic-update-slice of the basis that the step's
+        projections then read made XLA:CPU copy the whole basis several times a step."""
+        if start or x.shape[-1] != X.shape[-1]:
+            return super().set_row(X, j, x, start)
         rows = jnp.arange(X.shape[-2])[:, None] == j
         return jnp.where(rows, x[..., None, :].astype(X.dtype), X)
-
-    def set_column(self, X, j, x, start=0):
-        """``X`` (..., s, J) with rows ``start:start + t`` of column ``j`` replaced by
-        ``x`` (..., t)."""
-        idx = (0,) * (X.ndim - 2) + (start, j)
-        return jax.lax.dynamic_update_slice(X, x[..., None].astype(X.dtype), idx)
 
     def tree_leaves(self, x: Any) -> list:
         return jax.tree_util.tree_leaves(x)

@@ -154,6 +154,22 @@ class TensorflowBackend(Backend):
     def all_finite(self, x) -> bool:
         return bool(tf.reduce_all(tf.math.is_finite(x)))
 
+    conv_layout = "HWIO"
+    channels_last = True
+
+    def cond(self, pred, true_fn, false_fn):
+        """``tf.cond`` inside ``tf.function`` (one branch runs); a Python branch eagerly."""
+        if not tf.executing_eagerly():
+            return tf.cond(pred, true_fn, false_fn)
+        return true_fn() if bool(pred) else false_fn()
+
+    def read(self, x):
+        return tf.convert_to_tensor(_watchable(x))
+
+    def owns_model(self, model) -> bool:
+        mods = {c.__module__.split(".")[0] for c in type(model).__mro__}
+        return bool(mods & {"keras", "tensorflow", "tf_keras"})
+
     # -- autodiff ------------------------------------------------------------------
     def _point(self, x: Any, *, batched: bool) -> list:
         """The tensors tapes watch for an array or a parameter collection (the

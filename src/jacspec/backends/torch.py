@@ -288,21 +288,14 @@ class TorchBackend(Backend):
     def no_grad(self):
         return torch.no_grad()
 
-    def set_row(self, X, j, x):
-        """Write ``x`` (..., s) into row ``j`` of ``X`` (..., J, s) in place; returns X.
-
-        Only for solver work buffers, which never require grad (the solvers run under
-        ``no_grad``), see ``solvers.decomp._put_row``."""
-        X[..., j, :] = x
+    def set_row(self, X, j, x, start=0):
+        """In place (solver work buffers never require grad: the solvers run under
+        ``no_grad``); returns ``X``."""
+        X[..., j, start:start + x.shape[-1]] = x
         return X
 
-    def set_column(self, X, j, x, start=0):
-        """Write ``x`` (..., t) into rows ``start:start + t`` of column ``j`` of ``X``
-        (..., s, J) in place; returns X.
-
-        Only for solver work buffers, see :meth:`set_row`."""
-        X[..., start:start + x.shape[-1], j] = x
-        return X
+    def owns_model(self, model) -> bool:
+        return isinstance(model, torch.nn.Module)
 
     # -- autodiff ------------------------------------------------------------------
     def _point(self, x: Any, *, batched: bool) -> tuple[list, list, Any]:

@@ -1,12 +1,14 @@
-"""Dense solvers: materialize the operator from ``min(m, n)`` products, then an exact
-batched SVD / Hermitian eigendecomposition of the framework."""
+"""Dense solvers: materialize the operator from ``min(m, n)`` products (one block),
+then an exact batched SVD / Hermitian eigendecomposition of the framework."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..interop import materialize
-from .decomp import Context, KrylovResult, select
+from .context import Context
+from .driver import KrylovResult
+from .ritz import eig_ritz
 
 Array = Any
 
@@ -23,31 +25,23 @@ def _matrix(ctx: Context) -> Array:
     return M
 
 
-def _done(ctx: Context, values: Array) -> tuple[Array, Array]:
-    xp = ctx.xp
-    res = xp.zeros_like(values)
-    return res, res == 0
+def _exact(values: Array) -> tuple[Array, Array]:
+    zero = values * 0
+    return zero, zero == 0
 
 
 def svd_dense(ctx: Context, k: int) -> KrylovResult:
     """Top-``k`` singular triplets of the materialized matrix (``ctx`` not adjointed)."""
     xp = ctx.xp
-    M = _matrix(ctx)
-    U, S, Vh = xp.linalg.svd(M, full_matrices=False)
+    U, S, Vh = xp.linalg.svd(_matrix(ctx), full_matrices=False)
     values = S[..., :k]
-    res, conv = _done(ctx, values)
-    right = ctx.H(Vh)[..., :k]
-    return KrylovResult(values, U[..., :k], right, res, conv, ctx.count)
+    res, conv = _exact(values)
+    return KrylovResult(values, U[..., :k], ctx.H(Vh)[..., :k], res, conv, ctx.count)
 
 
 def eig_dense(ctx: Context, k: int, *, which: str) -> KrylovResult:
     """``k`` wanted eigenpairs of the Hermitian part of the materialized matrix."""
-    xp = ctx.xp
     M = _matrix(ctx)
-    M = (M + ctx.H(M)) / 2
-    theta, S = xp.linalg.eigh(M)
-    P = select(ctx, theta, which, k)
-    values = xp.sum(theta[:, :, None] * P, axis=-2)
-    vectors = xp.matmul(S, ctx.cast(P))
-    res, conv = _done(ctx, values)
+    values, vectors, _ = eig_ritz(ctx, (M + ctx.H(M)) / 2, int(M.shape[-1]), which, k)
+    res, conv = _exact(values)
     return KrylovResult(values, None, vectors, res, conv, ctx.count)

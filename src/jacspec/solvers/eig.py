@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..operators import LinearOperator
-from . import _validate as V
-from .decomp import Context, KrylovResult, eig_lanczos
-from .dense import eig_dense
-from .power import eig_power
-from .svd import _squeeze, auto_is_dense
+from .. import validate as V
+from .solve import check_budget, resolve_method, solve_eig
+from .svd import squeeze
 
 Array = Any
 
@@ -37,29 +34,6 @@ class EighResult(NamedTuple):
     converged: Any
     num_matvecs: int
     residuals: Any
-
-
-def _solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float,
-               maxiter: int | None, v0: Array | None, seed: int | None,
-               ncv: int | None = None) -> KrylovResult:
-    ctx = Context(op, seed=seed)
-    if method == "dense":
-        return eig_dense(ctx, k, which=which)
-    start = None
-    if v0 is not None:
-        start = v0 if op.batch_shape else v0[None]
-    if method == "lanczos":
-        return eig_lanczos(ctx, k, which=which, tol=tol, maxiter=maxiter, v0=start, ncv=ncv)
-    if which == "LM":
-        return eig_power(ctx, k, which="LM", tol=tol, maxiter=maxiter, v0=start)
-    # LA / SA: iterate on +-A + rho I, rho an estimate of the spectral radius, so the
-    # wanted end of the spectrum dominates.
-    est = eig_power(ctx, 1, which="LM", tol=1e-2, maxiter=maxiter, v0=start)
-    xp = ctx.xp
-    rho = xp.abs(est.values[:, 0]) * 1.1
-    rest = None if maxiter is None else max(maxiter - ctx.count, k)
-    return eig_power(ctx, k, which=which, tol=tol, maxiter=rest, v0=start, shift=rho,
-                     sign=1.0 if which == "LA" else -1.0)
 
 
 def eigsh(op: Any, k: int = 1, *, which: str = "LM", method: str = "auto",
@@ -122,15 +96,15 @@ def eigsh(op: Any, k: int = 1, *, which: str = "LM", method: str = "auto",
     which = V.choice(which, V.WHICH, "which")
     method = V.choice(method, V.METHODS, "method")
     k, tol, maxiter, seed, v0, ncv = V.check_common(op, k, tol, maxiter, seed, v0, ncv)
-    if method == "auto":
-        method = "dense" if auto_is_dense(op.shape, k, 1) else "lanczos"
+    method = resolve_method(method, op, k, hermitian=True)
+    check_budget(op, k, method, maxiter, which=which)
     with op._backend.no_grad():
-        out = _solve_eig(op, k, which=which, method=method, tol=tol, maxiter=maxiter,
-                         v0=v0, seed=seed, ncv=ncv)
+        out = solve_eig(op, k, which=which, method=method, tol=tol, maxiter=maxiter,
+                        v0=v0, seed=seed, ncv=ncv)
     return EighResult(
-        values=_squeeze(op, out.values),
-        vectors=_squeeze(op, out.right) if return_vectors else None,
-        converged=_squeeze(op, out.converged),
+        values=squeeze(op, out.values),
+        vectors=squeeze(op, out.right) if return_vectors else None,
+        converged=squeeze(op, out.converged),
         num_matvecs=int(out.num_matvecs),
-        residuals=_squeeze(op, out.residuals),
+        residuals=squeeze(op, out.residuals),
     )

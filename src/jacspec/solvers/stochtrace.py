@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import validate as V
 from ..interop import materialize
-from . import _validate as V
-from .decomp import Context
+from .context import Context
 
 Array = Any
 
@@ -105,6 +105,7 @@ def trace(op: Any, *, num_probes: int = 30, method: str = "hutch++", seed: int |
     True
     """
     op = V.as_operator(op)
+    V.check_nonempty(op)
     V.check_square(op, "trace")
     method = V.choice(method, V.TRACE_METHODS, "method")
     probes = V.choice(probes, V.PROBES, "probes")
@@ -112,6 +113,7 @@ def trace(op: Any, *, num_probes: int = 30, method: str = "hutch++", seed: int |
     p = V.check_positive_int(num_probes, "num_probes", minimum=3 if method == "hutch++" else 1)
     ctx = Context(op, seed=seed)
     out = hutchpp(ctx, p, probes) if method == "hutch++" else hutchinson(ctx, p, probes)
+    ctx.check_finite(out)
     return out if op.batch_shape else out[0]
 
 
@@ -146,6 +148,7 @@ def frobenius_norm(op: Any, *, num_probes: int | None = None, seed: int | None =
     True
     """
     op = V.as_operator(op)
+    V.check_nonempty(op)
     seed = V.check_seed(seed)
     xp = op.xp
     ctx = Context(op, seed=seed)
@@ -161,5 +164,6 @@ def frobenius_norm(op: Any, *, num_probes: int | None = None, seed: int | None =
     G = G / ctx.cast(xp.linalg.vector_norm(G, axis=-2, keepdims=True))
     R = _apply(ctx, G, adjoint=True)  # (B, n, p)
     sq = xp.sum(xp.sum(xp.real(ctx.conj(R) * R), axis=-1), axis=-1) * (m / p)
+    ctx.check_finite(sq)
     out = xp.sqrt(sq)
     return out if op.batch_shape else out[0]

@@ -4,40 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .. import validate as V
 from ..operators import LinearOperator
-from . import _validate as V
-from .decomp import Context, KrylovResult, svd_lanczos
-from .dense import svd_dense
-from .power import svd_power
+from .solve import check_budget, resolve_method, solve_eig, solve_svd
 
 Array = Any
-
-# ``method="auto"``: dense when materializing (min(m, n) products, taken as ONE block
-# product, then a LAPACK-class factorization) costs less than the Krylov products Lanczos
-# is expected to need. Block products are several times cheaper per column than the
-# sequential products of a Krylov loop, hence the factor (measured by
-# ``jacspec.bench.rows``, row "auto vs best").
-AUTO_EXPECTED_STEPS = 20
-AUTO_BLOCK_ADVANTAGE = 2.0
-# For the SVD (two products per step, a materialization from the smaller side) the
-# measured crossover on square maps R^s -> R^s (``jacspec bench``, row "auto/best", torch
-# CPU) lies near s = 128 (dense and Lanczos equal there; dense 2x faster at s = 64,
-# Lanczos 2.5x faster at s = 256).
-AUTO_BLOCK_ADVANTAGE_SVD = 3.0
-
-
-def expected_krylov_products(k: int, products_per_step: int) -> int:
-    """Products a Lanczos-type solver typically needs for ``k`` values at ``sqrt(eps)``."""
-    return products_per_step * max(2 * k + 1, k + AUTO_EXPECTED_STEPS)
-
-
-def auto_is_dense(shape: tuple[int, int], k: int, products_per_step: int) -> bool:
-    """The ``method="auto"`` rule: dense iff
-    ``min(m, n) <= c * products_per_step * max(2k + 1, k + 20)`` with ``c = 3`` for the
-    SVD (``products_per_step = 2``) and ``c = 2`` otherwise (for ``svds`` with ``k = 1``:
-    ``min(m, n) <= 126``; for ``eigsh``: ``n <= 42``)."""
-    c = AUTO_BLOCK_ADVANTAGE_SVD if products_per_step == 2 else AUTO_BLOCK_ADVANTAGE
-    return min(shape) <= c * expected_krylov_products(k, products_per_step)
 
 
 class SVDResult(NamedTuple):
@@ -66,34 +37,11 @@ class SVDResult(NamedTuple):
     residuals: Any
 
 
-def _squeeze(op: LinearOperator, x: Array | None) -> Array | None:
+def squeeze(op: LinearOperator, x: Array | None) -> Array | None:
+    """Drop the batch-of-one axis of an unbatched operator's results."""
     if x is None or op.batch_shape:
         return x
     return x[0]
-
-
-def _solve_svd(op: LinearOperator, k: int, *, method: str, tol: float,
-               maxiter: int | None, v0: Array | None, seed: int | None,
-               ncv: int | None = None, vectors: bool = True) -> KrylovResult:
-    """Batched (leading B) top-k triplets of ``op``, no gradient. ``method`` resolved."""
-    m, n = op.shape
-    if method == "dense":
-        return svd_dense(Context(op, seed=seed), k)
-    adjoint = m < n  # iterate from the smaller side: the basis fills in min(m, n) steps
-    ctx = Context(op, adjoint=adjoint, seed=seed)
-    start = None
-    if v0 is not None:
-        start = v0 if op.batch_shape else v0[None]
-        if adjoint:
-            start = ctx.mv(start, adjoint=True)  # A v0 in R^m
-    if method == "lanczos":
-        out = svd_lanczos(ctx, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv,
-                          vectors=vectors)
-    else:
-        out = svd_power(ctx, k, tol=tol, maxiter=maxiter, v0=start)
-    if adjoint:
-        out = out._replace(left=out.right, right=out.left)
-    return out
 
 
 def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
@@ -173,18 +121,18 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
     op = V.as_operator(op)
     method = V.choice(method, V.METHODS, "method")
     k, tol, maxiter, seed, v0, ncv = V.check_common(op, k, tol, maxiter, seed, v0, ncv)
-    if method == "auto":
-        method = "dense" if auto_is_dense(op.shape, k, 2) else "lanczos"
+    method = resolve_method(method, op, k, hermitian=False)
+    check_budget(op, k, method, maxiter)
     with op._backend.no_grad():
-        out = _solve_svd(op, k, method=method, tol=tol, maxiter=maxiter, v0=v0, seed=seed,
-                         ncv=ncv, vectors=return_vectors)
+        out = solve_svd(op, k, method=method, tol=tol, maxiter=maxiter, v0=v0, seed=seed,
+                        ncv=ncv, vectors=return_vectors)
     return SVDResult(
-        values=_squeeze(op, out.values),
-        left=_squeeze(op, out.left) if return_vectors else None,
-        right=_squeeze(op, out.right) if return_vectors else None,
-        converged=_squeeze(op, out.converged),
+        values=squeeze(op, out.values),
+        left=squeeze(op, out.left) if return_vectors else None,
+        right=squeeze(op, out.right) if return_vectors else None,
+        converged=squeeze(op, out.converged),
         num_matvecs=int(out.num_matvecs),
-        residuals=_squeeze(op, out.residuals),
+        residuals=squeeze(op, out.residuals),
     )
 
 
@@ -223,21 +171,19 @@ def spectral_norm(op: Any, *, method: str = "auto", tol: float | None = None,
     (3.0, [[1.0, 0.0], [0.0, 0.0]])
     """
     op = V.as_operator(op)
+    V.check_nonempty(op)
     method = V.choice(method, V.METHODS, "method")
     tol = V.check_tol(tol, op)
     maxiter = V.check_maxiter(maxiter)
     seed = V.check_seed(seed)
     b, xp = op._backend, op.xp
     batched = bool(op.batch_shape)
+    method = resolve_method(method, op, 1, hermitian=op.is_hermitian)
+    check_budget(op, 1, method, maxiter, which="LM" if op.is_hermitian else None)
     with b.no_grad():
         if op.is_hermitian:
-            from .eig import _solve_eig
-
-            m_ = method
-            if m_ == "auto":
-                m_ = "dense" if auto_is_dense(op.shape, 1, 1) else "lanczos"
-            out = _solve_eig(op, 1, which="LM", method=m_, tol=tol, maxiter=maxiter,
-                             v0=None, seed=seed)
+            out = solve_eig(op, 1, which="LM", method=method, tol=tol, maxiter=maxiter,
+                            v0=None, seed=seed)
             x = out.right[..., 0]
             lam = out.values[..., 0]
             one = xp.ones_like(lam)
@@ -245,10 +191,8 @@ def spectral_norm(op: Any, *, method: str = "auto", tol: float | None = None,
             v = x
             u = x * (xp.astype(sgn, op.dtype) if op.is_complex else sgn)[:, None]
         else:
-            if method == "auto":
-                method = "dense" if auto_is_dense(op.shape, 1, 2) else "lanczos"
-            out = _solve_svd(op, 1, method=method, tol=tol, maxiter=maxiter, v0=None,
-                             seed=seed)
+            out = solve_svd(op, 1, method=method, tol=tol, maxiter=maxiter, v0=None,
+                            seed=seed)
             u, v = out.left[..., 0], out.right[..., 0]
     u = b.stop_gradient(u)
     v = b.stop_gradient(v)

@@ -1,4 +1,4 @@
-"""Argument checks shared by the spectral solvers (run before any product)."""
+"""Argument checks shared by the public functions (run before any product)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..operators import LinearOperator
+from .operators import LinearOperator
 
 METHODS = ("auto", "dense", "lanczos", "power")
 WHICH = ("LM", "LA", "SA")
@@ -19,7 +19,7 @@ def as_operator(op: Any) -> LinearOperator:
     """``op`` itself, or an explicit array wrapped by :func:`jacspec.aslinearoperator`."""
     if isinstance(op, LinearOperator):
         return op
-    from ..interop import aslinearoperator
+    from .interop import aslinearoperator
 
     try:
         return aslinearoperator(op)
@@ -106,6 +106,15 @@ def check_v0(v0: Any, op: LinearOperator) -> Any:
     return op._check_vector(v0, op.shape[1], block=False)
 
 
+def check_nonempty(op: LinearOperator) -> None:
+    """An operator with an empty side has no spectrum."""
+    if min(op.shape) == 0:
+        raise ValueError(
+            f"Expected an operator with non-empty input and output. Received shape "
+            f"{op.shape}."
+        )
+
+
 def check_square(op: LinearOperator, what: str) -> None:
     if op.shape[0] != op.shape[1]:
         raise ValueError(f"Expected a square operator for {what}. Received shape {op.shape}.")
@@ -115,6 +124,7 @@ def check_common(op: LinearOperator, k: int, tol: Any, maxiter: Any, seed: Any, 
                  ncv: Any) -> tuple[int, float, int | None, int | None, Any, int | None]:
     """The checks ``svds`` and ``eigsh`` share, in order; returns the cleaned values
     ``(k, tol, maxiter, seed, v0, ncv)``."""
+    check_nonempty(op)
     k = check_k(k, op)
     tol = check_tol(tol, op)
     maxiter = check_maxiter(maxiter)

@@ -1,0 +1,184 @@
+"""A (possibly batched, possibly adjointed) operator seen by the solvers as a batch of
+problems: products without gradient, counted; seeded random vectors; small helpers.
+
+Every solver works on a leading batch axis ``B`` (an unbatched operator is a batch of
+one), so one product per step advances all ``B`` problems.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..operators import LinearOperator
+
+Array = Any
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Context:
+    """The operator ``A`` (or its adjoint, ``adjoint=True``) as a batch of problems.
+
+    Attributes
+    ----------
+    B : int
+        Batch size (1 for an unbatched operator).
+    n_in, n_out : int
+        Sizes of the vectors the (possibly adjointed) operator takes and returns.
+    traced : bool
+        Whether the products are traced (``jax.jit``, ``tf.function``): then no host
+        reads, a fixed number of steps, and loops compiled by ``Backend.fori_loop``.
+    count : int
+        Products taken so far, per sample.
+    """
+
+    def __init__(self, op: LinearOperator, *, adjoint: bool = False,
+                 seed: int | None = 0) -> None:
+        self.op = op
+        self.adj = adjoint
+        self.backend = op._backend
+        self.xp = self.backend.solver_xp
+        self.batched = bool(op.batch_shape)
+        self.B = op.batch_shape[0] if self.batched else 1
+        m, n = op.shape
+        self.n_in, self.n_out = (m, n) if adjoint else (n, m)
+        self.dtype = op.dtype
+        self.device = op.device
+        name = self.backend.dtype_name(op.dtype)
+        self.is_complex = name.startswith("complex")
+        self.real_name = {"complex64": "float32", "complex128": "float64"}.get(name, name)
+        self.real_dtype = self.backend.dtype_from_name(self.real_name)
+        fi = np.finfo(self.real_name)
+        self.eps = float(fi.eps)
+        self.tiny = float(fi.tiny) * 1e3
+        self.tiny_normal = float(fi.tiny)
+        self.count = 0
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**31 - 1))
+        self.seed = int(seed)
+        self._draws = 0
+        self.traced = op.traced
+
+    @property
+    def sliced(self) -> bool:
+        """Whether the filled part of a fixed-width buffer may be sliced out (a view
+        whose shape changes from step to step): outside a trace, where the framework
+        does not compile per shape (``Backend.dynamic_shapes``)."""
+        return not self.traced and self.backend.dynamic_shapes
+
+    # -- products --------------------------------------------------------------------
+    def mm(self, V: Array, *, adjoint: bool = False) -> Array:
+        """The operator (``adjoint``: its adjoint) on blocks ``(B, n_in, k)``."""
+        a = adjoint != self.adj
+        self.count += int(V.shape[-1])
+        if self.batched:
+            return self._seen(self.op._mm(V, adjoint=a, grad=False))
+        return self._seen(self.op._mm(V[0], adjoint=a, grad=False)[None])
+
+    def mv(self, v: Array, *, adjoint: bool = False) -> Array:
+        """The operator on single vectors ``(B, n_in)`` (the operator's ``_mv``)."""
+        a = adjoint != self.adj
+        self.count += 1
+        if self.batched:
+            return self._seen(self.op._mv(v, adjoint=a))
+        return self._seen(self.op._mv(v[0], adjoint=a)[None])
+
+    def loop(self, body: Any, state: Any, num_steps: int, per_step: int) -> Any:
+        """``state = body(i, state)`` for ``i < num_steps``: a Python loop outside a
+        trace, one compiled loop inside (``Backend.fori_loop``: the body is traced once,
+        so the program stays the size of one step); ``per_step`` products a step."""
+        if not self.traced or num_steps <= 1:
+            for i in range(num_steps):
+                state = body(i, state)
+            return state
+        count = self.count
+        out = self.backend.fori_loop(0, num_steps, body, state)
+        self.count = count + per_step * num_steps
+        return out
+
+    def _seen(self, out: Array) -> Array:
+        if not self.traced and self.backend.is_traced(out):
+            self.traced = True
+        return out
+
+    # -- random vectors -----------------------------------------------------------------
+    def _next_seed(self) -> int:
+        self._draws += 1
+        return (self.seed + 7919 * self._draws) % (2**31 - 1)
+
+    def random(self, shape: tuple[int, ...]) -> Array:
+        """Standard normal samples of the op's dtype, a fresh deterministic draw."""
+        return self.backend.normal(tuple(shape), dtype=self.dtype, device=self.device,
+                                   seed=self._next_seed())
+
+    def restart_vector(self, s: int, step: Any = 0) -> Array:
+        """A generic ``(B, s)`` direction for a breakdown restart. Inside a trace it
+        comes from ``Backend.hash_uniform`` salted with the (traced) ``step``: a compiled
+        loop traces its body once, and counter-based normal draws cost more than a
+        Krylov step there."""
+        if not self.traced:
+            return self.random((self.B, s))
+        seed = self._next_seed() + 104729 * step
+        return self.backend.hash_uniform((self.B, s), dtype=self.dtype, seed=seed)
+
+    def start(self, v0: Array | None) -> Array:
+        """A unit start vector per sample, ``(B, n_in)`` (random where ``v0`` is zero)."""
+        xp = self.xp
+        rnd = self.restart_vector(self.n_in)
+        v = rnd
+        if v0 is not None:
+            v = xp.where((self.norm(v0) <= self.tiny)[:, None], rnd, v0)
+        return v / self.cast(self.norm(v))[:, None]
+
+    # -- small helpers ------------------------------------------------------------------
+    def cast(self, x: Array) -> Array:
+        """A real array cast to the op's (possibly complex) dtype."""
+        return self.xp.astype(x, self.dtype) if self.is_complex else x
+
+    def conj(self, x: Array) -> Array:
+        return self.xp.conj(x) if self.is_complex else x
+
+    def H(self, X: Array) -> Array:
+        """Conjugate transpose of the last two axes."""
+        return self.conj(self.xp.matrix_transpose(X))
+
+    def norm(self, w: Array) -> Array:
+        return self.xp.linalg.vector_norm(w, axis=-1)
+
+    def zeros(self, shape: tuple[int, ...], real: bool = False) -> Array:
+        return self.xp.zeros(shape, dtype=self.real_dtype if real else self.dtype,
+                             device=self.device)
+
+    def full(self, shape: tuple[int, ...], value: float) -> Array:
+        return self.zeros(shape, real=True) + value
+
+    def check_finite(self, x: Array, what: str = "product") -> None:
+        """Raise FloatingPointError for NaN/Inf (a host read; nothing inside a trace)."""
+        if self.traced or self.backend.is_traced(x):
+            return
+        if not self.backend.all_finite(x):
+            raise FloatingPointError(f"A {what} with {self.op!r} produced NaN or Inf.")
+
+
+def warn_unconverged(what: str, nprod: int, why: str = "maxiter") -> None:
+    """The RuntimeWarning of a solve that stopped before ``tol``, attributed to the
+    first caller outside jacspec (the user's line)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    reason = {
+        "maxiter": f"stopped after {nprod} products (maxiter) before reaching tol",
+        "dtype": f"reached the accuracy the dtype allows after {nprod} products, short "
+                 "of tol",
+    }[why]
+    warnings.warn(
+        f"{what} {reason}; the unconverged values are flagged by converged=False. "
+        + ("Raise maxiter or tol." if why == "maxiter" else "Raise tol or use float64."),
+        RuntimeWarning,
+        stacklevel=level,
+    )

@@ -1,0 +1,369 @@
+"""The adaptive Krylov driver: steps until the Ritz residuals meet ``tol``.
+
+On top of the decompositions of :mod:`.krylov` and the extraction of :mod:`.ritz`:
+convergence checks on a data-driven schedule (one host read each), thick restarts when
+the basis is full, a guard against accepting convergence right after a breakdown, a
+check restart for ``k >= 2`` (so that every copy of a repeated value is found), the
+maxiter warning, and a final check of the returned vectors' true residuals where the
+dtype's rounding may reach ``tol``. Inside a trace (``jax.jit``, ``tf.function``) no
+host read is possible: a fixed budget of steps runs (:func:`run_budget`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from . import ritz
+from .context import Context, warn_unconverged
+from .krylov import KrylovState, decompose, gkl_step, init, lanczos_step
+
+Array = Any
+
+DEFAULT_MAXITER = 2000
+# Convergence checks (a small eigh/SVD and a host read) run every step while the basis is
+# small, then every ``J // CHECK_SPACING`` steps: at most that fraction of extra products.
+CHECK_SPACING = 6
+# The first check comes this many steps after the smallest acceptable basis (2k + 1
+# vectors): converging earlier needs a top value that dominates the rest by a factor of
+# ~20 at tol 1e-4, rare in derivatives of trained networks.
+FIRST_CHECK_DELAY = 2
+# Samples a first screen of a large eager batch looks at (see ``_probe_rows``).
+PROBES = 8
+# The returned vectors' true residuals are checked (k more products) when ``tol`` is
+# within this factor of the rounding level ``sqrt(size) * eps`` of the bases.
+TRUE_RESIDUAL_MARGIN = 10.0
+
+
+class KrylovResult(NamedTuple):
+    """Top Ritz values/vectors of a batch of problems (arrays with a leading B)."""
+
+    values: Array  # (B, k) real
+    left: Array  # (B, n_out, k) (GKL) or None
+    right: Array  # (B, n_in, k)
+    residuals: Array  # (B, k) real
+    converged: Array  # (B, k) bool
+    num_matvecs: int
+
+
+class Krylov(NamedTuple):
+    """A decomposition as the driver sees it."""
+
+    name: str
+    step: Callable[[Context, KrylovState], KrylovState]
+    per_step: int  # products a step
+    two_sided: bool
+
+
+GKL = Krylov("Golub-Kahan-Lanczos", gkl_step, 2, True)
+LANCZOS = Krylov("Lanczos", lanczos_step, 1, False)
+
+
+def basis_sizes(r: int, k: int, ncv: int | None, steps: int | None = None
+                ) -> tuple[int, int, int]:
+    """``(jmin, jmax, keep)``: the smallest basis that may be accepted, the basis size
+    at which a thick restart happens, and the Ritz vectors a restart keeps. ``steps``:
+    the number of steps a fixed budget (inside a trace) allows; the default basis then
+    shrinks to it (no restart happens, and smaller buffers are cheaper)."""
+    jmin = min(r, 2 * k + 1)
+    default = max(2 * k + 1, k + 32)
+    if steps is not None:
+        default = min(default, steps + 1)
+    jmax = min(r, max(jmin + 1, ncv if ncv is not None else default))
+    keep = min(jmax - 1, k + max(1, (jmax - k) // 2))
+    return jmin, jmax, keep
+
+
+def min_products(alg: Krylov, k: int, r: int) -> int:
+    """Products that produce ``k`` Ritz values: ``k`` steps (GKL's last step of a full
+    basis takes one product)."""
+    return k * alg.per_step - (1 if alg.two_sided and k == r else 0)
+
+
+def krylov_solve(ctx: Context, alg: Krylov, k: int, *, tol: float, maxiter: int | None,
+                 v0: Array | None = None, ncv: int | None = None, which: str = "LM",
+                 vectors: bool = True) -> KrylovResult:
+    """The top ``k`` singular triplets (GKL; iterate from the smaller side) or wanted
+    eigenpairs (Lanczos) of ``ctx``'s operator, to relative accuracy ``tol``."""
+    r = ctx.n_in
+    # A coupling below tol (relative) is an invariant subspace to the requested
+    # accuracy: treated as a breakdown, so that other copies of a repeated value show.
+    ctx.bd_rtol = max(ctx.eps ** 0.75, min(tol, 1e-2))
+    if ctx.traced:
+        steps = None if maxiter is None else (maxiter + alg.per_step - 1) // alg.per_step
+        jmin, jmax, keep = basis_sizes(r, k, ncv, steps)
+        limit = maxiter if maxiter is not None else jmax * alg.per_step - (
+            1 if alg.two_sided and jmax == r else 0)
+        s = run_budget(ctx, alg, init(ctx, v0, jmax, two_sided=alg.two_sided), limit,
+                       keep, which)
+        return finish(ctx, alg, s, k, tol, which, jmin, vectors)
+    jmin, jmax, keep = basis_sizes(r, k, ncv)
+    limit = maxiter if maxiter is not None else max(DEFAULT_MAXITER, alg.per_step * r)
+    s = init(ctx, v0, jmax, two_sided=alg.two_sided)
+    sched = _Schedule(tol)
+    verify = _Verify(ctx, k)
+    jcheck = min(r, jmin + FIRST_CHECK_DELAY)
+    since, found = 0, None
+    while s.j < r and not (s.j and ctx.count + _cost(alg, s.j, r) > limit):
+        s = alg.step(ctx, s)
+        since += 1
+        if s.j == r:
+            break
+        if s.j >= jmin and ((s.j >= jcheck and since >= sched.gap) or s.j == jmax):
+            since = 0
+            checked = _check(ctx, alg, s, k, tol, which, sched)
+            if checked is not None and verify.accept(checked[1]):
+                found = checked[0]
+                break
+            s = s._replace(force=verify.take())
+        if s.j == jmax:
+            s = _restart(ctx, alg, s, keep, which)
+    return finish(ctx, alg, s, k, tol, which, jmin, vectors, found)
+
+
+def _cost(alg: Krylov, j: int, r: int) -> int:
+    return 1 if alg.two_sided and j + 1 >= r else alg.per_step
+
+
+def _restart(ctx: Context, alg: Krylov, s: KrylovState, keep: int, which: str
+             ) -> KrylovState:
+    if alg.two_sided:
+        return ritz.gkl_restart(ctx, s, keep)
+    return ritz.lanczos_restart(ctx, s, keep, which)
+
+
+def run_budget(ctx: Context, alg: Krylov, s: KrylovState, limit: int, keep: int,
+               which: str) -> KrylovState:
+    """Steps while ``limit`` products last (at least one step), with thick restarts:
+    the fixed-budget path of traced solves and of fixed-cost callers."""
+    r, jmax = ctx.n_in, int(s.C.shape[-1])
+    while s.j < r and not (s.j and ctx.count + _cost(alg, s.j, r) > limit):
+        uniform = min(jmax, r - 1 if alg.two_sided else r) - s.j  # same-cost steps left
+        n = min(uniform, (limit - ctx.count) // alg.per_step) if uniform > 0 else 1
+        s = decompose(ctx, alg.step, s, max(n, 1), alg.per_step)
+        if s.j == jmax and s.j < r:
+            s = _restart(ctx, alg, s, keep, which)
+    return s
+
+
+def fresh_ok(ctx: Context, s: KrylovState, k: int) -> Array:
+    """``(B, 1)``: problems whose breakdown-free run is long enough to accept: after a
+    breakdown (which hides other copies of a repeated value) ``min(room, 2k + 1)``
+    vectors must follow, ``room`` the dimension left."""
+    xp = ctx.xp
+    room = ctx.n_in - s.fresh_from
+    need = xp.minimum(room, xp.zeros_like(room) + (2 * k + 1))
+    return ((s.j - s.fresh_from) >= need)[:, None]
+
+
+def _small(ctx: Context, alg: Krylov, s: KrylovState) -> Array:
+    return ritz.gkl_matrix(ctx, s) if alg.two_sided else ritz.lanczos_matrix(ctx, s)
+
+
+def _extract(ctx: Context, alg: Krylov, s: KrylovState, k: int, which: str, M: Array):
+    """``(values, left coords, right coords, reference of tol)`` of the small problem."""
+    xp = ctx.xp
+    if alg.two_sided:
+        S, X, Y = ritz.svd_ritz(ctx, M, s.j, k)
+        return S, X, Y, xp.max(S, axis=-1, keepdims=True)
+    vals, Y, radius = ritz.eig_ritz(ctx, M, s.j, which, k)
+    return vals, Y, Y, radius
+
+
+def _check(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
+           sched: _Schedule):
+    """A convergence check: ``(ritz, converged flags (B, k))``, or ``None`` where a
+    cheaper screen (``k = 1``) already shows an unconverged problem. The schedule learns
+    the convergence rate from either."""
+    ok = fresh_ok(ctx, s, k)
+    M = _small(ctx, alg, s)
+    X = None
+    if k == 1 and ctx.sliced and s.j < int(s.C.shape[-1]):
+        worst, X = _screen(ctx, alg, s, M, tol, which, ok)
+        if worst > 1:
+            sched.observe(s.j, worst)
+            return None
+    ctx.check_finite(M)
+    if X is not None:  # GKL, k = 1: the screen's eigenvectors give the triplet
+        S, Xk, Y = ritz.top_triplet(ctx, M, X)
+        found = (S, Xk, Y, S)
+    else:
+        found = _extract(ctx, alg, s, k, which, M)
+    res = ritz.last_row_residuals(ctx, found[1], s.j, s.beta)
+    ref = tol * found[3]
+    sched.observe(s.j, ritz.worst_ratio(ctx, res, ref))
+    return found, (res <= ref) & ok
+
+
+def _screen(ctx: Context, alg: Krylov, s: KrylovState, M: Array, tol: float, which: str,
+            ok: Array) -> tuple[float, Array | None]:
+    """The worst ``residual / (tol * scale)`` as one host read (``inf`` where a problem
+    may not stop yet): of a few probe problems first in a large batch, where one
+    unconverged problem is enough to go on. Also the screen's eigenvectors (GKL)."""
+    rows = _probe_rows(ctx, s)
+    worst, X = math.inf, None
+    for sub in ([rows] if rows is not None else []) + [None]:
+        Ms, beta, oks = (M, s.beta, ok) if sub is None else (
+            _rows(ctx, M, sub), _rows(ctx, s.beta, sub), _rows(ctx, ok, sub))
+        try:
+            if alg.two_sided:
+                res, ref, X = ritz.svd_screen(ctx, Ms, beta, 1, tol)
+                mask = None
+            else:
+                res, ref, mask = ritz.eig_screen(ctx, Ms, beta, which, tol)
+        except Exception:
+            ctx.check_finite(M)  # NaN/Inf reported as such
+            raise
+        inf = ctx.xp.zeros_like(res) + math.inf
+        res = ctx.xp.where(oks, res, inf)
+        worst = ritz.finite_or_raise(ctx, ritz.worst_ratio(ctx, res, ref, mask), M)
+        if worst > 1:
+            break
+    return worst, X
+
+
+def _probe_rows(ctx: Context, s: KrylovState) -> Array | None:
+    """In a batch of more than ``2 * PROBES`` problems, the ``PROBES`` with the largest
+    coupling relative to their scale (the coupling bounds the residual from above)."""
+    if ctx.B <= 2 * PROBES:
+        return None
+    key = s.beta / (s.scale + ctx.tiny_normal)
+    return ctx.xp.argsort(key, descending=True)[:PROBES]
+
+
+def _rows(ctx: Context, x: Array, rows: Array) -> Array:
+    return ctx.xp.take(x, rows, axis=0)
+
+
+def finish(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
+           jmin: int, vectors: bool, found: Any = None) -> KrylovResult:
+    """The result of a decomposition: Ritz values, vectors, residuals, converged flags
+    (and, outside a trace, the maxiter warning)."""
+    xp = ctx.xp
+    r = ctx.n_in
+    exact = s.j == r
+    if exact and alg.two_sided and not vectors and ctx.sliced:
+        # The basis spans the smaller side: residuals are 0; only values are wanted.
+        M = _small(ctx, alg, s)
+        ctx.check_finite(M)
+        S = xp.linalg.svdvals(M)[:, :k]
+        zero = xp.zeros_like(S)
+        return KrylovResult(S, None, None, zero, zero <= 0, ctx.count)
+    if found is None:
+        M = _small(ctx, alg, s)
+        ctx.check_finite(M)
+        found = _extract(ctx, alg, s, k, which, M)
+    vals, X, Y, ref = found
+    res = ritz.last_row_residuals(ctx, X, s.j, s.beta)
+    conv = res <= tol * ref
+    if not exact:
+        conv = conv & fresh_ok(ctx, s, k)
+    if s.j < jmin:
+        conv = conv & (res < 0)
+    V = s.V[:, :s.j] if ctx.sliced else s.V
+    right = _unit_columns(ctx, xp.matmul(xp.matrix_transpose(V), Y))
+    left = None
+    if alg.two_sided:
+        Us = s.U[:, :s.j] if ctx.sliced else s.U
+        left = _unit_columns(ctx, xp.matmul(xp.matrix_transpose(Us), X))
+    why = "maxiter"
+    if not ctx.traced and _rounding_may_reach(ctx, tol):
+        true = _true_residuals(ctx, alg, vals, left, right)
+        res = xp.maximum(res, true)
+        short = ~(true <= tol * ref) & conv
+        conv = conv & ~short
+        if ctx.backend.any_true(short):
+            why = "dtype"
+    if not ctx.traced and not ctx.backend.all_true(conv):
+        warn_unconverged(alg.name, ctx.count, why)
+    return KrylovResult(vals, left, right, res, conv, ctx.count)
+
+
+def _unit_columns(ctx: Context, X: Array) -> Array:
+    """Columns scaled to unit norm (rounding in long bases leaves them off by up to
+    ``sqrt(size) * eps``); zero columns stay zero."""
+    xp = ctx.xp
+    nrm = xp.linalg.vector_norm(X, axis=-2)
+    return X / ctx.cast(xp.where(nrm > 0, nrm, xp.ones_like(nrm)))[:, None, :]
+
+
+def _rounding_may_reach(ctx: Context, tol: float) -> bool:
+    size = max(ctx.n_in, ctx.n_out)
+    return tol < TRUE_RESIDUAL_MARGIN * math.sqrt(size) * ctx.eps
+
+
+def _true_residuals(ctx: Context, alg: Krylov, vals: Array, left: Array | None,
+                    right: Array) -> Array:
+    """``||A^H u - sigma v||`` (GKL) or ``||A x - lambda x||`` (Lanczos) of the returned
+    vectors, from ``k`` more products."""
+    xp = ctx.xp
+    if alg.two_sided:
+        R = ctx.mm(left, adjoint=True) - right * ctx.cast(vals)[:, None, :]
+    else:
+        R = ctx.mm(right) - right * ctx.cast(vals)[:, None, :]
+    ctx.check_finite(R)
+    return xp.linalg.vector_norm(R, axis=-2)
+
+
+class _Schedule:
+    """When to check convergence next (deterministic, data-driven).
+
+    Every step while ``J < 2 * CHECK_SPACING``, then every ``J // CHECK_SPACING`` steps,
+    and further apart where the worst residual ratio ``res / (tol * scale)`` of the last
+    two checks, extrapolated linearly in log scale, says convergence is still far: half
+    the predicted steps (Krylov convergence accelerates, so the prediction errs long).
+    Before the first check the ratio is taken as ``1 / tol`` at step 0 (a random start's
+    residual is of the order of ``||A||``); a gap predicted from that guess is capped at
+    ``J`` (at most doubling the basis).
+    """
+
+    def __init__(self, tol: float) -> None:
+        self.gap = 1
+        self.prev: tuple[int, float] = (0, 1.0 / tol)
+
+    def observe(self, J: int, q: float) -> None:
+        gap = max(1, J // CHECK_SPACING)
+        if math.isfinite(q) and q > 1:
+            j0, q0 = self.prev
+            if q0 > q and J > j0:
+                rate = math.log(q0 / q) / (J - j0)
+                predicted = int(math.log(q) / rate / 2)
+                gap = max(gap, min(predicted, J) if j0 == 0 else predicted)
+            self.prev = (J, q)
+        self.gap = gap
+
+
+class _Verify:
+    """Per-problem check restart for ``k >= 2``, so that repeated values are all found.
+
+    A single Krylov sequence holds one copy of each repeated value; the other copies
+    appear only after a breakdown. When a problem first looks converged it is restarted
+    once with a random vector orthogonal to its basis (a forced breakdown) and must
+    converge again after ``2k + 1`` more vectors (:func:`fresh_ok`). ``k = 1`` needs no
+    check (the top value is found whatever its multiplicity).
+    """
+
+    def __init__(self, ctx: Context, k: int) -> None:
+        self.ctx = ctx
+        self.on = k > 1
+        self.done = ctx.zeros((ctx.B,), real=True) > 0 if self.on else None
+        self.force: Array | None = None
+
+    def accept(self, ok: Array) -> bool:
+        """Given per-value flags ``(B, k)``, whether the solver may stop now."""
+        xp, b = self.ctx.xp, self.ctx.backend
+        ready = xp.all(ok, axis=-1)
+        if not self.on:
+            return b.all_true(ready)
+        if b.all_true(ready & self.done):
+            return True
+        need = ready & ~self.done
+        if b.any_true(need):
+            self.force = need
+            self.done = self.done | need
+        return False
+
+    def take(self) -> Array | None:
+        force, self.force = self.force, None
+        return force

@@ -1,0 +1,122 @@
+"""Method dispatch shared by ``svds``, ``eigsh``, ``spectral_norm`` and the penalties:
+batched solves without gradient, with the method already validated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..operators import LinearOperator
+from .context import Context
+from .dense import eig_dense, svd_dense
+from .driver import GKL, LANCZOS, KrylovResult, krylov_solve, min_products
+from .power import eig_power_step, power_init, power_solve, svd_power_step
+
+Array = Any
+
+# ``method="auto"``: dense when materializing (min(m, n) products in ONE block, then a
+# LAPACK-class factorization) costs less than the sequential products Lanczos is
+# expected to need; a block product costs several times less per column than a Krylov
+# step (measured by ``jacspec bench``, row "auto/best").
+AUTO_EXPECTED_STEPS = 20
+AUTO_BLOCK_ADVANTAGE = 2.0
+AUTO_BLOCK_ADVANTAGE_SVD = 3.0
+
+
+def auto_is_dense(shape: tuple[int, int], k: int, products_per_step: int) -> bool:
+    """The ``method="auto"`` rule: dense iff
+    ``min(m, n) <= c * products_per_step * max(2k + 1, k + 20)`` with ``c = 3`` for the
+    SVD (``products_per_step = 2``) and ``c = 2`` otherwise (for ``svds`` with ``k = 1``:
+    ``min(m, n) <= 126``; for ``eigsh``: ``n <= 42``)."""
+    c = AUTO_BLOCK_ADVANTAGE_SVD if products_per_step == 2 else AUTO_BLOCK_ADVANTAGE
+    return min(shape) <= c * products_per_step * max(2 * k + 1, k + AUTO_EXPECTED_STEPS)
+
+
+def resolve_method(method: str, op: LinearOperator, k: int, *, hermitian: bool) -> str:
+    if method != "auto":
+        return method
+    return "dense" if auto_is_dense(op.shape, k, 1 if hermitian else 2) else "lanczos"
+
+
+def required_products(op: LinearOperator, k: int, method: str, *, which: str | None = None
+                      ) -> int:
+    """The fewest products that produce ``k`` values with ``method`` (``which`` given
+    for ``eigsh``): a smaller ``maxiter`` is a ValueError."""
+    r = min(op.shape)
+    if method == "dense":
+        return 1
+    if which is None:  # svds
+        return min_products(GKL, k, r) if method == "lanczos" else 2 * k
+    if method == "lanczos":
+        return min_products(LANCZOS, k, r)
+    return k if which == "LM" else k + 1
+
+
+def check_budget(op: LinearOperator, k: int, method: str, maxiter: int | None, *,
+                 which: str | None = None) -> None:
+    if maxiter is None:
+        return
+    need = required_products(op, k, method, which=which)
+    if maxiter < need:
+        raise ValueError(
+            f"Expected maxiter >= {need}: method={method!r} needs at least {need} "
+            f"products for k={k} values. Received maxiter={maxiter}."
+        )
+
+
+def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: int | None,
+              v0: Array | None, seed: int | None, ncv: int | None = None,
+              vectors: bool = True, u0: Array | None = None) -> KrylovResult:
+    """Batched (leading B) top-``k`` singular triplets of ``op``, no gradient. ``v0``
+    (right) or ``u0`` (left, ``batch_shape + (m,)``) start the iteration."""
+    m, n = op.shape
+    if method == "dense":
+        return svd_dense(Context(op, seed=seed), k)
+    adjoint = m < n  # iterate from the smaller side: the basis fills in min(m, n) steps
+    ctx = Context(op, adjoint=adjoint, seed=seed)
+    start = None
+    if v0 is not None:
+        start = v0 if op.batch_shape else v0[None]
+        if adjoint:
+            start = ctx.mv(start, adjoint=True)  # A v0 in R^m
+    elif u0 is not None:
+        start = u0 if op.batch_shape else u0[None]
+        if not adjoint:
+            start = ctx.mv(start, adjoint=True)  # A^H u0 in R^n
+    if method == "lanczos":
+        out = krylov_solve(ctx, GKL, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv,
+                           vectors=vectors)
+    else:
+        s = power_init(ctx, k, start, two_sided=True)
+        out = power_solve(ctx, lambda c: svd_power_step(ctx, c, tol), s, maxiter, 2 * k)
+    if adjoint:
+        out = out._replace(left=out.right, right=out.left)
+    return out
+
+
+def solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float,
+              maxiter: int | None, v0: Array | None, seed: int | None,
+              ncv: int | None = None) -> KrylovResult:
+    """Batched ``k`` wanted eigenpairs of the Hermitian ``op``, no gradient."""
+    ctx = Context(op, seed=seed)
+    if method == "dense":
+        return eig_dense(ctx, k, which=which)
+    start = None
+    if v0 is not None:
+        start = v0 if op.batch_shape else v0[None]
+    if method == "lanczos":
+        return krylov_solve(ctx, LANCZOS, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv,
+                            which=which)
+
+    def run(kk, wh, tl, limit, shift=None, sign=1.0, warn=True):
+        s = power_init(ctx, kk, start, two_sided=False)
+        return power_solve(ctx, lambda c: eig_power_step(ctx, c, tl, wh, shift, sign), s,
+                           limit, kk, warn=warn)
+
+    if which == "LM":
+        return run(k, "LM", tol, maxiter)
+    # LA / SA: iterate on +-A + rho I, rho an estimate of the spectral radius, so that the
+    # wanted end of the spectrum dominates.
+    est = run(1, "LM", 1e-2, None if maxiter is None else maxiter - k, warn=False)
+    rho = ctx.xp.abs(est.values[:, 0]) * 1.1
+    rest = None if maxiter is None else max(maxiter - ctx.count, k)
+    return run(k, which, tol, rest, rho, 1.0 if which == "LA" else -1.0)
