@@ -164,3 +164,88 @@ def reference_hessian(backend: str, f, x) -> np.ndarray:
         raise ValueError(backend)
     n = int(np.prod(to_numpy(x).shape))
     return to_numpy(H).reshape(n, n)
+
+
+# ------------------------------------------------------- models with parameter collections
+
+
+def _activation(backend: str, act: str):
+    if backend == "torch":
+        import torch
+
+        return {"tanh": torch.tanh, "softplus": torch.nn.functional.softplus}[act]
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        return {"tanh": jnp.tanh, "softplus": jax.nn.softplus}[act]
+    import tensorflow as tf
+
+    return {"tanh": tf.tanh, "softplus": tf.nn.softplus}[act]
+
+
+def _reshape(backend: str, a, shape):
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.reshape(a, shape)
+    return a.reshape(shape)
+
+
+class ParamMLP:
+    """An MLP whose weights are a parameter collection of the backend's own kind.
+
+    ``params`` is a torch dict named like ``named_parameters()``, a JAX pytree (a list of
+    ``{"W", "b"}`` dicts) or a list of ``tf.Variable``; every kind flattens in the order
+    ``W0, b0, W1, b1, ...``. ``apply(params, x)`` runs the network; ``apply_flat(theta, x)``
+    runs it from the flat vector (the reference Jacobians and Hessians differentiate it);
+    ``theta0`` is that vector at ``params``.
+    """
+
+    def __init__(self, backend: str, weights, dtype: str, act: str = "tanh") -> None:
+        self.backend, self.act = backend, _activation(backend, act)
+        self.shapes = [s for W, b in weights for s in (W.shape, b.shape)]
+        arrays = [from_numpy(a, backend, dtype) for W, b in weights for a in (W, b)]
+        flat = np.concatenate([a.ravel() for W, b in weights for a in (W, b)])
+        self.theta0 = from_numpy(flat, backend, dtype)
+        if backend == "torch":
+            self.params = {f"{'weight' if i % 2 == 0 else 'bias'}{i // 2}": a
+                           for i, a in enumerate(arrays)}
+        elif backend == "jax":
+            self.params = [{"W": arrays[i], "b": arrays[i + 1]} for i in range(0, len(arrays), 2)]
+        else:
+            import tensorflow as tf
+
+            self.params = [tf.Variable(a) for a in arrays]
+
+    def leaves(self, params) -> list:
+        if isinstance(params, dict):
+            return list(params.values())
+        if self.backend == "jax":
+            return [a for layer in params for a in (layer["W"], layer["b"])]
+        return list(params)
+
+    def _run(self, arrays, x):
+        n = len(arrays) // 2
+        for i in range(n):
+            W, b = arrays[2 * i], arrays[2 * i + 1]
+            if self.backend == "tensorflow":
+                import tensorflow as tf
+
+                x = tf.tensordot(x, tf.transpose(W), axes=1) + b
+            else:
+                x = x @ W.T + b
+            if i < n - 1:
+                x = self.act(x)
+        return x
+
+    def apply(self, params, x):
+        return self._run(self.leaves(params), x)
+
+    def apply_flat(self, theta, x):
+        arrays, start = [], 0
+        for s in self.shapes:
+            size = int(np.prod(s))
+            arrays.append(_reshape(self.backend, theta[start:start + size], s))
+            start += size
+        return self._run(arrays, x)

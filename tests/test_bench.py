@@ -69,3 +69,21 @@ def test_one_real_row(tmp_path, capsys):
     assert all(n is None or n >= 1 for n in d["lanczos"] + d["power"])
     assert len(d["lanczos"]) == len(d["power"]) >= 2
     assert rows[0]["ratio"] > 0
+
+
+def test_dataset_rows_small():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from jacspec.bench import rows_data
+
+    rows = rows_data.dataset_peers_torch(True, sizes=[64, 8, 10], nsamples=300)
+    ran = [r for r in rows if "skipped" not in r]
+    for r in ran:
+        d = r["details"]
+        assert r["ratio"] > 0 and d["jacspec_products"] >= 1
+        assert d["jacspec_err"] <= rows_data.ERR  # jacspec reaches the required accuracy
+        assert "300 samples" in r["configuration"]
+    mem = rows_data.dataset_memory_torch(True, shape=(64, 64, 2))
+    assert {r["name"] for r in mem} == {"dataset memory: product/forward+backward (torch)",
+                                        "dataset memory: product/one-batch HVP (torch)"}
+    assert all(r["details"]["dataset"] >= 0 for r in mem)

@@ -2,7 +2,8 @@
 that every block runs on its own).
 
 A page's blocks run with the backend the page is about, so each runs once per test
-session of that backend.
+session of that backend; a page about several frameworks (``None``) runs each block with
+the framework it imports first.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ PAGES = {
     "tutorials/slope.md": "torch",
     "tutorials/jax.md": "jax",
     "tutorials/tensorflow.md": "tensorflow",
+    "tutorials/curvature.md": None,
 }
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_IMPORT = re.compile(r"^import (torch|jax|tensorflow)\b", re.M)
 
 
 def _blocks(page: str) -> list[str]:
@@ -35,11 +38,12 @@ CASES = [(page, i) for page in PAGES for i in range(len(_blocks(page)))]
 @pytest.mark.parametrize(("page", "index"), CASES, ids=[f"{p}#{i}" for p, i in CASES])
 def test_tutorial_block_runs(autodiff_backend, page, index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # figures saved by the examples land here
-    if PAGES[page] != autodiff_backend:
-        pytest.skip(f"{page} is run in the {PAGES[page]} session")
-    if page.endswith("slope.md"):
-        pytest.importorskip("sklearn")
     code = _blocks(page)[index]
+    framework = PAGES[page] or _IMPORT.search(code).group(1)
+    if framework != autodiff_backend:
+        pytest.skip(f"{page}#{index} is run in the {framework} session")
+    if page.endswith(("slope.md", "curvature.md")):
+        pytest.importorskip("sklearn")
     exec(compile(code, f"{page}#{index}", "exec"), {"__name__": "__docs__"})
 
 

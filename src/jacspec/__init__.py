@@ -20,11 +20,22 @@ Examples
 from __future__ import annotations
 
 from . import conv, penalties
+from .datasets import ggn
 from .derivatives import hessian, jacobian
 from .interop import aslinearoperator, dense, to_scipy
 from .operators import LinearOperator, rowsum_diagonal
 from .slopes import SlopeResult, slope
-from .solvers import EighResult, SVDResult, eigsh, frobenius_norm, spectral_norm, svds, trace
+from .solvers import (
+    EighResult,
+    SpectralDensity,
+    SVDResult,
+    eigsh,
+    frobenius_norm,
+    spectral_density,
+    spectral_norm,
+    svds,
+    trace,
+)
 
 __version__ = "0.1.0"
 
@@ -32,6 +43,7 @@ __all__ = [
     "LinearOperator",
     "jacobian",
     "hessian",
+    "ggn",
     "aslinearoperator",
     "rowsum_diagonal",
     "dense",
@@ -41,6 +53,8 @@ __all__ = [
     "spectral_norm",
     "frobenius_norm",
     "trace",
+    "spectral_density",
+    "SpectralDensity",
     "SVDResult",
     "EighResult",
     "slope",

@@ -6,15 +6,15 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import Backend, backend_of, collection_leaves, infer_backend
-from .operators import LinearizationOperator
+from .operators import LinearizationOperator, LinearOperator
 
 __all__ = ["jacobian", "hessian"]
 
 
-def _autodiff_backend(x: Any, *, allow_collections: bool) -> tuple[Backend, Any]:
-    """The backend of ``x`` (an array or, if allowed, a parameter collection)."""
+def _autodiff_backend(x: Any) -> tuple[Backend, Any]:
+    """The backend of ``x`` (an array or a parameter collection)."""
     b = backend_of(x)
-    if b is None and allow_collections and not isinstance(x, (str, bytes)):
+    if b is None and not isinstance(x, (str, bytes)):
         x = _materialize(x)
         leaves = collection_leaves(x)
         if leaves and all(backend_of(v) is not None for v in leaves):
@@ -22,7 +22,7 @@ def _autodiff_backend(x: Any, *, allow_collections: bool) -> tuple[Backend, Any]
     if b is None:
         raise TypeError(
             "Expected x to be an array of torch, jax or tensorflow (numpy has no autodiff)"
-            + (", or a non-empty collection of such arrays" if allow_collections else "")
+            + ", or a non-empty collection of such arrays"
             + f". Received {type(x).__module__}.{type(x).__qualname__}."
         )
     if not b.has_autodiff:
@@ -33,6 +33,17 @@ def _autodiff_backend(x: Any, *, allow_collections: bool) -> tuple[Backend, Any]
             "explicit matrix to js.aslinearoperator."
         )
     return b, x
+
+
+def _point(x: Any) -> tuple[Backend, Any]:
+    """The backend of ``x``, an array or a parameter collection (materialized)."""
+    backend, x = _autodiff_backend(x)
+    if not backend.is_array(x) and not backend.is_param_collection(x):
+        raise TypeError(
+            "Expected x to be an array or a collection (list, tuple, dict) of "
+            f"{backend.name} arrays. Received {type(x).__name__}."
+        )
+    return backend, x
 
 
 def _is_iterator(x: Any) -> bool:
@@ -68,12 +79,18 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOper
         Maps an array of ``x``'s framework to an array (any shape, floating dtype).
         It may close over model parameters; gradients of results built on this
         operator (``js.spectral_norm``) flow to them.
-    x : array
-        A torch tensor, JAX array or TensorFlow tensor/variable (float32 or float64).
+    x : array or collection of arrays
+        A torch tensor, JAX array or TensorFlow tensor/variable (float32 or float64), or
+        a parameter collection as for :func:`hessian` (a torch ``named_parameters()``
+        dict, a JAX pytree, a list of ``tf.Variable``, a list/tuple/dict of arrays):
+        then ``f(x)`` maps the collection to outputs, the operator is the Jacobian with
+        respect to the parameters, vectors are flat in the collection's order, and
+        ``J @ J.T`` is the empirical neural tangent kernel of a batch.
     batched : bool
         If True, ``x`` has a leading batch axis ``B``, ``f`` acts on each sample
         independently, and the result is the batched operator of the ``B`` per-sample
         Jacobians (``batch_shape == (B,)``), applied with one JVP/VJP over the batch.
+        Arrays only (a collection with ``batched=True`` is a ``ValueError``).
 
     Returns
     -------
@@ -104,14 +121,31 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOper
     >>> Jb = js.jacobian(lambda x: x**2, torch.ones(5, 3), batched=True)
     >>> Jb.batch_shape, Jb.shape
     ((5,), (3, 3))
+    >>> model = torch.nn.Linear(3, 2)
+    >>> X = torch.ones(4, 3)
+    >>> Jp = js.jacobian(lambda p: torch.func.functional_call(model, p, (X,)),
+    ...                  dict(model.named_parameters()))
+    >>> Jp.shape  # (4 samples x 2 outputs, 6 weights + 2 biases)
+    (8, 8)
+    >>> tuple(js.dense(Jp @ Jp.T).shape)  # the empirical NTK, (samples x outputs)^2
+    (8, 8)
     """
     _check_callable(f)
-    backend, x = _autodiff_backend(x, allow_collections=False)
+    backend, x = _point(x)
     lin = backend.linearize(f, x, batched=bool(batched))
     return LinearizationOperator(lin, x, backend, kind="jacobian")
 
 
-def hessian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOperator:
+def hessian(
+    f: Callable,
+    x: Any,
+    *,
+    batched: bool = False,
+    data: Any = None,
+    distributed: bool = False,
+    group: Any = None,
+    progress: bool = False,
+) -> LinearOperator:
     """The Hessian of scalar ``f`` at ``x`` as a symmetric matrix-free operator.
 
     ``matvec`` is a Hessian-vector product that reuses one forward and one backward pass
@@ -129,11 +163,35 @@ def hessian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOpera
         The point (torch, jax or tensorflow).
     batched : bool
         Per-sample Hessians of a batch of inputs (arrays only).
+    data : iterable of batches, optional
+        The Hessian of a **dataset** loss: ``f(x, batch)`` returns the mean loss of one
+        batch, and the operator is the mean over all samples, batches weighted by their
+        size (the leading axis of the batch's first array). ``data`` must be
+        re-iterable (a list of arrays or tuples, a ``torch.utils.data.DataLoader``, a
+        ``tf.data.Dataset``): every product streams it once, in its own order, so memory
+        stays that of one batch. Products carry no gradient.
+    distributed : bool
+        With ``data``: each process holds its shard of the data and every product is
+        summed across processes (torch: ``torch.distributed.all_reduce``; JAX: batches
+        sharded over all devices with ``jax.sharding``, reduced by XLA), so every process
+        gets the operator of the union of the shards.
+    group : optional
+        With ``distributed=True`` in torch: the process group (default: the world).
+    progress : bool
+        With ``data``: a progress bar over the batches of each product (tqdm).
 
     Returns
     -------
     LinearOperator
         Square and symmetric, ``(n, n)``, batch shape ``()`` or ``(B,)``.
+
+    Raises
+    ------
+    TypeError
+        If ``data`` is a one-shot generator or iterator.
+    ValueError
+        If ``f`` returns a non-scalar, ``data`` is empty or its batches change
+        structure, or ``data`` comes with ``batched=True``.
 
     Examples
     --------
@@ -148,13 +206,29 @@ def hessian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOpera
     >>> loss = lambda p: torch.func.functional_call(model, p, (X,)).pow(2).mean()
     >>> js.hessian(loss, dict(model.named_parameters())).shape
     (4, 4)
+    >>> data = [torch.randn(16, 3) for _ in range(4)]  # four batches of 16 samples
+    >>> def batch_loss(p, X):
+    ...     return torch.func.functional_call(model, p, (X,)).pow(2).mean()
+    >>> H = js.hessian(batch_loss, dict(model.named_parameters()), data=data)
+    >>> bool(js.eigsh(H, k=1).values[0] > 0)
+    True
     """
-    _check_callable(f)
-    backend, x = _autodiff_backend(x, allow_collections=True)
-    if not backend.is_array(x) and not backend.is_param_collection(x):
-        raise TypeError(
-            "Expected x to be an array or a collection (list, tuple, dict) of "
-            f"{backend.name} arrays. Received {type(x).__name__}."
+    if data is not None:
+        from .datasets import dataset_hessian
+
+        if batched:
+            raise ValueError(
+                "Expected batched=False with data=: a dataset Hessian is the Hessian of "
+                "the mean loss over all samples. Received batched=True."
+            )
+        return dataset_hessian(f, x, data, distributed=distributed, group=group,
+                               progress=progress)
+    if distributed or group is not None or progress:
+        raise ValueError(
+            "Expected distributed, group and progress only with data= (dataset "
+            "operators). Received them without data."
         )
+    _check_callable(f)
+    backend, x = _point(x)
     lin = backend.linearize_gradient(f, x, batched=bool(batched))
     return LinearizationOperator(lin, x, backend, kind="hessian")

@@ -264,6 +264,66 @@ class Backend:
     def sizes(shape: tuple[int, ...]) -> int:
         return int(math.prod(shape))
 
+    # ==================================================================================
+    # Dataset operators (js.hessian(..., data=...), js.ggn) and products summed across
+    # processes. The core (jacspec.datasets) iterates, weights, sums and validates; an
+    # adapter supplies the product of one batch and, for distributed=True, the collective.
+    # ==================================================================================
+    def batch_hessian_product(self, f: Callable, params: Any) -> Callable[[Any, Array], Array]:
+        """``prod(batch, V)``: the Hessian of ``p -> f(p, batch)`` at ``params`` times a
+        flat block ``V`` ``(n, k)``, without gradient.
+
+        The default linearizes every batch afresh with :meth:`linearize_gradient`; an
+        adapter may compile it (JAX: one jitted function per batch shape).
+        """
+
+        def prod(batch: Any, V: Array) -> Array:
+            lin = self.linearize_gradient(lambda p: f(p, batch), params, batched=False)
+            return lin.mm(V, False)
+
+        return prod
+
+    def batch_ggn_product(
+        self, f: Callable, loss: Callable, params: Any
+    ) -> Callable[[Any, Array], Array]:
+        """``prod((inputs, targets), V)``: the generalized Gauss–Newton matrix
+        ``J^T H J`` of one batch times ``V`` ``(n, k)``, without gradient; ``J`` is the
+        Jacobian of ``p -> f(p, inputs)`` at ``params`` and ``H`` the Hessian of
+        ``z -> loss(z, targets)`` at the outputs.
+
+        The default composes :meth:`linearize` and :meth:`linearize_gradient`.
+        """
+
+        def prod(batch: Any, V: Array) -> Array:
+            inputs, targets = batch
+            jac = self.linearize(lambda p: f(p, inputs), params, batched=False)
+            z = self.stop_gradient(jac.y)
+            hess = self.linearize_gradient(lambda o: loss(o, targets), z, batched=False)
+            return jac.rmm(hess.mm(jac.mm(V, False), False), False)
+
+        return prod
+
+    def distributed_batch(self, batch: Any, *, group: Any) -> Any:
+        """A batch as the per-batch products of a ``distributed=True`` operator take it
+        (torch: this process's shard as it is; JAX: a global array sharded over devices)."""
+        raise NotImplementedError(self._no_distributed_message())
+
+    def distributed_count(self, count: int, *, group: Any) -> int:
+        """The number of samples over all processes, given this process's ``count``."""
+        raise NotImplementedError(self._no_distributed_message())
+
+    def distributed_sum(self, x: Array, *, group: Any) -> Array:
+        """The sum over processes of this process's partial product ``x`` (every process
+        receives the same array)."""
+        raise NotImplementedError(self._no_distributed_message())
+
+    def _no_distributed_message(self) -> str:
+        return (
+            f"Expected a backend with a collective for distributed=True (torch with "
+            f"torch.distributed, or jax with several devices). Received {self.name}, which "
+            "jacspec does not distribute; run it in one process (distributed=False)."
+        )
+
 
 @contextlib.contextmanager
 def nullcontext() -> Iterator[None]:

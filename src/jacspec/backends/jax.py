@@ -40,6 +40,32 @@ def _apply_cols(fn, V, in_shape, batch_shape, out_size, grad):
     return R if grad else jax.lax.stop_gradient(R)
 
 
+def _cols_vmap(fn, V):
+    """``fn`` applied to each column of ``V`` ``(n, k)``."""
+    return jax.vmap(fn, in_axes=-1, out_axes=-1)(V)
+
+
+def _with_batch_placement(prod, theta0):
+    """``(batch, V) -> prod(theta0, batch, V)``, with ``theta0`` and ``V`` replicated over
+    the mesh of a batch sharded by :meth:`JaxBackend.distributed_batch` (a jitted call
+    takes arrays on one set of devices)."""
+    placed: dict = {}
+
+    def call(batch, V):
+        leaf = next((a for a in jax.tree_util.tree_leaves(batch) if isinstance(a, jax.Array)),
+                    None)
+        sharding = getattr(leaf, "sharding", None)
+        mesh = getattr(sharding, "mesh", None)
+        if mesh is None or mesh.size == 1:
+            return prod(theta0, batch, V)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        if mesh not in placed:
+            placed[mesh] = jax.device_put(theta0, replicated)
+        return prod(placed[mesh], batch, jax.device_put(V, replicated))
+
+    return call
+
+
 class JaxBackend(Backend):
     name = "jax"
     module_name = "jax"
@@ -160,8 +186,24 @@ class JaxBackend(Backend):
         return len(leaves) > 0 and all(self.is_array(v) for v in leaves)
 
     # -- autodiff ------------------------------------------------------------------
+    def _flat_point(self, f, x, *, batched):
+        """``(x0, fun)``: an array point as it is, a pytree of parameters raveled into
+        one flat vector ``x0`` with ``fun(x0) == f(x)`` (vectors in the tree's order)."""
+        if self.is_array(x):
+            check_input(self, x, batched=batched)
+            return x, f
+        if batched:
+            raise ValueError(
+                "Expected an array x with batched=True. Received a parameter collection "
+                f"({type(x).__name__}); batched derivatives are per-sample input derivatives."
+            )
+        for leaf in jax.tree_util.tree_leaves(x):
+            check_input(self, leaf, batched=False, what="each parameter")
+        x0, unravel = ravel_pytree(x)
+        return x0, lambda theta: f(unravel(theta))
+
     def linearize(self, f, x, *, batched):
-        check_input(self, x, batched=batched)
+        x, f = self._flat_point(f, x, batched=batched)
         y, jvp_fn = jax.linearize(f, x)
         check_output(self, y, int(x.shape[0]) if batched else None, what="f")
         vjp_fn = jax.linear_transpose(jvp_fn, x)
@@ -178,22 +220,7 @@ class JaxBackend(Backend):
         return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
 
     def linearize_gradient(self, f, x, *, batched):
-        if self.is_array(x):
-            check_input(self, x, batched=batched)
-            x0, fun = x, f
-        else:
-            if batched:
-                raise ValueError(
-                    "Expected an array x with batched=True. Received a parameter collection "
-                    f"({type(x).__name__}); batched Hessians are per-sample input Hessians."
-                )
-            for leaf in jax.tree_util.tree_leaves(x):
-                check_input(self, leaf, batched=False, what="each parameter")
-            x0, unravel = ravel_pytree(x)
-
-            def fun(theta):
-                return f(unravel(theta))
-
+        x0, fun = self._flat_point(f, x, batched=batched)
         y = fun(x0)
         bshape = (int(x0.shape[0]),) if batched else ()
         check_output(self, y, bshape[0] if batched else None, what="f")
@@ -211,6 +238,78 @@ class JaxBackend(Backend):
             return _apply_cols(hvp_fn, V, x0.shape, bshape, n, grad)
 
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+
+    # -- dataset operators (js.hessian(..., data=), js.ggn) ----------------------------
+    def batch_hessian_product(self, f, params):
+        """One jitted forward-over-reverse HVP per batch shape (see the base class)."""
+        theta0, unravel = ravel_pytree(params)
+
+        @jax.jit
+        def prod(theta, batch, V):
+            g = jax.grad(lambda t: jnp.sum(f(unravel(t), batch)))
+            return _cols_vmap(lambda v: jax.jvp(g, (theta,), (v,))[1], V)
+
+        return _with_batch_placement(prod, theta0)
+
+    def batch_ggn_product(self, f, loss, params):
+        """One jitted ``J^T H J`` product per batch shape (see the base class)."""
+        theta0, unravel = ravel_pytree(params)
+
+        @jax.jit
+        def prod(theta, batch, V):
+            inputs, targets = batch
+            z, jvp_fn = jax.linearize(lambda t: f(unravel(t), inputs), theta)
+            vjp_fn = jax.linear_transpose(jvp_fn, theta)
+            loss_grad = jax.grad(lambda o: jnp.sum(loss(o, targets)))
+
+            def one(v):
+                _, hz = jax.jvp(loss_grad, (z,), (jvp_fn(v),))
+                return vjp_fn(hz)[0]
+
+            return _cols_vmap(one, V)
+
+        return _with_batch_placement(prod, theta0)
+
+    def distributed_batch(self, batch, *, group):
+        """A global array sharded over the devices along the batch axis (``group``: a
+        ``jax.sharding.Mesh`` whose first axis is the data axis; default: all devices),
+        built from this process's part of the batch. In one process, a batch whose size
+        the device count does not divide is replicated instead."""
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = group if group is not None else Mesh(np.array(jax.devices()), ("data",))
+        if not isinstance(mesh, Mesh):
+            raise TypeError(
+                "Expected group to be a jax.sharding.Mesh (or None: all devices). "
+                f"Received {type(group).__name__}."
+            )
+        axis = mesh.axis_names[0]
+        sharded = NamedSharding(mesh, PartitionSpec(axis))
+        ways = int(mesh.shape[axis])
+
+        def put(a):
+            if not hasattr(a, "shape") or len(a.shape) == 0:
+                return a
+            if jax.process_count() > 1:
+                return jax.make_array_from_process_local_data(sharded, np.asarray(a))
+            if int(a.shape[0]) % ways:
+                return jax.device_put(a, NamedSharding(mesh, PartitionSpec()))
+            return jax.device_put(a, sharded)
+
+        return jax.tree_util.tree_map(put, batch)
+
+    def distributed_count(self, count, *, group):
+        if jax.process_count() == 1:
+            return int(count)
+        from jax.experimental import multihost_utils
+
+        return int(np.sum(multihost_utils.process_allgather(np.asarray(count))))
+
+    def distributed_sum(self, x, *, group):
+        """``x``'s copy on this process's first device: the batches were global arrays,
+        so XLA already reduced the per-device partial products inside each jitted
+        product, and the result is replicated (the solvers work on one device)."""
+        return x.addressable_data(0) if len(x.sharding.device_set) > 1 else x
 
     # -- convolutions (js.conv) ------------------------------------------------------
     def conv2d(self, x, w, *, stride, pads):

@@ -111,6 +111,25 @@ def _stack_cols(cols: list[tf.Tensor], batch_shape, size) -> tf.Tensor:
     return tf.stack([tf.reshape(c, tuple(batch_shape) + (size,)) for c in cols], axis=-1)
 
 
+class _Layout:
+    """Flat vectors ``batch_shape + (n,)`` cut into the leaves' shapes and joined back,
+    in the leaves' order."""
+
+    def __init__(self, leaves: list, batch_shape: tuple[int, ...]) -> None:
+        self.bshape = batch_shape
+        self.shapes = [tuple(v.shape) for v in leaves]
+        self.sizes = [int(np.prod(s[len(batch_shape):], dtype=np.int64)) for s in self.shapes]
+        self.n = sum(self.sizes)
+
+    def split(self, v: tf.Tensor) -> list[tf.Tensor]:
+        parts = tf.split(v, self.sizes, axis=-1) if len(self.sizes) > 1 else [v]
+        return [tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
+
+    def join(self, rs: list[tf.Tensor]) -> tf.Tensor:
+        cols = [tf.reshape(r, self.bshape + (size,)) for r, size in zip(rs, self.sizes)]
+        return cols[0] if len(cols) == 1 else tf.concat(cols, axis=-1)
+
+
 class TensorflowBackend(Backend):
     name = "tensorflow"
     module_name = "tensorflow"
@@ -198,22 +217,37 @@ class TensorflowBackend(Backend):
         return bool(mods & {"keras", "tensorflow", "tf_keras"})
 
     # -- autodiff ------------------------------------------------------------------
+    def _point(self, x: Any, *, batched: bool) -> list:
+        """The tensors tapes watch for an array or a parameter collection (the
+        ``tf.Variable`` behind each Keras variable), in the collection's order."""
+        if self.is_array(x):
+            check_input(self, x, batched=batched)
+            return [_watchable(x)]
+        if batched:
+            raise ValueError(
+                "Expected an array x with batched=True. Received a parameter collection "
+                f"({type(x).__name__}); batched derivatives are per-sample input derivatives."
+            )
+        leaves = [_watchable(v) for v in (x.values() if isinstance(x, dict) else x)]
+        for v in leaves:
+            check_input(self, v, batched=False, what="each parameter")
+        return leaves
+
     def linearize(self, f, x, *, batched):
-        check_input(self, x, batched=batched)
-        xw = _watchable(x)
+        leaves = self._point(x, batched=batched)
 
         def record() -> tuple[tf.GradientTape, Any]:
             with tf.GradientTape(persistent=True) as tape:
-                tape.watch(xw)
+                tape.watch(leaves)
                 y = f(x)
             return tape, y
 
         tape, y = run_without_side_effects(f, record)
         check_output(self, y, int(x.shape[0]) if batched else None, what="f")
         bshape = (int(x.shape[0]),) if batched else ()
-        in_shape, out_shape = tuple(x.shape), tuple(y.shape)
-        n = self.sizes(in_shape[len(bshape):])
-        m = self.sizes(out_shape[len(bshape):])
+        lay = _Layout(leaves, bshape)
+        out_shape = tuple(y.shape)
+        n, m = lay.n, self.sizes(out_shape[len(bshape):])
         dual: dict[str, Any] = {}
 
         def finish(cols, size, grad):
@@ -222,7 +256,8 @@ class TensorflowBackend(Backend):
 
         def rmm(U, grad):
             cols = [
-                tape.gradient(y, xw, output_gradients=u, unconnected_gradients=_ZERO)
+                lay.join(tape.gradient(y, leaves, output_gradients=u,
+                                       unconnected_gradients=_ZERO))
                 for u in _cols(U, out_shape)
             ]
             return finish(cols, n, grad)
@@ -232,32 +267,22 @@ class TensorflowBackend(Backend):
                 u0 = tf.zeros_like(y)
                 with tf.GradientTape(persistent=True) as outer:
                     outer.watch(u0)
-                    g = tape.gradient(y, xw, output_gradients=u0, unconnected_gradients=_ZERO)
+                    g = tape.gradient(y, leaves, output_gradients=u0,
+                                      unconnected_gradients=_ZERO)
                 dual.update(u0=u0, g=g, tape=outer)
             cols = [
                 dual["tape"].gradient(
-                    dual["g"], dual["u0"], output_gradients=v, unconnected_gradients=_ZERO
+                    dual["g"], dual["u0"], output_gradients=lay.split(V[..., j]),
+                    unconnected_gradients=_ZERO,
                 )
-                for v in _cols(V, in_shape)
+                for j in range(V.shape[-1])
             ]
             return finish(cols, m, grad)
 
         return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
 
     def linearize_gradient(self, f, x, *, batched):
-        if self.is_array(x):
-            check_input(self, x, batched=batched)
-            leaves, arg = [_watchable(x)], x
-        else:
-            if batched:
-                raise ValueError(
-                    "Expected an array x with batched=True. Received a parameter collection "
-                    f"({type(x).__name__}); batched Hessians are per-sample input Hessians."
-                )
-            leaves = [_watchable(v) for v in (x.values() if isinstance(x, dict) else x)]
-            for v in leaves:
-                check_input(self, v, batched=False, what="each parameter")
-            arg = x
+        leaves = self._point(x, batched=batched)
 
         def record() -> tuple[tf.GradientTape, tf.GradientTape, Any, Any]:
             outer = tf.GradientTape(persistent=True)
@@ -265,7 +290,7 @@ class TensorflowBackend(Backend):
                 outer.watch(leaves)
                 with tf.GradientTape() as inner:
                     inner.watch(leaves)
-                    y = f(arg)
+                    y = f(x)
                     y_sum = tf.reduce_sum(y)
             return outer, inner, y, y_sum
 
@@ -280,23 +305,18 @@ class TensorflowBackend(Backend):
                     + f" for a Hessian. Received output shape {tuple(y.shape)}."
                 )
             grads = inner.gradient(y_sum, leaves, unconnected_gradients=_ZERO)
-        shapes = [tuple(v.shape) for v in leaves]
-        sizes = [self.sizes(s[len(bshape):]) for s in shapes]
-        n = sum(sizes)
+        lay = _Layout(leaves, bshape)
 
         def mm(V, grad):
-            cols = []
-            for j in range(V.shape[-1]):
-                parts = tf.split(V[..., j], sizes, axis=-1)
-                gos = [tf.reshape(p, s) for p, s in zip(parts, shapes)]
-                res = outer.gradient(grads, leaves, output_gradients=gos,
-                                     unconnected_gradients=_ZERO)
-                cols.append(tf.concat(
-                    [tf.reshape(r, bshape + (sz,)) for r, sz in zip(res, sizes)], axis=-1))
+            cols = [
+                lay.join(outer.gradient(grads, leaves, output_gradients=lay.split(V[..., j]),
+                                        unconnected_gradients=_ZERO))
+                for j in range(V.shape[-1])
+            ]
             out = tf.stack(cols, axis=-1)
             return out if grad else tf.stop_gradient(out)
 
-        return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+        return Linearization(y=y, n=lay.n, m=lay.n, batch_shape=bshape, mm=mm, rmm=mm)
 
     # -- convolutions (js.conv) ------------------------------------------------------
     def conv2d(self, x, w, *, stride, pads):

@@ -120,6 +120,53 @@ def _as_shape(t: torch.Tensor, shape: tuple) -> torch.Tensor:
     return t if tuple(t.shape) == shape else t.reshape(shape)
 
 
+def _differentiable(y: torch.Tensor, leaves: list, values: list) -> bool:
+    """Whether ``grad=True`` products need a graph: the user's own tensors require grad,
+    or ``f`` closes over something that does."""
+    own = [leaf for leaf, orig in zip(leaves, values) if leaf is not orig]
+    return len(own) < len(leaves) or _depends_on_other_leaves(y, leaves)
+
+
+class _Layout:
+    """Flat vectors ``batch_shape + (n,)`` cut into the leaves' shapes and joined back,
+    in the leaves' order; a single leaf is a view (no split, no concatenation)."""
+
+    def __init__(self, leaves: list[torch.Tensor], batch_shape: tuple[int, ...]) -> None:
+        self.bshape = batch_shape
+        self.shapes = [tuple(v.shape) for v in leaves]
+        self.sizes = [int(np.prod(s[len(batch_shape):], dtype=np.int64)) for s in self.shapes]
+        self.n = sum(self.sizes)
+
+    def split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """``bshape + (n,)`` -> one tensor per leaf, of the leaf's shape."""
+        if len(self.shapes) == 1:
+            return [_as_shape(v, self.shapes[0])]
+        return [p.reshape(s) for p, s in zip(torch.split(v, self.sizes, dim=-1), self.shapes)]
+
+    def split_cols(self, V: torch.Tensor) -> list[torch.Tensor]:
+        """``bshape + (n, k)`` -> one ``(k,) + leaf shape`` tensor per leaf."""
+        if len(self.shapes) == 1:
+            return [_cols_first(V, self.shapes[0])]
+        k = V.shape[-1]
+        parts = torch.split(torch.movedim(V, -1, 0), self.sizes, dim=-1)
+        return [p.reshape((k,) + s) for p, s in zip(parts, self.shapes)]
+
+    def join(self, rs, like: torch.Tensor) -> torch.Tensor:
+        """Per-leaf results (``None``: zero) -> ``bshape + (n,)``."""
+        cols = [torch.zeros(self.bshape + (size,), dtype=like.dtype, device=like.device)
+                if r is None else _as_shape(r, self.bshape + (size,))
+                for r, size in zip(rs, self.sizes)]
+        return cols[0] if len(cols) == 1 else torch.cat(cols, dim=-1)
+
+    def join_cols(self, rs, k: int, like: torch.Tensor) -> torch.Tensor:
+        """Per-leaf ``(k,) + leaf shape`` results (``None``: zero) -> ``bshape + (n, k)``."""
+        cols = [torch.zeros((k,) + self.bshape + (size,), dtype=like.dtype, device=like.device)
+                if r is None else r.reshape((k,) + self.bshape + (size,))
+                for r, size in zip(rs, self.sizes)]
+        out = cols[0] if len(cols) == 1 else torch.cat(cols, dim=-1)
+        return torch.movedim(out, 0, -1)
+
+
 def _retry_freed(run: Callable[[], Any], rebuild: Callable[[], None]) -> Any:
     """Run a product; if autograd freed the retained graph, rebuild it once and retry."""
     try:
@@ -268,9 +315,30 @@ class TorchBackend(Backend):
         return isinstance(model, torch.nn.Module)
 
     # -- autodiff ------------------------------------------------------------------
+    def _point(self, x: Any, *, batched: bool) -> tuple[list, list, Any]:
+        """``(values, leaves, arg)`` for an array or a parameter collection: the user's
+        tensors, the tensors products differentiate (the user's own where they already
+        require grad, so that closures over a model's parameters see them), and the
+        argument ``f`` is called with."""
+        if self.is_array(x):
+            check_input(self, x, batched=batched)
+            leaf = _leaf(x)
+            return [x], [leaf], leaf
+        if batched:
+            raise ValueError(
+                "Expected an array x with batched=True. Received a parameter collection "
+                f"({type(x).__name__}); batched derivatives are per-sample input derivatives."
+            )
+        values = list(x.values()) if isinstance(x, dict) else list(x)
+        for v in values:
+            check_input(self, v, batched=False, what="each parameter")
+        leaves = [_leaf(v) for v in values]
+        if isinstance(x, dict):
+            return values, leaves, dict(zip(x.keys(), leaves))
+        return values, leaves, type(x)(leaves) if isinstance(x, (list, tuple)) else leaves
+
     def linearize(self, f, x, *, batched):
-        check_input(self, x, batched=batched)
-        xg = _leaf(x)
+        values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
 
         def forward() -> None:
@@ -279,15 +347,15 @@ class TorchBackend(Backend):
             # the next product then runs this again (at the current parameter values).
             st.clear()
             with _forward_mode(f):
-                st["y"] = f(xg)
+                st["y"] = f(arg)
 
         forward()
         y = st["y"]
-        check_output(self, y, int(x.shape[0]) if batched else None, what="f")
         bshape = (int(x.shape[0]),) if batched else ()
-        differentiable = x.requires_grad or _depends_on_other_leaves(y, [xg])
-        in_shape = tuple(x.shape)
-        n = self.sizes(in_shape[len(bshape):])
+        check_output(self, y, bshape[0] if batched else None, what="f")
+        differentiable = _differentiable(y, leaves, values_in)
+        lay = _Layout(leaves, bshape)
+        n = lay.n
         m = self.sizes(tuple(y.shape)[len(bshape):])
 
         def zeros(size: int, k: int) -> torch.Tensor:
@@ -297,31 +365,32 @@ class TorchBackend(Backend):
             """``J^T u`` for single vectors ``bshape + (m,)``, no reshape where the shapes
             already agree (the Krylov solvers' steps)."""
             y = st["y"]
-            (g,) = _grad(y, xg, _as_shape(u, tuple(y.shape)), create_graph=grad,
-                         batched=False)
-            if g is None:
-                return torch.zeros(bshape + (n,), dtype=y.dtype, device=y.device)
-            return _as_shape(g, bshape + (n,))
+            gs = _grad(y, leaves, _as_shape(u, tuple(y.shape)), create_graph=grad,
+                       batched=False)
+            return lay.join(gs, y)
 
-        def jvp_graph() -> torch.Tensor | None:
-            """The gradient graph a JVP differentiates (built on first use)."""
+        def jvp_graph() -> tuple[torch.Tensor, list[int]]:
+            """The gradient graph a JVP differentiates (built on first use), and the
+            leaves it reaches."""
             if "g" not in st:
                 u0 = torch.zeros_like(st["y"], requires_grad=True)
                 with torch.enable_grad():
-                    (g,) = torch.autograd.grad(
-                        st["y"], xg, u0, retain_graph=True, create_graph=True,
+                    gs = torch.autograd.grad(
+                        st["y"], leaves, u0, retain_graph=True, create_graph=True,
                         allow_unused=True,
                     )
-                st["u0"], st["g"] = u0, g
-            return st["g"]
+                st["u0"], st["g"] = u0, gs
+                st["live"] = [i for i, g in enumerate(gs) if g is not None and g.requires_grad]
+            return st["g"], st["live"]
 
         def jvp_vec(v: torch.Tensor, grad: bool) -> torch.Tensor:
             """``J v`` for single vectors ``bshape + (n,)`` (see :func:`vjp_vec`)."""
-            g = jvp_graph()
+            gs, live = jvp_graph()
             r = None
-            if g is not None and g.requires_grad:
-                (r,) = _grad(g, st["u0"], _as_shape(v, in_shape), create_graph=grad,
-                             batched=False)
+            if live:
+                parts = lay.split(v)
+                (r,) = _grad([gs[i] for i in live], st["u0"], [parts[i] for i in live],
+                             create_graph=grad, batched=False)
             if r is None:
                 return torch.zeros(bshape + (m,), dtype=y.dtype, device=y.device)
             return _as_shape(r, bshape + (m,))
@@ -330,21 +399,20 @@ class TorchBackend(Backend):
             k = U.shape[-1]
             if k == 1:  # one vector: plain views, no batched-gradient machinery
                 return vjp_vec(U[..., 0], grad)[..., None]
-            (g,) = _grad(st["y"], xg, _cols_first(U, tuple(st["y"].shape)),
-                         create_graph=grad, batched=True)
-            if g is None:
-                return zeros(n, k)
-            return _cols_last(g, bshape, n)
+            gs = _grad(st["y"], leaves, _cols_first(U, tuple(st["y"].shape)),
+                       create_graph=grad, batched=True)
+            return lay.join_cols(gs, k, y)
 
         def mm_once(V: torch.Tensor, grad: bool) -> torch.Tensor:
             k = V.shape[-1]
             if k == 1:
                 return jvp_vec(V[..., 0], grad)[..., None]
-            g = jvp_graph()
-            if g is None or not g.requires_grad:
+            gs, live = jvp_graph()
+            if not live:
                 return zeros(m, k)
-            (r,) = _grad(g, st["u0"], _cols_first(V, in_shape), create_graph=grad,
-                         batched=True)
+            parts = lay.split_cols(V)
+            (r,) = _grad([gs[i] for i in live], st["u0"], [parts[i] for i in live],
+                         create_graph=grad, batched=True)
             if r is None:
                 return zeros(m, k)
             return _cols_last(r, bshape, m)
@@ -373,25 +441,7 @@ class TorchBackend(Backend):
                              mv=vector(jvp_vec, m), rmv=vector(vjp_vec, n))
 
     def linearize_gradient(self, f, x, *, batched):
-        if self.is_array(x):
-            check_input(self, x, batched=batched)
-            values_in = [x]
-            leaves = [_leaf(x)]
-            arg: Any = leaves[0]
-        else:
-            if batched:
-                raise ValueError(
-                    "Expected an array x with batched=True. Received a parameter collection "
-                    f"({type(x).__name__}); batched Hessians are per-sample input Hessians."
-                )
-            values_in = list(x.values()) if isinstance(x, dict) else list(x)
-            for v in values_in:
-                check_input(self, v, batched=False, what="each parameter")
-            leaves = [_leaf(v) for v in values_in]
-            if isinstance(x, dict):
-                arg = dict(zip(x.keys(), leaves))
-            else:
-                arg = type(x)(leaves) if isinstance(x, (list, tuple)) else leaves
+        values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
@@ -413,30 +463,24 @@ class TorchBackend(Backend):
                 + (" per sample, shape (B,)" if batched else "")
                 + f" for a Hessian. Received output shape {tuple(y.shape)}."
             )
-        sample_shapes = [tuple(v.shape)[len(bshape):] for v in leaves]
-        sizes = [self.sizes(s) for s in sample_shapes]
-        n = sum(sizes)
+        lay = _Layout(leaves, bshape)
+        n = lay.n
         grads = st["grads"]
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        own = [leaf for leaf, orig in zip(leaves, values_in) if leaf is not orig]
-        differentiable = len(own) < len(leaves) or _depends_on_other_leaves(y, leaves)
+        differentiable = _differentiable(y, leaves, values_in)
 
         def hvp_vec(v: torch.Tensor, grad: bool) -> torch.Tensor:
             """``H v`` for single vectors ``bshape + (n,)``, no reshape where the shapes
             already agree (the Krylov solvers' steps)."""
             if not live:
                 return torch.zeros(bshape + (n,), dtype=y.dtype, device=y.device)
-            parts = torch.split(v, sizes, dim=-1) if len(sizes) > 1 else (v,)
-            gos = [_as_shape(parts[i], tuple(leaves[i].shape)) for i in live]
+            parts = lay.split(v)
             res = _retry_freed(
-                lambda: _grad([st["grads"][i] for i in live], leaves, gos,
-                              create_graph=grad, batched=False),
+                lambda: _grad([st["grads"][i] for i in live], leaves,
+                              [parts[i] for i in live], create_graph=grad, batched=False),
                 forward,
             )
-            cols = [torch.zeros(bshape + (size,), dtype=y.dtype, device=y.device)
-                    if r is None else _as_shape(r, bshape + (size,))
-                    for r, size in zip(res, sizes)]
-            return cols[0] if len(cols) == 1 else torch.cat(cols, dim=-1)
+            return lay.join(res, y)
 
         @_autograd_on
         def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
@@ -446,20 +490,13 @@ class TorchBackend(Backend):
                 return hvp_vec(V[..., 0], grad)[..., None]
             if not live:
                 return torch.zeros(bshape + (n, k), dtype=y.dtype, device=y.device)
-            Vc = torch.movedim(V, -1, 0)  # (k,) + bshape + (n,)
-            parts = torch.split(Vc, sizes, dim=-1)
-            gos = [parts[i].reshape((k,) + tuple(leaves[i].shape)) for i in live]
+            parts = lay.split_cols(V)
             res = _retry_freed(
-                lambda: _grad([st["grads"][i] for i in live], leaves, gos, create_graph=grad,
-                              batched=True),
+                lambda: _grad([st["grads"][i] for i in live], leaves,
+                              [parts[i] for i in live], create_graph=grad, batched=True),
                 forward,
             )
-            cols = []
-            for r, leaf, size in zip(res, leaves, sizes):
-                if r is None:
-                    r = torch.zeros((k,) + tuple(leaf.shape), dtype=y.dtype, device=y.device)
-                cols.append(r.reshape((k,) + bshape + (size,)))
-            return torch.movedim(torch.cat(cols, dim=-1), 0, -1)
+            return lay.join_cols(res, k, y)
 
         @_autograd_on
         def mv(v: torch.Tensor) -> torch.Tensor:  # single vectors, no gradient
@@ -467,6 +504,70 @@ class TorchBackend(Backend):
 
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm, mv=mv,
                              rmv=mv)
+
+    # -- dataset operators (js.hessian(..., data=), js.ggn) ----------------------------
+    def batch_hessian_product(self, f, params):
+        """One forward, one backward with ``create_graph`` and one double backward per
+        batch, the graph released as the last backward runs (a linearization retains it
+        for further products, which a dataset product never asks for)."""
+        _, leaves, arg = self._point(params, batched=False)
+        lay = _Layout(leaves, ())
+
+        def prod(batch, V):
+            with _forward_mode(f):
+                y = f(arg, batch)
+                grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
+            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            k = V.shape[-1]
+            if not live:
+                return torch.zeros_like(V)
+            if k == 1:
+                parts = lay.split(V[:, 0])
+            else:
+                parts = lay.split_cols(V)
+            res = torch.autograd.grad([grads[i] for i in live], leaves,
+                                      [parts[i] for i in live], allow_unused=True,
+                                      is_grads_batched=k > 1)
+            return lay.join(res, V)[:, None] if k == 1 else lay.join_cols(res, k, V)
+
+        return prod
+
+    # -- products summed across processes (distributed=True) --------------------------
+    def _check_distributed(self) -> Any:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                "Expected torch.distributed to be initialized for distributed=True (run "
+                "under torchrun and call torch.distributed.init_process_group). Received "
+                "an uninitialized default process group."
+            )
+        return dist
+
+    def distributed_batch(self, batch, *, group):
+        """This process's shard, as it is: each rank streams its own batches."""
+        return batch
+
+    def distributed_count(self, count, *, group):
+        dist = self._check_distributed()
+        t = torch.tensor([int(count)], dtype=torch.int64, device=self._collective_device(group))
+        dist.all_reduce(t, group=group)
+        return int(t.item())
+
+    def distributed_sum(self, x, *, group):
+        """``torch.distributed.all_reduce`` (a sum) of a copy of ``x``."""
+        dist = self._check_distributed()
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    def _collective_device(self, group) -> Any:
+        """Where a collective's buffers live: the current CUDA device under NCCL."""
+        import torch.distributed as dist
+
+        if dist.get_backend(group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     # -- convolutions (js.conv) ------------------------------------------------------
     def conv2d(self, x, w, *, stride, pads):

@@ -811,11 +811,14 @@ def penalty_torch(quick: bool) -> list[Row]:
 
 def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
     if backend == "torch":
+        from . import rows_data
+
         return [("overhead", overhead_torch), ("lanczos", lanczos_vs_power_torch),
                 ("batched", batched_vs_loop_torch), ("auto", auto_vs_best_torch),
                 ("penalty", penalty_torch),
                 ("peers", peers_torch), ("conv", conv_rows("torch")),
-                ("memory", memory_torch)]
+                ("memory", memory_torch), ("dataset", rows_data.dataset_peers_torch),
+                ("dataset-memory", rows_data.dataset_memory_torch)]
     if backend == "jax":
         from . import rows_jax
 

@@ -17,6 +17,7 @@ the operator and the capabilities the ``Backend`` declares; batched operators ca
 
 from __future__ import annotations
 
+from .density import SpectralDensity, spectral_density
 from .eig import EighResult, eigsh
 from .stochtrace import frobenius_norm, trace
 from .svd import SVDResult, spectral_norm, svds
@@ -27,6 +28,8 @@ __all__ = [
     "spectral_norm",
     "frobenius_norm",
     "trace",
+    "spectral_density",
+    "SpectralDensity",
     "SVDResult",
     "EighResult",
 ]

@@ -1,0 +1,310 @@
+"""Curvature of a whole dataset: the mean loss Hessian and the GGN, streamed by batch.
+
+``js.hessian(f, params, data=...)`` and ``js.ggn(f, loss, params, data=...)`` return a
+:class:`DatasetOperator`: every product iterates ``data`` once, applies the adapter's
+per-batch product (:meth:`Backend.batch_hessian_product` /
+:meth:`Backend.batch_ggn_product`) and sums the results weighted by batch size, so that
+the operator is the mean over all samples and memory stays that of one batch. With
+``distributed=True`` each process streams its own shard and the adapter's collective
+(:meth:`Backend.distributed_sum`) adds the shards' partial sums, so every process holds
+the operator of the union of the shards.
+
+The data is read once when the operator is built, to count the samples and check that
+every batch has one structure; the first batch is also differentiated once, so that a
+non-scalar loss is reported before any product runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ._progress import progress
+from .backends import Backend, backend_of
+from .derivatives import _check_callable, _point
+from .operators import LinearOperator
+
+__all__ = ["DatasetOperator", "dataset_hessian", "ggn"]
+
+Array = Any
+
+
+# ------------------------------------------------------------------------ the data
+
+
+def _check_reiterable(data: Any) -> None:
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(
+            "Expected data to be a re-iterable collection of batches (a list, a "
+            "torch DataLoader, a tf.data.Dataset). Received "
+            f"{type(data).__module__}.{type(data).__qualname__}."
+        )
+    if isinstance(data, Iterator) or iter(data) is data:
+        raise TypeError(
+            "Expected data to be re-iterable: every product streams the whole dataset "
+            f"again. Received a one-shot {type(data).__qualname__} (a generator or "
+            "iterator); pass a list of batches, a DataLoader, a tf.data.Dataset, or an "
+            "object whose __iter__ starts a new pass."
+        )
+
+
+def _signature(batch: Any) -> Any:
+    """The structure of a batch: containers, keys, and the rank of each array."""
+    if isinstance(batch, dict):
+        return ("dict", tuple((k, _signature(v)) for k, v in batch.items()))
+    if isinstance(batch, (list, tuple)):
+        return ("sequence", tuple(_signature(v) for v in batch))
+    if backend_of(batch) is not None:
+        return ("array", len(batch.shape))
+    return ("object", type(batch).__qualname__)
+
+
+def _first_array(batch: Any) -> Any:
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for v in batch:
+            a = _first_array(v)
+            if a is not None:
+                return a
+        return None
+    return batch if backend_of(batch) is not None else None
+
+
+def batch_size(batch: Any) -> int:
+    """The number of samples of a batch: the leading axis of its first array."""
+    a = _first_array(batch)
+    if a is None or len(a.shape) == 0:
+        raise ValueError(
+            "Expected each batch to be an array or a (nested) tuple, list or dict of "
+            "arrays whose first array has a leading batch axis. Received a batch of "
+            f"structure {_signature(batch)}."
+        )
+    return int(a.shape[0])
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What one pass over the data found: its first batch, structure and size."""
+
+    first: Any
+    signature: Any
+    num_batches: int
+    num_samples: int
+
+
+def _structure_error(index: int, got: Any, expected: Any) -> ValueError:
+    return ValueError(
+        "Expected every batch to have the structure of the first one "
+        f"{expected}. Received batch {index} of structure {got}."
+    )
+
+
+def scan(data: Any) -> DataSummary:
+    """Check ``data`` (re-iterable, non-empty, batches of one structure) in one pass."""
+    _check_reiterable(data)
+    first, sig, num_batches, num_samples = None, None, 0, 0
+    for i, batch in enumerate(data):
+        s = _signature(batch)
+        if i == 0:
+            first, sig = batch, s
+        elif s != sig:
+            raise _structure_error(i, s, sig)
+        num_samples += batch_size(batch)
+        num_batches += 1
+    if num_batches == 0 or num_samples == 0:
+        raise ValueError(
+            "Expected a non-empty dataset. Received "
+            + ("no batches." if num_batches == 0 else f"{num_batches} batches of 0 samples.")
+        )
+    return DataSummary(first, sig, num_batches, num_samples)
+
+
+# ------------------------------------------------------------------------ the operator
+
+
+class DatasetOperator(LinearOperator):
+    """The mean over a dataset of per-batch symmetric operators, streamed per product.
+
+    ``product(batch, V)`` applies one batch's operator (the Hessian or GGN of its mean
+    loss) to ``V`` ``(n, k)``; a product of this operator is the sum over batches of
+    ``(size of the batch / number of samples) * product(batch, V)``, in the data's
+    order, summed across processes when ``distributed``. Products carry no gradient.
+    """
+
+    def __init__(
+        self,
+        product: Callable[[Any, Array], Array],
+        data: Any,
+        summary: DataSummary,
+        *,
+        n: int,
+        dtype: Any,
+        backend: Backend,
+        device: Any,
+        distributed: bool = False,
+        group: Any = None,
+        progress: bool = False,
+        name: str = "dataset",
+    ) -> None:
+        super().__init__((n, n), dtype=dtype, backend=backend, device=device)
+        self._product, self._data, self._summary = product, data, summary
+        self._distributed, self._group = distributed, group
+        self._progress, self._name = progress, name
+        local = summary.num_samples
+        self.num_samples = (
+            backend.distributed_count(local, group=group) if distributed else local
+        )
+
+    @property
+    def is_hermitian(self) -> bool:
+        return True
+
+    def _batches(self) -> Iterator[Any]:
+        for i, batch in enumerate(self._data):
+            s = _signature(batch)
+            if s != self._summary.signature:
+                raise _structure_error(i, s, self._summary.signature)
+            if self._distributed:
+                batch = self._backend.distributed_batch(batch, group=self._group)
+            yield batch
+
+    def _mm(self, V, *, adjoint=False, grad=False):
+        total = None
+        bar = progress(self._summary.num_batches, desc=self._name, unit="batch",
+                       enabled=self._progress)
+        try:
+            for batch in self._batches():
+                size = batch_size(batch)
+                if size:
+                    part = self._product(batch, V) * (size / self.num_samples)
+                    total = part if total is None else total + part
+                bar.update(1)
+        finally:
+            bar.close()
+        if self._distributed:
+            total = self._backend.distributed_sum(total, group=self._group)
+        return total if total.dtype == self.dtype else self.xp.astype(total, self.dtype)
+
+
+# ------------------------------------------------------------------------ public API
+
+
+def _check_flags(distributed: Any, group: Any, progress: Any) -> None:
+    if not isinstance(distributed, bool):
+        raise TypeError(f"Expected distributed to be a bool. Received {distributed!r}.")
+    if not isinstance(progress, bool):
+        raise TypeError(f"Expected progress to be a bool. Received {progress!r}.")
+    if group is not None and not distributed:
+        raise ValueError("Expected group only with distributed=True. Received distributed=False.")
+
+
+def dataset_hessian(f: Callable, params: Any, data: Any, **options: Any) -> DatasetOperator:
+    """The Hessian of the mean loss over a dataset (see :func:`jacspec.hessian`)."""
+    return _build(f, None, params, data, **options)
+
+
+def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
+           distributed: bool = False, group: Any = None, progress: bool = False
+           ) -> DatasetOperator:
+    """Validate, differentiate the first batch once (a non-scalar loss fails here, before
+    any product), and wrap the adapter's per-batch product: the Hessian of ``f`` when
+    ``loss`` is None, else the GGN of ``loss`` after ``f``."""
+    _check_callable(f)
+    if loss is not None:
+        _check_callable(loss)
+    _check_flags(distributed, group, progress)
+    backend, params = _point(params)
+    summary = scan(data)
+    first = summary.first
+    if loss is None:
+        lin = backend.linearize_gradient(lambda p: f(p, first), params, batched=False)
+        product = backend.batch_hessian_product(f, params)
+    else:
+        if not (isinstance(first, (tuple, list)) and len(first) == 2):
+            raise ValueError(
+                "Expected data to yield (inputs, targets) pairs for js.ggn. Received "
+                f"batches of structure {summary.signature}."
+            )
+        inputs, targets = first
+        lin = backend.linearize(lambda p: f(p, inputs), params, batched=False)
+        z = backend.stop_gradient(lin.y)
+        backend.linearize_gradient(lambda o: loss(o, targets), z, batched=False)
+        product = backend.batch_ggn_product(f, loss, params)
+    return DatasetOperator(product, data, summary, n=lin.n, dtype=lin.y.dtype,
+                           backend=backend, device=backend.device(lin.y),
+                           distributed=distributed, group=group, progress=progress,
+                           name="hessian" if loss is None else "ggn")
+
+
+def ggn(
+    f: Callable,
+    loss: Callable,
+    params: Any,
+    *,
+    data: Any,
+    distributed: bool = False,
+    group: Any = None,
+    progress: bool = False,
+) -> DatasetOperator:
+    """The generalized Gauss–Newton matrix of the mean loss over a dataset.
+
+    ``G = sum_b (N_b / N) J_b^T H_b J_b``, where ``J_b`` is the Jacobian of the outputs
+    ``f(params, inputs_b)`` with respect to the parameters, ``H_b`` the Hessian of
+    ``loss(outputs, targets_b)`` (the mean loss of batch ``b``) with respect to the
+    outputs, ``N_b`` the batch's size and ``N`` the number of samples. For a convex
+    loss of the outputs (squared error, softmax cross-entropy) ``G`` is symmetric
+    positive semidefinite; it equals the Hessian when the model is linear in its
+    parameters. Every product streams ``data`` once: memory is that of one batch.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(params, inputs) -> outputs`` (an array of any shape).
+    loss : callable
+        ``loss(outputs, targets) -> scalar``, the mean loss of the batch.
+    params : array or collection of arrays
+        The parameters, as for :func:`jacspec.hessian` (a torch ``named_parameters()``
+        dict, a JAX pytree, a list of ``tf.Variable``, a list/tuple/dict of arrays).
+    data : iterable of (inputs, targets)
+        Re-iterable (a list, a ``torch.utils.data.DataLoader``, a ``tf.data.Dataset``),
+        iterated once per product in its own order. A batch's size is the leading axis
+        of its first array.
+    distributed : bool
+        Each process holds its shard of the data; every product is summed across
+        processes (torch: ``torch.distributed.all_reduce``; JAX: batches sharded over
+        all devices, reduced by XLA). See the "Running across processes" docs page.
+    group : optional
+        torch: the process group of the all-reduce (default: the world).
+    progress : bool
+        Show a progress bar over the batches of each product (tqdm if installed).
+
+    Returns
+    -------
+    LinearOperator
+        Square ``(n, n)`` with ``n`` the number of parameters, symmetric.
+
+    Raises
+    ------
+    TypeError
+        If ``data`` is a one-shot generator or iterator, or not iterable.
+    ValueError
+        For an empty dataset, batches of changing structure, batches that are not
+        ``(inputs, targets)`` pairs, or a ``loss`` that returns a non-scalar.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import jacspec as js
+    >>> model = torch.nn.Linear(3, 2)
+    >>> data = [(torch.randn(8, 3), torch.randn(8, 2)) for _ in range(3)]
+    >>> G = js.ggn(lambda p, x: torch.func.functional_call(model, p, (x,)),
+    ...            torch.nn.functional.mse_loss, dict(model.named_parameters()), data=data)
+    >>> G.shape
+    (8, 8)
+    >>> bool(js.eigsh(G, k=1).values[0] > 0)
+    True
+    """
+    return _build(f, loss, params, data, distributed=distributed, group=group,
+                  progress=progress)
