@@ -230,14 +230,14 @@ def _every_entry_point(f, X, backend_name):
     if backend_name == "torch":
         H = js.hessian(lambda z: (f(z) ** 2).sum(), X)
         H @ (X.reshape(-1) * 0 + 1)
-        p = js.penalties.spectral(f, X, num_matvecs=3)
+        p = js.penalties.spectral(f, X, method="lanczos", maxiter=3)
         p.backward()
     else:
         import tensorflow as tf
 
         H = js.hessian(lambda z: tf.reduce_sum(f(z) ** 2), X)
         H @ tf.ones(H.shape[1], dtype=X.dtype)
-        js.penalties.spectral(f, X, num_matvecs=3)
+        js.penalties.spectral(f, X, method="lanczos", maxiter=3)
     js.slope(f, X, num_between=2)
 
 
@@ -385,7 +385,7 @@ def _grad_mode_results(torch, W, x, X):
         "eigsh": js.eigsh(js.hessian(lambda z: (f(z) ** 2).sum(), x), k=2).values,
         "params": js.dense(js.hessian(lambda p: (torch.tanh(X @ p["W"].T) ** 2).sum(),
                                       {"W": W})),
-        "penalty": js.penalties.spectral(f, x, num_matvecs=4),
+        "penalty": js.penalties.spectral(f, x, method="lanczos", maxiter=4),
         "slope": js.slope(f, x).values,
     }
 
