@@ -24,6 +24,13 @@ def asarray(a: np.ndarray) -> jax.Array:
     return jnp.asarray(np.asarray(a), dtype=DTYPE)
 
 
+def to_numpy(a: jax.Array) -> np.ndarray:
+    return np.asarray(a)
+
+
+no_grad = contextlib.nullcontext  # JAX records no gradients outside jax.grad
+
+
 def _mlp(params: Any, x: jax.Array, activation: str, residual: bool) -> jax.Array:
     act = jax.nn.relu if activation == "relu" else jnp.tanh
     h = x
@@ -54,7 +61,7 @@ class Model:
     params: Any
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _apply(kind: str, option: Any) -> Callable[[Any, jax.Array], jax.Array]:
     """One function object per architecture, so that jitted steps are reused."""
     if kind == "mlp":
@@ -72,10 +79,15 @@ def build(spec: MLPSpec | CNNSpec) -> Model:
     return Model(_apply("cnn", strides), params)
 
 
+@functools.cache
+def _jitted(apply: Callable) -> Callable:
+    return jax.jit(apply)
+
+
 def fn(model: Model) -> Callable:
-    """The callable jacspec differentiates: ``x -> apply(params, x)``."""
-    params = model.params
-    return lambda z: model.apply(params, z)
+    """The callable jacspec differentiates: ``x -> apply(params, x)``, jitted (one XLA
+    computation per shape, also under jacspec's JVPs and VJPs, instead of op by op)."""
+    return functools.partial(_jitted(model.apply), model.params)
 
 
 def layer_norms(params: Any) -> list[jax.Array]:
@@ -139,7 +151,7 @@ def _adam_step(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8)
     return update
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _step(apply: Callable, loss: str, penalty: str | None, lam: float, lr: float) -> Callable:
     """The jitted Adam step of one configuration (cached: seeds share the compilation)."""
     data_loss = _loss(loss)
@@ -186,9 +198,15 @@ def train(model: Model, X: np.ndarray, y: np.ndarray, *, loss: str = "ce",
     return {"loss": full_loss(model, X, y, loss), "steps": steps}
 
 
+@functools.cache
+def _full_loss(apply: Callable, loss: str) -> Callable:
+    data_loss = _loss(loss)
+    return jax.jit(lambda params, x, y: data_loss(apply(params, x), y))
+
+
 def full_loss(model: Model, X: np.ndarray, y: np.ndarray, loss: str = "ce") -> float:
     target = jnp.asarray(y, dtype=jnp.int32) if loss == "ce" else asarray(y)
-    return float(_loss(loss)(model.apply(model.params, asarray(X)), target))
+    return float(_full_loss(model.apply, loss)(model.params, asarray(X), target))
 
 
 def spectral_penalty(model: Model, X: np.ndarray) -> float:
@@ -198,14 +216,14 @@ def spectral_penalty(model: Model, X: np.ndarray) -> float:
 
 
 def predict(model: Model, X: np.ndarray) -> np.ndarray:
-    return np.asarray(model.apply(model.params, asarray(X)))
+    return np.asarray(fn(model)(asarray(X)))
 
 
 def accuracy(model: Model, X: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(predict(model, X).argmax(1) == y))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loss_grad(apply: Callable) -> Callable:
     """Jitted input gradient of the summed cross-entropy (one compilation per model)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,13 @@ DTYPE = torch.float32
 
 def asarray(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=DTYPE)
+
+
+def to_numpy(a: torch.Tensor) -> np.ndarray:
+    return a.detach().cpu().numpy()
+
+
+no_grad = torch.no_grad
 
 
 def _linear(W: np.ndarray, b: np.ndarray) -> nn.Linear:
