@@ -209,10 +209,15 @@ def full_loss(model: Model, X: np.ndarray, y: np.ndarray, loss: str = "ce") -> f
     return float(_full_loss(model.apply, loss)(model.params, asarray(X), target))
 
 
+@functools.cache
+def _spectral_penalty(apply: Callable) -> Callable:
+    return jax.jit(lambda p, x: js.penalties.spectral(lambda z: apply(p, z), x, squared=False))
+
+
 def spectral_penalty(model: Model, X: np.ndarray) -> float:
     """``js.penalties.spectral(f, X, squared=False)``: the mean ``sigma_max`` the
     training penalty sees, to compare with the exact norms."""
-    return float(js.penalties.spectral(fn(model), asarray(X), squared=False))
+    return float(_spectral_penalty(model.apply)(model.params, asarray(X)))
 
 
 def predict(model: Model, X: np.ndarray) -> np.ndarray:
