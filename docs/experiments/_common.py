@@ -161,6 +161,16 @@ def parser(description: str, backends: Sequence[str] = ("torch",)) -> argparse.A
     return p
 
 
+def main(run: Callable[[argparse.Namespace], Any], doc: str,
+         argv: Sequence[str] | None, backends: Sequence[str] = ("torch",)) -> int:
+    """A script's entry point: parse the common options (the first line of ``doc``
+    describes the script) and ``run(args)`` with the requested torch threads."""
+    args = parser(doc.splitlines()[0], backends).parse_args(argv)
+    with kit(args.backend).threads(args.threads):
+        run(args)
+    return 0
+
+
 def seeds(args: argparse.Namespace) -> list[int]:
     n = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     return list(range(n))
@@ -274,8 +284,9 @@ class Report:
             self.add(caption)
         self.add(markdown_table(header, rows))
 
-    def write(self, fig: Any) -> tuple[Path, Path]:
-        """Write the markdown (with a footer on the run) and the figure; print both."""
+    def write(self, fig: Any, title: str) -> tuple[Path, Path]:
+        """Write the markdown (with a footer on the run) and the figure (titled
+        ``title (backend)``); print both."""
         self.out.mkdir(parents=True, exist_ok=True)
         md = self.out / f"{self.name}.md"
         png = self.out / f"{self.name}.png"
@@ -285,6 +296,8 @@ class Report:
                  f"{seconds / 60:.1f} min): "
                  f"{environment(self.backend, self.spectral)}.</small>")
         md.write_text("\n\n".join(self.parts) + "\n", encoding="utf-8")
+        fig.suptitle(f"{title} ({self.backend})")
+        fig.tight_layout()
         fig.savefig(png, dpi=100, bbox_inches="tight")
         import matplotlib.pyplot as plt
 

@@ -40,6 +40,9 @@ NOISE = 0.3
 FULL = dict(n_train=1000, epochs=40, batch_size=100, lr=1e-3, n_eval=C.N_TEST)
 QUICK = dict(n_train=100, epochs=2, batch_size=50, lr=1e-3, n_eval=100)
 
+BACKENDS = ("torch",)
+TITLE = "Symmetry and diagonality targets on a residual denoiser, digits"
+
 
 def noisy(X: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -106,7 +109,7 @@ def run(args) -> C.Report:
           rec.fmt(key, "mse"), rec.fmt(key, "asym"), rec.fmt(key, "diag"),
           rec.fmt(key, "mass"), rec.fmt(key, "norm", 2)] for key in rec.keys()],
         "**Jacobian shape and reconstruction error on noisy test images:**")
-    report.write(plot(rec, examples, args.backend))
+    report.write(plot(rec, examples), TITLE)
     return report
 
 
@@ -116,7 +119,7 @@ def example(k, model, X: np.ndarray) -> np.ndarray:
         return k.to_numpy(js.dense(js.jacobian(k.fn(model), k.asarray(X[:1]), batched=True)))[0]
 
 
-def plot(rec, examples, backend):
+def plot(rec, examples):
     fig, axes = C.figure(2, len(examples), size=(3.2, 3.0))
     vmax = max(np.abs(J - np.eye(len(J))).max() for J in examples.values())
     for ax, (name, J) in zip(axes[0], examples.items()):
@@ -140,16 +143,11 @@ def plot(rec, examples, backend):
         ax.set_title(title, fontsize=9)
     for ax in axes[1, 4:]:
         ax.axis("off")
-    fig.suptitle(f"Symmetry and diagonality targets on a residual denoiser, digits ({backend})")
-    fig.tight_layout()
     return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    with C.kit(args.backend).threads(args.threads):
-        run(args)
-    return 0
+    return C.main(run, __doc__, argv, BACKENDS)
 
 
 if __name__ == "__main__":

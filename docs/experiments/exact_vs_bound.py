@@ -39,6 +39,9 @@ PGD = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 FULL = dict(n_train=500, n_val=200, epochs=40, batch_size=100, lr=3e-3)
 QUICK = dict(n_train=100, n_val=50, epochs=2, batch_size=50, lr=3e-3)
 
+BACKENDS = ("torch", "jax")
+TITLE = "Exact vs bound spectral regularization on digits"
+
 
 def models(seed: int, quick: bool) -> dict[str, object]:
     specs = {"MLP": C.mlp_spec([64, 128, 128, 10], seed)}
@@ -108,11 +111,11 @@ def run(args) -> C.Report:
                "points (`js.penalties.spectral(..., squared=False)`, default settings) is "
                f"{ratios.min():.4f} ... {ratios.max():.4f} times the exact mean "
                "(`js.slope`), over all trained models.")
-    report.write(plot(rec, best, args.backend))
+    report.write(plot(rec, best), TITLE)
     return report
 
 
-def plot(rec: C.Records, best: dict, backend: str):
+def plot(rec: C.Records, best: dict):
     archs = sorted({a for a, _ in best}, key=["MLP", "CNN"].index)
     fig, axes = C.figure(len(archs), 3, size=(4.2, 3.2))
     panels = (("noise", NOISE, "Gaussian noise σ"), ("fgsm", FGSM, "FGSM ε (L∞)"),
@@ -132,16 +135,11 @@ def plot(rec: C.Records, best: dict, backend: str):
             ax.grid(alpha=0.3)
         axes[i, 0].set_ylabel("test accuracy")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"Exact vs bound spectral regularization on digits ({backend})")
-    fig.tight_layout()
     return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = C.parser(__doc__.splitlines()[0], backends=("torch", "jax")).parse_args(argv)
-    with C.kit(args.backend).threads(args.threads):
-        run(args)
-    return 0
+    return C.main(run, __doc__, argv, BACKENDS)
 
 
 if __name__ == "__main__":

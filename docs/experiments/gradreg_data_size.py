@@ -32,6 +32,9 @@ METHODS = {  # label: (penalty name, weights tried)
 FULL = dict(sizes=(50, 100, 200, 500, 1000), n_val=200, steps=300, lr=3e-3)
 QUICK = dict(sizes=(50, 200), n_val=50, steps=10, lr=3e-3)
 
+BACKENDS = ("torch",)
+TITLE = "Gradient regularization vs training-set size, digits"
+
 
 def run(args) -> C.Report:
     k = C.kit(args.backend)
@@ -67,11 +70,11 @@ def run(args) -> C.Report:
           "-" if key[1] == "none" else C.mean_std(gains[key])]
          for key in best.values()],
         "**Best weight per penalty and size** (by validation accuracy):")
-    report.write(plot(rec, best, gains, cfg["sizes"], args.backend))
+    report.write(plot(rec, best, gains, cfg["sizes"]), TITLE)
     return report
 
 
-def plot(rec, best, gains, sizes, backend):
+def plot(rec, best, gains, sizes):
     fig, axes = C.figure(1, 2, size=(5.0, 3.6))
     for method in METHODS:
         keys = [best[(n, method)] for n in sizes]
@@ -90,16 +93,11 @@ def plot(rec, best, gains, sizes, backend):
     axes[0, 0].set_ylabel("test accuracy")
     axes[0, 1].set_ylabel("gain over no penalty (points)")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"Gradient regularization vs training-set size, digits ({backend})")
-    fig.tight_layout()
     return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    with C.kit(args.backend).threads(args.threads):
-        run(args)
-    return 0
+    return C.main(run, __doc__, argv, BACKENDS)
 
 
 if __name__ == "__main__":

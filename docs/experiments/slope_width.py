@@ -30,6 +30,9 @@ FULL = dict(n_train=500, widths=(32, 64, 128, 256, 512, 1024), scales=(0.25, 0.5
 QUICK = dict(n_train=100, widths=(32, 128), scales=(0.5, 1, 2), scale_width=32, target=0.5,
              max_epochs=20, lr=3e-3, num_between=100)
 
+BACKENDS = ("torch", "jax")
+TITLE = "Slope distributions vs width and input scale, digits"
+
 
 def fit(k, width: int, split: C.Split, c: float, cfg: dict, seed: int):
     """A width-``width`` MLP trained on inputs scaled by ``c``."""
@@ -97,7 +100,7 @@ def run(args) -> C.Report:
     report.add("Identity check, `js.slope` of `x -> f(x / c)` at `c x` against "
                f"`js.slope(f)(x) / c` (c = {cfg['scales'][-1]:g}): largest relative "
                f"difference {max(rec.values('identity', 'rel')):.1e}.")
-    report.write(plot(rec, hists, widths, scales, args.backend))
+    report.write(plot(rec, hists, widths, scales), TITLE)
     return report
 
 
@@ -112,7 +115,7 @@ def identity_check(k, model, X: np.ndarray, c: float) -> float:
     return float(np.max(np.abs(scaled - plain) / plain))
 
 
-def plot(rec, hists, widths, scales, backend):
+def plot(rec, hists, widths, scales):
     fig, axes = C.figure(1, 3, size=(4.4, 3.4))
     allv = np.concatenate([np.concatenate(run) for runs in hists.values() for run in runs])
     edges = np.linspace(0, np.quantile(allv, 0.995), 50)
@@ -137,16 +140,11 @@ def plot(rec, hists, widths, scales, backend):
     ax.set_xlabel("input scale c")
     ax.set_title("trained on scaled inputs")
     ax.legend(fontsize=8)
-    fig.suptitle(f"Slope distributions vs width and input scale, digits ({backend})")
-    fig.tight_layout()
     return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = C.parser(__doc__.splitlines()[0], backends=("torch", "jax")).parse_args(argv)
-    with C.kit(args.backend).threads(args.threads):
-        run(args)
-    return 0
+    return C.main(run, __doc__, argv, BACKENDS)
 
 
 if __name__ == "__main__":
