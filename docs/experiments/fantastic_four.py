@@ -102,6 +102,10 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
     return rows
 
 
+def speedup(ratio: float) -> str:
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
+
+
 def per_layer_table(report: C.Report, runs: list[list[dict]], title: str,
                     chain: bool = True) -> None:
     """One row per layer: bound, exact, ratio (mean ± std over the runs), times; for a
@@ -121,7 +125,7 @@ def per_layer_table(report: C.Report, runs: list[list[dict]], title: str,
             C.mean_std([c["bound"] / c["exact"] for c in col], 2) if conv else "1 (dense)",
             C.mean_std([1e3 * c["t_bound"] for c in col], 2) if conv else "-",
             C.mean_std([1e3 * c["t_exact"] for c in col], 1) if conv else "-",
-            f"{np.mean([c['t_exact'] / c['t_bound'] for c in col]):.2g}x" if conv else "-",
+            speedup(np.mean([c["t_exact"] / c["t_bound"] for c in col])) if conv else "-",
         ])
     prod = [run[-1]["product"] for run in runs]
     bound_prod = [np.prod([c["bound"] for c in run]) for run in runs]
