@@ -208,8 +208,8 @@ def num_params(model: nn.Module) -> int:
 
 @contextlib.contextmanager
 def threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` intra-op threads (restored afterwards). On a loaded machine one
-    thread per process avoids oversubscription, which slows small ops by 10x or more."""
+    """Run with ``n`` intra-op threads (restored afterwards): on a shared machine one
+    thread per process avoids oversubscribing the cores, which small ops suffer from."""
     before = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
