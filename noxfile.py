@@ -4,6 +4,7 @@
     nox -s "tests(backend='torch')"       # one backend
     nox -s tests -- -k svds -x            # extra arguments go to pytest
     nox -s lint docs bench
+    nox -s experiments                    # regenerate the Experiments page's results
 
 Each backend session installs that backend's pinned CPU requirements from
 ``backends/<name>/requirements.txt`` *before* resolving jacspec, so that e.g. torch is
@@ -65,9 +66,10 @@ def tests(session: nox.Session, backend: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check over src, tests and this file."""
+    """ruff check over src, tests, the experiment scripts and this file."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
-    session.run("ruff", "check", "src", "tests", "noxfile.py", *session.posargs)
+    session.run("ruff", "check", "src", "tests", "noxfile.py", "docs/experiments",
+                *session.posargs)
 
 
 @nox.session
@@ -101,3 +103,30 @@ def bench(session: nox.Session) -> None:
     else:
         session.run("jacspec", "bench", "--quick", "--backend", "torch")
         session.run("jacspec", "bench", "--quick", "--backend", "jax")
+
+
+# Experiment scripts under docs/experiments and the backends each runs on.
+EXPERIMENTS = {
+    "exact_vs_bound": ("torch", "jax"),
+    "slope_width": ("torch", "jax"),
+    "gradreg_data_size": ("torch",),
+    "fantastic_four": ("torch",),
+    "cui_targets": ("torch",),
+}
+
+
+@nox.session
+def experiments(session: nox.Session) -> None:
+    """Regenerate the tables and figures of the Experiments page (full mode).
+
+    They are written to docs/experiments/results/. ``nox -s experiments -- slope_width``
+    runs the named scripts only; options (``--quick``, ``--seeds N``) are passed on.
+    """
+    session.install(*_requirements("torch"), *_requirements("jax"), "-e", ".[demo]")
+    session.env["MPLBACKEND"] = "Agg"
+    names = [a for a in session.posargs if a in EXPERIMENTS] or list(EXPERIMENTS)
+    options = [a for a in session.posargs if a not in EXPERIMENTS]
+    for name in names:
+        for backend in EXPERIMENTS[name]:
+            session.run("python", f"docs/experiments/{name}.py", "--backend", backend,
+                        *options)
