@@ -213,6 +213,14 @@ class _SolverNamespace:
 
     matmul = staticmethod(torch.matmul)
     where = staticmethod(torch.where)
+
+    @staticmethod
+    def any(x, /, *, axis=None, keepdims=False):  # noqa: A003 - array-API name
+        return torch.any(x) if axis is None else torch.any(x, dim=axis, keepdim=keepdims)
+
+    @staticmethod
+    def all(x, /, *, axis=None, keepdims=False):  # noqa: A003 - array-API name
+        return torch.all(x) if axis is None else torch.all(x, dim=axis, keepdim=keepdims)
     maximum = staticmethod(torch.maximum)
     minimum = staticmethod(torch.minimum)
     linalg = _SolverLinalg()

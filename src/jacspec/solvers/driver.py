@@ -295,7 +295,11 @@ def finish(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which:
         # The basis spans the smaller side: residuals are 0; only values are wanted.
         M = _small(ctx, alg, s)
         ctx.check_finite(M)
-        S = xp.linalg.svdvals(M)[:, :k]
+        if k == 1:  # sqrt(lambda_max(M M^H)): eigvalsh of small stacks is cheaper (CPU)
+            lam = xp.linalg.eigvalsh(xp.matmul(M, ctx.H(M)))[:, -1:]
+            S = xp.sqrt(xp.maximum(lam, xp.zeros_like(lam)))
+        else:
+            S = xp.linalg.svdvals(M)[:, :k]
         zero = xp.zeros_like(S)
         return KrylovResult(S, None, None, zero, zero <= 0, ctx.count)
     if found is None:

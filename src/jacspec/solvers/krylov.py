@@ -104,7 +104,7 @@ def gkl_step(ctx: Context, s: KrylovState) -> KrylovState:
     w = ctx.mv(u, adjoint=True)
     # The scale is ||A v|| (u-steps); ||A^H u|| adds nothing a breakdown is judged by.
     v, _, beta, scale, bd_v = orthogonalize(ctx, V, j + 1, w, scale, j, force=s.force,
-                                            track=False)
+                                            track=False, coefs=False)
     fresh_from, last_break = _note_breakdowns(ctx, s, bd_v, j + 1, bd_u)
     return KrylovState(j + 1, V, U, C, v, beta, scale, fresh_from, last_break)
 
@@ -142,20 +142,21 @@ def decompose(ctx: Context, step: Callable[[Context, KrylovState], KrylovState],
 
 
 def orthogonalize(ctx: Context, Q: Array, j: Any, w: Array, scale: Array, step: Any, *,
-                  force: Array | None = None, track: bool = True):
+                  force: Array | None = None, track: bool = True, coefs: bool = True):
     """``w`` (B, s) orthogonalized against rows ``[0, j)`` of ``Q`` (B, jmax, s).
 
     Classical Gram–Schmidt, twice. Where the remainder is at rounding level relative to
     ``scale`` (a breakdown: ``w`` lies in the span of the basis) or ``force`` says so, a
     random vector orthogonalized against the basis replaces it and the coupling is 0.
     Returns ``(q, coefs, coupling, scale, broke)``; ``broke`` is ``None`` where no
-    problem broke down outside a trace (then nothing needs masking).
+    problem broke down outside a trace (then nothing needs masking); ``coefs`` is
+    ``None`` unless asked for.
     """
     xp, b = ctx.xp, ctx.backend
     rows = Q[:, :j] if ctx.sliced else Q
     if track:
         scale = xp.maximum(scale, ctx.norm(w))
-    w, c = _project_out(ctx, rows, w)
+    w, c = _project_out(ctx, rows, w, coefs)
     nrm = ctx.norm(w)
     bd = nrm * (1.0 / ctx.bd_rtol) <= scale
     if force is not None:
@@ -175,18 +176,20 @@ def orthogonalize(ctx: Context, Q: Array, j: Any, w: Array, scale: Array, step: 
     return q, c, coupling, scale, broke
 
 
-def _project_out(ctx: Context, rows: Array, w: Array) -> tuple[Array, Array]:
-    """``(w - rows^H c, c)`` with ``c`` the coefficients of ``w`` along the rows, CGS2."""
+def _project_out(ctx: Context, rows: Array, w: Array, coefs: bool = False
+                 ) -> tuple[Array, Array | None]:
+    """``(w - rows^H c, c)`` with ``c`` the coefficients of ``w`` along the rows, CGS2
+    (``c`` is ``None`` unless ``coefs``)."""
     b = ctx.backend
     if int(rows.shape[-2]) == 0:
-        return w, ctx.zeros((ctx.B, 0))
+        return w, ctx.zeros((ctx.B, 0)) if coefs else None
     RH = ctx.H(rows)
     w = w[:, None, :]
     c1 = b.row_coefs(w, rows, RH)
     w = b.sub_matmul(w, c1, rows)
     c2 = b.row_coefs(w, rows, RH)
     w = b.sub_matmul(w, c2, rows)
-    return w[:, 0], (c1 + c2)[:, 0]
+    return w[:, 0], (c1 + c2)[:, 0] if coefs else None
 
 
 def _put_coefs(ctx: Context, C: Array, j: Any, c: Array, alpha: Array | None) -> Array:

@@ -26,7 +26,9 @@ TRACED_MAXITER = 200
 
 
 class PowerState(NamedTuple):
-    """The block of the next step and the Ritz estimates of the last one."""
+    """The block of the next step and the Ritz estimates of the last one. For ``k = 1``
+    (SVD) the vectors have no column axis and the values none either (``(B,)``): a
+    single-vector iteration spends no operations on adding and dropping it."""
 
     V: Array  # (B, n_in, k) orthonormal columns
     values: Array  # (B, k) real
@@ -52,7 +54,11 @@ def _orth(ctx: Context, Z: Array) -> Array:
 
 def power_init(ctx: Context, k: int, v0: Array | None, *, two_sided: bool) -> PowerState:
     """The orthonormal start block (``v0`` as its first column) and empty estimates."""
-    V = ctx.start(v0)[..., None]
+    V = ctx.start(v0)
+    if two_sided and k == 1:  # single vectors (see PowerState)
+        zero = ctx.zeros((ctx.B,), real=True)
+        return PowerState(V, zero, ctx.zeros((ctx.B, ctx.n_out)), V, zero, zero)
+    V = V[..., None]
     if k > 1:
         V = _orth(ctx, ctx.xp.concat([V, ctx.random((ctx.B, ctx.n_in, k - 1))], axis=-1))
     zeros = ctx.zeros((ctx.B, k), real=True)
@@ -65,18 +71,19 @@ def svd_power_step(ctx: Context, s: PowerState, tol: float) -> PowerState:
     residuals ``||Z - V Y S||``; the next block is ``Z`` orthonormalized."""
     xp = ctx.xp
     V = s.V
-    if int(V.shape[-1]) == 1:  # single vectors: no column axis around the products
-        w = ctx.mv(V[..., 0])
-        S = ctx.norm(w)[:, None]
-        U = (w / ctx.cast(S[:, 0] + ctx.tiny_normal)[:, None])[..., None]
-        Z = ctx.mv(U[..., 0], adjoint=True)[..., None]
-        Vr = V
-    else:
-        W = ctx.mm(V)
-        ctx.check_finite(W)  # before LAPACK sees it
-        U, S, Yh = xp.linalg.svd(W, full_matrices=False)
-        Z = ctx.mm(U, adjoint=True)
-        Vr = xp.matmul(V, ctx.H(Yh))
+    if len(V.shape) == 2:  # k = 1: single vectors (see PowerState)
+        w = ctx.mv(V)
+        S = ctx.norm(w)
+        U = w / ctx.cast(S + ctx.tiny_normal)[:, None]
+        z = ctx.mv(U, adjoint=True)  # = A^H u ~ s v
+        res = ctx.norm(z - V * ctx.cast(S)[:, None])
+        v = z / ctx.cast(ctx.norm(z) + ctx.tiny_normal)[:, None]
+        return PowerState(v, S, U, V, res, tol * S)
+    W = ctx.mm(V)
+    ctx.check_finite(W)  # before LAPACK sees it
+    U, S, Yh = xp.linalg.svd(W, full_matrices=False)
+    Z = ctx.mm(U, adjoint=True)
+    Vr = xp.matmul(V, ctx.H(Yh))
     res = _colnorm(ctx, Z - Vr * ctx.cast(S)[:, None, :])
     return PowerState(_orth(ctx, Z), S, U, Vr, res, tol * S[:, :1])
 
@@ -111,7 +118,8 @@ def power_solve(ctx: Context, step: Callable[[PowerState], PowerState], s: Power
     if maxiter is None:
         maxiter = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
     if ctx.traced:
-        s = ctx.loop(lambda i, c: step(c), s, max(1, maxiter // per_step), per_step)
+        s = _columns(ctx.loop(lambda i, c: step(c), s, max(1, maxiter // per_step),
+                              per_step))
         return KrylovResult(s.values, s.left, s.right, s.residuals,
                             s.residuals <= s.bound, ctx.count)
     start = ctx.count
@@ -119,11 +127,20 @@ def power_solve(ctx: Context, step: Callable[[PowerState], PowerState], s: Power
         s = step(s)
         if _stop(ctx, s.residuals, s.bound) or ctx.count - start + per_step > maxiter:
             break
+    s = _columns(s)
     ctx.check_finite(s.residuals)
     conv = s.residuals <= s.bound
     if warn and not ctx.backend.all_true(conv):
         warn_unconverged("Power iteration", ctx.count)
     return KrylovResult(s.values, s.left, s.right, s.residuals, conv, ctx.count)
+
+
+def _columns(s: PowerState) -> PowerState:
+    """A single-vector state with the column axes of a block of one."""
+    if len(s.values.shape) == 2:
+        return s
+    return PowerState(s.V[..., None], s.values[:, None], s.left[..., None],
+                      s.right[..., None], s.residuals[:, None], s.bound[:, None])
 
 
 def _stop(ctx: Context, res: Array, bound: Array) -> bool:
