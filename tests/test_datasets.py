@@ -64,10 +64,11 @@ def _problem(b, dtype, rng, sizes, batch_sizes):
     return net, data, mse, batch_loss
 
 
-# layer sizes, batch sizes (uneven, a single sample included) and a seed
+# layer sizes, batch sizes (uneven, a single sample included) and a seed; the shapes
+# come from small sets so that eager JAX, which compiles per shape, reuses its programs
 PROBLEMS = dict(
-    sizes=st.lists(st.integers(1, 4), min_size=2, max_size=3),
-    batch_sizes=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    sizes=st.sampled_from([[1, 1], [3, 2], [2, 4, 3], [4, 3, 1]]),
+    batch_sizes=st.lists(st.sampled_from([1, 3, 5]), min_size=1, max_size=3),
     seed=st.integers(0, 2**16),
 )
 
@@ -79,12 +80,11 @@ def test_dataset_hessian_matches_full_batch(autodiff_backend, dtype, sizes, batc
     net, data, mse, batch_loss = _problem(b, dtype, rng, sizes, batch_sizes)
     H = js.hessian(batch_loss, net.params, data=data)
     X, Y = _cat(b, [x for x, _ in data]), _cat(b, [y for _, y in data])
+    # the framework's own dense Hessian of the full-batch loss on the concatenated data
     ref = reference_hessian(b, lambda t: mse(net.apply_flat(t, X), Y), net.theta0)
-    full = js.hessian(lambda p: batch_loss(p, (X, Y)), net.params)
     assert H.shape == ref.shape and H.is_hermitian and H.num_samples == sum(batch_sizes)
     dense = _np(js.dense(H))
     np.testing.assert_allclose(dense, ref, **TOL[dtype])
-    np.testing.assert_allclose(dense, _np(js.dense(full)), **TOL[dtype])
     V = rng.standard_normal((ref.shape[0], 2))
     np.testing.assert_allclose(_np(H.matmat(from_numpy(V, b, dtype))), ref @ V, **TOL[dtype])
 
