@@ -258,3 +258,34 @@ def dataset_memory_torch(quick: bool, *, shape: tuple[int, int, int] | None = No
             row("product/one-batch HVP", mb["native_hvp"],
                 "one batch's hand-written double-backward HVP (jacspec on one batch: "
                 f"{mb['one_batch']:.0f} MB)", "<= 1.2")]
+
+
+# ---------------------------------------------------------------------------- density
+
+
+def dataset_density_torch(quick: bool, *, sizes: list[int] = SIZES,
+                          nsamples: int | None = None) -> list[Row]:
+    """The cost of one probe-step of ``js.spectral_density`` on the dataset Hessian vs
+    one dataset HVP (``H @ v``)."""
+    import torch
+
+    import jacspec as js
+
+    model, batches = _problem(torch, torch.float32, True, sizes, nsamples)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    H = js.hessian(_batch_loss(torch, model), params, data=batches)
+    v = torch.randn(H.shape[1])
+    probes, steps = (2, 8) if quick else (4, 24)
+    reps = 2 if quick else 5
+    t_sd = median_time(lambda: js.spectral_density(H, num_probes=probes, num_steps=steps),
+                       reps) / (probes * steps)
+    t_hvp = median_time(lambda: H @ v, 3 * reps)
+    nsamp = sum(int(x.shape[0]) for x, _ in batches)
+    return [dict(
+        name="dataset density: probe-step/HVP (torch)", jacspec=_ms(t_sd),
+        reference=_ms(t_hvp), ratio=t_sd / t_hvp, target="<= 1.10",
+        met=t_sd / t_hvp <= 1.10,
+        configuration=f"time of js.spectral_density ({probes} probes x {steps} Lanczos "
+        f"steps) per probe-step vs one product of the dataset Hessian ({nsamp} digits in "
+        f"batches of 128, {'-'.join(map(str, sizes))} tanh MLP, float32)",
+        details=dict(probe_step_s=t_sd, hvp_s=t_hvp, probes=probes, steps=steps))]
