@@ -179,7 +179,10 @@ class DatasetOperator(LinearOperator):
                 size = batch_size(batch)
                 if size:
                     part = self._product(batch, V) * (size / self.num_samples)
-                    total = part if total is None else total + part
+                    if total is None:
+                        total = part
+                    else:  # in place where the framework allows (one vector less alive)
+                        total += part
                 bar.update(1)
         finally:
             bar.close()
