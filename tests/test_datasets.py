@@ -229,3 +229,24 @@ def test_jax_four_devices_equal_one(tmp_path):
                {"XLA_FLAGS": "--xla_force_host_platform_device_count=4",
                 "JAX_PLATFORMS": "cpu"})
     assert "devices=4" in out and "OK" in out, out
+
+
+def test_torch_model_state_untouched():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Tanh(),
+                                torch.nn.Linear(4, 2)).double().train()
+    data = [(torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))) for _ in range(2)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def apply(p, x):
+        return torch.func.functional_call(model, p, (x,))
+
+    params = dict(model.named_parameters())
+    H = js.hessian(lambda p, b: torch.nn.functional.cross_entropy(apply(p, b[0]), b[1]), params,
+                   data=data)
+    G = js.ggn(apply, torch.nn.functional.cross_entropy, params, data=data)
+    js.dense(H), js.dense(G)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
