@@ -59,6 +59,9 @@ def test_one_real_row(tmp_path, capsys):
                       only=["lanczos"]) == 0
     out = capsys.readouterr().out
     assert "configuration" in out and "lanczos/power products" in out
+    # progress as whole lines in a log: what starts, then what is done
+    assert "jacspec bench: 0/1 group (0%), 0 s lanczos (torch)\n" in out
+    assert "jacspec bench: 1/1 group (100%)" in out and "\r" not in out
     rows = json.loads(path.read_text())["rows"]
     assert len(rows) == 1
     d = rows[0]["details"]

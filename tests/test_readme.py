@@ -1,7 +1,5 @@
-"""The README's examples run, each in the session of the framework it is about.
-
-Blocks under a heading naming PyTorch (and the Slope block, which reuses the PyTorch
-model) share one namespace, in order; the others run on their own.
+"""The README's examples run, each in the session of the framework it is about, and each
+on its own (a fresh namespace per block: a reader can copy any one of them).
 """
 
 from __future__ import annotations
@@ -39,6 +37,5 @@ def test_readme_has_examples_for_every_backend():
 def test_readme_examples_run(backend, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # res.plot() and friends write nothing into the tree
     pytest.importorskip("matplotlib") if backend == "torch" else None
-    namespace: dict = {"__name__": "__readme__"}
     for i, code in enumerate(_examples()[backend]):
-        exec(compile(code, f"README.md[{backend}#{i}]", "exec"), namespace)
+        exec(compile(code, f"README.md[{backend}#{i}]", "exec"), {"__name__": "__readme__"})

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jacspec as js
-from jacspec.backends import get_backend
 from _helpers import from_numpy, to_numpy
+from jacspec.backends import get_backend
 
 
 def _examples(backend: str) -> int:
@@ -205,3 +205,42 @@ def test_jax_jit_power_on_a_traced_matrix_uses_the_traced_budget(backend):
     val = jax.jit(top)(M)
     assert seen[0] <= 200  # the traced default, compiled as one loop
     np.testing.assert_allclose(float(val[0]), 1.0, rtol=1e-6)
+
+
+def test_traced_solves_iterate_to_tol(backend):
+    """Inside ``jax.jit`` / ``tf.function`` with no ``maxiter``, svds, eigsh and the
+    (Lanczos) spectral penalty run until ``tol`` under the framework's while loop."""
+    if backend not in ("jax", "tensorflow"):
+        pytest.skip("traced solves: jax.jit and tf.function")
+    A = _matrix(90, 70, 4, 0.97)
+    S = A.T @ A
+    s_ref = np.linalg.svd(A, compute_uv=False)
+    rng = np.random.default_rng(5)
+    W0 = rng.standard_normal((150, 150)) / 13
+    x0 = rng.standard_normal((4, 150))
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        compile_ = jax.jit
+        tanh = jnp.tanh
+    else:
+        import tensorflow as tf
+
+        compile_ = tf.function
+        tanh = tf.tanh
+
+    def solves(M, Sm, W, x):
+        f = lambda z: tanh(z @ W)  # noqa: E731
+        return (js.svds(js.aslinearoperator(M), k=2, method="lanczos", tol=1e-9).values,
+                js.eigsh(js.aslinearoperator(Sm), k=1, which="LA", method="lanczos",
+                         tol=1e-9).values,
+                js.penalties.spectral(f, x, method="lanczos", tol=1e-6))
+
+    args = [from_numpy(a, backend, "float64") for a in (A, S, W0, x0)]
+    vals, lam, pen = (to_numpy(t) for t in compile_(solves)(*args))
+    np.testing.assert_allclose(vals, s_ref[:2], rtol=1e-8)
+    np.testing.assert_allclose(lam, s_ref[:1] ** 2, rtol=1e-8)
+    J = js.jacobian(lambda z: tanh(z @ args[2]), args[3], batched=True)
+    exact = np.linalg.svd(to_numpy(js.dense(J)), compute_uv=False)[:, 0]
+    np.testing.assert_allclose(pen, np.mean(exact ** 2), rtol=1e-9)

@@ -1,4 +1,5 @@
-"""The code blocks of the tutorials run (each ```python block in a fresh namespace).
+"""The code blocks of the docs pages run (each ```python block in a fresh namespace, so
+that every block runs on its own).
 
 A page's blocks run with the backend the page is about, so each runs once per test
 session of that backend; a page about several frameworks (``None``) runs each block with
@@ -14,6 +15,9 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = {
+    "index.md": "torch",
+    "api.md": "torch",
+    "installation.md": "jax",
     "tutorials/torch.md": "torch",
     "tutorials/slope.md": "torch",
     "tutorials/jax.md": "jax",
@@ -32,7 +36,8 @@ CASES = [(page, i) for page in PAGES for i in range(len(_blocks(page)))]
 
 
 @pytest.mark.parametrize(("page", "index"), CASES, ids=[f"{p}#{i}" for p, i in CASES])
-def test_tutorial_block_runs(autodiff_backend, page, index, capsys):
+def test_tutorial_block_runs(autodiff_backend, page, index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # figures saved by the examples land here
     code = _blocks(page)[index]
     framework = PAGES[page] or _IMPORT.search(code).group(1)
     if framework != autodiff_backend:

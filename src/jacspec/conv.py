@@ -46,8 +46,7 @@ import math
 import time
 from typing import Any, NamedTuple
 
-from .backends import Backend, infer_backend, model_backend
-from .backends._base import FLOAT_DTYPES
+from .backends import FLOAT_DTYPES, Backend, infer_backend, model_backend
 from .operators import LinearOperator
 
 __all__ = [

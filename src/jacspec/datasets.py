@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._progress import progress_bar
+from ._progress import progress
 from .backends import Backend, backend_of
 from .derivatives import _check_callable, _point
 from .operators import LinearOperator
@@ -173,8 +173,8 @@ class DatasetOperator(LinearOperator):
 
     def _mm(self, V, *, adjoint=False, grad=False):
         total = None
-        bar = progress_bar(self._summary.num_batches, self._progress, desc=self._name,
-                           unit="batch")
+        bar = progress(self._summary.num_batches, desc=self._name, unit="batch",
+                       enabled=self._progress)
         try:
             for batch in self._batches():
                 size = batch_size(batch)

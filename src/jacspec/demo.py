@@ -27,6 +27,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ._install import install_hint
+from ._progress import progress as progress_display
+
 __all__ = ["run", "main", "RunResult", "DEFAULT_PENALTIES", "default_backend"]
 
 #: Penalty weights used by the demo (per-sample values averaged over the batch).
@@ -46,7 +49,7 @@ def default_backend() -> str:
             return name
     raise RuntimeError(
         "jacspec demo needs one of torch, jax or tensorflow; none is installed. "
-        'Install one, e.g. pip install "jacspec[torch]".'
+        f"Install one, e.g. {install_hint('torch')}."
     )
 
 
@@ -91,49 +94,29 @@ def _init_weights(sizes: Sequence[int], seed: int) -> list[tuple[np.ndarray, np.
 
 
 class _Progress:
-    """Training progress: tqdm when installed, else a counter line on ``stream``."""
+    """Training progress of one run, with the loss (see :mod:`jacspec._progress`)."""
 
     def __init__(self, total: int, desc: str, enabled: bool, stream: TextIO) -> None:
-        self.total, self.desc, self.enabled, self.stream = total, desc, enabled, stream
-        self.bar = None
-        self.every = max(1, total // 20)
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="step", leave=False,
-                                file=stream)
-            except ImportError:
-                pass
+        self.bar = progress_display(total, desc=desc, unit="step", enabled=enabled,
+                                    file=stream)
 
     def __call__(self, step: int, loss: Any) -> None:
-        if not self.enabled or ((step + 1) % self.every and step + 1 != self.total):
-            return
-        if self.bar is not None:
-            self.bar.update(step + 1 - self.bar.n)
-            self.bar.set_postfix(loss=f"{float(loss):.4f}")
-        else:
-            self.stream.write(f"\r{self.desc}: step {step + 1}/{self.total} "
-                              f"loss {float(loss):.4f}")
-            self.stream.flush()
+        self.bar.set_postfix_str(f"loss {float(loss):.4f}")
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()
 
 
 def _evaluate(js: Any, trainer: Any, X_test: np.ndarray, y_test: np.ndarray,
-              num_between: int, seed: int) -> tuple[float, Any]:
+              num_between: int, seed: int, progress: bool) -> tuple[float, Any]:
     Xt = trainer.asarray(X_test)
     f = trainer.model
     b = js.backends.backend_of(Xt)
     with b.no_grad():
         logits = b.to_numpy(f(Xt))
     acc = float(np.mean(np.argmax(logits, axis=1) == y_test))
-    slopes = js.slope(f, Xt, num_between=num_between, seed=seed)
+    slopes = js.slope(f, Xt, num_between=num_between, seed=seed, progress=progress)
     return acc, slopes
 
 
@@ -234,7 +217,7 @@ def run(
     plot : bool
         Save the plot (where matplotlib is installed).
     progress : bool
-        Show training progress on stderr.
+        Show training progress on stderr (a tqdm bar on a terminal, lines in a log).
     stream : file, optional
         Where the table is printed (default ``sys.stdout``).
 
@@ -253,7 +236,7 @@ def run(
     if importlib.util.find_spec(backend) is None:
         raise ImportError(
             f"jacspec demo --backend {backend} needs {backend} installed: "
-            f'pip install "jacspec[{backend}]".'
+            f"{install_hint(backend)}."
         )
     from ._demo import make_trainer
 
@@ -290,7 +273,7 @@ def run(
                         lam=lam, steps=steps, lr=lr, callback=bar)
         finally:
             bar.close()
-        acc, slopes = _evaluate(js, trainer, X_te, y_te, num_between, seed)
+        acc, slopes = _evaluate(js, trainer, X_te, y_te, num_between, seed, progress)
         seconds = time.perf_counter() - t0
         data = slopes.summary("data")
         results.append(RunResult(
@@ -312,20 +295,33 @@ def run(
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The ``jacspec demo`` arguments (on ``parser``, e.g. a CLI subparser, or a new one)."""
-    p = parser or argparse.ArgumentParser(
-        prog="jacspec demo",
-        description="Train a small MLP on scikit-learn's digits with and without Jacobian "
-        "penalties; report accuracy, Jacobian spectral norms and slope distributions.",
+    p = parser or argparse.ArgumentParser(prog="jacspec demo")
+    p.description = (
+        "Train a small MLP (64-64-10, tanh) on scikit-learn's digits plainly and with each "
+        "Jacobian penalty (spectral, frobenius, gradient_norm); print test accuracy, "
+        "per-sample Jacobian spectral norms and slope quantiles, and save a plot of the "
+        "slope distributions."
     )
     p.add_argument("--backend", choices=_BACKEND_ORDER, default=None,
                    help="framework (default: the first installed of torch, jax, tensorflow)")
-    p.add_argument("--quick", action="store_true", help="a fast smoke run (few steps)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run")
-    p.add_argument("--n-train", type=int, default=200, help="training samples (default 200)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=".", help="folder for the plot (default: current)")
-    p.add_argument("--no-plot", action="store_true", help="do not save a plot")
-    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument("--quick", action="store_true",
+                   help="a fast smoke run: 30 steps, 400 test samples, 100 points between "
+                   "them (default: off: 200 steps, all test samples, 1000 points)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="full-batch Adam steps per run (default: 200, or 30 with --quick)")
+    p.add_argument("--n-train", type=int, default=200, metavar="N",
+                   help="training samples; the rest of the 1797 digits are the test set "
+                   "(default: 200)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the split, the initial weights and the slope's points "
+                   "(default: 0)")
+    p.add_argument("--out", default=".", metavar="DIR",
+                   help="folder for the plot jacspec_demo_<backend>.png "
+                   "(default: the current folder)")
+    p.add_argument("--no-plot", action="store_true",
+                   help="do not save the plot (default: save it where matplotlib is installed)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress display (default: a bar on a terminal, lines in a log)")
     return p
 
 

@@ -107,8 +107,9 @@ def to_scipy(op: LinearOperator) -> Any:
     """A :class:`scipy.sparse.linalg.LinearOperator` view of an unbatched operator.
 
     Products take and return NumPy arrays (float64, or complex128 for complex
-    operators); each one moves its vector to the operator's framework and device and the
-    result back. Use it to hand jacspec operators to SciPy solvers.
+    operators or complex vectors); each one moves its vector to the operator's framework
+    and device and the result back. A complex vector on a real operator is applied to its
+    real and imaginary parts. Use it to hand jacspec operators to SciPy solvers.
 
     Examples
     --------
@@ -133,6 +134,9 @@ def to_scipy(op: LinearOperator) -> Any:
 
     def apply(V: np.ndarray, adjoint: bool) -> np.ndarray:
         V = np.asarray(V)
+        if np.iscomplexobj(V) and not op.is_complex:
+            # A real operator maps real and imaginary parts separately (as SciPy's do).
+            return apply(V.real, adjoint) + 1j * apply(V.imag, adjoint)
         vec = V.ndim == 1
         block = V.reshape(-1, 1) if vec else V
         xs = b.from_numpy(block, dtype=op.dtype, device=op.device)

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backends import Backend, backend_of
-from .backends._base import COMPLEX_DTYPES, FLOAT_DTYPES
+from .backends import COMPLEX_DTYPES, FLOAT_DTYPES, Backend, backend_of
 
 __all__ = [
     "LinearOperator",

@@ -5,8 +5,8 @@ mean over the batch of a per-sample quantity of the Jacobian (or input Hessian) 
 Add it to the loss of an ordinary training loop:
 
 - PyTorch: ``(loss + lam * js.penalties.spectral(model, x)).backward()``;
-- JAX: inside the function given to ``jax.grad`` (and ``jax.jit``): traceable, with a
-  fixed number of operator products;
+- JAX: inside the function given to ``jax.grad`` (and ``jax.jit``): traceable, the
+  gradient-free inner solve iterating to ``tol`` under ``lax.while_loop``;
 - TensorFlow / Keras: inside a ``tf.GradientTape`` (also in a custom ``train_step``).
 
 =================  ==============================================================  ==========================
@@ -139,9 +139,9 @@ def spectral(
     tol : float
         Relative accuracy of each sample's ``sigma_max``.
     maxiter : int, optional
-        A cap on the inner solver's products per call (the budgeted variant). Inside
-        ``jax.jit`` / ``tf.function`` the inner Lanczos solve runs a fixed number of
-        products: ``maxiter``, by default one basis of 33 vectors (65 products).
+        A cap on the inner solver's products per call (the budgeted variant); by
+        default the inner solve runs to ``tol``, also inside ``jax.jit`` and
+        ``tf.function`` (under the framework's while loop).
     v0 : array, optional
         ``(B, m)`` left start vectors, e.g. the ``vectors`` returned by an earlier call
         on the same samples (a warm start: fewer products).

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._progress import progress_bar
+from ._progress import progress as progress_display
 from .backends import Backend, backend_of
 from .derivatives import jacobian
 
@@ -203,7 +203,8 @@ def slope(
     batch_size : int, optional
         Points per batched Jacobian (default: all at once). Use it to bound memory.
     progress : bool
-        Show a progress bar (tqdm if installed, else a counter on stderr).
+        Show progress on stderr: a tqdm bar on a terminal (where tqdm is installed),
+        else a line per tenth of the points (log files stay readable).
 
     Returns
     -------
@@ -269,7 +270,7 @@ def slope(
         parts.append(_between_points(b, X, num_between, seed))
     total = N + num_between
     size = total if batch_size is None else batch_size
-    bar = progress_bar(total, progress, desc="slope", unit="pt")
+    bar = progress_display(total, desc="slope", unit="pt", enabled=progress)
     values = []
     try:
         with b.no_grad():

@@ -106,6 +106,12 @@ def check_v0(v0: Any, op: LinearOperator) -> Any:
     return op._check_vector(v0, op.shape[1], block=False)
 
 
+def as_count(n: Any) -> Any:
+    """A product count as a Python int; inside a tol-driven trace it is a traced integer
+    (the number of steps is known only when the program runs)."""
+    return int(n) if isinstance(n, (int, np.integer)) else n
+
+
 def check_nonempty(op: LinearOperator) -> None:
     """An operator with an empty side has no spectrum."""
     if min(op.shape) == 0:

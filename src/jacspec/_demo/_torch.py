@@ -55,6 +55,6 @@ class Trainer:
             loss.backward()
             opt.step()
             if callback is not None:
-                callback(step, loss)
+                callback(step, loss.detach())  # a value to print, not part of a graph
         self.net.eval()
         return self

@@ -14,13 +14,14 @@ Examples
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any
 
-from ._base import Backend, Linearization
+from ._base import COMPLEX_DTYPES, FLOAT_DTYPES, Backend, Linearization
 
 __all__ = [
+    "FLOAT_DTYPES",
+    "COMPLEX_DTYPES",
     "Backend",
     "Linearization",
     "BACKEND_NAMES",
@@ -57,7 +58,9 @@ def get_backend(name: str) -> Backend:
     if name not in BACKEND_NAMES:
         raise ValueError(f"Expected a backend in {sorted(BACKEND_NAMES)}. Received {name!r}.")
     if name not in _CACHE:
-        module = importlib.import_module(f"jacspec.backends.{name}")
+        # The builtin __import__, not importlib.import_module: this may run first inside a
+        # tf.function, whose AutoGraph would try (and warn) to convert importlib's code.
+        module = __import__(f"jacspec.backends.{name}", fromlist=["BACKEND"])
         _CACHE[name] = module.BACKEND
     return _CACHE[name]
 

@@ -173,6 +173,15 @@ class Backend:
             carry = body(i, carry)
         return carry
 
+    def while_loop(self, cond_fn: Callable[[Any], Any], body_fn: Callable[[Any], Any],
+                   carry: Any) -> Any:
+        """``carry = body_fn(carry)`` while ``cond_fn(carry)`` (a 0-d boolean) holds: a
+        host read per test by default; inside a trace the framework's loop
+        (``lax.while_loop``, ``tf.while_loop``). ``carry`` is a tuple of arrays."""
+        while self.to_bool(cond_fn(carry)):
+            carry = body_fn(carry)
+        return carry
+
     def set_row(self, X: Array, j: Any, x: Array, start: int = 0) -> Array:
         """``X`` (..., J, W) with ``X[..., j, start:start + t] = x`` (``x``: (..., t));
         ``j`` may be a traced index. Only solver work buffers are written, and the rows
@@ -191,8 +200,8 @@ class Backend:
 
     def hash_uniform(self, shape: tuple[int, ...], *, dtype: Any, seed: Any) -> Array:
         """Generic directions (breakdown restarts) inside a traced loop, where ``seed``
-        may be traced. The default draws normal samples (``seed`` a Python int)."""
-        return self.normal(shape, dtype=dtype, device=None, seed=int(seed))
+        may be traced. The default draws normal samples."""
+        return self.normal(shape, dtype=dtype, device=None, seed=seed)
 
     # -- convolutions and models (js.conv) ----------------------------------------------
     #: The framework's own conv kernel layout (the default of ``layout=``).
@@ -362,55 +371,75 @@ def check_input(backend: Backend, x: Any, *, batched: bool, what: str = "x") -> 
         raise ValueError(f"Expected a non-empty batch. Received {what} of shape {tuple(x.shape)}.")
 
 
-def find_closure_objects(f: Any, predicate: Callable[[Any], bool], _depth: int = 0) -> list:
+def find_closure_objects(
+    f: Any, predicate: Callable[[Any], bool], *, max_depth: int = 6, max_visits: int = 2000
+) -> list:
     """Objects reachable from callable ``f`` that satisfy ``predicate``.
 
-    Looks at ``f`` itself, a bound method's ``__self__``, ``functools.partial`` parts,
-    closure cells and the globals ``f``'s code names (``lambda x: model(x)`` at module
-    level). Used to keep a model's state (BatchNorm statistics, train/eval mode) exactly
-    as it was around the forward passes jacspec runs.
+    Follows ``functools.partial`` parts, a bound method's ``__self__``, closure cells,
+    default arguments, the globals ``f``'s code names (``lambda x: model(x)`` at module
+    level), lists, tuples, sets and dicts, and the attributes of plain objects (a
+    wrapper's ``self.model``), up to ``max_depth`` links and ``max_visits`` objects. An
+    object satisfying ``predicate`` is collected and not looked into.
+
+    The adapters use it to record, before ``f`` runs, the state that only Python code
+    changes (torch's train/eval modes and ``requires_grad`` flags); tensor and variable
+    writes are caught where they happen (see ``jacspec.backends._torch_state``).
     """
     import functools
 
     found: list = []
     seen: set[int] = set()
 
-    def add(obj: Any) -> None:
-        if id(obj) not in seen and predicate(obj):
-            seen.add(id(obj))
-            found.append(obj)
-
-    def visit(g: Any, depth: int) -> None:
-        if depth > 2 or g is None:
-            return
-        if predicate(g):
-            add(g)
-            return
+    def children(g: Any) -> list:
         if isinstance(g, functools.partial):
-            visit(g.func, depth + 1)
-            for a in list(g.args) + list(g.keywords.values()):
-                visit(a, depth + 1)
-            return
+            return [g.func, *g.args, *g.keywords.values()]
+        if isinstance(g, dict):
+            return list(g.values())
+        if isinstance(g, (list, tuple, set, frozenset)):
+            return list(g)
+        if isinstance(g, (str, bytes, int, float, complex, bool, type)) or g is None:
+            return []
+        out: list = []
         owner = getattr(g, "__self__", None)
-        if owner is not None and predicate(owner):
-            add(owner)
+        if owner is not None:
+            out.append(owner)
         func = getattr(g, "__func__", g)
         code = getattr(func, "__code__", None)
-        for cell in getattr(func, "__closure__", None) or ():
-            try:
-                content = cell.cell_contents
-            except ValueError:
-                continue
-            if predicate(content):
-                add(content)
-            elif callable(content):
-                visit(content, depth + 1)
-        glb = getattr(func, "__globals__", None)
-        if code is not None and glb is not None:
-            for nm in code.co_names:
-                obj = glb.get(nm)
-                if obj is not None and predicate(obj):
-                    add(obj)
+        if code is not None:
+            for cell in getattr(func, "__closure__", None) or ():
+                with contextlib.suppress(ValueError):  # an empty cell
+                    out.append(cell.cell_contents)
+            out.extend(getattr(func, "__defaults__", None) or ())
+            out.extend((getattr(func, "__kwdefaults__", None) or {}).values())
+            glb = getattr(func, "__globals__", None) or {}
+            out.extend(glb[nm] for nm in code.co_names if nm in glb and not _is_module_obj(glb[nm]))
+            return out
+        attrs = getattr(g, "__dict__", None)
+        if isinstance(attrs, dict):
+            out.extend(attrs.values())
+        return out
 
-    visit(f, _depth)
+    frontier = [f]
+    for _ in range(max_depth + 1):
+        nxt: list = []
+        for g in frontier:
+            if id(g) in seen or len(seen) >= max_visits:
+                continue
+            seen.add(id(g))
+            if predicate(g):
+                found.append(g)
+                continue
+            try:
+                nxt.extend(children(g))
+            except Exception:  # an exotic object whose attributes cannot be read
+                continue
+        frontier = nxt
     return found
+
+
+def _is_module_obj(obj: Any) -> bool:
+    """A Python module (``np``, ``torch``): never worth walking into."""
+    import types
+
+    return isinstance(obj, types.ModuleType)

@@ -4,8 +4,9 @@
 ``output_gradients``. A JVP differentiates that VJP with respect to its cotangent on a
 second persistent tape (built once, on first use), so both reuse the forward pass.
 Hessian-vector products are reverse-over-reverse on a retained gradient. The array
-namespace is the shim in :mod:`jacspec.backends._tf_namespace`. Keras models ``f``
-reaches keep their non-trainable variables (BatchNorm moving statistics).
+namespace is the shim in :mod:`jacspec.backends._tf_namespace`. ``f`` runs inside
+``keras.StatelessScope`` (see :func:`run_without_side_effects`): Keras models keep their
+variables (BatchNorm moving statistics) however ``f`` reaches them.
 
 GPU: ``pip install "tensorflow[and-cuda]"``; products run on the device of ``x``.
 """
@@ -27,26 +28,63 @@ _ZERO = tf.UnconnectedGradients.ZERO
 
 
 def _is_keras_layer(obj: Any) -> bool:
-    keras = getattr(tf, "keras", None)
-    try:
-        return keras is not None and isinstance(obj, keras.layers.Layer)
-    except Exception:  # pragma: no cover - keras missing or broken
-        return False
+    keras = sys.modules.get("keras")
+    layer = getattr(getattr(keras, "layers", None), "Layer", None)
+    return layer is not None and isinstance(obj, layer)
 
 
 @contextlib.contextmanager
-def keras_state_guard(f: Callable) -> Iterator[None]:
-    """Restore the non-trainable variables of Keras layers ``f`` reaches."""
-    layers = find_closure_objects(f, _is_keras_layer)
-    saved = []
-    for layer in layers:
-        for v in getattr(layer, "non_trainable_variables", []):
-            saved.append((v, tf.identity(v)))
+def _restore_layers(f: Callable) -> Iterator[None]:
+    """Restore the non-trainable variables of Keras layers ``f`` reaches (Keras 2, which
+    has no ``StatelessScope``)."""
+    saved = [
+        (v, tf.identity(v))
+        for layer in find_closure_objects(f, _is_keras_layer)
+        for v in getattr(layer, "non_trainable_variables", [])
+    ]
     try:
         yield
     finally:
         for v, value in saved:
             v.assign(value)
+
+
+def _stateless_scope() -> Any:
+    """Keras 3's ``StatelessScope`` (captures variable assignments instead of applying
+    them), or None where Keras 3 is not in use."""
+    keras = sys.modules.get("keras")
+    return getattr(keras, "StatelessScope", None) if keras is not None else None
+
+
+def _created_in_scope() -> bool:
+    """Whether variables were created inside the current ``StatelessScope`` (a model's
+    first call builds it): they read as placeholders there, so ``f`` must run again."""
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # pragma: no cover - another Keras layout
+        return False
+    return bool(global_state.get_global_attribute("uninitialized_variables"))
+
+
+def run_without_side_effects(f: Callable, run: Callable[[], Any]) -> Any:
+    """``run()`` (which calls ``f``) without lasting effect on Keras variables.
+
+    With Keras 3, ``run`` executes inside ``keras.StatelessScope``, so BatchNorm moving
+    statistics (any variable assignment) never reach the variables, however ``f``
+    reaches the model. A first call that builds the model runs twice: the variables it
+    creates are initialized when the scope closes, and the second run uses them.
+    """
+    scope = _stateless_scope()
+    if scope is None:
+        with _restore_layers(f):
+            return run()
+    for _attempt in range(2):
+        with scope():
+            out = run()
+            again = _created_in_scope()
+        if not again:
+            break
+    return out
 
 
 def _is_keras_variable(x: Any) -> bool:
@@ -152,6 +190,8 @@ class TensorflowBackend(Backend):
         return not tf.executing_eagerly()
 
     def all_finite(self, x) -> bool:
+        if x.dtype.is_complex:  # tf.math.is_finite takes real dtypes only
+            return self.all_finite(tf.math.real(x)) and self.all_finite(tf.math.imag(x))
         return bool(tf.reduce_all(tf.math.is_finite(x)))
 
     conv_layout = "HWIO"
@@ -162,6 +202,12 @@ class TensorflowBackend(Backend):
         if not tf.executing_eagerly():
             return tf.cond(pred, true_fn, false_fn)
         return true_fn() if bool(pred) else false_fn()
+
+    def while_loop(self, cond_fn, body_fn, carry):
+        """``tf.while_loop`` inside ``tf.function``; a Python loop eagerly."""
+        if tf.executing_eagerly():
+            return super().while_loop(cond_fn, body_fn, carry)
+        return tf.while_loop(cond_fn, lambda c: (body_fn(c),), (carry,))[0]
 
     def read(self, x):
         return tf.convert_to_tensor(_watchable(x))
@@ -189,9 +235,14 @@ class TensorflowBackend(Backend):
 
     def linearize(self, f, x, *, batched):
         leaves = self._point(x, batched=batched)
-        with keras_state_guard(f), tf.GradientTape(persistent=True) as tape:
-            tape.watch(leaves)
-            y = f(x)
+
+        def record() -> tuple[tf.GradientTape, Any]:
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(leaves)
+                y = f(x)
+            return tape, y
+
+        tape, y = run_without_side_effects(f, record)
         check_output(self, y, int(x.shape[0]) if batched else None, what="f")
         bshape = (int(x.shape[0]),) if batched else ()
         lay = _Layout(leaves, bshape)
@@ -232,12 +283,19 @@ class TensorflowBackend(Backend):
 
     def linearize_gradient(self, f, x, *, batched):
         leaves = self._point(x, batched=batched)
-        with keras_state_guard(f), tf.GradientTape(persistent=True) as outer:
-            outer.watch(leaves)
-            with tf.GradientTape() as inner:
-                inner.watch(leaves)
-                y = f(x)
-                y_sum = tf.reduce_sum(y)
+
+        def record() -> tuple[tf.GradientTape, tf.GradientTape, Any, Any]:
+            outer = tf.GradientTape(persistent=True)
+            with outer:
+                outer.watch(leaves)
+                with tf.GradientTape() as inner:
+                    inner.watch(leaves)
+                    y = f(x)
+                    y_sum = tf.reduce_sum(y)
+            return outer, inner, y, y_sum
+
+        outer, inner, y, y_sum = run_without_side_effects(f, record)
+        with outer:  # resumes recording: the gradient below is differentiated again
             bshape = (int(x.shape[0]),) if batched else ()
             check_output(self, y, bshape[0] if batched else None, what="f")
             if tuple(y.shape) != bshape and not (not batched and int(tf.size(y)) == 1):

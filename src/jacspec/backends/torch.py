@@ -4,9 +4,12 @@ Products reuse one forward pass: ``f`` runs once, its graph is retained, a VJP i
 ``torch.autograd.grad`` call on it, and a JVP is the derivative of that VJP with respect to
 its (dummy) cotangent — a second backward on a gradient graph built once ("double-VJP").
 Blocks of vectors go through ``is_grads_batched`` (one vmapped backward). Hessian-vector
-products differentiate the retained gradient graph, the formulation measured fastest in
-DESIGN.md. Modules that ``f`` reaches keep their buffers (BatchNorm running statistics),
-train/eval mode and ``requires_grad`` flags.
+products differentiate the retained gradient graph, the fastest formulation on CPU (see
+the benchmarks page). ``f`` runs under :func:`jacspec.backends._torch_state.state_guard`:
+tensors it writes in place (BatchNorm running statistics), modules' train/eval modes and
+``requires_grad`` flags are as they were afterwards, however ``f`` reaches the model.
+Inside ``torch.inference_mode()`` or ``torch.no_grad()`` the forward pass and the products
+still record what autograd needs, so results are those outside.
 
 GPU: install a CUDA build of torch (see ``backends/torch/README.md``); every product runs on
 the device of ``x``.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import cmath
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,43 +27,56 @@ import array_api_compat.torch as xp_torch
 import numpy as np
 import torch
 
-from ._base import (
-    Backend,
-    Linearization,
-    check_input,
-    check_output,
-    find_closure_objects,
-)
+from ._base import Backend, Linearization, check_input, check_output
+from ._torch_state import state_guard
 
 
-def _is_module(obj: Any) -> bool:
-    return isinstance(obj, torch.nn.Module)
+def _outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """Leave ``torch.inference_mode()`` where the caller is in it: products need autograd
+    (the results are the same as outside the mode)."""
+    if torch.is_inference_mode_enabled():
+        return torch.inference_mode(False)
+    return contextlib.nullcontext()
+
+
+def _autograd_on(fn: Callable) -> Callable:
+    """``fn`` run outside ``torch.inference_mode()`` (see :func:`_outside_inference_mode`)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any) -> Any:
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                return fn(*args)
+        return fn(*args)
+
+    return run
+
+
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    """The tensor ``f`` is differentiated at: ``x`` itself when it requires grad, else a
+    detached view (or, for a tensor created in inference mode, a copy) that does."""
+    if x.requires_grad:
+        return x
+    with _outside_inference_mode():
+        return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
 
 
 @contextlib.contextmanager
-def module_state_guard(f: Callable) -> Iterator[None]:
-    """Restore the buffers, modes and ``requires_grad`` flags of modules ``f`` reaches."""
-    modules = find_closure_objects(f, _is_module)
-    if not modules:
-        yield
-        return
-    modes = [(m, m.training) for root in modules for m in root.modules()]
-    flags = [(p, p.requires_grad) for root in modules for p in root.parameters()]
-    buffers = [(b, b.detach().clone()) for root in modules for b in root.buffers()]
+def _forward_mode(f: Callable) -> Iterator[None]:
+    """Where ``f``'s forward runs: autograd on, the user's state protected, and a clear
+    error for parameters created in inference mode (autograd cannot use them)."""
     try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, copy in buffers:
-                # Write back through ``.data`` so the version counter is untouched: the
-                # retained graph may have saved this buffer for backward.
-                if not torch.equal(b, copy):
-                    b.data.copy_(copy)
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
+        with _outside_inference_mode(), torch.enable_grad(), state_guard(f):
+            yield
+    except RuntimeError as err:
+        if "Inference tensors cannot be saved for backward" not in str(err):
+            raise
+        raise TypeError(
+            "Expected f to use tensors that autograd can differentiate. Received tensors "
+            "created inside torch.inference_mode() (e.g. a model built or loaded there), "
+            "which autograd refuses: create the model and the tensors f uses outside "
+            "the mode (torch.no_grad() is fine)."
+        ) from err
 
 
 def _cols_first(V: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -99,7 +116,7 @@ def _depends_on_other_leaves(y: torch.Tensor, own: list[torch.Tensor]) -> bool:
 
 def _as_shape(t: torch.Tensor, shape: tuple) -> torch.Tensor:
     """``t`` reshaped to ``shape``, itself where the shapes agree: a view handed to
-    ``autograd.grad`` costs as much as ~4 us of a small backward pass."""
+    ``autograd.grad`` costs a noticeable part of a small backward pass."""
     return t if tuple(t.shape) == shape else t.reshape(shape)
 
 
@@ -190,7 +207,7 @@ class _SolverNamespace:
     """``array_api_compat.torch`` with a few hot functions bound to torch directly.
 
     The compat wrappers of ``matmul``, ``where``, ``maximum``, ``minimum`` and
-    ``linalg.vector_norm`` resolve type promotion on every call (about 10 us each, a
+    ``linalg.vector_norm`` resolve type promotion on every call (a
     sizeable part of a Krylov step on small problems). Inside the solvers all arrays
     already share one dtype and device, so torch's own functions give the same results."""
 
@@ -305,7 +322,7 @@ class TorchBackend(Backend):
         argument ``f`` is called with."""
         if self.is_array(x):
             check_input(self, x, batched=batched)
-            leaf = x if x.requires_grad else x.detach().requires_grad_(True)
+            leaf = _leaf(x)
             return [x], [leaf], leaf
         if batched:
             raise ValueError(
@@ -315,7 +332,7 @@ class TorchBackend(Backend):
         values = list(x.values()) if isinstance(x, dict) else list(x)
         for v in values:
             check_input(self, v, batched=False, what="each parameter")
-        leaves = [v if v.requires_grad else v.detach().requires_grad_(True) for v in values]
+        leaves = [_leaf(v) for v in values]
         if isinstance(x, dict):
             return values, leaves, dict(zip(x.keys(), leaves))
         return values, leaves, type(x)(leaves) if isinstance(x, (list, tuple)) else leaves
@@ -329,7 +346,7 @@ class TorchBackend(Backend):
             # a result built on it (``js.spectral_norm(J).backward()``), autograd frees it;
             # the next product then runs this again (at the current parameter values).
             st.clear()
-            with module_state_guard(f), torch.enable_grad():
+            with _forward_mode(f):
                 st["y"] = f(arg)
 
         forward()
@@ -401,6 +418,7 @@ class TorchBackend(Backend):
             return _cols_last(r, bshape, m)
 
         def product(once, size):
+            @_autograd_on
             def apply(V: torch.Tensor, grad: bool) -> torch.Tensor:
                 grad = grad and differentiable and torch.is_grad_enabled()
                 if not y.requires_grad:
@@ -410,6 +428,7 @@ class TorchBackend(Backend):
             return apply
 
         def vector(vec, size):  # single vectors without gradient
+            @_autograd_on
             def apply(v: torch.Tensor) -> torch.Tensor:
                 if not y.requires_grad:
                     return torch.zeros(bshape + (size,), dtype=y.dtype, device=y.device)
@@ -426,8 +445,9 @@ class TorchBackend(Backend):
         st: dict[str, Any] = {}
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
-            with module_state_guard(f), torch.enable_grad():
+            with _forward_mode(f):
                 y = f(arg)
+            with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y
                 st["grads"] = torch.autograd.grad(
                     y.sum(), leaves, create_graph=True, allow_unused=True
@@ -462,6 +482,7 @@ class TorchBackend(Backend):
             )
             return lay.join(res, y)
 
+        @_autograd_on
         def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
             grad = grad and differentiable and torch.is_grad_enabled()
             k = V.shape[-1]
@@ -477,6 +498,7 @@ class TorchBackend(Backend):
             )
             return lay.join_cols(res, k, y)
 
+        @_autograd_on
         def mv(v: torch.Tensor) -> torch.Tensor:  # single vectors, no gradient
             return hvp_vec(v, False)
 
@@ -492,7 +514,7 @@ class TorchBackend(Backend):
         lay = _Layout(leaves, ())
 
         def prod(batch, V):
-            with module_state_guard(f), torch.enable_grad():
+            with _forward_mode(f):
                 y = f(arg, batch)
                 grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]

@@ -41,6 +41,8 @@ import time
 import warnings
 from typing import Any
 
+from .._progress import progress
+
 __all__ = ["main", "format_table", "configuration"]
 
 BACKENDS = ("torch", "jax")
@@ -180,25 +182,28 @@ def main(backend: str | None = None, quick: bool = False,
         print(f"  {k}: {v}")
     print(flush=True)
     all_rows: list[dict[str, Any]] = []
+    todo = [(b, group, fn) for b in backends for group, fn in R.groups(b)
+            if only is None or group in only]
+    bar = progress(len(todo), desc="jacspec bench", unit="group", file=sys.stdout)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for b in backends:
-            for group, fn in R.groups(b):
-                if only is not None and group not in only:
-                    continue
-                t1 = time.perf_counter()
-                try:
-                    new = fn(quick)
-                except Exception as exc:  # report, keep going
-                    new = [dict(name=f"{group} ({b})", skipped=f"{type(exc).__name__}: {exc}")]
-                for r in new:
-                    r.setdefault("backend", b)
-                    r.setdefault("group", group)
-                    if "skipped" in r:
-                        print(f"  [skip] {r['name']}: {r['skipped']}", flush=True)
-                    else:
-                        all_rows.append(r)
-                print(f"  {group} ({b}) done in {time.perf_counter() - t1:.1f} s", flush=True)
+        for b, group, fn in todo:
+            bar.set_postfix_str(f"{group} ({b})")
+            t1 = time.perf_counter()
+            try:
+                new = fn(quick)
+            except Exception as exc:  # report, keep going
+                new = [dict(name=f"{group} ({b})", skipped=f"{type(exc).__name__}: {exc}")]
+            for r in new:
+                r.setdefault("backend", b)
+                r.setdefault("group", group)
+                if "skipped" in r:
+                    print(f"  [skip] {r['name']}: {r['skipped']}", flush=True)
+                else:
+                    all_rows.append(r)
+            bar.set_postfix_str(f"{group} ({b}) done in {time.perf_counter() - t1:.1f} s")
+            bar.update(1)
+    bar.close()
     seconds = time.perf_counter() - t0
     print()
     print(format_table(all_rows))

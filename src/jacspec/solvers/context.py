@@ -154,6 +154,11 @@ class Context:
         return self.xp.zeros(shape, dtype=self.real_dtype if real else self.dtype,
                              device=self.device)
 
+    def real(self, j: Any) -> Any:
+        """A step count as a real scalar (a traced integer is cast: some frameworks do not
+        mix integer and floating arrays)."""
+        return j if isinstance(j, int) else self.xp.astype(j, self.real_dtype)
+
     def full(self, shape: tuple[int, ...], value: float) -> Array:
         return self.zeros(shape, real=True) + value
 

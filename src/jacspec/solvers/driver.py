@@ -90,12 +90,15 @@ def krylov_solve(ctx: Context, alg: Krylov, k: int, *, tol: float, maxiter: int 
     # A coupling below tol (relative) is an invariant subspace to the requested
     # accuracy: treated as a breakdown, so that other copies of a repeated value show.
     ctx.bd_rtol = max(ctx.eps ** 0.75, min(tol, 1e-2))
+    if ctx.traced and maxiter is None:  # to tol under the framework's while loop
+        jmin, jmax, keep = basis_sizes(r, k, ncv)
+        s = run_to_tol(ctx, alg, init(ctx, v0, jmax, two_sided=alg.two_sided), k, tol,
+                       which, jmin, keep)
+        return finish(ctx, alg, s, k, tol, which, jmin, vectors)
     if ctx.traced:
-        steps = None if maxiter is None else (maxiter + alg.per_step - 1) // alg.per_step
+        steps = (maxiter + alg.per_step - 1) // alg.per_step
         jmin, jmax, keep = basis_sizes(r, k, ncv, steps)
-        limit = maxiter if maxiter is not None else jmax * alg.per_step - (
-            1 if alg.two_sided and jmax == r else 0)
-        s = run_budget(ctx, alg, init(ctx, v0, jmax, two_sided=alg.two_sided), limit,
+        s = run_budget(ctx, alg, init(ctx, v0, jmax, two_sided=alg.two_sided), maxiter,
                        keep, which)
         return finish(ctx, alg, s, k, tol, which, jmin, vectors)
     jmin, jmax, keep = basis_sizes(r, k, ncv)
@@ -147,6 +150,51 @@ def run_budget(ctx: Context, alg: Krylov, s: KrylovState, limit: int, keep: int,
     return s
 
 
+# Inside a tol-driven trace, convergence is tested every this many steps (a padded
+# factorization of the small problem each time).
+TRACED_CHECK_EVERY = 4
+
+
+def run_to_tol(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
+               jmin: int, keep: int) -> KrylovState:
+    """Traced, tol-driven: one step per iteration of ``Backend.while_loop`` (no host
+    read), a device-side convergence test every ``TRACED_CHECK_EVERY`` steps, thick
+    restarts under ``Backend.cond``; at most ``DEFAULT_MAXITER`` products. The product
+    count (``ctx.count``) becomes a traced integer."""
+    xp, b = ctx.xp, ctx.backend
+    jmax = int(s.C.shape[-1])
+    names = [f for f in s._fields if f not in ("j", "force") and getattr(s, f) is not None]
+    max_steps = max(DEFAULT_MAXITER // alg.per_step, jmax)
+    count = ctx.count
+
+    def unpack(c: tuple) -> KrylovState:
+        return s._replace(j=c[0], force=None, **dict(zip(names, c[3:])))
+
+    def pack(st: KrylovState, n: Any, done: Any) -> tuple:
+        return (st.j, n, done) + tuple(getattr(st, f) for f in names)
+
+    def converged(st: KrylovState) -> Array:
+        S, X, _, ref = _extract(ctx, alg, st, k, which, _small(ctx, alg, st))
+        res = ritz.last_row_residuals(ctx, X, st.j, st.beta)
+        ok = (res <= tol * ref) & (fresh_ok(ctx, st, k) | (st.j >= ctx.n_in))
+        return xp.all(ok) & (st.j >= jmin)
+
+    def body(c: tuple) -> tuple:
+        st, n = alg.step(ctx, unpack(c)), c[1] + 1
+        due = ((n % TRACED_CHECK_EVERY) == 0) | (st.j >= jmax)
+        done = b.cond(due & (st.j >= jmin), lambda: converged(st), lambda: c[2])
+        full = (st.j >= jmax) & ~done
+        st = unpack(b.cond(full, lambda: pack(_restart(ctx, alg, st, keep, which)._replace(
+            j=st.j * 0 + keep), n, done), lambda: pack(st, n, done)))
+        return pack(st, n, done)
+
+    zero = xp.arange(1, device=ctx.device)[0] * 0  # the index dtype of arange
+    out = b.while_loop(lambda c: ~c[2] & (c[1] < max_steps), body,
+                       pack(s._replace(j=zero), zero, zero > 0))
+    ctx.count = count + alg.per_step * out[1]
+    return unpack(out)
+
+
 def fresh_ok(ctx: Context, s: KrylovState, k: int) -> Array:
     """``(B, 1)``: problems whose breakdown-free run is long enough to accept: after a
     breakdown (which hides other copies of a repeated value) ``min(room, 2k + 1)``
@@ -154,7 +202,7 @@ def fresh_ok(ctx: Context, s: KrylovState, k: int) -> Array:
     xp = ctx.xp
     room = ctx.n_in - s.fresh_from
     need = xp.minimum(room, xp.zeros_like(room) + (2 * k + 1))
-    return ((s.j - s.fresh_from) >= need)[:, None]
+    return ((ctx.real(s.j) - s.fresh_from) >= need)[:, None]
 
 
 def _small(ctx: Context, alg: Krylov, s: KrylovState) -> Array:
@@ -242,7 +290,7 @@ def finish(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which:
     (and, outside a trace, the maxiter warning)."""
     xp = ctx.xp
     r = ctx.n_in
-    exact = s.j == r
+    exact = isinstance(s.j, int) and s.j == r
     if exact and alg.two_sided and not vectors and ctx.sliced:
         # The basis spans the smaller side: residuals are 0; only values are wanted.
         M = _small(ctx, alg, s)
@@ -257,9 +305,11 @@ def finish(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which:
     vals, X, Y, ref = found
     res = ritz.last_row_residuals(ctx, X, s.j, s.beta)
     conv = res <= tol * ref
-    if not exact:
+    if not isinstance(s.j, int):  # a traced step count (see run_to_tol)
+        conv = conv & (fresh_ok(ctx, s, k) | (s.j >= r)) & (s.j >= jmin)
+    elif not exact:
         conv = conv & fresh_ok(ctx, s, k)
-    if s.j < jmin:
+    if isinstance(s.j, int) and s.j < jmin:
         conv = conv & (res < 0)
     V = s.V[:, :s.j] if ctx.sliced else s.V
     right = _unit_columns(ctx, xp.matmul(xp.matrix_transpose(V), Y))

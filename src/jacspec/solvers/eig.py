@@ -105,6 +105,6 @@ def eigsh(op: Any, k: int = 1, *, which: str = "LM", method: str = "auto",
         values=squeeze(op, out.values),
         vectors=squeeze(op, out.right) if return_vectors else None,
         converged=squeeze(op, out.converged),
-        num_matvecs=int(out.num_matvecs),
+        num_matvecs=V.as_count(out.num_matvecs),
         residuals=squeeze(op, out.residuals),
     )

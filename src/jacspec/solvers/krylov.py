@@ -209,6 +209,7 @@ def _note_breakdowns(ctx: Context, s: KrylovState, bd: Array | None, row: Any,
     null space being swept) or the other half-step broke down as well (``other``)."""
     if bd is None:
         return s.fresh_from, s.last_break
+    row = ctx.real(row)
     new_run = bd & (s.last_break != row - 1)
     if other is not None:
         new_run = new_run & ~other

@@ -90,7 +90,7 @@ def svd_ritz(ctx: Context, M: Array, J: int, k: int):
     """Top-``k`` singular values ``(B, k)`` and the coordinates of their left and right
     vectors ``(B, size, k)`` in the bases (``size`` rows: those of ``M``)."""
     xp = ctx.xp
-    if int(M.shape[-1]) == J:  # the filled block itself
+    if isinstance(J, int) and int(M.shape[-1]) == J:  # the filled block itself
         if k == 1:
             return top_triplet(ctx, M, xp.linalg.eigh(xp.matmul(M, ctx.H(M)))[1])
         X, S, Yh = xp.linalg.svd(M, full_matrices=False)
@@ -141,7 +141,7 @@ def eig_ritz(ctx: Context, T: Array, J: int, which: str, k: int):
     of their vectors ``(B, size, k)`` and the spectral radius estimate ``(B, 1)``."""
     xp = ctx.xp
     key = _KEYS[which]
-    if int(T.shape[-1]) == J:
+    if isinstance(J, int) and int(T.shape[-1]) == J:
         theta, S = xp.linalg.eigh(T)
         vals, vecs = _take(ctx, _pick(ctx, key(xp, theta), k), S, theta)
         return vals, vecs, xp.max(xp.abs(theta), axis=-1, keepdims=True)

@@ -24,9 +24,12 @@ class SVDResult(NamedTuple):
     converged : array of bool
         One flag per value: its Ritz residual met ``tol``.
     num_matvecs : int
-        Operator products spent (per sample: a batched product counts once).
+        Operator products spent (per sample: a batched product counts once); a traced
+        integer inside a tol-driven ``jax.jit`` / ``tf.function`` solve.
     residuals : array
-        Ritz residuals ``||A^H u - sigma v||`` (0 for ``method="dense"``).
+        Ritz residuals ``||A^H u - sigma v||`` (0 for ``method="dense"``); where float
+        rounding of long vectors may reach ``tol``, the true residuals of the returned
+        vectors (and ``converged`` says whether those met ``tol``).
     """
 
     values: Any
@@ -72,10 +75,12 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
         dtype (about 1.5e-8 in float64, 3.5e-4 in float32).
     maxiter : int, optional
         Cap on operator products (per sample). Default: 2000 (power), unbounded for
-        Lanczos (which stops at the latest when its basis spans the smaller space). Under
-        ``jax.jit`` no data-dependent stopping is possible: a fixed ``maxiter`` products
-        run (default: one basis of ``max(2k + 1, k + 32)`` vectors for Lanczos, 200 for
-        power).
+        Lanczos (which stops at the latest when its basis spans the smaller space). It
+        must allow ``k`` values: at least ``2k`` products for Lanczos and power (a
+        ValueError names the minimum). Inside ``jax.jit`` / ``tf.function``: without
+        ``maxiter`` Lanczos still iterates to ``tol`` (under the framework's while loop;
+        ``num_matvecs`` is then a traced integer); with it, exactly ``maxiter`` products
+        run as one compiled loop; power iteration runs ``maxiter`` (default 200).
     v0 : array, optional
         Start vector of shape ``batch_shape + (n,)``; default: random from ``seed``.
     seed : int or None
@@ -131,7 +136,7 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
         left=squeeze(op, out.left) if return_vectors else None,
         right=squeeze(op, out.right) if return_vectors else None,
         converged=squeeze(op, out.converged),
-        num_matvecs=int(out.num_matvecs),
+        num_matvecs=V.as_count(out.num_matvecs),
         residuals=squeeze(op, out.residuals),
     )
 

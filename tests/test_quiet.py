@@ -1,0 +1,42 @@
+"""jacspec makes no framework print a warning in normal use: the tutorials (a
+``tf.function`` training loop, a Keras ``train_step``) and the demo's code path run under
+warnings-as-errors with TensorFlow's logger captured (AutoGraph reports functions it
+cannot convert there), each in a fresh process, so that jacspec's first call may happen
+inside a trace."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+PAGES = {"tensorflow": "docs/tutorials/tensorflow.md", "torch": "docs/tutorials/torch.md"}
+
+
+def test_tutorials_and_demo_are_quiet(autodiff_backend, tmp_path):
+    if autodiff_backend not in PAGES:
+        pytest.skip("checked for torch and tensorflow")
+    pytest.importorskip("sklearn")
+    blocks = _BLOCK.findall((ROOT / PAGES[autodiff_backend]).read_text())
+    # blocks with a tf.function first: they trace jacspec before any eager call has
+    # imported its adapter
+    order = sorted(range(len(blocks)), key=lambda i: "@tf.function" not in blocks[i])
+    scripts = []
+    for i in order:
+        path = tmp_path / f"block_{i}.py"
+        path.write_text(blocks[i])
+        scripts.append(str(path))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_quiet_run.py"), autodiff_backend, *scripts,
+         "demo"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
