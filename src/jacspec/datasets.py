@@ -132,6 +132,12 @@ class DatasetOperator(LinearOperator):
     loss) to ``V`` ``(n, k)``; a product of this operator is the sum over batches of
     ``(size of the batch / number of samples) * product(batch, V)``, in the data's
     order, summed across processes when ``distributed``. Products carry no gradient.
+
+    Attributes
+    ----------
+    num_samples : int
+        The number of samples the mean runs over (over all processes when
+        ``distributed``).
     """
 
     def __init__(
