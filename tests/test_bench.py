@@ -87,3 +87,5 @@ def test_dataset_rows_small():
     assert {r["name"] for r in mem} == {"dataset memory: product/forward+backward (torch)",
                                         "dataset memory: product/one-batch HVP (torch)"}
     assert all(r["details"]["dataset"] >= 0 for r in mem)
+    (dens,) = rows_data.dataset_density_torch(True, sizes=[64, 8, 10], nsamples=300)
+    assert dens["ratio"] > 0 and dens["details"]["hvp_s"] > 0

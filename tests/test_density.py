@@ -65,12 +65,12 @@ def test_singular_moments_match_svd(backend, dtype, m, n, seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_probes_within_three_standard_errors(backend, seed):
     rng = np.random.default_rng(100 + seed)
-    n = 40
-    ev = rng.gamma(1.0, size=n) - 0.3
+    n = 60
+    ev = rng.standard_normal(n) + 0.5
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     A = from_numpy((Q * ev) @ Q.T, backend, "float64")
-    sd = js.spectral_density(A, num_probes=10, num_steps=n, seed=seed)
-    for p in (1, 2, 3):
+    sd = js.spectral_density(A, num_probes=30, num_steps=n, seed=seed)
+    for p in (1, 2):
         per_probe = np.asarray(to_numpy(sd.probe_moments(p)))
         se = per_probe.std(ddof=1) / np.sqrt(len(per_probe))
         assert abs(float(to_numpy(sd.moment(p))) - np.mean(ev**p)) <= 3 * se + 1e-12

@@ -20,9 +20,9 @@ def _np(a):
     return np.asarray(out)
 
 
-@given(
-    sizes=st.lists(st.integers(1, 5), min_size=2, max_size=3),
-    batch=st.integers(1, 4),
+@given(  # shapes from small sets: eager JAX compiles per shape
+    sizes=st.sampled_from([[1, 1], [3, 2], [2, 4, 3], [5, 3, 1]]),
+    batch=st.sampled_from([1, 4]),
     act=st.sampled_from(["tanh", "softplus"]),
     seed=st.integers(0, 2**16),
 )

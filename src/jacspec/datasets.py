@@ -16,6 +16,7 @@ non-scalar loss is reported before any product runs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,12 @@ class DatasetOperator(LinearOperator):
     loss) to ``V`` ``(n, k)``; a product of this operator is the sum over batches of
     ``(size of the batch / number of samples) * product(batch, V)``, in the data's
     order, summed across processes when ``distributed``. Products carry no gradient.
+
+    Attributes
+    ----------
+    num_samples : int
+        The number of samples the mean runs over (over all processes when
+        ``distributed``).
     """
 
     def __init__(
@@ -179,7 +186,10 @@ class DatasetOperator(LinearOperator):
                 size = batch_size(batch)
                 if size:
                     part = self._product(batch, V) * (size / self.num_samples)
-                    total = part if total is None else total + part
+                    if total is None:
+                        total = part
+                    else:  # in place where the framework allows (one vector less alive)
+                        total += part
                 bar.update(1)
         finally:
             bar.close()
@@ -205,6 +215,20 @@ def dataset_hessian(f: Callable, params: Any, data: Any, **options: Any) -> Data
     return _build(f, None, params, data, **options)
 
 
+@contextlib.contextmanager
+def _naming(what: str) -> Iterator[None]:
+    """Re-raise a non-scalar loss's ValueError naming the user's function."""
+    try:
+        yield
+    except ValueError as err:
+        if "scalar" not in str(err):
+            raise
+        received = "Received" + str(err).split("Received", 1)[-1]
+        raise ValueError(
+            f"Expected {what} to return a scalar, the mean loss of the batch. {received}"
+        ) from err
+
+
 def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
            distributed: bool = False, group: Any = None, progress: bool = False
            ) -> DatasetOperator:
@@ -219,7 +243,8 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
     summary = scan(data)
     first = summary.first
     if loss is None:
-        lin = backend.linearize_gradient(lambda p: f(p, first), params, batched=False)
+        with _naming("f(params, batch)"):
+            lin = backend.linearize_gradient(lambda p: f(p, first), params, batched=False)
         product = backend.batch_hessian_product(f, params)
     else:
         if not (isinstance(first, (tuple, list)) and len(first) == 2):
@@ -230,7 +255,8 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
         inputs, targets = first
         lin = backend.linearize(lambda p: f(p, inputs), params, batched=False)
         z = backend.stop_gradient(lin.y)
-        backend.linearize_gradient(lambda o: loss(o, targets), z, batched=False)
+        with _naming("loss(outputs, targets)"):
+            backend.linearize_gradient(lambda o: loss(o, targets), z, batched=False)
         product = backend.batch_ggn_product(f, loss, params)
     return DatasetOperator(product, data, summary, n=lin.n, dtype=lin.y.dtype,
                            backend=backend, device=backend.device(lin.y),

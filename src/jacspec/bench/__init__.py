@@ -22,6 +22,10 @@ Rows (see ``jacspec.bench.rows``):
    products, error against the dense answer.
 6. ``conv``: Fantastic Four bound vs exact zero-padded norm (``jacspec.bench.conv_bench``).
 7. ``memory``: peak memory of Lanczos vs the model's own saved activations (torch).
+8. ``dataset``, ``dataset-memory``, ``density`` (``jacspec.bench.rows_data``): the top
+   Hessian eigenvalue of the whole digits set vs PyHessian's data-loader mode and
+   curvlinops + ``eigsh``; the peak memory of a dataset product; the cost of a
+   spectral-density probe-step vs one dataset product (torch).
 
 Peer libraries are imported inside the row functions only; none is a dependency.
 """
@@ -148,7 +152,8 @@ def main(backend: str | None = None, quick: bool = False,
     ``json_path``. Returns 0 (an unmet target is a reported fact, not an error); 2 when
     the backend is not supported.
 
-    ``only``: row groups to run (``overhead lanczos batched auto peers conv memory``).
+    ``only``: row groups to run (``overhead lanczos batched auto peers conv memory
+    dataset dataset-memory density``).
     """
     from . import rows as R
 

@@ -818,7 +818,8 @@ def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
                 ("penalty", penalty_torch),
                 ("peers", peers_torch), ("conv", conv_rows("torch")),
                 ("memory", memory_torch), ("dataset", rows_data.dataset_peers_torch),
-                ("dataset-memory", rows_data.dataset_memory_torch)]
+                ("dataset-memory", rows_data.dataset_memory_torch),
+                ("density", rows_data.dataset_density_torch)]
     if backend == "jax":
         from . import rows_jax
 

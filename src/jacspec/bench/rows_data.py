@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .rows import Row, _digits, _ms, median_time
+from .rows import Row, _digits, _ms, interleaved_times, median_time
 
 ERR = 1e-4  # the accuracy every side must reach
 SIZES = [64, 300, 256, 10]  # 99,126 parameters
@@ -205,9 +205,16 @@ def loss(p, batch):
     return torch.nn.functional.cross_entropy(torch.func.functional_call(model, p, (batch[0],)),
                                              batch[1])
 v = torch.randn(sum(p.numel() for p in params.values()))
-def rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-r0 = rss()
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(float(l.split()[1]) / 1024 for l in fh if l.startswith(key + ":"))
+try:  # Linux: reset the peak-RSS mark (VmHWM), so that the set-up's peak does not count
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    r0, peak = status("VmRSS"), lambda: status("VmHWM")
+except OSError:
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 if mode == "forward_backward":
     torch.nn.functional.cross_entropy(model(data[0][0]), data[0][1]).backward()
 elif mode == "native_hvp":  # double backward by hand, one batch
@@ -216,7 +223,7 @@ elif mode == "native_hvp":  # double backward by hand, one batch
     torch.autograd.grad(g, ps, [t.reshape(p.shape) for t, p in zip(v.split([p.numel() for p in ps]), ps)])
 else:  # building the operator differentiates the first batch once: counted too
     js.hessian(loss, params, data=data if mode == "dataset" else data[:1]) @ v
-print(json.dumps(dict(mode=mode, peak_mb=rss() - r0)))
+print(json.dumps(dict(mode=mode, peak_mb=peak() - r0)))
 """
 
 
@@ -242,7 +249,8 @@ def dataset_memory_torch(quick: bool, *, shape: tuple[int, int, int] | None = No
           for mode in ("forward_backward", "native_hvp", "one_batch", "dataset")}
     ds = mb["dataset"]
     cfg = (f"64-{width}-{width}-10 tanh MLP, float32, {nbatch} batches of {bsize}: rise of "
-           "peak RSS (fresh subprocess each) during the construction and one product of "
+           "peak RSS above the RSS before (fresh subprocess each; VmHWM reset through "
+           "/proc/self/clear_refs) during the construction and one product of "
            "the dataset Hessian vs during {}")
     details = dict(mb, width=width, batch=bsize, batches=nbatch)
 
@@ -258,3 +266,37 @@ def dataset_memory_torch(quick: bool, *, shape: tuple[int, int, int] | None = No
             row("product/one-batch HVP", mb["native_hvp"],
                 "one batch's hand-written double-backward HVP (jacspec on one batch: "
                 f"{mb['one_batch']:.0f} MB)", "<= 1.2")]
+
+
+# ---------------------------------------------------------------------------- density
+
+
+def dataset_density_torch(quick: bool, *, sizes: list[int] = SIZES,
+                          nsamples: int | None = None) -> list[Row]:
+    """The cost of one probe-step of ``js.spectral_density`` on the dataset Hessian vs
+    one dataset HVP (``H @ v``)."""
+    import torch
+
+    import jacspec as js
+
+    model, batches = _problem(torch, torch.float32, True, sizes, nsamples)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    H = js.hessian(_batch_loss(torch, model), params, data=batches)
+    v = torch.randn(H.shape[1])
+    probes, steps = (2, 8) if quick else (4, 24)
+    count = probes * steps
+    # the density and as many plain products, in turn: a slow spell hits both alike
+    t = interleaved_times(
+        {"density": lambda: js.spectral_density(H, num_probes=probes, num_steps=steps),
+         "hvp": lambda: [H @ v for _ in range(count)]}, 2 if quick else 3)
+    t_sd, t_hvp = t["density"] / count, t["hvp"] / count
+    nsamp = sum(int(x.shape[0]) for x, _ in batches)
+    return [dict(
+        name="dataset density: probe-step/HVP (torch)", jacspec=_ms(t_sd),
+        reference=_ms(t_hvp), ratio=t_sd / t_hvp, target="<= 1.10",
+        met=t_sd / t_hvp <= 1.10,
+        configuration=f"time of js.spectral_density ({probes} probes x {steps} Lanczos "
+        f"steps) per probe-step vs one product of the dataset Hessian, {count} of each run "
+        f"in turn ({nsamp} digits in "
+        f"batches of 128, {'-'.join(map(str, sizes))} tanh MLP, float32)",
+        details=dict(probe_step_s=t_sd, hvp_s=t_hvp, probes=probes, steps=steps))]
