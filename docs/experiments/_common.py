@@ -256,7 +256,7 @@ def environment(backend: str, spectral_defaults: bool = True) -> str:
     defaults = ", ".join(
         f"{k}={v.default!r}" for k, v in spectral.items()
         if v.default is not inspect.Parameter.empty and k in (
-            "method", "tol", "maxiter", "num_matvecs"))
+            "method", "tol", "maxiter"))
     return f"{line}; `js.penalties.spectral` defaults: {defaults}"
 
 
