@@ -57,6 +57,9 @@ class Context:
         self.eps = float(fi.eps)
         self.tiny = float(fi.tiny) * 1e3
         self.tiny_normal = float(fi.tiny)
+        # a remainder below this (relative to the scale) is a breakdown (invariant
+        # subspace); tol-driven solves raise it to min(tol, 1e-2)
+        self.bd_rtol = self.eps ** 0.75
         self.count = 0
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31 - 1))

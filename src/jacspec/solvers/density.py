@@ -198,9 +198,6 @@ def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind:
     steps = V.check_positive_int(num_steps, "num_steps")
     seed = V.check_seed(seed)
     ctx = Context(op, seed=seed)
-    # breakdowns (an invariant subspace: the quadrature is already exact) are judged at
-    # the driver's tightest threshold
-    ctx.bd_rtol = ctx.eps ** 0.75
     steps = min(steps, ctx.n_in)
     with op._backend.no_grad():
         runs = [_quadrature(ctx, v, steps, kind) for v in _probes(ctx, probes)]
