@@ -268,8 +268,11 @@ def _assert_same_torch_state(torch, model, before):
     assert {k: p.requires_grad for k, p in model.named_parameters()} == flags
 
 
-@pytest.mark.parametrize("way", TORCH_WAYS)
-@pytest.mark.parametrize("train", [True, False])
+# Training mode (BatchNorm writes its statistics) for every way; evaluation mode for two.
+TORCH_CASES = [(way, True) for way in TORCH_WAYS] + [("module", False), ("list", False)]
+
+
+@pytest.mark.parametrize(("way", "train"), TORCH_CASES)
 def test_torch_model_state_however_f_reaches_it(way, train):
     torch = pytest.importorskip("torch")
     model = _bn_model(torch).train(train)
