@@ -2,9 +2,7 @@
 that every block runs on its own).
 
 A page's blocks run with the backend the page is about, so each runs once per test
-session of that backend. The PyTorch and TensorFlow tutorials run in
-``tests/test_quiet.py`` instead, in a fresh process that also checks they print no
-framework warning.
+session of that backend.
 """
 
 from __future__ import annotations
@@ -19,8 +17,10 @@ PAGES = {
     "index.md": "torch",
     "api.md": "torch",
     "installation.md": "jax",
+    "tutorials/torch.md": "torch",
     "tutorials/slope.md": "torch",
     "tutorials/jax.md": "jax",
+    "tutorials/tensorflow.md": "tensorflow",
 }
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
