@@ -3,8 +3,7 @@ tutorials (a ``tf.function`` training loop, a Keras ``train_step``) and the demo
 path run under warnings-as-errors with TensorFlow's logger captured (AutoGraph reports
 functions it cannot convert there), in a fresh process, so that jacspec's first call may
 happen inside a trace. Each block runs on its own (its own namespace, from its own file:
-AutoGraph converts only functions whose source it can read); this is the test that runs
-these two tutorials."""
+AutoGraph converts only functions whose source it can read)."""
 
 from __future__ import annotations
 
