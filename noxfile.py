@@ -2,7 +2,7 @@
 
     nox -s tests                          # all four backends (what CI runs)
     nox -s "tests(backend='torch')"       # one backend
-    nox -s tests -- -k svds -x            # extra arguments go to pytest
+    nox -s tests -- -k svds -x            # extra arguments go to pytest (-n 0: one process)
     nox -s lint docs bench
     nox -s experiments                    # regenerate the Experiments page's results
 
@@ -48,7 +48,9 @@ def tests(session: nox.Session, backend: str) -> None:
     if backend == "jax":
         # Eager JAX compiles each new shape; fewer hypothesis examples keep CI in budget.
         session.env["JACSPEC_MAX_EXAMPLES"] = "6"
-    session.run("pytest", *session.posargs)
+    # Both cores (or all): the tests are small and mostly single-threaded (JAX compiling
+    # each new shape, torch's tiny kernels). `-- -n 0` runs them in one process.
+    session.run("pytest", "-n", "auto", *session.posargs)
     if backend == DOCTEST_BACKEND:
         # Docstring examples. Modules of frameworks not installed here (jax, tensorflow
         # adapters) fail to import; skip those instead of erroring. Exit code 5 (no

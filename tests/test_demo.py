@@ -15,7 +15,8 @@ def test_demo_quick_torch(autodiff_backend, tmp_path, capsys):
         pytest.skip("the demo smoke test runs with torch (the default backend)")
     from jacspec import demo
 
-    rc = demo.main(["--backend", "torch", "--quick", "--out", str(tmp_path), "--no-progress"])
+    rc = demo.main(["--backend", "torch", "--quick", "--steps", "5", "--out", str(tmp_path),
+                    "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "test acc" in out and "between q05/q50/q95" in out

@@ -1,8 +1,9 @@
-"""jacspec makes no framework print a warning in normal use: the tutorials (a
-``tf.function`` training loop, a Keras ``train_step``) and the demo's code path run under
-warnings-as-errors with TensorFlow's logger captured (AutoGraph reports functions it
-cannot convert there), each in a fresh process, so that jacspec's first call may happen
-inside a trace."""
+"""jacspec makes no framework print a warning in normal use: the PyTorch and TensorFlow
+tutorials (a ``tf.function`` training loop, a Keras ``train_step``) and the demo's code
+path run under warnings-as-errors with TensorFlow's logger captured (AutoGraph reports
+functions it cannot convert there), in a fresh process, so that jacspec's first call may
+happen inside a trace. Each block runs on its own (its own namespace, from its own file:
+AutoGraph converts only functions whose source it can read)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 PAGES = {"tensorflow": "docs/tutorials/tensorflow.md", "torch": "docs/tutorials/torch.md"}
 
 
-def test_tutorials_and_demo_are_quiet(autodiff_backend, tmp_path):
+def test_tutorials_and_demo_run_quietly(autodiff_backend, tmp_path):
     if autodiff_backend not in PAGES:
         pytest.skip("checked for torch and tensorflow")
     pytest.importorskip("sklearn")
     blocks = _BLOCK.findall((ROOT / PAGES[autodiff_backend]).read_text())
+    assert blocks
     # blocks with a tf.function first: they trace jacspec before any eager call has
     # imported its adapter
     order = sorted(range(len(blocks)), key=lambda i: "@tf.function" not in blocks[i])

@@ -6,6 +6,14 @@ import numpy as np
 import pytest
 
 import jacspec as js
+from _helpers import selected_backends
+
+
+def _framework(name: str):
+    """The framework module for a test of one framework, skipped in other sessions."""
+    if name not in selected_backends():
+        pytest.skip(f"runs in the {name} session")
+    return pytest.importorskip(name)
 
 
 def _torch_model(torch):
@@ -268,10 +276,13 @@ def _assert_same_torch_state(torch, model, before):
     assert {k: p.requires_grad for k, p in model.named_parameters()} == flags
 
 
-@pytest.mark.parametrize("way", TORCH_WAYS)
-@pytest.mark.parametrize("train", [True, False])
+# Training mode (BatchNorm writes its statistics) for every way; evaluation mode for two.
+TORCH_CASES = [(way, True) for way in TORCH_WAYS] + [("module", False), ("list", False)]
+
+
+@pytest.mark.parametrize(("way", "train"), TORCH_CASES)
 def test_torch_model_state_however_f_reaches_it(way, train):
-    torch = pytest.importorskip("torch")
+    torch = _framework("torch")
     model = _bn_model(torch).train(train)
     f = _ways_to_reach(model, lambda m, z: m(z))[way]
     X = torch.randn(8, 4, dtype=torch.float64)
@@ -284,7 +295,7 @@ def test_torch_model_state_however_f_reaches_it(way, train):
 
 
 def test_torch_f_that_switches_modes_and_flags():
-    torch = pytest.importorskip("torch")
+    torch = _framework("torch")
     model = _bn_model(torch).eval()
     frozen = model[0].weight
 
@@ -303,7 +314,7 @@ def test_torch_f_that_switches_modes_and_flags():
 
 
 def test_torch_writes_to_views_and_out_arguments_are_undone():
-    torch = pytest.importorskip("torch")
+    torch = _framework("torch")
     state = torch.zeros(4, dtype=torch.float64)
     counter = torch.zeros((), dtype=torch.int64)
     total = torch.zeros(4, dtype=torch.float64)
@@ -339,7 +350,7 @@ KERAS_WAYS = ["module", "wrapper attribute", "default argument", "list", "dict",
 
 @pytest.mark.parametrize("way", KERAS_WAYS)
 def test_keras_model_state_however_f_reaches_it(way):
-    tf = pytest.importorskip("tensorflow")
+    tf = _framework("tensorflow")
     model = _keras_bn_model(tf)
     f = _ways_to_reach(model, lambda m, z: m(z, training=True))[way]
     X = tf.random.stateless_normal((8, 4), seed=[1, 2])
@@ -353,7 +364,7 @@ def test_keras_model_state_however_f_reaches_it(way):
 
 def test_keras_model_built_by_f():
     """A model's first call builds its variables; jacspec's guard must not get in the way."""
-    tf = pytest.importorskip("tensorflow")
+    tf = _framework("tensorflow")
     keras = tf.keras
     model = keras.Sequential([keras.layers.Dense(3), keras.layers.BatchNormalization()])
     X = tf.random.stateless_normal((5, 4), seed=[0, 7], dtype=tf.float32)
@@ -392,7 +403,7 @@ def _grad_mode_results(torch, W, x, X):
 
 @pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
 def test_torch_results_inside_grad_modes_equal_outside(mode):
-    torch = pytest.importorskip("torch")
+    torch = _framework("torch")
     torch.manual_seed(1)
     W = torch.randn(5, 4, dtype=torch.float64)
     x = torch.randn(3, 4, dtype=torch.float64)
@@ -410,7 +421,7 @@ def test_torch_results_inside_grad_modes_equal_outside(mode):
 
 
 def test_torch_model_made_in_inference_mode_is_a_clear_error():
-    torch = pytest.importorskip("torch")
+    torch = _framework("torch")
     with torch.inference_mode():
         model = torch.nn.Linear(4, 3)
         data = torch.randn(2, 4)
