@@ -2,7 +2,8 @@
 that every block runs on its own).
 
 A page's blocks run with the backend the page is about, so each runs once per test
-session of that backend; a page about several frameworks (``None``) runs each block with
+session of that backend (the torch and TensorFlow tutorials run in ``test_quiet.py``,
+in a fresh process that also checks they emit no warning); a page about several frameworks (``None``) runs each block with
 the framework it imports first.
 """
 
@@ -18,10 +19,8 @@ PAGES = {
     "index.md": "torch",
     "api.md": "torch",
     "installation.md": "jax",
-    "tutorials/torch.md": "torch",
     "tutorials/slope.md": "torch",
     "tutorials/jax.md": "jax",
-    "tutorials/tensorflow.md": "tensorflow",
     "tutorials/curvature.md": None,
 }
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
