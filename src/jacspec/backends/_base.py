@@ -400,6 +400,8 @@ def find_closure_objects(
             return list(g)
         if isinstance(g, (str, bytes, int, float, complex, bool, type)) or g is None:
             return []
+        if _from_library(g):  # library code holds no user model
+            return []
         out: list = []
         owner = getattr(g, "__self__", None)
         if owner is not None:
@@ -436,6 +438,22 @@ def find_closure_objects(
                 continue
         frontier = nxt
     return found
+
+
+# Packages whose functions and objects are not walked into: they hold no user model, and
+# walking them (their globals, closures, defaults) costs far more than f's forward pass.
+_LIBRARIES = frozenset({
+    "torch", "numpy", "jax", "jaxlib", "tensorflow", "keras", "tf_keras", "scipy",
+    "jacspec", "builtins", "functools", "collections", "typing", "abc", "enum",
+})
+
+
+def _from_library(obj: Any) -> bool:
+    """Whether ``obj`` (a function, or an instance by its type) comes from a library."""
+    mod = getattr(obj, "__module__", None)
+    if not isinstance(mod, str):
+        mod = type(obj).__module__
+    return mod.split(".", 1)[0] in _LIBRARIES
 
 
 def _is_module_obj(obj: Any) -> bool:
