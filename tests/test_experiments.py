@@ -35,7 +35,12 @@ def test_every_experiment_is_found():
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_run_writes_table_and_figure(script, autodiff_backend, experiments_on_path,
                                            tmp_path):
-    module = importlib.import_module(script)
+    try:
+        module = importlib.import_module(script)
+    except ModuleNotFoundError as err:  # a torch-only script in another session
+        if err.name == autodiff_backend:
+            raise
+        pytest.skip(f"{script} needs {err.name}")
     if autodiff_backend not in module.BACKENDS:
         pytest.skip(f"{script} runs on {', '.join(module.BACKENDS)}")
     assert module.main(["--quick", "--backend", autodiff_backend, "--out", str(tmp_path)]) == 0
