@@ -454,3 +454,25 @@ def test_numpy_input_is_type_error():
     ):
         with pytest.raises(TypeError):
             call()
+
+
+def test_return_vectors_and_warm_start(autodiff_backend):
+    """``return_vectors=True`` gives the top left singular vectors (B, m); fed back as
+    ``v0`` they start the next solve at the answer (a two-product budget is then exact)."""
+    backend = autodiff_backend
+    xp = xp_of(backend)
+    rng = np.random.default_rng(11)
+    W0 = rng.standard_normal((30, 20))
+    x = from_numpy(rng.standard_normal((4, 20)), backend, "float64")
+    W = from_numpy(W0, backend, "float64")
+    f = lambda z: xp.tanh(xp.matmul(z, xp.matrix_transpose(W)))  # noqa: E731
+    exact = np.linalg.svd(_dense_jacobians(backend, f, x), compute_uv=False)[:, 0]
+    val, u = js.penalties.spectral(f, x, method="lanczos", tol=1e-10, return_vectors=True)
+    U = to_numpy(u)
+    assert U.shape == (4, 30)
+    np.testing.assert_allclose(np.linalg.norm(U, axis=1), 1.0, rtol=1e-10)
+    np.testing.assert_allclose(float(to_numpy(val)), np.mean(exact**2), rtol=1e-10)
+    warm = js.penalties.spectral(f, x, method="lanczos", maxiter=2, v0=u)
+    cold = js.penalties.spectral(f, x, method="lanczos", maxiter=2)
+    np.testing.assert_allclose(float(to_numpy(warm)), np.mean(exact**2), rtol=1e-10)
+    assert float(to_numpy(cold)) < np.mean(exact**2) * (1 - 1e-6)
