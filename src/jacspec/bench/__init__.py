@@ -1,4 +1,4 @@
-"""``jacspec bench``: the DESIGN.md benchmark rows, each a ratio measured side by side.
+"""``jacspec bench``: the benchmark rows, each a ratio measured side by side.
 
 Every row runs jacspec and its reference (a hand-written native loop, a per-sample loop,
 the best fixed method, or a peer library) in the same process, on the same model and

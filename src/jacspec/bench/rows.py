@@ -207,7 +207,7 @@ def _native_gkl_torch(torch, f, x, steps, products=_TorchProducts):
 
 
 def _torch_design_mlp(torch, dtype, steps=300, hidden=256, ntrain=1500):
-    """The DESIGN.md model: a 64-256-256-10 tanh MLP trained with Adam on scikit-learn's
+    """The design model: a 64-256-256-10 tanh MLP trained with Adam on scikit-learn's
     digits (``steps`` full-batch steps on the first ``ntrain`` samples). Returns the
     model (no parameter gradients), the held-out test inputs and the test accuracy."""
     import copy
@@ -291,7 +291,7 @@ def _overhead_pair(torch, js, net, xb, reps, cfg, suffix, target):
 
 
 def overhead_torch(quick: bool) -> list[Row]:
-    """Target rows on the DESIGN.md model (trained 64-256-256-10 MLP, B=128 per-sample
+    """Target rows on the design model (trained 64-256-256-10 MLP, B=128 per-sample
     10x64 Jacobians); report rows on a small case where products are cheap and the
     per-step work of the solver weighs most."""
     import torch
@@ -356,7 +356,7 @@ def _count(v: float) -> int | None:
 def lanczos_vs_power_torch(quick: bool) -> list[Row]:
     """Products to relative error 1e-6 on each sample's ``sigma_max``, batched.
 
-    Per-sample Jacobians (10x64) of held-out digits through the trained DESIGN.md MLP,
+    Per-sample Jacobians (10x64) of held-out digits through the trained design MLP,
     float64, against the dense SVD. Lanczos: ``js.svds(J, method="lanczos", maxiter=p,
     tol=1e-14)`` for every ``p`` up to the full basis, the per-sample error of each.
     Power: one ``js.svds(J, method="power", tol=1e-14, maxiter=cap)`` run whose

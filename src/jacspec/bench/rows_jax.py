@@ -34,7 +34,7 @@ def _mlp(jax, jnp, sizes, seed=0):
 
 
 def overhead_jax(quick: bool) -> list[Row]:
-    """Target rows on the DESIGN.md model size (64-256-256-10 MLP, B=128 per-sample
+    """Target rows on the design model size (64-256-256-10 MLP, B=128 per-sample
     10x64 Jacobians); report rows on the small case (B=32, 256x64 Jacobians)."""
     return (_overhead_jax(quick, [64, 256, 256, 10], 128, "", True)
             + _overhead_jax(quick, [64, 256, 256], 32, ", small", False))
