@@ -272,7 +272,7 @@ def _overhead_pair(torch, js, net, xb, reps, cfg, suffix, target):
                      configuration=f"{cfg}; {nprod} products; reference: hand-written "
                      "power iteration with a residual check per step",
                      details=dict(jacspec_s=t_j, native_s=t_n, products=nprod)))
-    # The same two loops with torch.func products (issue 3's reference): a VJP closure
+    # The same two loops with the products a torch.func user writes: a VJP closure
     # from one torch.func.vjp, a torch.func.jvp per JVP.
     for name, t_j, native in (
         ("lanczos", rows[0]["details"]["jacspec_s"],
