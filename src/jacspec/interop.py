@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import backend_of, get_backend
+from .backends import backend_of, host_backend
 from .operators import DenseOperator, LinearOperator, ScipyOperator
 
 __all__ = ["aslinearoperator", "dense", "to_scipy", "materialize"]
@@ -38,14 +38,12 @@ def aslinearoperator(A: Any) -> LinearOperator:
         return A
     b = backend_of(A)
     if b is not None:
-        if b.name == "numpy" and not isinstance(A, np.ndarray):
-            A = np.asarray(A)
-        return DenseOperator(A, b)
+        return DenseOperator(b.as_matrix(A), b)
     import scipy.sparse as sp
     import scipy.sparse.linalg as spla
 
     if isinstance(A, spla.LinearOperator) or sp.issparse(A):
-        return ScipyOperator(A, get_backend("numpy"))
+        return ScipyOperator(A, host_backend())
     raise TypeError(
         "Expected a 2-D/3-D array (numpy, torch, jax or tensorflow), a SciPy "
         "LinearOperator or sparse matrix, or a js.LinearOperator. "

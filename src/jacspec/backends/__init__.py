@@ -31,6 +31,7 @@ __all__ = [
     "available_backends",
     "collection_leaves",
     "model_backend",
+    "host_backend",
 ]
 
 #: Supported backends, by name, and the top-level module that must be imported for an
@@ -114,6 +115,11 @@ def infer_backend(*objs: Any, what: str = "arrays") -> Backend:
     if not found:
         raise TypeError(f"Expected {what} to include at least one array. Received none.")
     return next(iter(found.values()))
+
+
+def host_backend() -> Backend:
+    """The NumPy adapter: the backend of SciPy operators and sparse matrices."""
+    return get_backend("numpy")
 
 
 def model_backend(model: Any) -> Backend:

@@ -210,6 +210,12 @@ class Backend:
     #: a conv operator acts on.
     channels_last: bool = False
 
+    def as_matrix(self, A: Any) -> Array:
+        """The array an explicit operator holds for ``A`` (``js.aslinearoperator``):
+        ``A`` itself, kept as given so that products read it afresh (framework
+        variables included)."""
+        return A
+
     def read(self, x: Any) -> Array:
         """The array behind a framework variable (a ``tf.Variable`` reads as a tensor)."""
         return x

@@ -31,6 +31,11 @@ class NumpyBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
+    def as_matrix(self, A: Any) -> np.ndarray:
+        """A plain ``ndarray`` (an ``ndarray`` subclass such as ``np.matrix`` reads as
+        one)."""
+        return np.asarray(A)
+
     def from_numpy(self, a: np.ndarray, *, dtype: Any = None, device: Any = None) -> Any:
         return np.asarray(a, dtype=dtype)
 
