@@ -161,9 +161,16 @@ class Backend:
     def cond(self, pred: Array, true_fn: Callable[[], Any], false_fn: Callable[[], Any]
              ) -> Any:
         """``true_fn()`` if the 0-d boolean ``pred`` holds, else ``false_fn()``: a host
-        read and a Python branch by default; inside a trace, the framework's branch
-        (``lax.cond``, ``tf.cond``), which runs one side only."""
+        read and a Python branch, or, for a traced ``pred``, :meth:`traced_cond`."""
+        if self.is_traced(pred):
+            return self.traced_cond(pred, true_fn, false_fn)
         return true_fn() if self.to_bool(pred) else false_fn()
+
+    def traced_cond(self, pred: Array, true_fn: Callable[[], Any],
+                    false_fn: Callable[[], Any]) -> Any:
+        """The framework's branch inside a trace (``lax.cond``, ``tf.cond``), which runs
+        one side only."""
+        raise NotImplementedError(f"{self.name} cannot branch inside a trace.")
 
     def fori_loop(self, lo: int, hi: int, body: Callable[[Any, Any], Any], carry: Any
                   ) -> Any:
@@ -176,11 +183,18 @@ class Backend:
     def while_loop(self, cond_fn: Callable[[Any], Any], body_fn: Callable[[Any], Any],
                    carry: Any) -> Any:
         """``carry = body_fn(carry)`` while ``cond_fn(carry)`` (a 0-d boolean) holds: a
-        host read per test by default; inside a trace the framework's loop
-        (``lax.while_loop``, ``tf.while_loop``). ``carry`` is a tuple of arrays."""
+        host read per test, or, where the test is traced, :meth:`traced_while_loop`.
+        ``carry`` is a tuple of arrays."""
+        if self.is_traced(cond_fn(carry)):
+            return self.traced_while_loop(cond_fn, body_fn, carry)
         while self.to_bool(cond_fn(carry)):
             carry = body_fn(carry)
         return carry
+
+    def traced_while_loop(self, cond_fn: Callable[[Any], Any],
+                          body_fn: Callable[[Any], Any], carry: Any) -> Any:
+        """The framework's loop inside a trace (``lax.while_loop``, ``tf.while_loop``)."""
+        raise NotImplementedError(f"{self.name} cannot loop inside a trace.")
 
     def set_row(self, X: Array, j: Any, x: Array, start: int = 0) -> Array:
         """``X`` (..., J, W) with ``X[..., j, start:start + t] = x`` (``x``: (..., t));

@@ -153,13 +153,10 @@ class JaxBackend(Backend):
     conv_layout = "HWIO"
     channels_last = True
 
-    def cond(self, pred, true_fn, false_fn):
-        """``lax.cond`` inside a trace (one branch runs); a Python branch eagerly."""
-        if isinstance(pred, jax.core.Tracer):
-            return jax.lax.cond(pred, true_fn, false_fn)
-        return true_fn() if bool(pred) else false_fn()
+    def traced_cond(self, pred, true_fn, false_fn):
+        return jax.lax.cond(pred, true_fn, false_fn)
 
-    def while_loop(self, cond_fn, body_fn, carry):
+    def traced_while_loop(self, cond_fn, body_fn, carry):
         """``lax.while_loop`` (gradient-free solves only: it has no reverse mode)."""
         return jax.lax.while_loop(cond_fn, body_fn, carry)
 

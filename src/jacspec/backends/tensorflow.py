@@ -197,16 +197,10 @@ class TensorflowBackend(Backend):
     conv_layout = "HWIO"
     channels_last = True
 
-    def cond(self, pred, true_fn, false_fn):
-        """``tf.cond`` inside ``tf.function`` (one branch runs); a Python branch eagerly."""
-        if not tf.executing_eagerly():
-            return tf.cond(pred, true_fn, false_fn)
-        return true_fn() if bool(pred) else false_fn()
+    def traced_cond(self, pred, true_fn, false_fn):
+        return tf.cond(pred, true_fn, false_fn)
 
-    def while_loop(self, cond_fn, body_fn, carry):
-        """``tf.while_loop`` inside ``tf.function``; a Python loop eagerly."""
-        if tf.executing_eagerly():
-            return super().while_loop(cond_fn, body_fn, carry)
+    def traced_while_loop(self, cond_fn, body_fn, carry):
         return tf.while_loop(cond_fn, lambda c: (body_fn(c),), (carry,))[0]
 
     def read(self, x):

@@ -162,9 +162,6 @@ class Context:
         mix integer and floating arrays)."""
         return j if isinstance(j, int) else self.xp.astype(j, self.real_dtype)
 
-    def full(self, shape: tuple[int, ...], value: float) -> Array:
-        return self.zeros(shape, real=True) + value
-
     def check_finite(self, x: Array, what: str = "product") -> None:
         """Raise FloatingPointError for NaN/Inf (a host read; nothing inside a trace)."""
         if self.traced or self.backend.is_traced(x):
