@@ -752,76 +752,25 @@ print(json.dumps(dict(B=B, arch="-".join(map(str, arch)), products=n,
 """
 
 
-def penalty_torch(quick: bool) -> list[Row]:
-    """The default (exact) spectral penalty on the design MLP: its per-sample relative
-    error against the dense SVD, and the cost of a training step with it, as ratios to a
-    plain step and to a step with ``js.penalties.frobenius(num_projections=1)``."""
-    import torch
-
-    import jacspec as js
-
-    net, Xte, _ = _torch_design_mlp(torch, torch.float32)
-    for p in net.parameters():
-        p.requires_grad_(True)
-    X, y = _digits()
-    xb = torch.tensor(X[:128])
-    yb = torch.tensor(y[:128])
-    opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: every step sees one model
-
-    def step(penalty):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(xb), yb)
-        if penalty is not None:
-            loss = loss + 0.01 * penalty()
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    plain = lambda: step(None)  # noqa: E731
-    spectral = lambda: step(lambda: js.penalties.spectral(net, xb))  # noqa: E731
-    frob = lambda: step(lambda: js.penalties.frobenius(net, xb, num_projections=1))  # noqa: E731
-    t = interleaved_times(dict(plain=plain, spectral=spectral, frobenius=frob),
-                          max(3 * _reps(quick), 15))
-    _, u = js.penalties.spectral(net, xb, return_vectors=True)
-    J = js.jacobian(net, xb, batched=True)
-    with torch.no_grad():
-        est = J.rmatvec(u).norm(dim=-1).double().numpy()
-        exact = np.linalg.svd(js.dense(J).double().numpy(), compute_uv=False)[:, 0]
-    err = float(np.max(np.abs(est - exact) / exact))
-    cfg = ("design MLP 64-256-256-10 (trained), B=128 digits, float32, SGD step with "
-           "cross-entropy + 0.01 * penalty; default js.penalties.spectral (tol 1e-3)")
-    return [
-        dict(name="penalty: exact spectral, per-sample error (torch)", jacspec=f"{err:.1e}",
-             reference="dense SVD", ratio=err, target="<= 1e-3", met=err <= 1e-3,
-             configuration=cfg, details=dict(max_rel_error=err)),
-        dict(name="penalty: spectral step / plain step (torch)",
-             jacspec=_ms(t["spectral"]), reference=_ms(t["plain"]),
-             ratio=t["spectral"] / t["plain"], target="report", met=None,
-             configuration=cfg, details=dict(times_s=t)),
-        dict(name="penalty: spectral step / frobenius step (torch)",
-             jacspec=_ms(t["spectral"]), reference=_ms(t["frobenius"]),
-             ratio=t["spectral"] / t["frobenius"], target="report", met=None,
-             configuration=cfg + "; reference: js.penalties.frobenius(num_projections=1)",
-             details=dict(times_s=t)),
-    ]
-
-
 # ---------------------------------------------------------------------------- groups
 
 
 def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
     if backend == "torch":
-        from . import rows_data
+        from . import rows_data, rows_dense, rows_penalty
 
         return [("overhead", overhead_torch), ("lanczos", lanczos_vs_power_torch),
                 ("batched", batched_vs_loop_torch), ("auto", auto_vs_best_torch),
-                ("penalty", penalty_torch),
+                ("dense", rows_dense.dense_torch),
+                ("penalty", rows_penalty.penalty_torch),
                 ("peers", peers_torch), ("conv", conv_rows("torch")),
                 ("memory", memory_torch), ("dataset", rows_data.dataset_peers_torch),
                 ("dataset-memory", rows_data.dataset_memory_torch),
                 ("density", rows_data.dataset_density_torch)]
     if backend == "jax":
-        from . import rows_jax
+        from . import rows_dense, rows_jax, rows_penalty
 
-        return [("overhead", rows_jax.overhead_jax), ("peers", rows_jax.peers_jax)]
+        return [("overhead", rows_jax.overhead_jax), ("peers", rows_jax.peers_jax),
+                ("dense", rows_dense.dense_jax),
+                ("penalty", rows_penalty.penalty_jax)]
     return []

@@ -203,7 +203,9 @@ def spectral_norm(op: Any, *, method: str = "auto", tol: float | None = None,
     v = b.stop_gradient(v)
     if not batched:
         u, v = u[0], v[0]
-    Av = op._mm(v[..., None], grad=True)[..., 0]
+    # u^H A v through the adjoint product (A^H u)^H v: reverse mode, the cheaper
+    # product with gradients recorded in every framework.
+    Ahu = op._mm(u[..., None], adjoint=True, grad=True)[..., 0]
     if op.is_complex:
-        u = xp.conj(u)
-    return xp.real(xp.sum(u * Av, axis=-1))
+        Ahu = xp.conj(Ahu)
+    return xp.real(xp.sum(Ahu * v, axis=-1))
