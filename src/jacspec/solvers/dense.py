@@ -57,7 +57,8 @@ def _top_triplet(ctx: Context, M: Array) -> tuple[Array, Array, Array]:
     A = ctx.H(M) if not wide else M  # (B, small, large)
     lam, X = xp.linalg.eigh(A @ ctx.H(A))
     x = X[..., -1:]  # eigh sorts ascending
-    sigma = xp.sqrt(xp.clip(lam[..., -1:], min=0.0))
+    top = xp.real(lam[..., -1:]) if ctx.is_complex else lam[..., -1:]  # TF: complex dtype
+    sigma = xp.sqrt(xp.clip(top, min=0.0))
     y = ctx.H(A) @ x  # (B, large, 1): sigma times the other singular vector
     # sigma = 0 only for M = 0, where any unit vector is singular: take e_1.
     e1 = xp.astype(xp.arange(int(y.shape[-2]), device=ctx.device) == 0, ctx.dtype)
