@@ -811,7 +811,7 @@ def penalty_torch(quick: bool) -> list[Row]:
 
 def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
     if backend == "torch":
-        from . import rows_data
+        from . import rows_data, rows_scaling
 
         return [("overhead", overhead_torch), ("lanczos", lanczos_vs_power_torch),
                 ("batched", batched_vs_loop_torch), ("auto", auto_vs_best_torch),
@@ -819,9 +819,11 @@ def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
                 ("peers", peers_torch), ("conv", conv_rows("torch")),
                 ("memory", memory_torch), ("dataset", rows_data.dataset_peers_torch),
                 ("dataset-memory", rows_data.dataset_memory_torch),
-                ("density", rows_data.dataset_density_torch)]
+                ("density", rows_data.dataset_density_torch),
+                ("scaling", rows_scaling.scaling_torch)]
     if backend == "jax":
-        from . import rows_jax
+        from . import rows_jax, rows_scaling
 
-        return [("overhead", rows_jax.overhead_jax), ("peers", rows_jax.peers_jax)]
+        return [("overhead", rows_jax.overhead_jax), ("peers", rows_jax.peers_jax),
+                ("scaling", rows_scaling.scaling_jax)]
     return []
