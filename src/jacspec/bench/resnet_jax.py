@@ -8,13 +8,14 @@ Examples
 --------
 >>> import jax, jax.numpy as jnp
 >>> from jacspec.bench.resnet_jax import init, apply
->>> params = init(jax.random.key(0), width=8)
+>>> params = init(0, width=8)
 >>> apply(params, jnp.zeros((2, 32, 32, 3))).shape
 (2, 10)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -30,40 +31,41 @@ STAGES = ((1, 1), (2, 2), (4, 2), (8, 2))
 Params = dict[str, Any]
 
 
-def _uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
-    # torch's default for conv and linear layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    bound = 1.0 / np.sqrt(fan_in)
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+def _uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    # torch's default for conv and linear layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    # Drawn by NumPy: eager jax.random would compile one program per shape.
+    bound = 1.0 / math.sqrt(fan_in)
+    return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32))
 
 
-def _conv_init(key: jax.Array, k: int, c_in: int, c_out: int) -> jax.Array:
-    return _uniform(key, (k, k, c_in, c_out), k * k * c_in)
+def _conv_init(rng: np.random.Generator, k: int, c_in: int, c_out: int) -> jax.Array:
+    return _uniform(rng, (k, k, c_in, c_out), k * k * c_in)
 
 
 def _bn_init(c: int) -> dict[str, jax.Array]:
-    return {"scale": jnp.ones(c), "bias": jnp.zeros(c)}
+    return {"scale": jnp.ones(c, jnp.float32), "bias": jnp.zeros(c, jnp.float32)}
 
 
-def init(key: jax.Array, width: int = 64, num_classes: int = 10) -> Params:
+def init(seed: int = 0, width: int = 64, num_classes: int = 10) -> Params:
     """Random parameters: ``{"conv1", "bn1", "blocks": [...], "fc": {"w", "b"}}``;
     a block holds ``conv1``, ``bn1``, ``conv2``, ``bn2`` and, where the shape changes,
     ``short`` and ``short_bn``."""
-    keys = iter(jax.random.split(key, 64))
-    params: Params = {"conv1": _conv_init(next(keys), 3, 3, width), "bn1": _bn_init(width)}
+    rng = np.random.default_rng(seed)
+    params: Params = {"conv1": _conv_init(rng, 3, 3, width), "bn1": _bn_init(width)}
     blocks, c_in = [], width
     for mult, stride in STAGES:
         c_out = mult * width
         for s in (stride, 1):
-            blk = {"conv1": _conv_init(next(keys), 3, c_in, c_out), "bn1": _bn_init(c_out),
-                   "conv2": _conv_init(next(keys), 3, c_out, c_out), "bn2": _bn_init(c_out)}
+            blk = {"conv1": _conv_init(rng, 3, c_in, c_out), "bn1": _bn_init(c_out),
+                   "conv2": _conv_init(rng, 3, c_out, c_out), "bn2": _bn_init(c_out)}
             if s != 1 or c_in != c_out:
-                blk["short"] = _conv_init(next(keys), 1, c_in, c_out)
+                blk["short"] = _conv_init(rng, 1, c_in, c_out)
                 blk["short_bn"] = _bn_init(c_out)
             blocks.append(blk)
             c_in = c_out
     params["blocks"] = blocks
-    params["fc"] = {"w": _uniform(next(keys), (c_in, num_classes), c_in),
-                    "b": _uniform(next(keys), (num_classes,), c_in)}
+    params["fc"] = {"w": _uniform(rng, (c_in, num_classes), c_in),
+                    "b": _uniform(rng, (num_classes,), c_in)}
     return params
 
 
@@ -74,7 +76,7 @@ def _conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
 
 
 def _bn(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
-    return x * (p["scale"] / np.sqrt(1.0 + BN_EPS)) + p["bias"]
+    return x * (p["scale"] / math.sqrt(1.0 + BN_EPS)) + p["bias"]
 
 
 def _block(p: Params, x: jax.Array, stride: int) -> jax.Array:

@@ -53,12 +53,18 @@ class Sizes:
 
 QUICK = Sizes(widths=(4, 8, 16), batches=(8, 16, 32), base=(8, 8), eig=(8, 64),
               eig_products=10, sigma=(8, 32), reps=2)
+#: JAX compiles every (function, shape) once, seconds each for a ResNet-18 on a CPU:
+#: fewer series points in the quick mode.
+QUICK_JAX = Sizes(widths=(4, 8), batches=(8, 16), base=(8, 8), eig=(8, 64),
+                  eig_products=10, sigma=(8, 32), reps=2)
 FULL = Sizes(widths=(16, 32, 64), batches=(8, 16, 32, 64), base=(16, 16), eig=(16, 64),
              eig_products=20, sigma=(32, 32), reps=3)
 
 
-def sizes(quick: bool) -> Sizes:
-    return QUICK if quick else FULL
+def sizes(quick: bool, backend: str = "torch") -> Sizes:
+    if not quick:
+        return FULL
+    return QUICK_JAX if backend == "jax" else QUICK
 
 
 def series_points(s: Sizes) -> list[tuple[int, int]]:
@@ -207,7 +213,8 @@ def _saved_mb(torch, fn: Callable[[], Any]) -> float:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
-    del out, keep
+    del out
+    keep.clear()
     return sum(seen.values()) / MB
 
 
@@ -363,14 +370,15 @@ class _JaxCase:
 
         self.jax = jax
         self.apply = resnet_jax.apply
-        k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-        self.params = resnet_jax.init(k1, width, NUM_CLASSES)
-        self.x = jax.random.normal(k2, (batch, 32, 32, 3))
-        self.y = jax.random.randint(k3, (batch,), 0, NUM_CLASSES)
+        rng = np.random.default_rng(seed)
+        self.params = resnet_jax.init(seed, width, NUM_CLASSES)
+        self.x = jax.numpy.asarray(rng.standard_normal((batch, 32, 32, 3), np.float32))
+        self.y = jax.numpy.asarray(rng.integers(0, NUM_CLASSES, batch))
         self.nparams = sum(int(p.size) for p in jax.tree_util.tree_leaves(self.params))
 
     def randn(self, n: int, seed: int = 1) -> Any:
-        return self.jax.random.normal(self.jax.random.key(seed), (n,))
+        rng = np.random.default_rng(seed)
+        return self.jax.numpy.asarray(rng.standard_normal(n, np.float32))
 
 
 def _jax_loss(jax, apply: Callable) -> Callable:
@@ -511,7 +519,7 @@ def scaling_jax(quick: bool, *, config: Sizes | None = None) -> list[Row]:
 
     from . import resnet_jax
 
-    s = config or sizes(quick)
+    s = config or sizes(quick, "jax")
     fns = _jax_functions(jax, js, resnet_jax.apply)
     points = [_jax_point(jax, js, fns, w, b, s.reps, (w, b) == s.base)
               for w, b in series_points(s)]
