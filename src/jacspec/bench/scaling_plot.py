@@ -62,22 +62,22 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         for r in (r for r in rows if r["details"]["axis"] == axis):
             pts = r["details"]["points"]
             xs = [p[axis] for p in pts]
+            fixed = ", ".join(f"{k} {v}" for k, v in r["details"].get("fixed", {}).items())
             for key, label, style in KINDS:
                 for row_i, (unit, scale) in enumerate((("s", 1e3), ("mb", 1.0))):
                     axes[row_i, col].plot(
                         xs, [p[f"{key}_{unit}"] * scale for p in pts], style,
                         marker=MARKERS.get(r["backend"], "^"),
-                        label=f"{r['backend']} {label}")
-        fixed = "batch" if axis == "width" else "width"
+                        label=f"{r['backend']} {label}" + (f" ({fixed})" if fixed else ""))
         for row_i, ylabel in enumerate(("time (ms)", "memory (MB)")):
             ax = axes[row_i, col]
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_xlabel(f"{'base width' if axis == 'width' else 'batch size'} "
-                          f"(fixed {fixed})")
+            ax.set_xlabel("base width" if axis == "width" else "batch size")
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+    for ax in axes[0]:
+        ax.legend(fontsize=7)
     fig.suptitle("ResNet-18: forward+backward and Hessian-vector product")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
