@@ -71,13 +71,25 @@ def sizes(quick: bool, backend: str = "torch") -> Sizes:
 
 
 def series_points(s: Sizes) -> list[tuple[int, int]]:
-    """The distinct (width, batch) points of both series, base point first."""
+    """The distinct (width, batch) points of both series, base point first.
+
+    Examples
+    --------
+    >>> series_points(QUICK_JAX)
+    [(8, 8), (4, 8), (8, 16)]
+    """
     pts = [s.base] + [(w, s.base[1]) for w in s.widths] + [(s.base[0], b) for b in s.batches]
     return list(dict.fromkeys(pts))
 
 
 def loglog_slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ``log y`` against ``log x`` (the growth exponent)."""
+    """Least-squares slope of ``log y`` against ``log x`` (the growth exponent).
+
+    Examples
+    --------
+    >>> round(loglog_slope([1, 2, 4], [3, 12, 48]), 6)
+    2.0
+    """
     if len(xs) < 2:
         return math.nan
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
