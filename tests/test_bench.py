@@ -89,3 +89,109 @@ def test_dataset_rows_small():
     assert all(r["details"]["dataset"] >= 0 for r in mem)
     (dens,) = rows_data.dataset_density_torch(True, sizes=[64, 8, 10], nsamples=300)
     assert dens["ratio"] > 0 and dens["details"]["hvp_s"] > 0
+
+
+def _tiny_scaling():
+    from jacspec.bench import rows_scaling
+
+    return rows_scaling, rows_scaling.Sizes(widths=(2, 4), batches=(2, 3), base=(2, 2),
+                                            eig=(2, 3), eig_products=6, sigma=(2, 3),
+                                            reps=1)
+
+
+def _check_scaling(rows, backend):
+    names = [r["name"] for r in rows]
+    assert names == [f"scaling: {k} ({backend})" for k in (
+        "JVP/fwd+bwd", "VJP/fwd+bwd", "HVP/fwd+bwd", "top Hessian eigenvalue",
+        "per-sample sigma_max", "width series", "batch series")]
+    assert all(r["ratio"] > 0 for r in rows)
+    eig, sigma = rows[3]["details"], rows[4]["details"]
+    # the same Krylov space from the same start: the same Ritz value
+    assert eig["jacspec_value"] == pytest.approx(eig["native_value"], rel=1e-3)
+    assert eig["products"] >= 1 and sigma["max_rel_diff"] < 1e-3
+    for r, axis, xs in ((rows[5], "width", [2, 4]), (rows[6], "batch", [2, 3])):
+        pts = r["details"]["points"]
+        assert r["details"]["axis"] == axis and [p[axis] for p in pts] == xs
+        assert all(p["fwd_bwd_s"] > 0 and p["hvp_s"] > 0 and p["hvp_mb"] > 0 for p in pts)
+        assert pts[0]["params"] < pts[-1]["params"] or axis == "batch"
+
+
+@pytest.mark.filterwarnings("ignore:Lanczos stopped")  # 6 products: a tiny, timed budget
+def test_scaling_rows_small_torch():
+    torch = pytest.importorskip("torch")
+    rows_scaling, tiny = _tiny_scaling()
+    threads = torch.get_num_threads()
+    rows = rows_scaling.scaling_torch(True, config=tiny)
+    assert torch.get_num_threads() == threads  # restored
+    _check_scaling(rows, "torch")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Lanczos stopped")
+def test_scaling_rows_small_jax():
+    pytest.importorskip("jax")
+    rows_scaling, tiny = _tiny_scaling()
+    _check_scaling(rows_scaling.scaling_jax(True, config=tiny), "jax")
+
+
+def test_resnet_torch_and_jax_agree():
+    """The two ResNet-18s are one network: torch's weights in the JAX pytree give the
+    same logits."""
+    torch = pytest.importorskip("torch")
+    jax = pytest.importorskip("jax")
+    import numpy as np
+
+    jnp = jax.numpy
+    from jacspec.bench import resnet_jax
+    from jacspec.bench.resnet_torch import ResNet18
+
+    torch.manual_seed(0)
+    net = ResNet18(width=2).eval()
+    sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+
+    def conv(k):
+        return jnp.asarray(np.transpose(sd[k], (2, 3, 1, 0)))
+
+    def bn(k):
+        return {"scale": jnp.asarray(sd[k + ".weight"]), "bias": jnp.asarray(sd[k + ".bias"])}
+
+    blocks = []
+    for i in range(8):
+        pre = f"layers.{i}."
+        blk = {"conv1": conv(pre + "conv1.weight"), "bn1": bn(pre + "bn1"),
+               "conv2": conv(pre + "conv2.weight"), "bn2": bn(pre + "bn2")}
+        if pre + "shortcut.0.weight" in sd:
+            blk["short"], blk["short_bn"] = conv(pre + "shortcut.0.weight"), bn(
+                pre + "shortcut.1")
+        blocks.append(blk)
+    params = {"conv1": conv("conv1.weight"), "bn1": bn("bn1"), "blocks": blocks,
+              "fc": {"w": jnp.asarray(sd["fc.weight"].T), "b": jnp.asarray(sd["fc.bias"])}}
+    ref = resnet_jax.init(0, width=2)
+    assert [np.shape(a) for a in jax.tree_util.tree_leaves(params)] == [
+        np.shape(a) for a in jax.tree_util.tree_leaves(ref)]
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.as_tensor(x)).numpy()
+    got = np.asarray(jax.jit(resnet_jax.apply)(params, jnp.asarray(np.transpose(x, (0, 2, 3, 1)))))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_scaling_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from jacspec.bench import scaling_plot
+
+    def point(w, b):
+        return dict(width=w, batch=b, params=100 * w * w, fwd_bwd_s=1e-3 * w * b,
+                    hvp_s=3e-3 * w * b, fwd_bwd_mb=0.1 * w * b, hvp_mb=0.3 * w * b)
+
+    rows = [dict(name=f"scaling: {axis} series ({be})", group="scaling", backend=be,
+                 details=dict(axis=axis, points=[point(w, b) for w, b in pts]))
+            for be in ("torch", "jax")
+            for axis, pts in (("width", [(2, 4), (4, 4)]), ("batch", [(2, 4), (2, 8)]))]
+    path = tmp_path / "b.json"
+    bench.write_json(str(path), {}, rows + [dict(name="other", group="peers")], 1.0)
+    png = tmp_path / "s.png"
+    assert scaling_plot.main([str(path), "-o", str(png)]) == 0
+    assert png.stat().st_size > 1000
+    table = scaling_plot.markdown_table(scaling_plot.series_rows([json.loads(path.read_text())]))
+    assert len(table.splitlines()) == 2 + 8 and "| jax | batch | 2 | 8 | 400 |" in table

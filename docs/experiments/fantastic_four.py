@@ -9,8 +9,8 @@ improves generalization and provable robustness.
 Setup: (a) per-layer tables from ``js.conv.layer_report`` (Fantastic Four bound, exact
 operator norm on the layer's input size with its padding and stride, product of the
 exact norms) for a CNN trained on digits and for a ResNet-18 (CIFAR variant, 32x32x3
-inputs) at one random initialization, built in this script. The time of the bound
-(``js.conv.fantastic_four``) and of the exact norm (``js.conv.spectral_norm``) is
+inputs, ``jacspec.bench.resnet_torch``) at one random initialization. The time of the
+bound (``js.conv.fantastic_four``) and of the exact norm (``js.conv.spectral_norm``) is
 measured per layer (one call each, after a warm-up call). (b) the digits CNN trained with no penalty and with
 ``lam * sum over layers`` of the Fantastic Four bound of each conv kernel
 (``js.penalties.conv_bound``) and the spectral norm of the dense weight; reported: test
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 import jacspec as js
+from jacspec.bench.resnet_torch import ResNet18
 
 CHANNELS, STRIDES = (1, 16, 32, 32), (1, 2, 1)
 LAMBDAS = (0.0, 0.003, 0.03, 0.3)
@@ -42,45 +43,6 @@ QUICK = dict(n_train=100, n_val=50, epochs=2, batch_size=50, lr=3e-3, resnet=Fal
 
 BACKENDS = ("torch",)
 TITLE = "Fantastic Four bound: tightness, cost, and as a penalty"
-
-
-# ------------------------------------------------------------------------ ResNet-18
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18 for 32x32 images (He et al. 2016; 3x3 stem, no max-pool)."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        blocks, c_in = [], 64
-        for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
-            c_in = c_out
-        self.layers = nn.Sequential(*blocks)
-        self.fc = nn.Linear(512, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layers(torch.relu(self.bn1(self.conv1(x))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
 
 
 # ------------------------------------------------------------------------ per layer

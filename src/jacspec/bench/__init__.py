@@ -26,6 +26,9 @@ Rows (see ``jacspec.bench.rows``):
    Hessian eigenvalue of the whole digits set vs PyHessian's data-loader mode and
    curvlinops + ``eigsh``; the peak memory of a dataset product; the cost of a
    spectral-density probe-step vs one dataset product (torch).
+9. ``scaling`` (``jacspec.bench.rows_scaling``): a ResNet-18 (torch and JAX): JVP, VJP
+   and HVP vs forward+backward, top Hessian eigenvalue and per-sample ``sigma_max`` vs
+   hand-written loops, time and memory against width and batch size.
 
 Peer libraries are imported inside the row functions only; none is a dependency.
 """
@@ -153,7 +156,7 @@ def main(backend: str | None = None, quick: bool = False,
     the backend is not supported.
 
     ``only``: row groups to run (``overhead lanczos batched auto peers conv memory
-    dataset dataset-memory density``).
+    dataset dataset-memory density scaling``).
     """
     from . import rows as R
 

@@ -757,7 +757,7 @@ print(json.dumps(dict(B=B, arch="-".join(map(str, arch)), products=n,
 
 def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
     if backend == "torch":
-        from . import rows_data, rows_dense, rows_penalty
+        from . import rows_data, rows_dense, rows_penalty, rows_scaling
 
         return [("overhead", overhead_torch), ("lanczos", lanczos_vs_power_torch),
                 ("batched", batched_vs_loop_torch), ("auto", auto_vs_best_torch),
@@ -766,11 +766,12 @@ def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
                 ("peers", peers_torch), ("conv", conv_rows("torch")),
                 ("memory", memory_torch), ("dataset", rows_data.dataset_peers_torch),
                 ("dataset-memory", rows_data.dataset_memory_torch),
-                ("density", rows_data.dataset_density_torch)]
+                ("density", rows_data.dataset_density_torch),
+                ("scaling", rows_scaling.scaling_torch)]
     if backend == "jax":
-        from . import rows_dense, rows_jax, rows_penalty
+        from . import rows_dense, rows_jax, rows_penalty, rows_scaling
 
         return [("overhead", rows_jax.overhead_jax), ("peers", rows_jax.peers_jax),
-                ("dense", rows_dense.dense_jax),
-                ("penalty", rows_penalty.penalty_jax)]
+                ("dense", rows_dense.dense_jax), ("penalty", rows_penalty.penalty_jax),
+                ("scaling", rows_scaling.scaling_jax)]
     return []
