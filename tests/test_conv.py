@@ -590,10 +590,10 @@ def test_layer_report_keras(backend):
     rep = js.conv.layer_report(model, (8, 8, 1))
     assert [r.name for r in rep] == ["c1", "c2", "d"]
     assert [r.input_size for r in rep] == [(8, 8), (8, 8), (45,)]
-    for row, layer, pad, st in [(rep[0], model.layers[0], "same", 1),
-                                (rep[1], model.layers[2], "valid", 2)]:
+    for row, layer, pad, step in [(rep[0], model.layers[0], "same", 1),
+                                  (rep[1], model.layers[2], "valid", 2)]:
         w = layer.kernel.numpy().astype(np.float64).transpose(3, 2, 0, 1)
-        ref = _sv(_conv_matrix(w, 8, 8, stride=st, padding=pad))[0]
+        ref = _sv(_conv_matrix(w, 8, 8, stride=step, padding=pad))[0]
         np.testing.assert_allclose(row.exact, ref, rtol=1e-4)
         assert row.bound >= row.exact * (1 - 1e-5)
     np.testing.assert_allclose(rep[2].exact, _sv(model.layers[-1].kernel.numpy())[0],

@@ -290,14 +290,16 @@ def _positive_definite(b: Backend, A: Array) -> bool:
 TINY_SIDE = 32
 
 
-def _estimate(b: Backend, M: Array, tol: float) -> _Norm:
-    """A rough estimate of ``||M||``: a Lanczos Ritz value to residual ``tol`` (a lower
-    bound up to rounding), or the exact norm of a tiny reshape."""
+def _estimate(b: Backend, M: Array, tol: float, start: _Norm | None = None) -> _Norm:
+    """An estimate of ``||M||``: a Lanczos Ritz value to residual ``tol`` (a lower bound
+    up to rounding; warm-started from an earlier estimate's vector), or the exact norm of
+    a tiny reshape."""
     from .solvers import svds
 
     if min(int(s) for s in M.shape) <= TINY_SIDE:
         return _dense_norm(b, M)
-    res = svds(M, 1, method="lanczos", tol=tol, return_vectors=True)
+    v0 = None if start is None else start.right[:, 0]
+    res = svds(M, 1, method="lanczos", tol=tol, v0=v0, return_vectors=True)
     return _Norm(b.to_float(res.values[0]), res.left, res.right, False)
 
 
@@ -339,7 +341,7 @@ def _envelope(b: Backend, M: Array, norm: _Norm) -> Array:
 
 
 #: Residual tolerance of the first, rough Lanczos estimates of the four norms.
-ROUGH_TOL = 0.1
+ROUGH_TOL = 0.25
 
 
 def _oihw_fantastic_four(b: Backend, w: Array, tol: float) -> ConvBounds:
@@ -366,7 +368,7 @@ def _oihw_fantastic_four(b: Backend, w: Array, tol: float) -> ConvBounds:
             if best is not None and norms[j].value * (1 + tol) >= norms[best].value:
                 continue
             if best is not None and not norms[j].certified:
-                norms[j] = _estimate(b, fixed[j], math.sqrt(tol) / 3)
+                norms[j] = _estimate(b, fixed[j], math.sqrt(tol) / 3, norms[j])
                 if norms[j].value * (1 + tol) >= norms[best].value:
                     continue
             norms[j] = _certify(b, fixed[j], norms[j], tol)
