@@ -177,7 +177,8 @@ def ff_route(request, monkeypatch):
 
 
 def _examples(backend: str) -> int:
-    return {"jax": 5, "tensorflow": 6}.get(backend, settings().max_examples)
+    """JAX eager compiles every new shape and TF eager is slow: fewer examples there."""
+    return {"jax": 3, "tensorflow": 4}.get(backend, settings().max_examples)
 
 
 def _kernel(kind: str, shape: tuple, seed: int) -> np.ndarray:
@@ -269,12 +270,15 @@ def test_fantastic_four_gradient_matches_dense_svd(autodiff_backend, ff_route, s
     np.testing.assert_allclose(pen, ref, rtol=2e-2, atol=2e-3)
 
 
-def test_fantastic_four_wide_layer(backend):
-    """A layer wide enough for the Lanczos + Cholesky route with the default settings,
-    float32: the bound is certified against float64 SVDs of the reshapes."""
-    w = RNG.standard_normal((160, 144, 3, 3)) / 36.0
+def test_fantastic_four_mixed_routes_float32(backend, monkeypatch):
+    """float32, thresholds set so that the reshapes of one kernel take different routes
+    (T tiny, U and S dense, R Lanczos + Cholesky): the bound is certified against float64
+    SVDs of the reshapes."""
+    monkeypatch.setattr(js.conv, "TINY_SIDE", 12)
+    monkeypatch.setattr(js.conv, "DENSE_SIDE", 20)
+    w = RNG.standard_normal((12, 22, 3, 2))
     res = js.conv.fantastic_four(_weight(w, backend, "float32"))
-    ref = 3.0 * min(_reshape_norms(w.astype(np.float32).astype(np.float64)))
+    ref = np.sqrt(6.0) * min(_reshape_norms(w.astype(np.float32).astype(np.float64)))
     bound = float(to_numpy(res.bound))
     assert ref * (1 - 1e-5) <= bound <= ref * (1 + 1e-3) * (1 + 1e-4)
 
@@ -295,9 +299,9 @@ def test_fantastic_four_falls_back_when_not_certified(backend, monkeypatch):
     monkeypatch.setattr(js.conv, "TINY_SIDE", 0)
     monkeypatch.setattr(js.conv, "DENSE_SIDE", 0)
     monkeypatch.setattr(js.conv, "_positive_definite", lambda b, A: False)
-    w = RNG.standard_normal((4, 5, 3, 3))
+    w = RNG.standard_normal((3, 4, 2, 2))
     bound = float(to_numpy(js.conv.fantastic_four(_weight(w, backend)).bound))
-    np.testing.assert_allclose(bound, 3.0 * min(_reshape_norms(w)), rtol=1e-10)
+    np.testing.assert_allclose(bound, 2.0 * min(_reshape_norms(w)), rtol=1e-10)
 
 
 def test_fantastic_four_bad_tol(backend):
