@@ -63,7 +63,6 @@ __all__ = [
     "operator",
     "spectral_norm",
     "layer_report",
-    "DENSE_SIDE",
 ]
 
 Array = Any
@@ -531,8 +530,7 @@ def fantastic_four(weight: Array, *, layout: str | None = None,
     ``bound = sqrt(h*w) * min(r, s, t, u)`` over the norms of four reshapes of the kernel.
     Only the reshape that attains the minimum needs its norm certified from above: each
     reshape's norm is estimated (exactly, from ``eigh`` of its Gram matrix, when its
-    smaller side is at most :data:`DENSE_SIDE`; otherwise by Lanczos, whose Ritz value is
-    a lower bound); the smallest estimate ``e`` is certified by checking that
+    smaller side is small; otherwise by Lanczos, whose Ritz value is a lower bound); the smallest estimate ``e`` is certified by checking that
     ``(e (1 + tol/2))^2 I - M^T M`` (``M^T M`` the Gram matrix of the reshape's smaller
     side) has a Cholesky factorization, and every reshape whose estimate could still be
     the minimum (below the certified value over ``1 + tol``) is certified in turn.
