@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jacspec as js
 from _helpers import from_numpy, to_numpy
@@ -156,6 +158,158 @@ def test_bound_is_exact_for_1x1(backend, padding):
     np.testing.assert_allclose(float(to_numpy(js.conv.spectral_norm(wb, (4, 3),
                                                                     padding=padding))),
                                exact, rtol=1e-7)
+
+
+# ------------------------------------------- fantastic four: estimate and certify
+
+# (TINY_SIDE, DENSE_SIDE): every reshape by eigh of its Gram matrix, or every reshape by
+# Lanczos estimates and a Cholesky certificate (the route of wide layers).
+FF_ROUTES = {"dense": (10**9, 10**9), "certified": (0, 0)}
+KINDS = ["normal", "zero", "rank_one", "dead_inputs", "delta", "spread"]
+
+
+@pytest.fixture(params=sorted(FF_ROUTES))
+def ff_route(request, monkeypatch):
+    tiny, dense = FF_ROUTES[request.param]
+    monkeypatch.setattr(js.conv, "TINY_SIDE", tiny)
+    monkeypatch.setattr(js.conv, "DENSE_SIDE", dense)
+    return request.param
+
+
+def _examples(backend: str) -> int:
+    """JAX eager compiles every new shape and TF eager is slow: fewer examples there."""
+    return {"jax": 3, "tensorflow": 4}.get(backend, settings().max_examples)
+
+
+def _kernel(kind: str, shape: tuple, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    co, ci, h, wd = shape
+    w = rng.standard_normal(shape)
+    if kind == "zero":
+        return np.zeros(shape)
+    if kind == "rank_one":  # w[o, i, a, b] = x[o] y[i, a, b]: T has rank one
+        return rng.standard_normal(co)[:, None, None, None] * rng.standard_normal(
+            (ci, h, wd))[None]
+    if kind == "dead_inputs":  # rank-deficient in every reshape
+        w[:, : (ci + 1) // 2] = 0.0
+        return w
+    if kind == "delta":  # one tap: the conv is a channel mixing, FF is loose by sqrt(hw)
+        out = np.zeros(shape)
+        out[:, :, h // 2, wd // 2] = w[:, :, 0, 0]
+        return out
+    if kind == "spread":  # singular values over six orders of magnitude
+        return w * np.logspace(0, -6, co)[:, None, None, None]
+    return w
+
+
+def _reshape_norms(w: np.ndarray) -> list[float]:
+    co, ci, h, wd = w.shape
+    mats = [w.transpose(0, 2, 1, 3).reshape(co * h, ci * wd),
+            w.transpose(0, 3, 1, 2).reshape(co * wd, ci * h),
+            w.reshape(co, ci * h * wd), w.transpose(0, 2, 3, 1).reshape(co * h * wd, ci)]
+    return [_sv(M)[0] for M in mats]
+
+
+def test_fantastic_four_bound_is_certified(backend, ff_route):
+    """bound >= the conv's norm (explicit conv matrices) and equals sqrt(hw) min of the
+    exact reshape norms to ``tol``; each of r, s, t, u is at least bound / sqrt(hw) /
+    (1 + tol), and the reshape the bound comes from is among them."""
+
+    @settings(max_examples=_examples(backend))
+    @given(co=st.integers(1, 6), ci=st.integers(1, 6), h=st.integers(1, 3),
+           wd=st.integers(1, 3), kind=st.sampled_from(KINDS),
+           dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 99),
+           tol=st.sampled_from([1e-3, 1e-2]))
+    def run(co, ci, h, wd, kind, dtype, seed, tol):
+        w = _kernel(kind, (co, ci, h, wd), seed).astype(dtype).astype(np.float64)
+        res = js.conv.fantastic_four(_weight(w, backend, dtype), tol=tol)
+        got = np.array([float(to_numpy(v)) for v in res])
+        norms = _reshape_norms(w)
+        ref = np.sqrt(h * wd) * min(norms)
+        slack = 1e-4 if dtype == "float32" else 1e-10
+        tiny = slack * np.abs(w).max(initial=0.0)
+        bound = got[0]
+        assert ref * (1 - slack) - tiny <= bound <= ref * (1 + tol) * (1 + slack) + tiny
+        assert np.any(np.abs(np.sqrt(h * wd) * got[1:] - bound) <= slack * bound + tiny)
+        assert np.all(got[1:] * np.sqrt(h * wd) * (1 + tol) * (1 + slack) + tiny >= bound)
+        assert np.all(got[1:] <= np.array(norms) * (1 + tol) * (1 + slack) + tiny)
+        for padding in ("same", "circular"):
+            H, W = h + 2, wd + 1
+            exact = _sv(_conv_matrix(w, H, W, padding=padding))[0]
+            assert bound >= exact * (1 - slack) - tiny
+
+    run()
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 3, 2), (3, 6, 2, 3), (4, 4, 1, 1)])
+def test_fantastic_four_gradient_matches_dense_svd(autodiff_backend, ff_route, shape):
+    """The envelope gradient of the bound is the framework's own autodiff of
+    ``sqrt(hw) * svdvals(M)[0]`` for the reshape ``M`` the bound comes from."""
+    backend = autodiff_backend
+    w = RNG.standard_normal(shape)
+    co, ci, h, wd = shape
+    j = int(np.argmin(_reshape_norms(w)))
+    perms = [(0, 2, 1, 3), (0, 3, 1, 2), (0, 1, 2, 3), (0, 2, 3, 1)]
+    sizes = [(co * h, ci * wd), (co * wd, ci * h), (co, ci * h * wd), (co * h * wd, ci)]
+
+    def reference(wb):
+        xp = js.backends.infer_backend(wb).xp
+        oihw = xp.permute_dims(wb, (3, 2, 0, 1)) if CHANNELS_LAST[backend] else wb
+        M = xp.reshape(xp.permute_dims(oihw, perms[j]), sizes[j])
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return np.sqrt(h * wd) * tf.linalg.svd(M)[0][0]  # svd, not svdvals: gradient
+        return np.sqrt(h * wd) * xp.linalg.svdvals(M)[0]
+
+    wb = _weight(w, backend)
+    got = _grad(lambda v: js.conv.fantastic_four(v, tol=1e-9).bound, wb, backend)
+    ref = _grad(reference, wb, backend)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-8)
+    pen = _grad(lambda v: js.penalties.conv_bound(v), wb, backend)
+    np.testing.assert_allclose(pen, ref, rtol=2e-2, atol=2e-3)
+
+
+def test_fantastic_four_mixed_routes_float32(backend, monkeypatch):
+    """float32, thresholds set so that the reshapes of one kernel take different routes
+    (T tiny, U and S dense, R Lanczos + Cholesky): the bound is certified against float64
+    SVDs of the reshapes."""
+    monkeypatch.setattr(js.conv, "TINY_SIDE", 12)
+    monkeypatch.setattr(js.conv, "DENSE_SIDE", 20)
+    w = RNG.standard_normal((12, 22, 3, 2))
+    res = js.conv.fantastic_four(_weight(w, backend, "float32"))
+    ref = np.sqrt(6.0) * min(_reshape_norms(w.astype(np.float32).astype(np.float64)))
+    bound = float(to_numpy(res.bound))
+    assert ref * (1 - 1e-5) <= bound <= ref * (1 + 1e-3) * (1 + 1e-4)
+
+
+def test_positive_definite_check(backend):
+    """The Cholesky test behind the certificate, on a PD and an indefinite matrix (NumPy,
+    torch and TensorFlow raise, JAX returns NaN)."""
+    b = js.backends.infer_backend(from_numpy(np.eye(2), backend))
+    assert js.conv._positive_definite(b, from_numpy(np.array([[2.0, 1.0], [1.0, 2.0]]),
+                                                  backend))
+    assert not js.conv._positive_definite(b, from_numpy(np.array([[1.0, 2.0], [2.0, 1.0]]),
+                                                      backend))
+
+
+def test_fantastic_four_falls_back_when_not_certified(backend, monkeypatch):
+    """Where the Cholesky test fails (an estimate too low), eigh of the Gram matrix
+    gives the exact norm."""
+    monkeypatch.setattr(js.conv, "TINY_SIDE", 0)
+    monkeypatch.setattr(js.conv, "DENSE_SIDE", 0)
+    monkeypatch.setattr(js.conv, "_positive_definite", lambda b, A: False)
+    w = RNG.standard_normal((3, 4, 2, 2))
+    bound = float(to_numpy(js.conv.fantastic_four(_weight(w, backend)).bound))
+    np.testing.assert_allclose(bound, 2.0 * min(_reshape_norms(w)), rtol=1e-10)
+
+
+def test_fantastic_four_bad_tol(backend):
+    w = _weight(RNG.standard_normal((2, 2, 3, 3)), backend)
+    with pytest.raises(ValueError, match="tol"):
+        js.conv.fantastic_four(w, tol=0.0)
+    with pytest.raises(TypeError, match="tol"):
+        js.conv.fantastic_four(w, tol="1e-3")
 
 
 # ------------------------------------------------------------ circular (Sedghi)
@@ -440,10 +594,10 @@ def test_layer_report_keras(backend):
     rep = js.conv.layer_report(model, (8, 8, 1))
     assert [r.name for r in rep] == ["c1", "c2", "d"]
     assert [r.input_size for r in rep] == [(8, 8), (8, 8), (45,)]
-    for row, layer, pad, st in [(rep[0], model.layers[0], "same", 1),
-                                (rep[1], model.layers[2], "valid", 2)]:
+    for row, layer, pad, step in [(rep[0], model.layers[0], "same", 1),
+                                  (rep[1], model.layers[2], "valid", 2)]:
         w = layer.kernel.numpy().astype(np.float64).transpose(3, 2, 0, 1)
-        ref = _sv(_conv_matrix(w, 8, 8, stride=st, padding=pad))[0]
+        ref = _sv(_conv_matrix(w, 8, 8, stride=step, padding=pad))[0]
         np.testing.assert_allclose(row.exact, ref, rtol=1e-4)
         assert row.bound >= row.exact * (1 - 1e-5)
     np.testing.assert_allclose(rep[2].exact, _sv(model.layers[-1].kernel.numpy())[0],

@@ -13,6 +13,9 @@ chosen framework, then, for each conv layer, times and compares:
 
 Frameworks are imported inside :func:`run` only. Times are the best of ``repeats`` calls
 after one warm-up call (JAX compiles on the first call of each shape).
+
+:func:`resnet_rows` times :func:`jacspec.conv.fantastic_four` against the exact norm on
+the conv layer shapes of ResNet-18 (torch), side by side in one process.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run"]
+__all__ = ["run", "resnet_rows", "RESNET18"]
 
 # (c_out, c_in, k, stride) of the CNN's conv layers; "same" zero padding everywhere.
 ARCH = [(16, 1, 3, 1), (32, 16, 3, 2), (32, 32, 3, 1)]
@@ -197,6 +200,92 @@ def run(backend: str = "torch", quick: bool = False) -> list[dict]:
             train_accuracy=acc, epochs=epochs,
         ))
     return rows
+
+
+#: (c_out, c_in, k, stride, input size) of every distinct conv layer shape of ResNet-18
+#: on 224x224 images after its 7x7 stem (feature maps 56, 28, 14, 7); padding k // 2.
+RESNET18 = [(64, 64, 3, 1, 56), (128, 64, 3, 2, 56), (128, 128, 3, 1, 28),
+            (128, 64, 1, 2, 56), (256, 128, 3, 2, 28), (256, 256, 3, 1, 14),
+            (256, 128, 1, 2, 28), (512, 256, 3, 2, 14), (512, 512, 3, 1, 7),
+            (512, 256, 1, 2, 14)]
+
+
+def _power_fantastic_four(torch, w, iters: int = 50):
+    """The four reshape norms by ``iters`` power iterations each, from fixed random
+    vectors, as the bound's authors compute them (estimates from below, not certified)."""
+    co, ci, h, wd = w.shape
+    mats = [w.permute(0, 2, 1, 3).reshape(co * h, ci * wd),
+            w.permute(0, 3, 1, 2).reshape(co * wd, ci * h),
+            w.reshape(co, ci * h * wd), w.permute(0, 2, 3, 1).reshape(co * h * wd, ci)]
+    gen = torch.Generator().manual_seed(0)
+    norms = []
+    for M in mats:
+        v = torch.randn(M.shape[1], generator=gen, dtype=M.dtype)
+        for _ in range(iters):
+            u = M @ v
+            u = u / u.norm()
+            v = M.T @ u
+            s = v.norm()
+            v = v / s
+        norms.append(s)
+    return (h * wd) ** 0.5 * torch.stack(norms).min()
+
+
+def resnet_rows(quick: bool = False) -> list[dict]:
+    """Row "fantastic four bound / exact norm (torch)": per ResNet-18 layer shape (He
+    initialization, float32), the median times of the bound and of the exact norm
+    (``js.conv.spectral_norm``, zero padding ``k // 2``, the layer's stride), run in
+    turn; the ratio is the worst over the layers (``quick``: the layers of 256 and 512
+    output channels, where the bound costs most against the exact norm, one timed
+    round). A second row (report) compares the bound with the authors' way of computing
+    it (power iteration, not certified)."""
+    import torch
+
+    import jacspec as js
+
+    from .rows import interleaved_times
+
+    reps = 1 if quick else 3
+    shapes = [r for r in RESNET18 if r[0] >= 256] if quick else RESNET18
+    layers = []
+    for co, ci, k, s, n in shapes:
+        torch.manual_seed(0)
+        w = torch.randn(co, ci, k, k) * (2.0 / (ci * k * k)) ** 0.5
+        fns = {
+            "bound": lambda w=w: js.conv.fantastic_four(w).bound,
+            "exact": lambda w=w, n=n, s=s, k=k: js.conv.spectral_norm(
+                w, (n, n), stride=s, padding=k // 2),
+            "power": lambda w=w: _power_fantastic_four(torch, w),
+        }
+        t = interleaved_times(fns, reps, sync=float)
+        layers.append(dict(
+            layer=f"{co}x{ci}x{k}x{k} s{s} at {n}x{n}",
+            bound=float(fns["bound"]()), exact=float(fns["exact"]()),
+            power=float(fns["power"]()), times_ms={a: round(v * 1e3, 2) for a, v in t.items()},
+            bound_over_exact_time=t["bound"] / t["exact"],
+            bound_over_power_time=t["bound"] / t["power"]))
+    worst = max(layers, key=lambda d: d["bound_over_exact_time"])
+    slow = max(layers, key=lambda d: d["bound_over_power_time"])
+    cfg = ("ResNet-18 conv shapes (224x224 images: 64..512 channels, 3x3 and 1x1, maps "
+           "56/28/14/7, stem left out" + ("; quick: c_out >= 256" if quick else "")
+           + "), He-initialized float32 kernels; exact = "
+           "js.conv.spectral_norm (Lanczos, zero padding k//2, the layer's stride); ")
+    return [
+        dict(name="fantastic four bound / exact norm (torch)",
+             jacspec=f"{worst['times_ms']['bound']:.1f} ms",
+             reference=f"{worst['times_ms']['exact']:.1f} ms",
+             ratio=worst["bound_over_exact_time"], target="<= 0.10",
+             met=worst["bound_over_exact_time"] <= 0.10,
+             configuration=cfg + f"worst layer {worst['layer']}",
+             details=dict(layers=layers)),
+        dict(name="fantastic four bound / power-iteration version (torch)",
+             jacspec=f"{slow['times_ms']['bound']:.1f} ms",
+             reference=f"{slow['times_ms']['power']:.1f} ms",
+             ratio=slow["bound_over_power_time"], target="report", met=None,
+             configuration=cfg + "reference: 50 power iterations per reshape, the "
+             f"authors' way (a lower estimate, not a bound); worst layer {slow['layer']}",
+             details=dict(layers=layers)),
+    ]
 
 
 if __name__ == "__main__":  # pragma: no cover

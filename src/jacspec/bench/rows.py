@@ -681,6 +681,8 @@ def conv_rows(backend: str) -> Callable[[bool], list[Row]]:
                 f"ratio = time exact/time bound; tightness bound/exact "
                 f"{r['bound_over_zero']:.2f}, circular/zero {r['circular_over_zero']:.2f}",
                 details=r))
+        if backend == "torch":
+            out += conv_bench.resnet_rows(quick)
         return out
 
     return run
