@@ -101,14 +101,20 @@ def _watchable(x: Any) -> Any:
     return x.value if _is_keras_variable(x) else x
 
 
+def _as_shape(t: tf.Tensor, shape: tuple[int, ...]) -> tf.Tensor:
+    """``t`` reshaped to ``shape``; no op where the shapes already agree (every op is
+    paid for, eagerly and in a graph)."""
+    return t if t.shape.as_list() == list(shape) else tf.reshape(t, shape)
+
+
 def _cols(V: tf.Tensor, shape) -> list[tf.Tensor]:
     """``batch + (n, k)`` -> k tensors of ``shape``."""
     k = V.shape[-1]
-    return [tf.reshape(V[..., j], shape) for j in range(k)]
+    return [_as_shape(V[..., j], shape) for j in range(k)]
 
 
 def _stack_cols(cols: list[tf.Tensor], batch_shape, size) -> tf.Tensor:
-    return tf.stack([tf.reshape(c, tuple(batch_shape) + (size,)) for c in cols], axis=-1)
+    return tf.stack([_as_shape(c, tuple(batch_shape) + (size,)) for c in cols], axis=-1)
 
 
 class _Layout:
@@ -123,10 +129,10 @@ class _Layout:
 
     def split(self, v: tf.Tensor) -> list[tf.Tensor]:
         parts = tf.split(v, self.sizes, axis=-1) if len(self.sizes) > 1 else [v]
-        return [tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
+        return [_as_shape(p, s) for p, s in zip(parts, self.shapes)]
 
     def join(self, rs: list[tf.Tensor]) -> tf.Tensor:
-        cols = [tf.reshape(r, self.bshape + (size,)) for r, size in zip(rs, self.sizes)]
+        cols = [_as_shape(r, self.bshape + (size,)) for r, size in zip(rs, self.sizes)]
         return cols[0] if len(cols) == 1 else tf.concat(cols, axis=-1)
 
 
@@ -244,19 +250,13 @@ class TensorflowBackend(Backend):
         n, m = lay.n, self.sizes(out_shape[len(bshape):])
         dual: dict[str, Any] = {}
 
-        def finish(cols, size, grad):
-            out = _stack_cols(cols, bshape, size)
-            return out if grad else tf.stop_gradient(out)
+        def vjp(u):
+            """``J^T u`` for one vector ``bshape + (m,)``."""
+            return lay.join(tape.gradient(y, leaves, output_gradients=_as_shape(u, out_shape),
+                                          unconnected_gradients=_ZERO))
 
-        def rmm(U, grad):
-            cols = [
-                lay.join(tape.gradient(y, leaves, output_gradients=u,
-                                       unconnected_gradients=_ZERO))
-                for u in _cols(U, out_shape)
-            ]
-            return finish(cols, n, grad)
-
-        def mm(V, grad):
+        def jvp(v):
+            """``J v`` for one vector ``bshape + (n,)``, shaped like ``y``."""
             if not dual:
                 u0 = tf.zeros_like(y)
                 with tf.GradientTape(persistent=True) as outer:
@@ -264,16 +264,27 @@ class TensorflowBackend(Backend):
                     g = tape.gradient(y, leaves, output_gradients=u0,
                                       unconnected_gradients=_ZERO)
                 dual.update(u0=u0, g=g, tape=outer)
-            cols = [
-                dual["tape"].gradient(
-                    dual["g"], dual["u0"], output_gradients=lay.split(V[..., j]),
-                    unconnected_gradients=_ZERO,
-                )
-                for j in range(V.shape[-1])
-            ]
-            return finish(cols, m, grad)
+            return dual["tape"].gradient(dual["g"], dual["u0"], output_gradients=lay.split(v),
+                                         unconnected_gradients=_ZERO)
 
-        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
+        def finish(cols, size, grad):
+            out = _stack_cols(cols, bshape, size)
+            return out if grad else tf.stop_gradient(out)
+
+        def rmm(U, grad):
+            return finish([vjp(u) for u in _cols(U, out_shape)], n, grad)
+
+        def mm(V, grad):
+            return finish([jvp(v) for v in _cols(V, bshape + (n,))], m, grad)
+
+        def mv(v):
+            return tf.stop_gradient(_as_shape(jvp(v), bshape + (m,)))
+
+        def rmv(u):
+            return tf.stop_gradient(vjp(u))
+
+        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm, mv=mv,
+                             rmv=rmv)
 
     def linearize_gradient(self, f, x, *, batched):
         leaves = self._point(x, batched=batched)

@@ -1,0 +1,253 @@
+"""TensorFlow rows of ``jacspec bench``: overhead (eager and under ``tf.function``) and
+batched vs per-sample loop.
+
+The reference of the overhead rows is a hand-written ``tf.GradientTape`` loop doing the
+products jacspec's TensorFlow adapter takes: one forward pass under a persistent tape, a
+VJP as ``tape.gradient`` with ``output_gradients``, a JVP as the derivative of that VJP
+with respect to its cotangent on a second persistent tape. Under ``tf.function`` both
+sides run a fixed number of products (jacspec: ``maxiter``) with no host reads; eagerly,
+jacspec stops on its own and the reference runs the same number of products.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .rows import _digits, _ms, interleaved_times, median_time
+
+Row = dict[str, Any]
+
+# Round counts of the interleaved overhead timings: a stable median in a few seconds.
+TRACED_ROUNDS = 41
+EAGER_ROUNDS = 11
+
+
+def _keras_mlp(sizes: list[int], seed: int = 0) -> Any:
+    """A tanh Keras MLP (Glorot-uniform weights drawn from ``seed``), built."""
+    import keras
+
+    layers = [keras.Input((sizes[0],))]
+    for i, width in enumerate(sizes[1:]):
+        last = i == len(sizes) - 2
+        layers.append(keras.layers.Dense(
+            width, activation=None if last else "tanh",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i)))
+    return keras.Sequential(layers)
+
+
+class _TfProducts:
+    """The products jacspec's TensorFlow adapter takes, written by hand (see the module
+    docstring)."""
+
+    def __init__(self, tf: Any, f: Any, x: Any) -> None:
+        self.x = x
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            self.y = f(x)
+        self.tape = tape
+        self.u0 = tf.zeros_like(self.y)
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch(self.u0)
+            self.g = tape.gradient(self.y, x, output_gradients=self.u0)
+        self.outer = outer
+
+    def jvp(self, v: Any) -> Any:
+        return self.outer.gradient(self.g, self.u0, output_gradients=v)
+
+    def vjp(self, u: Any) -> Any:
+        return self.tape.gradient(self.y, self.x, output_gradients=u)
+
+
+def _norm(tf: Any, a: Any) -> Any:
+    return tf.sqrt(tf.reduce_sum(a * a, axis=-1, keepdims=True))
+
+
+def _start(tf: Any, shape: tuple[int, ...]) -> Any:
+    v = tf.random.stateless_normal(shape, seed=[0, 1])
+    return v / _norm(tf, v)
+
+
+def native_power_tf(tf: Any, f: Any, x: Any, steps: int, tol: float, *,
+                    check: bool) -> Any:
+    """Power iteration on ``J^T J`` per sample with its residual every step; ``check``
+    (eager): stop when every residual is within ``tol`` (a host read a step)."""
+    P = _TfProducts(tf, f, x)
+    v = _start(tf, tuple(x.shape))
+    for _ in range(steps):
+        u = P.jvp(v)
+        s = _norm(tf, u)
+        u = u / s
+        z = P.vjp(u)
+        res = _norm(tf, z - s * v)
+        if check and bool(tf.reduce_all(res <= tol * s)):
+            break
+        v = z / _norm(tf, z)
+    return s[:, 0]
+
+
+def _project_out(tf: Any, rows: list[Any], w: Any) -> Any:
+    """``w`` orthogonalized against the (B, s) vectors ``rows``, twice."""
+    if not rows:
+        return w
+    Q = tf.stack(rows, axis=1)  # (B, j, s)
+    for _ in range(2):
+        w = w - tf.einsum("bjs,bj->bs", Q, tf.einsum("bjs,bs->bj", Q, w))
+    return w
+
+
+def native_gkl_tf(tf: Any, f: Any, x: Any, steps: int) -> Any:
+    """Golub–Kahan–Lanczos per sample, full reorthogonalization (twice) against the
+    basis so far, one SVD of the bidiagonal at the end; no convergence checks (it runs
+    the steps it is given, the last one without its adjoint product)."""
+    P = _TfProducts(tf, f, x)
+    v = _start(tf, tuple(x.shape))
+    Vs: list[Any] = []
+    Us: list[Any] = []
+    alphas: list[Any] = []
+    betas: list[Any] = []
+    for j in range(steps):
+        Vs.append(v)
+        u = _project_out(tf, Us, P.jvp(v))
+        a = _norm(tf, u)
+        Us.append(u / a)
+        alphas.append(a[:, 0])
+        if j == steps - 1:
+            break
+        r = _project_out(tf, Vs, P.vjp(Us[-1]))
+        b = _norm(tf, r)
+        v = r / b
+        betas.append(b[:, 0])
+    M = tf.linalg.diag(tf.stack(alphas, axis=-1))
+    if betas:
+        M = M + tf.pad(tf.linalg.diag(tf.stack(betas, axis=-1)), [[0, 0], [0, 1], [1, 0]])
+    return tf.linalg.svd(M, compute_uv=False)[:, 0]
+
+
+def overhead_tf(quick: bool) -> list[Row]:
+    """Target rows under ``tf.function`` on the design model size (64-256-256-10 MLP,
+    B=128 per-sample 10x64 Jacobians), eager rows reported; report rows on the small
+    case (B=32, 256x64 Jacobians) where products are cheap."""
+    return (_overhead_tf(quick, [64, 256, 256, 10], 128, "", True)
+            + _overhead_tf(quick, [64, 256, 256], 32, ", small", False))
+
+
+def _overhead_tf(quick: bool, sizes: list[int], B: int, suffix: str,
+                 target: bool) -> list[Row]:
+    import tensorflow as tf
+
+    import jacspec as js
+
+    X, _ = _digits()
+    xb = tf.constant(X[:B])
+    model = _keras_mlp(sizes)
+    arch = "-".join(map(str, sizes))
+    cfg = (f"B={B}, random Keras MLP {arch} tanh, float32, per-sample Jacobians "
+           f"{sizes[-1]}x{sizes[0]}")
+    return (_traced_rows(tf, js, model, xb, sizes, cfg, suffix, target)
+            + _eager_rows(tf, js, model, xb, quick, cfg, suffix))
+
+
+def _traced_rows(tf: Any, js: Any, model: Any, xb: Any, sizes: list[int], cfg: str,
+                 suffix: str, target: bool) -> list[Row]:
+    """jacspec inside ``tf.function`` with a fixed budget vs the hand-written loop
+    compiled the same way (both Python loops, unrolled into one graph)."""
+    pw_steps = 20
+    steps = min(20, sizes[0], sizes[-1])  # GKL steps: at most a full basis
+    nprods = {"lanczos": 2 * steps, "power": 2 * pw_steps}
+    natives = {
+        "lanczos": tf.function(lambda x: native_gkl_tf(tf, model, x, steps)),
+        "power": tf.function(lambda x: native_power_tf(tf, model, x, pw_steps, 0.0,
+                                                       check=False)),
+    }
+    rows = []
+    for method, native in natives.items():
+        ours = tf.function(lambda x, m=method: js.svds(
+            js.jacobian(model, x, batched=True), method=m, maxiter=nprods[m]).values[:, 0])
+        t = interleaved_times({"jacspec": lambda o=ours: o(xb), "native": lambda n=native:
+                               n(xb)}, TRACED_ROUNDS, lambda out: out.numpy())
+        err = float(tf.reduce_max(tf.abs(ours(xb) - native(xb))))
+        ratio = t["jacspec"] / t["native"]
+        rows.append(dict(
+            name=f"overhead: {method} (tf.function{suffix})", jacspec=_ms(t["jacspec"]),
+            reference=_ms(t["native"]), ratio=ratio,
+            target="<= 1.10" if target else "report",
+            met=(ratio <= 1.10) if target else None,
+            configuration=f"{cfg}; {steps} GKL steps / {pw_steps} power steps (jacspec "
+            f"maxiter {nprods['lanczos']} / {nprods['power']}), both inside tf.function; "
+            "reference: hand-written GradientTape loop, same products",
+            details=dict(jacspec_s=t["jacspec"], native_s=t["native"],
+                         products=nprods[method], max_abs_diff=err,
+                         rounds=TRACED_ROUNDS)))
+    return rows
+
+
+def _eager_rows(tf: Any, js: Any, model: Any, xb: Any, quick: bool, cfg: str,
+                suffix: str) -> list[Row]:
+    """Eager jacspec (its own stopping) vs the eager hand-written loop with the same
+    products, for information."""
+    tol = 1e-4
+    res = js.svds(js.jacobian(model, xb, batched=True), method="lanczos", tol=tol)
+    nprod = int(res.num_matvecs)
+    steps = (nprod + 1) // 2
+    pw_prods = 40
+    sides = {
+        "lanczos": (lambda: js.svds(js.jacobian(model, xb, batched=True),
+                                    method="lanczos", tol=tol).values,
+                    lambda: native_gkl_tf(tf, model, xb, steps),
+                    f"tol {tol}, {nprod} products; reference: hand-written GKL, same "
+                    "products, reorthogonalized twice, no checks"),
+        "power": (lambda: js.svds(js.jacobian(model, xb, batched=True), method="power",
+                                  tol=1e-6, maxiter=pw_prods).values,
+                  lambda: native_power_tf(tf, model, xb, pw_prods // 2, 1e-6, check=True),
+                  f"{pw_prods} products; reference: hand-written power iteration with a "
+                  "residual check per step"),
+    }
+    rounds = EAGER_ROUNDS if quick else 2 * EAGER_ROUNDS
+    rows = []
+    for method, (ours, native, what) in sides.items():
+        t = interleaved_times({"jacspec": ours, "native": native}, rounds,
+                              lambda out: out.numpy())
+        ratio = t["jacspec"] / t["native"]
+        rows.append(dict(
+            name=f"overhead: {method} (tf eager{suffix})", jacspec=_ms(t["jacspec"]),
+            reference=_ms(t["native"]), ratio=ratio, target="report", met=None,
+            configuration=f"{cfg}; eager; {what}",
+            details=dict(jacspec_s=t["jacspec"], native_s=t["native"], rounds=rounds)))
+    return rows
+
+
+def batched_vs_loop_tf(quick: bool) -> list[Row]:
+    """Per-sample spectral norms of B=128 samples: one batched call vs a Python loop of
+    unbatched calls, eager."""
+    import tensorflow as tf
+
+    import jacspec as js
+
+    X, _ = _digits()
+    xb = tf.constant(X[:128])
+    model = _keras_mlp([64, 128, 128, 10])
+    reps = 3 if quick else 7
+    rows = []
+    for method in ["auto", "lanczos"]:
+        t_b = median_time(lambda m=method: js.spectral_norm(
+            js.jacobian(model, xb, batched=True), method=m), reps)
+        t_l = median_time(lambda m=method: [
+            js.spectral_norm(js.jacobian(model, xb[i:i + 1]), method=m)
+            for i in range(int(xb.shape[0]))], 1 if quick else 3)
+        rows.append(dict(
+            name=f"batched/loop ({method}, tensorflow)", jacspec=_ms(t_b),
+            reference=_ms(t_l), ratio=t_l / t_b, target=">= 10", met=t_l / t_b >= 10,
+            configuration="B=128 per-sample spectral norms, 10x64 Jacobians of a random "
+            "Keras MLP 64-128-128-10 tanh, float32, eager; reference: Python loop over "
+            "samples",
+            details=dict(batched_s=t_b, loop_s=t_l)))
+    return rows
+
+
+def groups() -> list[tuple[str, Any]]:
+    """The TensorFlow row groups of ``jacspec bench``."""
+    return [("overhead", overhead_tf), ("batched", batched_vs_loop_tf)]
+
+
+__all__ = ["overhead_tf", "batched_vs_loop_tf", "groups", "native_gkl_tf",
+           "native_power_tf"]
