@@ -824,4 +824,8 @@ def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
         from . import rows_jax
 
         return [("overhead", rows_jax.overhead_jax), ("peers", rows_jax.peers_jax)]
+    if backend == "tensorflow":
+        from . import rows_tf
+
+        return rows_tf.groups()
     return []
