@@ -209,6 +209,26 @@ class TensorflowBackend(Backend):
     def traced_while_loop(self, cond_fn, body_fn, carry):
         return tf.while_loop(cond_fn, lambda c: (body_fn(c),), (carry,))[0]
 
+    def set_row(self, X, j, x, start=0):
+        """``X[..., j, start:start + t] = x`` as one strided-slice update (a new tensor,
+        as every TensorFlow write); ``j`` may be traced. The default's select takes
+        several ops, each a pass over ``X``."""
+        lead = [int(d) for d in X.shape[:-2]]
+        stop = start + int(x.shape[-1])
+        if tf.is_tensor(j):
+            j = tf.reshape(tf.cast(j, tf.int64), (1,))
+            begin = tf.concat([tf.constant([0] * len(lead), tf.int64), j,
+                               tf.constant([start], tf.int64)], axis=0)
+            end = tf.concat([tf.constant(lead, tf.int64), j + 1,
+                             tf.constant([stop], tf.int64)], axis=0)
+            strides = tf.ones((len(lead) + 2,), tf.int64)
+        else:
+            begin, end = [0] * len(lead) + [int(j), start], lead + [int(j) + 1, stop]
+            strides = [1] * (len(lead) + 2)
+        return tf.raw_ops.TensorStridedSliceUpdate(input=X, begin=begin, end=end,
+                                                   strides=strides,
+                                                   value=tf.expand_dims(x, -2))
+
     def read(self, x):
         return tf.convert_to_tensor(_watchable(x))
 
