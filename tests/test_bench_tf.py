@@ -72,6 +72,7 @@ def test_overhead_rows_run(monkeypatch):
 
     monkeypatch.setattr(rows_tf, "TRACED_ROUNDS", 1)
     monkeypatch.setattr(rows_tf, "EAGER_ROUNDS", 1)
+    monkeypatch.setattr(rows_tf, "POWER_STEPS", 2)  # short graphs: quick to trace
     rows = rows_tf._overhead_tf(True, [64, 16, 4], 4, ", test", True)
     names = [r["name"] for r in rows]
     assert names == [f"overhead: {m} (tf{w}, test)" for w, m in

@@ -79,3 +79,36 @@ def test_single_vector_products(out_shape):
                                lin.mv(tf.constant(v)).numpy(), rtol=1e-14)
     np.testing.assert_allclose(lin.rmm(tf.constant(u[..., None]), False).numpy()[..., 0],
                                lin.rmv(tf.constant(u)).numpy(), rtol=1e-14)
+
+
+def test_tf_function_converts_user_code_not_solvers():
+    """Inside ``tf.function`` AutoGraph leaves jacspec's solvers as they are (they branch
+    through ``Backend.cond``) but still converts the user's function: a Python ``if``
+    on a tensor in ``f`` works."""
+    import tensorflow as tf
+
+    import jacspec as js
+    from jacspec.solvers import svd
+
+    rng = np.random.default_rng(1)
+    W = tf.constant(rng.standard_normal((4, 3)))
+    x = tf.constant(rng.standard_normal((2, 4)))
+
+    def f(z):
+        if tf.reduce_sum(z) > 1e6:  # needs AutoGraph inside a trace
+            return z @ W
+        return tf.tanh(z @ W)
+
+    g = tf.function(lambda z: js.svds(js.jacobian(f, z, batched=True), method="lanczos",
+                                      maxiter=6).values[:, 0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.tanh(x @ W)
+    J = tape.batch_jacobian(y, x).numpy()
+    np.testing.assert_allclose(g(x).numpy(), np.linalg.svd(J, compute_uv=False)[:, 0],
+                               rtol=1e-10)
+    try:
+        from tensorflow.python.autograph.impl import conversion
+    except ImportError:  # pragma: no cover - another TensorFlow layout
+        return
+    assert conversion.is_allowlisted(svd.svds)

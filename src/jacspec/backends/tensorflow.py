@@ -27,6 +27,25 @@ from ._base import Backend, Linearization, check_input, check_output, find_closu
 _ZERO = tf.UnconnectedGradients.ZERO
 
 
+def _solvers_not_converted() -> None:
+    """Keep AutoGraph from rewriting jacspec's solvers when a ``tf.function`` reaches
+    them (as Keras keeps it from rewriting Keras): they branch and loop inside a trace
+    through ``Backend.cond``/``while_loop`` already, and converting them makes the first
+    trace several times slower. User functions are still converted: the solvers never
+    call them (the forward pass runs when the operator is built). The rule list is not
+    public API: where it has moved, nothing changes."""
+    try:
+        from tensorflow.python.autograph.core import config, config_lib
+    except ImportError:  # pragma: no cover - another TensorFlow layout
+        return
+    rules = tuple(getattr(config, "CONVERSION_RULES", ()))
+    if not any(str(r).endswith(" jacspec.solvers") for r in rules):
+        config.CONVERSION_RULES = (config_lib.DoNotConvert("jacspec.solvers"),) + rules
+
+
+_solvers_not_converted()
+
+
 def _is_keras_layer(obj: Any) -> bool:
     keras = sys.modules.get("keras")
     layer = getattr(getattr(keras, "layers", None), "Layer", None)

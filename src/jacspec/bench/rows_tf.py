@@ -22,6 +22,9 @@ Row = dict[str, Any]
 # Round counts of the interleaved overhead timings: a stable median in a few seconds.
 TRACED_ROUNDS = 41
 EAGER_ROUNDS = 11
+# Steps of the overhead rows: power iteration, and GKL at most (a full basis stops it).
+POWER_STEPS = 20
+GKL_STEPS = 20
 
 
 def _keras_mlp(sizes: list[int], seed: int = 0) -> Any:
@@ -162,8 +165,8 @@ def _traced_rows(tf: Any, js: Any, model: Any, xb: Any, sizes: list[int], cfg: s
                  suffix: str, target: bool) -> list[Row]:
     """jacspec inside ``tf.function`` with a fixed budget vs the hand-written loop
     compiled the same way (both Python loops, unrolled into one graph)."""
-    pw_steps = 20
-    steps = min(20, sizes[0], sizes[-1])  # GKL steps: at most a full basis
+    pw_steps = POWER_STEPS
+    steps = min(GKL_STEPS, sizes[0], sizes[-1])  # at most a full basis
     nprods = {"lanczos": 2 * steps, "power": 2 * pw_steps}
     natives = {
         "lanczos": tf.function(lambda x: native_gkl_tf(tf, model, x, steps)),
@@ -174,6 +177,11 @@ def _traced_rows(tf: Any, js: Any, model: Any, xb: Any, sizes: list[int], cfg: s
     for method, native in natives.items():
         ours = tf.function(lambda x, m=method: js.svds(
             js.jacobian(model, x, batched=True), method=m, maxiter=nprods[m]).values[:, 0])
+        first = {}  # the first calls trace (and AutoGraph converts the user code)
+        for side, fn in (("jacspec", ours), ("native", native)):
+            t0 = time.perf_counter()
+            fn(xb).numpy()
+            first[side] = time.perf_counter() - t0
         t = interleaved_times({"jacspec": lambda o=ours: o(xb), "native": lambda n=native:
                                n(xb)}, TRACED_ROUNDS, lambda out: out.numpy())
         # GKL from the same side: the same Krylov space up to its start vector (the
@@ -191,7 +199,7 @@ def _traced_rows(tf: Any, js: Any, model: Any, xb: Any, sizes: list[int], cfg: s
             "reference: hand-written GradientTape loop, same products",
             details=dict(jacspec_s=t["jacspec"], native_s=t["native"],
                          products=nprods[method], max_abs_diff=err,
-                         rounds=TRACED_ROUNDS)))
+                         rounds=TRACED_ROUNDS, first_call_s=first)))
     return rows
 
 
@@ -203,7 +211,7 @@ def _eager_rows(tf: Any, js: Any, model: Any, xb: Any, quick: bool, cfg: str,
     res = js.svds(js.jacobian(model, xb, batched=True), method="lanczos", tol=tol)
     nprod = int(res.num_matvecs)
     steps = (nprod + 1) // 2
-    pw_prods = 40
+    pw_prods = 2 * POWER_STEPS
     sides = {
         "lanczos": (lambda: js.svds(js.jacobian(model, xb, batched=True),
                                     method="lanczos", tol=tol).values,
