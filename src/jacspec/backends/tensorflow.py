@@ -228,6 +228,11 @@ class TensorflowBackend(Backend):
     def traced_while_loop(self, cond_fn, body_fn, carry):
         return tf.while_loop(cond_fn, lambda c: (body_fn(c),), (carry,))[0]
 
+    def row_coefs(self, W, Q, QH):
+        """``W Q^H`` through the matmul's adjoint flag: inside a graph the transpose
+        ``QH`` is then unused, and pruned."""
+        return tf.linalg.matmul(W, Q, adjoint_b=True)
+
     def set_row(self, X, j, x, start=0):
         """``X[..., j, start:start + t] = x`` as one strided-slice update (a new tensor,
         as every TensorFlow write); ``j`` may be traced. The default's select takes
