@@ -27,6 +27,25 @@ from ._base import Backend, Linearization, check_input, check_output, find_closu
 _ZERO = tf.UnconnectedGradients.ZERO
 
 
+def _solvers_not_converted() -> None:
+    """Keep AutoGraph from rewriting jacspec's solvers when a ``tf.function`` reaches
+    them (as Keras keeps it from rewriting Keras): they branch and loop inside a trace
+    through ``Backend.cond``/``while_loop`` already, and converting them makes the first
+    trace several times slower. User functions are still converted: the solvers never
+    call them (the forward pass runs when the operator is built). The rule list is not
+    public API: where it has moved, nothing changes."""
+    try:
+        from tensorflow.python.autograph.core import config, config_lib
+    except ImportError:  # pragma: no cover - another TensorFlow layout
+        return
+    rules = tuple(getattr(config, "CONVERSION_RULES", ()))
+    if not any(str(r).endswith(" jacspec.solvers") for r in rules):
+        config.CONVERSION_RULES = (config_lib.DoNotConvert("jacspec.solvers"),) + rules
+
+
+_solvers_not_converted()
+
+
 def _is_keras_layer(obj: Any) -> bool:
     keras = sys.modules.get("keras")
     layer = getattr(getattr(keras, "layers", None), "Layer", None)
@@ -101,14 +120,20 @@ def _watchable(x: Any) -> Any:
     return x.value if _is_keras_variable(x) else x
 
 
+def _as_shape(t: tf.Tensor, shape: tuple[int, ...]) -> tf.Tensor:
+    """``t`` reshaped to ``shape``; no op where the shapes already agree (every op is
+    paid for, eagerly and in a graph)."""
+    return t if t.shape.as_list() == list(shape) else tf.reshape(t, shape)
+
+
 def _cols(V: tf.Tensor, shape) -> list[tf.Tensor]:
     """``batch + (n, k)`` -> k tensors of ``shape``."""
     k = V.shape[-1]
-    return [tf.reshape(V[..., j], shape) for j in range(k)]
+    return [_as_shape(V[..., j], shape) for j in range(k)]
 
 
 def _stack_cols(cols: list[tf.Tensor], batch_shape, size) -> tf.Tensor:
-    return tf.stack([tf.reshape(c, tuple(batch_shape) + (size,)) for c in cols], axis=-1)
+    return tf.stack([_as_shape(c, tuple(batch_shape) + (size,)) for c in cols], axis=-1)
 
 
 class _Layout:
@@ -123,10 +148,10 @@ class _Layout:
 
     def split(self, v: tf.Tensor) -> list[tf.Tensor]:
         parts = tf.split(v, self.sizes, axis=-1) if len(self.sizes) > 1 else [v]
-        return [tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
+        return [_as_shape(p, s) for p, s in zip(parts, self.shapes)]
 
     def join(self, rs: list[tf.Tensor]) -> tf.Tensor:
-        cols = [tf.reshape(r, self.bshape + (size,)) for r, size in zip(rs, self.sizes)]
+        cols = [_as_shape(r, self.bshape + (size,)) for r, size in zip(rs, self.sizes)]
         return cols[0] if len(cols) == 1 else tf.concat(cols, axis=-1)
 
 
@@ -203,6 +228,31 @@ class TensorflowBackend(Backend):
     def traced_while_loop(self, cond_fn, body_fn, carry):
         return tf.while_loop(cond_fn, lambda c: (body_fn(c),), (carry,))[0]
 
+    def row_coefs(self, W, Q, QH):
+        """``W Q^H`` through the matmul's adjoint flag: inside a graph the transpose
+        ``QH`` is then unused, and pruned."""
+        return tf.linalg.matmul(W, Q, adjoint_b=True)
+
+    def set_row(self, X, j, x, start=0):
+        """``X[..., j, start:start + t] = x`` as one strided-slice update (a new tensor,
+        as every TensorFlow write); ``j`` may be traced. The default's select takes
+        several ops, each a pass over ``X``."""
+        lead = [int(d) for d in X.shape[:-2]]
+        stop = start + int(x.shape[-1])
+        if tf.is_tensor(j):
+            j = tf.reshape(tf.cast(j, tf.int64), (1,))
+            begin = tf.concat([tf.constant([0] * len(lead), tf.int64), j,
+                               tf.constant([start], tf.int64)], axis=0)
+            end = tf.concat([tf.constant(lead, tf.int64), j + 1,
+                             tf.constant([stop], tf.int64)], axis=0)
+            strides = tf.ones((len(lead) + 2,), tf.int64)
+        else:
+            begin, end = [0] * len(lead) + [int(j), start], lead + [int(j) + 1, stop]
+            strides = [1] * (len(lead) + 2)
+        return tf.raw_ops.TensorStridedSliceUpdate(input=X, begin=begin, end=end,
+                                                   strides=strides,
+                                                   value=tf.expand_dims(x, -2))
+
     def read(self, x):
         return tf.convert_to_tensor(_watchable(x))
 
@@ -244,19 +294,13 @@ class TensorflowBackend(Backend):
         n, m = lay.n, self.sizes(out_shape[len(bshape):])
         dual: dict[str, Any] = {}
 
-        def finish(cols, size, grad):
-            out = _stack_cols(cols, bshape, size)
-            return out if grad else tf.stop_gradient(out)
+        def vjp(u):
+            """``J^T u`` for one vector ``bshape + (m,)``."""
+            return lay.join(tape.gradient(y, leaves, output_gradients=_as_shape(u, out_shape),
+                                          unconnected_gradients=_ZERO))
 
-        def rmm(U, grad):
-            cols = [
-                lay.join(tape.gradient(y, leaves, output_gradients=u,
-                                       unconnected_gradients=_ZERO))
-                for u in _cols(U, out_shape)
-            ]
-            return finish(cols, n, grad)
-
-        def mm(V, grad):
+        def jvp(v):
+            """``J v`` for one vector ``bshape + (n,)``, shaped like ``y``."""
             if not dual:
                 u0 = tf.zeros_like(y)
                 with tf.GradientTape(persistent=True) as outer:
@@ -264,16 +308,27 @@ class TensorflowBackend(Backend):
                     g = tape.gradient(y, leaves, output_gradients=u0,
                                       unconnected_gradients=_ZERO)
                 dual.update(u0=u0, g=g, tape=outer)
-            cols = [
-                dual["tape"].gradient(
-                    dual["g"], dual["u0"], output_gradients=lay.split(V[..., j]),
-                    unconnected_gradients=_ZERO,
-                )
-                for j in range(V.shape[-1])
-            ]
-            return finish(cols, m, grad)
+            return dual["tape"].gradient(dual["g"], dual["u0"], output_gradients=lay.split(v),
+                                         unconnected_gradients=_ZERO)
 
-        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
+        def finish(cols, size, grad):
+            out = _stack_cols(cols, bshape, size)
+            return out if grad else tf.stop_gradient(out)
+
+        def rmm(U, grad):
+            return finish([vjp(u) for u in _cols(U, out_shape)], n, grad)
+
+        def mm(V, grad):
+            return finish([jvp(v) for v in _cols(V, bshape + (n,))], m, grad)
+
+        def mv(v):
+            return tf.stop_gradient(_as_shape(jvp(v), bshape + (m,)))
+
+        def rmv(u):
+            return tf.stop_gradient(vjp(u))
+
+        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm, mv=mv,
+                             rmv=rmv)
 
     def linearize_gradient(self, f, x, *, batched):
         leaves = self._point(x, batched=batched)

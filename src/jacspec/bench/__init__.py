@@ -6,15 +6,17 @@ inputs, and reports the median of several repetitions after a warm-up call. The
 configuration (backend, device, dtype, threads, versions) is printed with the table;
 ``json_path`` also writes everything machine-readably.
 
-Rows (see ``jacspec.bench.rows``):
+Rows (see ``jacspec.bench.rows``; TensorFlow's in ``jacspec.bench.rows_tf``):
 
 1. ``overhead``: jacspec power iteration and Lanczos vs a hand-written native loop doing
-   the same products (torch; JAX under ``jax.jit``), target <= 1.10x on the design's
-   64-256-256-10 MLP with B=128 per-sample Jacobians; a small case is reported too.
+   the same products (torch; JAX under ``jax.jit``; TensorFlow under ``tf.function``,
+   eager reported), target <= 1.10x on the design's 64-256-256-10 MLP with B=128
+   per-sample Jacobians; a small case is reported too.
 2. ``lanczos/power``: products until every per-sample ``sigma_max`` (B=64/128 held-out
    digits, trained 64-256-256-10 MLP, float64) stays within relative error 1e-6 of the
    dense SVD; worst sample (the batch waits for it), target <= 1/3.
-3. ``batched/loop``: per-sample spectral norms of B=128 samples, target >= 10x.
+3. ``batched/loop``: per-sample spectral norms of B=128 samples, target >= 10x (torch,
+   TensorFlow).
 4. ``auto/best``: ``method="auto"`` vs the faster of dense and Lanczos on square maps
    ``R^s -> R^s`` (both sides scale, so the crossover is exercised), target <= 1.2x.
 5. ``peers``: top Hessian eigenvalue vs curvlinops + ``scipy.sparse.linalg.eigsh``,
@@ -48,7 +50,7 @@ from .._progress import progress
 
 __all__ = ["main", "format_table", "configuration"]
 
-BACKENDS = ("torch", "jax")
+BACKENDS = ("torch", "jax", "tensorflow")
 
 
 def configuration(backend: str, quick: bool) -> dict[str, Any]:
@@ -80,6 +82,11 @@ def configuration(backend: str, quick: bool) -> dict[str, Any]:
 
         cfg["jax"] = jax.__version__
         cfg["device"] = str(jax.devices()[0])
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        cfg["tensorflow"] = tf.__version__
+        cfg["device"] = tf.config.list_logical_devices()[0].name
     for peer in ("curvlinops", "hessian_eigenthings", "pyhessian", "matfree"):
         try:
             from importlib.metadata import version

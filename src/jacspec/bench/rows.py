@@ -776,4 +776,8 @@ def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
         return [("overhead", rows_jax.overhead_jax), ("peers", rows_jax.peers_jax),
                 ("dense", rows_dense.dense_jax), ("penalty", rows_penalty.penalty_jax),
                 ("scaling", rows_scaling.scaling_jax)]
+    if backend == "tensorflow":
+        from . import rows_penalty, rows_tf
+
+        return rows_tf.groups() + [("penalty", rows_penalty.penalty_tf)]
     return []

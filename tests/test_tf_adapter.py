@@ -1,0 +1,114 @@
+"""TensorFlow adapter internals the solvers rely on: row writes into work buffers (eager,
+and with a traced row index inside ``tf.function``) and the single-vector products,
+against NumPy and the dense Jacobian."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from _helpers import backend_available, selected_backends
+
+pytestmark = pytest.mark.skipif(
+    "tensorflow" not in selected_backends() or not backend_available("tensorflow"),
+    reason="the TensorFlow backend is not selected or not installed")
+
+
+@st.composite
+def _row_writes(draw):
+    lead = draw(st.lists(st.integers(1, 3), max_size=2))
+    J, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    j = draw(st.integers(0, J - 1))
+    start = draw(st.integers(0, W - 1))
+    t = draw(st.integers(1, W - start))
+    return tuple(lead), J, W, j, start, t, draw(st.sampled_from(["float32", "float64"]))
+
+
+@given(case=_row_writes(), traced=st.booleans())
+def test_set_row_matches_numpy(case, traced):
+    import tensorflow as tf
+
+    from jacspec.backends.tensorflow import BACKEND
+
+    lead, J, W, j, start, t, dtype = case
+    rng = np.random.default_rng(J * 7 + W)
+    X = rng.standard_normal(lead + (J, W)).astype(dtype)
+    x = rng.standard_normal(lead + (t,)).astype(dtype)
+    want = X.copy()
+    want[..., j, start:start + t] = x
+    Xt, xt = tf.constant(X), tf.constant(x)
+    if traced:  # the row index as a tensor inside a graph (the traced while loop)
+        got = tf.function(lambda A, i, v: BACKEND.set_row(A, i, v, start))(
+            Xt, tf.constant(j), xt)
+    else:
+        got = BACKEND.set_row(Xt, j, xt, start)
+    np.testing.assert_array_equal(got.numpy(), want)
+    np.testing.assert_array_equal(Xt.numpy(), X)  # the input is not written
+
+
+@pytest.mark.parametrize("out_shape", [(5,), (2, 3)])
+def test_single_vector_products(out_shape):
+    """``mv``/``rmv`` (the solvers' steps) equal the block products and the dense
+    per-sample Jacobian, also for outputs that are not flat."""
+    import tensorflow as tf
+
+    from jacspec.backends.tensorflow import BACKEND
+
+    rng = np.random.default_rng(0)
+    m = int(np.prod(out_shape))
+    W = tf.constant(rng.standard_normal((4, m)))
+    x = tf.constant(rng.standard_normal((3, 4)))
+
+    def f(z):
+        return tf.reshape(tf.tanh(z @ W), (-1,) + out_shape)
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reshape(f(x), (3, m))
+    J = tape.batch_jacobian(y, x).numpy()  # (3, m, 4)
+    lin = BACKEND.linearize(f, x, batched=True)
+    v = rng.standard_normal((3, 4))
+    u = rng.standard_normal((3, m))
+    np.testing.assert_allclose(lin.mv(tf.constant(v)).numpy(), np.einsum("bmn,bn->bm", J, v),
+                               rtol=1e-12)
+    np.testing.assert_allclose(lin.rmv(tf.constant(u)).numpy(),
+                               np.einsum("bmn,bm->bn", J, u), rtol=1e-12)
+    np.testing.assert_allclose(lin.mm(tf.constant(v[..., None]), False).numpy()[..., 0],
+                               lin.mv(tf.constant(v)).numpy(), rtol=1e-14)
+    np.testing.assert_allclose(lin.rmm(tf.constant(u[..., None]), False).numpy()[..., 0],
+                               lin.rmv(tf.constant(u)).numpy(), rtol=1e-14)
+
+
+def test_tf_function_converts_user_code_not_solvers():
+    """Inside ``tf.function`` AutoGraph leaves jacspec's solvers as they are (they branch
+    through ``Backend.cond``) but still converts the user's function: a Python ``if``
+    on a tensor in ``f`` works."""
+    import tensorflow as tf
+
+    import jacspec as js
+    from jacspec.solvers import svd
+
+    rng = np.random.default_rng(1)
+    W = tf.constant(rng.standard_normal((4, 3)))
+    x = tf.constant(rng.standard_normal((2, 4)))
+
+    def f(z):
+        if tf.reduce_sum(z) > 1e6:  # needs AutoGraph inside a trace
+            return z @ W
+        return tf.tanh(z @ W)
+
+    g = tf.function(lambda z: js.svds(js.jacobian(f, z, batched=True), method="lanczos",
+                                      maxiter=6).values[:, 0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.tanh(x @ W)
+    J = tape.batch_jacobian(y, x).numpy()
+    np.testing.assert_allclose(g(x).numpy(), np.linalg.svd(J, compute_uv=False)[:, 0],
+                               rtol=1e-10)
+    try:
+        from tensorflow.python.autograph.impl import conversion
+    except ImportError:  # pragma: no cover - another TensorFlow layout
+        return
+    assert conversion.is_allowlisted(svd.svds)
