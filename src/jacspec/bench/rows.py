@@ -823,5 +823,6 @@ def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
     if backend == "jax":
         from . import rows_jax
 
-        return [("overhead", rows_jax.overhead_jax), ("peers", rows_jax.peers_jax)]
+        return [("overhead", rows_jax.overhead_jax), ("eager", rows_jax.eager_jax),
+                ("peers", rows_jax.peers_jax)]
     return []

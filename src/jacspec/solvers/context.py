@@ -190,8 +190,8 @@ class Context:
     def start(self, v0: Array | None) -> Array:
         """A unit start vector per sample, ``(B, n_in)`` (random where ``v0`` is zero)."""
         xp = self.xp
-        rnd = self.restart_vector(self.n_in) if self.traced else self.random(
-            (self.B, self.n_in))
+        eager = not self.traced or self.staged
+        rnd = self.random((self.B, self.n_in)) if eager else self.restart_vector(self.n_in)
         v = rnd
         if v0 is not None:
             v = xp.where((self.norm(v0) <= self.tiny)[:, None], rnd, v0)
