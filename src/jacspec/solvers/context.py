@@ -38,6 +38,10 @@ class Context:
         reads, a fixed number of steps, and loops compiled by ``Backend.fori_loop``.
     count : int
         Products taken so far, per sample.
+    draws : int
+        Random draws taken so far (:meth:`random`; each seeds the next differently).
+    staged : bool
+        Whether the solve runs as compiled pieces (:meth:`stage_solve`).
     """
 
     def __init__(self, op: LinearOperator, *, adjoint: bool = False,
@@ -67,7 +71,7 @@ class Context:
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31 - 1))
         self.seed = int(seed)
-        self._draws = 0
+        self.draws = 0
         self.traced = op.traced
         # Inside a compiled piece of an eager solve (see ``stage``): traced arrays, but
         # the eager rules (restart directions) so that results match the plain path.
@@ -165,8 +169,8 @@ class Context:
 
     # -- random vectors -----------------------------------------------------------------
     def _next_seed(self) -> int:
-        self._draws += 1
-        return (self.seed + 7919 * self._draws) % (2**31 - 1)
+        self.draws += 1
+        return (self.seed + 7919 * self.draws) % (2**31 - 1)
 
     def random(self, shape: tuple[int, ...]) -> Array:
         """Standard normal samples of the op's dtype, a fresh deterministic draw."""

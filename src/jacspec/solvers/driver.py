@@ -105,7 +105,7 @@ def krylov_solve(ctx: Context, alg: Krylov, k: int, *, tol: float, maxiter: int 
     limit = maxiter if maxiter is not None else max(DEFAULT_MAXITER, alg.per_step * r)
     ctx.stage_solve("krylov", alg, k, tol, which, jmax, vectors)
     steps = _Steps(ctx, alg, ctx.stage("init", _init, jmax, alg.two_sided)(v0)._replace(j=0))
-    ctx._draws = 1  # the start vector's draw (taken inside the piece where staged)
+    ctx.draws = 1  # the start vector's draw (taken inside the piece where staged)
     sched = _Schedule(tol)
     verify = _Verify(ctx, k)
     jcheck = min(r, jmin + FIRST_CHECK_DELAY)
