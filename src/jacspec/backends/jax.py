@@ -226,13 +226,9 @@ class JaxBackend(Backend):
 
     def linearize(self, f, x, *, batched):
         x, fun = self._flat_point(f, x, batched=batched)
-        traced = self._traced(fun, x, batched, "jacobian")
-        if traced is not None:
-            fun, key, program, consts = traced
-            if program is not None:
-                y, jvp_fn = program.lin(consts, x)
-                check_output(self, y, int(x.shape[0]) if batched else None, what="f")
-                return program.linearization(y, (jvp_fn,))
+        fun, key, compiled = self._traced(fun, x, batched, "jacobian")
+        if compiled is not None:
+            return compiled
         y, jvp_fn = jax.linearize(fun, x)
         check_output(self, y, int(x.shape[0]) if batched else None, what="f")
         vjp_fn = jax.linear_transpose(jvp_fn, x)
@@ -247,17 +243,13 @@ class JaxBackend(Backend):
             return _apply_cols(lambda u: vjp_fn(u)[0], U, y.shape, bshape, n, grad)
 
         return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm,
-                             key=traced[1] if traced is not None else None)
+                             key=key)
 
     def linearize_gradient(self, f, x, *, batched):
         x0, fun = self._flat_point(f, x, batched=batched)
-        traced = self._traced(fun, x0, batched, "hessian")
-        if traced is not None:
-            fun, key, program, consts = traced
-            if program is not None:
-                y, hvp_fn = program.lin(consts, x0)
-                check_output(self, y, int(x0.shape[0]) if batched else None, what="f")
-                return program.linearization(y, (hvp_fn,))
+        fun, key, compiled = self._traced(fun, x0, batched, "hessian")
+        if compiled is not None:
+            return compiled
         y = fun(x0)
         bshape = (int(x0.shape[0]),) if batched else ()
         check_output(self, y, bshape[0] if batched else None, what="f")
@@ -275,42 +267,43 @@ class JaxBackend(Backend):
             return _apply_cols(hvp_fn, V, x0.shape, bshape, n, grad)
 
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm,
-                             key=traced[1] if traced is not None else None)
+                             key=key)
 
     def _traced(self, fun, x, batched, kind):
-        """``(fun, key, program, consts)`` for a concrete point: ``f`` traced once into
-        a jaxpr, ``fun`` that jaxpr as a function (so that ``f`` runs once), ``key`` its
-        structure, and the compiled :class:`_Program` of that structure once it has been
-        seen ``COMPILE_AFTER`` times (else None). None where ``f`` does not trace to one
-        floating array (the plain path then reports what is wrong) or closes over traced
-        values (inside a user's transformation)."""
+        """``(fun, key, compiled)`` for a concrete point: ``f`` traced once into a
+        jaxpr, ``fun`` that jaxpr as a function (so that ``f`` runs once), ``key`` its
+        structure, and the linearization by the compiled :class:`_Program` of that
+        structure once it has been seen ``COMPILE_AFTER`` times (else None). ``(fun,
+        None, None)`` where ``f`` does not trace to one floating array (the plain path
+        then reports what is wrong) or closes over traced values (inside a user's
+        transformation)."""
         if self.is_traced(x):
-            return None
+            return fun, None, None
         try:  # a fresh function: make_jaxpr caches traces by function (and its constants)
             closed, shape = jax.make_jaxpr(lambda t: fun(t), return_shape=True)(x)
         except Exception:  # the plain path raises the user-facing error
-            return None
+            return fun, None, None
         consts = list(closed.consts)
-        if any(self.is_traced(c) for c in consts):
-            return None
-        leaves, out_tree = jax.tree_util.tree_flatten(shape)
         bshape = (int(x.shape[0]),) if batched else ()
-        if (len(leaves) != 1 or not isinstance(shape, jax.ShapeDtypeStruct)
+        if (any(self.is_traced(c) for c in consts) or not isinstance(
+                shape, jax.ShapeDtypeStruct)
                 or self.dtype_name(shape.dtype) not in ("float32", "float64")
-                or (batched and tuple(shape.shape[:1]) != bshape)):
-            return None
-        if kind == "hessian" and tuple(shape.shape) != bshape and not (
-                not batched and int(np.prod(shape.shape)) == 1):
-            return None
+                or (batched and tuple(shape.shape[:1]) != bshape)
+                or (kind == "hessian" and tuple(shape.shape) != bshape and not (
+                    not batched and int(np.prod(shape.shape)) == 1))):
+            return fun, None, None
+        out_tree = jax.tree_util.tree_structure(shape)
         jaxpr = closed.jaxpr
         key = (kind, batched, str(jaxpr), tuple(x.shape), self.dtype_name(x.dtype))
-        fun = functools.partial(_call, jaxpr, out_tree, consts)
         if _sighting(key) < COMPILE_AFTER:
-            return fun, key, None, consts
+            return functools.partial(_call, jaxpr, out_tree, consts), key, None
         program = _compiled.get(key)
         if program is None:
             program = _Program(jaxpr, out_tree, x, shape, bshape, kind, key)
-        return fun, key, _remember(_compiled, key, program), consts
+        _remember(_compiled, key, program)
+        y, lin_fn = program.lin(consts, x)
+        check_output(self, y, bshape[0] if batched else None, what="f")
+        return fun, key, program.linearization(y, (lin_fn,))
 
     def should_compile(self, key: Hashable) -> bool:
         """From the ``COMPILE_AFTER``-th sighting of ``key`` on."""
