@@ -13,6 +13,7 @@ GPU: ``pip install "jax[cuda12]"``; products run on the device of ``x``.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -294,7 +295,8 @@ class JaxBackend(Backend):
             return fun, None, None
         out_tree = jax.tree_util.tree_structure(shape)
         jaxpr = closed.jaxpr
-        key = (kind, batched, str(jaxpr), tuple(x.shape), self.dtype_name(x.dtype))
+        text = hashlib.sha256(str(jaxpr).encode()).hexdigest()  # the whole structure
+        key = (kind, batched, text, tuple(x.shape), self.dtype_name(x.dtype))
         if _sighting(key) < COMPILE_AFTER:
             return functools.partial(_call, jaxpr, out_tree, consts), key, None
         program = _compiled.get(key)

@@ -123,6 +123,7 @@ class Context:
         piece as an argument. ``config``: everything the pieces' code depends on
         besides the operator's structure and the arrays."""
         lin = self.op.lin if isinstance(self.op, LinearizationOperator) else None
+        self.staged, self._stage = False, None
         if self.traced or lin is None or lin.key is None:
             return
         key = (config, lin.key, self.adj, self.B, self.n_in, self.n_out,
