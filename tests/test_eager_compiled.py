@@ -72,31 +72,38 @@ def _same(a, b, atol: float) -> None:
     assert wa == wb
 
 
+def _svds(params: dict, method: str, k: int, maxiter: int | None):
+    """The solve of the batched linear map ``params["A"]`` (read at each call)."""
+    x = jnp.ones((B, N), dtype=params["A"].dtype)
+
+    def solve():
+        J = js.jacobian(lambda z: jnp.einsum("bmn,bn->bm", params["A"], z), x,
+                        batched=True)
+        return js.svds(J, k=k, method=method, tol=1e-8, maxiter=maxiter)
+
+    return solve
+
+
 KINDS = st.sampled_from(["random", "repeated", "deficient", "clustered"])
 
 
 # One configuration per case (each compiles once); hypothesis draws the operators.
-@pytest.mark.parametrize("method,k,maxiter", [("lanczos", 2, None), ("lanczos", 1, 10),
-                                              ("power", 1, 40)])
+@pytest.mark.parametrize("method,k,maxiter", [("lanczos", 2, None), ("power", 1, 40)])
 @settings(max_examples=4)
 @given(kind=KINDS, seed=st.integers(0, 2**16))
 def test_svds_compiled_matches_plain(method, k, maxiter, kind, seed):
-    A = jnp.asarray(_matrices(kind, seed))
-    x = jnp.ones((B, N), dtype=A.dtype)
-
-    def solve():
-        J = js.jacobian(lambda z: jnp.einsum("bmn,bn->bm", A, z), x, batched=True)
-        return js.svds(J, k=k, method=method, tol=1e-8, maxiter=maxiter)
+    A = {"A": jnp.asarray(_matrices(kind, seed))}
+    solve = _svds(A, method, k, maxiter)
 
     plain, compiled = _run("plain", solve), _run("compiled", solve)
     _same(plain, compiled, atol=1e-9)
     if method == "lanczos" and maxiter is None:
-        ref = np.linalg.svd(np.asarray(A), compute_uv=False)[:, :k]
+        ref = np.linalg.svd(np.asarray(A["A"]), compute_uv=False)[:, :k]
         np.testing.assert_allclose(np.asarray(compiled[0].values), ref, atol=1e-6)
 
 
 @pytest.mark.parametrize("method,k,which", [("lanczos", 2, "SA"), ("power", 1, "LA")])
-@settings(max_examples=4)
+@settings(max_examples=3)
 @given(kind=KINDS, seed=st.integers(0, 2**16))
 def test_eigsh_hessian_compiled_matches_plain(method, k, which, kind, seed):
     A = _matrices(kind, seed)[0]
@@ -111,37 +118,24 @@ def test_eigsh_hessian_compiled_matches_plain(method, k, which, kind, seed):
 
 
 def test_nan_is_reported_compiled():
-    x = jnp.ones((B, N))
+    x = jnp.zeros((B, N))  # sqrt is finite at 0, its derivative is not
 
     def solve():
-        J = js.jacobian(lambda z: jnp.sqrt(z - 1.0) * 0.0 + z[:, :M] * jnp.inf, x,
-                        batched=True)
-        return js.svds(J, method="lanczos")
+        return js.svds(js.jacobian(lambda z: jnp.sqrt(z[:, :M]), x, batched=True),
+                       k=2, method="lanczos", tol=1e-8)
 
-    with pytest.raises(FloatingPointError):
-        _run("compiled", solve)
+    for mode in ("plain", "compiled"):
+        with pytest.raises(FloatingPointError, match="NaN or Inf"):
+            _run(mode, solve)
 
 
-@pytest.mark.parametrize("method", ["lanczos"])
-def test_replaced_closure_gives_fresh_results(method):
+def test_replaced_closure_gives_fresh_results():
     """A compiled solve reads the arrays f closes over as arguments: parameters
     replaced between calls (rebinding, as an optimizer step does) are seen."""
-    rng = np.random.default_rng(0)
-    params = {"W": jnp.asarray(rng.standard_normal((M, N)))}
-    x = jnp.asarray(rng.standard_normal((B, N)))
-
-    def f(z):
-        return jnp.tanh(z @ params["W"].T)
-
-    def solve():
-        return js.svds(js.jacobian(f, x, batched=True), method=method, tol=1e-8,
-                       maxiter=4000)
-
-    def reference():
-        Jd = jax.vmap(jax.jacrev(f))(x)
-        return np.linalg.svd(np.asarray(Jd), compute_uv=False)[:, :1]
-
-    for _ in range(3):
+    params = {"A": jnp.asarray(_matrices("random", 0))}
+    solve = _svds(params, "lanczos", 2, None)
+    for i in range(3):
         out, _ = _run("compiled", solve)
-        np.testing.assert_allclose(np.asarray(out.values), reference(), rtol=1e-6)
-        params["W"] = params["W"] * 0.5 + 0.3
+        ref = np.linalg.svd(np.asarray(params["A"]), compute_uv=False)[:, :2]
+        np.testing.assert_allclose(np.asarray(out.values), ref, rtol=1e-7)
+        params["A"] = params["A"] * (i + 2.0) + 0.1
