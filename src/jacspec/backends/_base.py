@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,13 @@ class Linearization:
     mv, rmv : callable or None
         Optional single-vector forms without gradient, ``batch_shape + (n,)`` to
         ``batch_shape + (m,)`` and back (a faster path for the Krylov solvers' steps).
+    key : hashable or None
+        The structure of the products (equal keys: the same program on other arrays),
+        where the adapter can tell; None otherwise.
+    state, rebuild : optional
+        Where the products are one compiled program: the arrays they read (a pytree)
+        and ``rebuild(state) -> Linearization`` with the same products on another such
+        state (traced, inside a compiled solve, see :meth:`Backend.compile`).
     """
 
     y: Array
@@ -55,6 +62,9 @@ class Linearization:
     rmm: Callable[[Array, bool], Array]
     mv: Callable[[Array], Array] | None = None
     rmv: Callable[[Array], Array] | None = None
+    key: Hashable | None = None
+    state: Any = None
+    rebuild: Callable[[Any], Linearization] | None = None
 
 
 class Backend:
@@ -211,6 +221,18 @@ class Backend:
                xp.zeros(lead + (W - t - start,), dtype=X.dtype, device=self.device(X))]
         x = xp.concat(pad, axis=-1)
         return X + xp.where(rows, x[..., None, :], xp.zeros_like(X))  # other entries kept
+
+    def should_compile(self, key: Hashable) -> bool:
+        """Whether an eager solve whose configuration is ``key`` runs as compiled pieces
+        (:meth:`compile`) this time: where the framework compiles, once the key has been
+        seen often enough to pay for it. Default False (every step runs as it is)."""
+        return False
+
+    def compile(self, fn: Callable[..., Any], key: Hashable) -> Callable[..., Any]:
+        """``fn`` (a pure function of pytrees of arrays) compiled, once per ``key``: a
+        later call with the same key may reuse the first ``fn``'s compilation, so ``fn``
+        must depend on nothing but ``key`` and its arguments. Default: ``fn`` itself."""
+        return fn
 
     def hash_uniform(self, shape: tuple[int, ...], *, dtype: Any, seed: Any) -> Array:
         """Generic directions (breakdown restarts) inside a traced loop, where ``seed``

@@ -13,6 +13,9 @@ GPU: ``pip install "jax[cuda12]"``; products run on the device of ``x``.
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
@@ -21,6 +24,29 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ._base import Backend, Linearization, check_input, check_output
+
+# An eager computation (a linearization, a solver's piece) runs compiled from the
+# COMPILE_AFTER-th time its configuration is seen: a configuration met once (most of a
+# test suite, a one-off call) pays no compilation, a repeated one (a notebook, a loop)
+# runs at jit speed.
+COMPILE_AFTER = 2
+# Configurations remembered (sightings and compiled functions), least recent dropped.
+CACHE_SIZE = 256
+_seen: OrderedDict = OrderedDict()
+_compiled: OrderedDict = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key: Hashable, value: Any) -> Any:
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def _sighting(key: Hashable) -> int:
+    """How many times ``key`` has been seen, this time included."""
+    return _remember(_seen, key, _seen.get(key, 0) + 1)
 
 
 def _cols_first(V, shape):
@@ -200,8 +226,11 @@ class JaxBackend(Backend):
         return x0, lambda theta: f(unravel(theta))
 
     def linearize(self, f, x, *, batched):
-        x, f = self._flat_point(f, x, batched=batched)
-        y, jvp_fn = jax.linearize(f, x)
+        x, fun = self._flat_point(f, x, batched=batched)
+        fun, key, compiled = self._traced(fun, x, batched, "jacobian")
+        if compiled is not None:
+            return compiled
+        y, jvp_fn = jax.linearize(fun, x)
         check_output(self, y, int(x.shape[0]) if batched else None, what="f")
         vjp_fn = jax.linear_transpose(jvp_fn, x)
         bshape = (int(x.shape[0]),) if batched else ()
@@ -214,10 +243,14 @@ class JaxBackend(Backend):
         def rmm(U, grad):
             return _apply_cols(lambda u: vjp_fn(u)[0], U, y.shape, bshape, n, grad)
 
-        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm)
+        return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm,
+                             key=key)
 
     def linearize_gradient(self, f, x, *, batched):
         x0, fun = self._flat_point(f, x, batched=batched)
+        fun, key, compiled = self._traced(fun, x0, batched, "hessian")
+        if compiled is not None:
+            return compiled
         y = fun(x0)
         bshape = (int(x0.shape[0]),) if batched else ()
         check_output(self, y, bshape[0] if batched else None, what="f")
@@ -234,7 +267,57 @@ class JaxBackend(Backend):
         def mm(V, grad):
             return _apply_cols(hvp_fn, V, x0.shape, bshape, n, grad)
 
-        return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm)
+        return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm,
+                             key=key)
+
+    def _traced(self, fun, x, batched, kind):
+        """``(fun, key, compiled)`` for a concrete point: ``f`` traced once into a
+        jaxpr, ``fun`` that jaxpr as a function (so that ``f`` runs once), ``key`` its
+        structure, and the linearization by the compiled :class:`_Program` of that
+        structure once it has been seen ``COMPILE_AFTER`` times (else None). ``(fun,
+        None, None)`` where ``f`` does not trace to one floating array (the plain path
+        then reports what is wrong) or closes over traced values (inside a user's
+        transformation)."""
+        if self.is_traced(x):
+            return fun, None, None
+        try:  # a fresh function: make_jaxpr caches traces by function (and its constants)
+            closed, shape = jax.make_jaxpr(lambda t: fun(t), return_shape=True)(x)
+        except Exception:  # the plain path raises the user-facing error
+            return fun, None, None
+        consts = list(closed.consts)
+        bshape = (int(x.shape[0]),) if batched else ()
+        if (any(self.is_traced(c) for c in consts) or not isinstance(
+                shape, jax.ShapeDtypeStruct)
+                or self.dtype_name(shape.dtype) not in ("float32", "float64")
+                or (batched and tuple(shape.shape[:1]) != bshape)
+                or (kind == "hessian" and tuple(shape.shape) != bshape and not (
+                    not batched and int(np.prod(shape.shape)) == 1))):
+            return fun, None, None
+        out_tree = jax.tree_util.tree_structure(shape)
+        jaxpr = closed.jaxpr
+        text = hashlib.sha256(str(jaxpr).encode()).hexdigest()  # the whole structure
+        key = (kind, batched, text, tuple(x.shape), self.dtype_name(x.dtype))
+        if _sighting(key) < COMPILE_AFTER:
+            return functools.partial(_call, jaxpr, out_tree, consts), key, None
+        program = _compiled.get(key)
+        if program is None:
+            program = _Program(jaxpr, out_tree, x, shape, bshape, kind, key)
+        _remember(_compiled, key, program)
+        y, lin_fn = program.lin(consts, x)
+        check_output(self, y, bshape[0] if batched else None, what="f")
+        return fun, key, program.linearization(y, (lin_fn,))
+
+    def should_compile(self, key: Hashable) -> bool:
+        """From the ``COMPILE_AFTER``-th sighting of ``key`` on."""
+        return _sighting(key) >= COMPILE_AFTER
+
+    def compile(self, fn: Callable, key: Hashable) -> Callable:
+        """``jax.jit(fn)``, one per ``key``: later calls with the same key reuse the first
+        ``fn``'s compilation."""
+        jitted = _compiled.get(key)
+        if jitted is None:
+            jitted = jax.jit(fn)
+        return _remember(_compiled, key, jitted)
 
     # -- dataset operators (js.hessian(..., data=), js.ggn) ----------------------------
     def batch_hessian_product(self, f, params):
@@ -320,6 +403,57 @@ class JaxBackend(Backend):
         """The exact adjoint of :meth:`conv2d` (its linear transpose), ``(N, C, H, W)``."""
         return _conv2d_adjoint(y, w, tuple(stride), tuple(tuple(p) for p in pads),
                                tuple(input_hw))
+
+
+def _call(jaxpr, out_tree, consts, x):
+    """A traced function again, from its jaxpr, the arrays it closed over given."""
+    return jax.tree_util.tree_unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, consts, x))
+
+
+class _Program:
+    """The compiled linearization and products of one traced structure (a jaxpr). The
+    arrays ``f`` closes over are arguments, not constants: a later call with new values
+    of them (new parameters) computes with those. The products take the linearization
+    (a ``jax.tree_util.Partial`` of its residuals, whose structure this compilation
+    fixes) as an argument too, so that a compiled solve can pass it along."""
+
+    def __init__(self, jaxpr, out_tree, x, out, bshape, kind, key):
+        in_shape, out_shape = tuple(x.shape), tuple(out.shape)
+        spec = jax.ShapeDtypeStruct(in_shape, x.dtype)
+        fun = functools.partial(_call, jaxpr, out_tree)
+        n = Backend.sizes(in_shape[len(bshape):])
+        m = n if kind == "hessian" else Backend.sizes(out_shape[len(bshape):])
+        self.key, self.n, self.m, self.bshape = key, n, m, bshape
+
+        def lin(consts, x):
+            if kind == "hessian":
+                grad_fn = jax.grad(lambda t: jnp.sum(fun(consts, t)))
+                return fun(consts, x), jax.linearize(grad_fn, x)[1]
+            return jax.linearize(lambda t: fun(consts, t), x)
+
+        def mm(jvp_fn, V, grad):
+            return _apply_cols(jvp_fn, V, in_shape, bshape, m, grad)
+
+        def rmm(jvp_fn, U, grad):
+            if kind == "hessian":
+                return mm(jvp_fn, U, grad)
+            vjp_fn = jax.linear_transpose(jvp_fn, spec)
+            return _apply_cols(lambda u: vjp_fn(u)[0], U, out_shape, bshape, n, grad)
+
+        self.lin = jax.jit(lin)
+        self.mm = jax.jit(mm, static_argnums=2)
+        self.rmm = jax.jit(rmm, static_argnums=2)
+
+    def linearization(self, y, state) -> Linearization:
+        """The products at one point: ``state`` is ``(partial,)``, concrete or traced."""
+        (fn,) = state
+        return Linearization(y=y, n=self.n, m=self.m, batch_shape=self.bshape,
+                             mm=lambda V, grad: self.mm(fn, V, grad),
+                             rmm=lambda U, grad: self.rmm(fn, U, grad),
+                             key=self.key, state=state, rebuild=self.rebuild)
+
+    def rebuild(self, state) -> Linearization:
+        return self.linearization(None, state)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

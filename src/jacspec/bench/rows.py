@@ -773,9 +773,9 @@ def groups(backend: str) -> list[tuple[str, Callable[[bool], list[Row]]]]:
     if backend == "jax":
         from . import rows_dense, rows_jax, rows_penalty, rows_scaling
 
-        return [("overhead", rows_jax.overhead_jax), ("peers", rows_jax.peers_jax),
-                ("dense", rows_dense.dense_jax), ("penalty", rows_penalty.penalty_jax),
-                ("scaling", rows_scaling.scaling_jax)]
+        return [("overhead", rows_jax.overhead_jax), ("eager", rows_jax.eager_jax),
+                ("peers", rows_jax.peers_jax), ("dense", rows_dense.dense_jax),
+                ("penalty", rows_penalty.penalty_jax), ("scaling", rows_scaling.scaling_jax)]
     if backend == "tensorflow":
         from . import rows_penalty, rows_tf
 

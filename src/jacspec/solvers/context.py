@@ -7,14 +7,17 @@ one), so one product per step advances all ``B`` problems.
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import sys
 import warnings
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 
-from ..operators import LinearOperator
+from ..operators import LinearizationOperator, LinearOperator
 
 Array = Any
 
@@ -35,6 +38,10 @@ class Context:
         reads, a fixed number of steps, and loops compiled by ``Backend.fori_loop``.
     count : int
         Products taken so far, per sample.
+    draws : int
+        Random draws taken so far (:meth:`random`; each seeds the next differently).
+    staged : bool
+        Whether the solve runs as compiled pieces (:meth:`stage_solve`).
     """
 
     def __init__(self, op: LinearOperator, *, adjoint: bool = False,
@@ -64,8 +71,12 @@ class Context:
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31 - 1))
         self.seed = int(seed)
-        self._draws = 0
+        self.draws = 0
         self.traced = op.traced
+        # Inside a compiled piece of an eager solve (see ``stage``): traced arrays, but
+        # the eager rules (restart directions) so that results match the plain path.
+        self.staged = False
+        self._stage: tuple | None = None
 
     @property
     def sliced(self) -> bool:
@@ -95,7 +106,7 @@ class Context:
         """``state = body(i, state)`` for ``i < num_steps``: a Python loop outside a
         trace, one compiled loop inside (``Backend.fori_loop``: the body is traced once,
         so the program stays the size of one step); ``per_step`` products a step."""
-        if not self.traced or num_steps <= 1:
+        if not self.traced or (isinstance(num_steps, int) and num_steps <= 1):
             for i in range(num_steps):
                 state = body(i, state)
             return state
@@ -104,6 +115,54 @@ class Context:
         self.count = count + per_step * num_steps
         return out
 
+    # -- compiled pieces of eager solves ---------------------------------------------
+    def stage_solve(self, *config: Hashable) -> None:
+        """Decide, at the start of an eager solve, whether its pieces run compiled
+        (``Backend.should_compile`` of the solve's configuration): for operators whose
+        products are one compiled program (``Linearization.state``), passed to every
+        piece as an argument. ``config``: everything the pieces' code depends on
+        besides the operator's structure and the arrays."""
+        lin = self.op.lin if isinstance(self.op, LinearizationOperator) else None
+        self.staged, self._stage = False, None
+        if self.traced or lin is None or lin.key is None:
+            return
+        key = (config, lin.key, self.adj, self.B, self.n_in, self.n_out,
+               self.real_name, self.is_complex, str(self.device), self.bd_rtol)
+        if self.backend.should_compile(key) and lin.state is not None:
+            self.staged, self._stage = True, key
+
+    def stage(self, name: str, fn: Callable[..., Any], *static: Hashable
+              ) -> Callable[..., Any]:
+        """``fn(ctx, *static, *args)`` as a callable of ``args``: compiled once per
+        solve configuration (see :meth:`stage_solve`), with the operator's arrays, the
+        seed and the product count as arguments, where the solve is staged; else run
+        as it is. A compiled piece reads nothing from the host: it returns the arrays
+        that the driver's decisions read."""
+        if not self.staged:
+            return functools.partial(fn, self, *static)
+        template = copy.copy(self)
+        template.op = copy.copy(self.op)
+        template.op.lin = template.op.x = None  # no arrays kept by the compiled function
+        lin = self.op.lin
+        rebuild = lin.rebuild
+
+        def pure(state, seed, count, *args):
+            c = copy.copy(template)
+            c.op = copy.copy(template.op)
+            c.op.lin = rebuild(state)
+            c.seed, c.count, c.traced = seed, count, True
+            return fn(c, *static, *args)
+
+        run = self.backend.compile(pure, (name, fn.__module__, fn.__qualname__, static,
+                                          self._stage))
+        xp = self.xp
+
+        def call(*args: Any) -> Any:
+            seed = xp.asarray(self.seed, dtype=xp.uint32)
+            return run(lin.state, seed, xp.asarray(self.count, dtype=xp.uint32), *args)
+
+        return call
+
     def _seen(self, out: Array) -> Array:
         if not self.traced and self.backend.is_traced(out):
             self.traced = True
@@ -111,8 +170,8 @@ class Context:
 
     # -- random vectors -----------------------------------------------------------------
     def _next_seed(self) -> int:
-        self._draws += 1
-        return (self.seed + 7919 * self._draws) % (2**31 - 1)
+        self.draws += 1
+        return (self.seed + 7919 * self.draws) % (2**31 - 1)
 
     def random(self, shape: tuple[int, ...]) -> Array:
         """Standard normal samples of the op's dtype, a fresh deterministic draw."""
@@ -120,19 +179,24 @@ class Context:
                                    seed=self._next_seed())
 
     def restart_vector(self, s: int, step: Any = 0) -> Array:
-        """A generic ``(B, s)`` direction for a breakdown restart. Inside a trace it
-        comes from ``Backend.hash_uniform`` salted with the (traced) ``step``: a compiled
-        loop traces its body once, and counter-based normal draws cost more than a
-        Krylov step there."""
-        if not self.traced:
-            return self.random((self.B, s))
-        seed = self._next_seed() + 104729 * step
-        return self.backend.hash_uniform((self.B, s), dtype=self.dtype, seed=seed)
+        """A generic ``(B, s)`` direction for a breakdown restart: normal draws seeded
+        by the seed and the products taken so far (a compiled piece of an eager solve
+        draws the same ones from its traced count). Inside a user's trace it comes from
+        ``Backend.hash_uniform`` salted with the (traced) ``step``: a compiled loop
+        traces its body once, and counter-based normal draws cost more than a Krylov
+        step there."""
+        if self.traced and not self.staged:
+            seed = self._next_seed() + 104729 * step
+            return self.backend.hash_uniform((self.B, s), dtype=self.dtype, seed=seed)
+        seed = (self.seed + 104729 * (self.count + 1)) % (2**31 - 1)
+        return self.backend.normal((self.B, s), dtype=self.dtype, device=self.device,
+                                   seed=seed)
 
     def start(self, v0: Array | None) -> Array:
         """A unit start vector per sample, ``(B, n_in)`` (random where ``v0`` is zero)."""
         xp = self.xp
-        rnd = self.restart_vector(self.n_in)
+        eager = not self.traced or self.staged
+        rnd = self.random((self.B, self.n_in)) if eager else self.restart_vector(self.n_in)
         v = rnd
         if v0 is not None:
             v = xp.where((self.norm(v0) <= self.tiny)[:, None], rnd, v0)
@@ -168,6 +232,21 @@ class Context:
             return
         if not self.backend.all_finite(x):
             raise FloatingPointError(f"A {what} with {self.op!r} produced NaN or Inf.")
+
+    def finite_flag(self, x: Array, flag: Array | None = None) -> Array | None:
+        """:meth:`check_finite` outside compiled pieces (returns ``flag``); inside one,
+        ``flag`` and-ed with whether ``x`` is finite, for :meth:`raise_unless` to read."""
+        if not self.staged:
+            self.check_finite(x)
+            return flag
+        ok = self.xp.all(self.xp.isfinite(x))
+        return ok if flag is None else flag & ok
+
+    def raise_unless(self, flag: Array | None) -> None:
+        """The FloatingPointError of :meth:`check_finite` where a compiled piece's
+        :meth:`finite_flag` is False."""
+        if flag is not None and not self.backend.to_bool(flag):
+            raise FloatingPointError(f"A product with {self.op!r} produced NaN or Inf.")
 
 
 def warn_unconverged(what: str, nprod: int, why: str = "maxiter") -> None:

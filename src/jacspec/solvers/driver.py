@@ -103,26 +103,103 @@ def krylov_solve(ctx: Context, alg: Krylov, k: int, *, tol: float, maxiter: int 
         return finish(ctx, alg, s, k, tol, which, jmin, vectors)
     jmin, jmax, keep = basis_sizes(r, k, ncv)
     limit = maxiter if maxiter is not None else max(DEFAULT_MAXITER, alg.per_step * r)
-    s = init(ctx, v0, jmax, two_sided=alg.two_sided)
+    ctx.stage_solve("krylov", alg, k, tol, which, jmax, vectors)
+    steps = _Steps(ctx, alg, ctx.stage("init", _init, jmax, alg.two_sided)(v0)._replace(j=0))
+    ctx.draws = 1  # the start vector's draw (taken inside the piece where staged)
     sched = _Schedule(tol)
     verify = _Verify(ctx, k)
     jcheck = min(r, jmin + FIRST_CHECK_DELAY)
     since, found = 0, None
-    while s.j < r and not (s.j and ctx.count + _cost(alg, s.j, r) > limit):
-        s = alg.step(ctx, s)
+    while steps.j < r and not (steps.j and ctx.count + _cost(alg, steps.j, r) > limit):
+        steps.step()
         since += 1
-        if s.j == r:
+        if steps.j == r:
             break
-        if s.j >= jmin and ((s.j >= jcheck and since >= sched.gap) or s.j == jmax):
+        if steps.j >= jmin and ((steps.j >= jcheck and since >= sched.gap)
+                                or steps.j == jmax):
             since = 0
-            checked = _check(ctx, alg, s, k, tol, which, sched)
+            checked = _check(ctx, alg, steps.state(), k, tol, which, sched)
             if checked is not None and verify.accept(checked[1]):
                 found = checked[0]
                 break
-            s = s._replace(force=verify.take())
-        if s.j == jmax:
-            s = _restart(ctx, alg, s, keep, which)
-    return finish(ctx, alg, s, k, tol, which, jmin, vectors, found)
+            steps.force(verify.take())
+        if steps.j == jmax:
+            steps.restart(keep, which)
+    return finish(ctx, alg, steps.state(), k, tol, which, jmin, vectors, found)
+
+
+class _Steps:
+    """The driver's steps: taken one at a time, or, in a staged solve (see
+    ``Context.stage``), as one compiled run of the steps between two of the driver's
+    decisions (which depend on host counters only)."""
+
+    def __init__(self, ctx: Context, alg: Krylov, s: KrylovState) -> None:
+        self.ctx, self.alg, self.s, self.pending = ctx, alg, s, 0
+
+    @property
+    def j(self) -> int:
+        return self.s.j + self.pending
+
+    def step(self) -> None:
+        ctx, alg = self.ctx, self.alg
+        if not ctx.staged:
+            self.s = alg.step(ctx, self.s)
+        elif alg.two_sided and self.j + 1 >= ctx.n_in:  # the last step takes one product
+            s = self.state()
+            out = ctx.stage("last_step", _step_at, alg, s.j)(s._replace(j=None))
+            self.s, ctx.count = out._replace(j=s.j + 1), ctx.count + 1
+        else:
+            self.pending += 1
+            ctx.count += alg.per_step
+
+    def state(self) -> KrylovState:
+        """The state after the steps taken so far."""
+        if self.pending:
+            s, n = self.s, self.pending
+            force = s.force if s.force is not None else self.ctx.zeros(
+                (self.ctx.B,), real=True) > 0
+            out = self.ctx.stage("steps", _run_steps, self.alg)(
+                s._replace(force=force), n, self.ctx.count - n * self.alg.per_step)
+            self.s, self.pending = out._replace(j=s.j + n, force=None), 0
+        return self.s
+
+    def force(self, force: Array | None) -> None:
+        self.s = self.s._replace(force=force)
+
+    def restart(self, keep: int, which: str) -> None:
+        s = self.state()
+        self.s = self.ctx.stage("restart", _restart_at, self.alg, keep, which, s.j)(
+            s._replace(j=None))._replace(j=keep)
+
+
+def _init(ctx: Context, jmax: int, two_sided: bool, v0: Array | None) -> KrylovState:
+    return init(ctx, v0, jmax, two_sided=two_sided)._replace(j=None)
+
+
+def _step_at(ctx: Context, alg: Krylov, j: int, s: KrylovState) -> KrylovState:
+    """One step at the host-known row ``j`` (a compiled piece)."""
+    return alg.step(ctx, s._replace(j=j))._replace(j=None)
+
+
+def _restart_at(ctx: Context, alg: Krylov, keep: int, which: str, j: int, s: KrylovState
+                ) -> KrylovState:
+    return _restart(ctx, alg, s._replace(j=j), keep, which)._replace(j=None)
+
+
+def _run_steps(ctx: Context, alg: Krylov, s: KrylovState, n: Any, count: Any
+               ) -> KrylovState:
+    """``n`` steps (a traced count) under ``Backend.fori_loop``, the check restart
+    ``s.force`` applied to the first: a compiled piece of an eager solve. The product
+    count (``count`` before the first step) salts the restart directions as the plain
+    steps' does."""
+    xp, j0 = ctx.xp, s.j
+
+    def body(i: Any, c: KrylovState) -> KrylovState:
+        ctx.count = count + alg.per_step * xp.astype(i, xp.uint32)
+        first = c._replace(j=j0 + i, force=c.force & (i == 0))
+        return alg.step(ctx, first)._replace(j=None, force=c.force)
+
+    return ctx.backend.fori_loop(0, n, body, s._replace(j=None))
 
 
 def _cost(alg: Krylov, j: int, r: int) -> int:
@@ -224,10 +301,18 @@ def _check(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which:
     """A convergence check: ``(ritz, converged flags (B, k))``, or ``None`` where a
     cheaper screen (``k = 1``) already shows an unconverged problem. The schedule learns
     the convergence rate from either."""
+    if not ctx.sliced:  # fixed-width buffers: one piece, then the host reads
+        jmax = int(s.C.shape[-1])
+        flag, found, q, conv = ctx.stage("check", _check_arrays, alg, k, tol, which,
+                                         s.j if s.j == jmax else None)(
+            s._replace(force=None))
+        ctx.raise_unless(flag)
+        sched.observe(s.j, ctx.backend.to_float(q))
+        return found, conv
     ok = fresh_ok(ctx, s, k)
     M = _small(ctx, alg, s)
     X = None
-    if k == 1 and ctx.sliced and s.j < int(s.C.shape[-1]):
+    if k == 1 and s.j < int(s.C.shape[-1]):
         worst, X = _screen(ctx, alg, s, M, tol, which, ok)
         if worst > 1:
             sched.observe(s.j, worst)
@@ -242,6 +327,22 @@ def _check(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which:
     ref = tol * found[3]
     sched.observe(s.j, ritz.worst_ratio(ctx, res, ref))
     return found, (res <= ref) & ok
+
+
+def _check_arrays(ctx: Context, alg: Krylov, k: int, tol: float, which: str,
+                  full: int | None, s: KrylovState):
+    """The check of a fixed-width state: ``(finite flag, Ritz extraction, worst
+    residual ratio, converged flags)``, no host read (``full``: the basis size where the
+    basis is full, so that the filled block is factored as the plain path does)."""
+    if full is not None:
+        s = s._replace(j=full)
+    ok = fresh_ok(ctx, s, k)
+    M = _small(ctx, alg, s)
+    flag = ctx.finite_flag(M)
+    found = _extract(ctx, alg, s, k, which, M)
+    res = ritz.last_row_residuals(ctx, found[1], s.j, s.beta)
+    ref = tol * found[3]
+    return flag, found, ritz.max_ratio(ctx, res, ref), (res <= ref) & ok
 
 
 def _screen(ctx: Context, alg: Krylov, s: KrylovState, M: Array, tol: float, which: str,
@@ -302,18 +403,44 @@ def finish(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which:
             S = xp.linalg.svdvals(M)[:, :k]
         zero = xp.zeros_like(S)
         return KrylovResult(S, None, None, zero, zero <= 0, ctx.count)
+    true_check = not ctx.traced and _rounding_may_reach(ctx, tol)
+    j = s.j
+    facts = (not isinstance(j, int), exact, isinstance(j, int) and j < jmin,
+             j if ctx.staged and j == int(s.C.shape[-1]) else None)
+    out, flag, short = ctx.stage("finish", _finish_arrays, alg, k, tol, which, jmin, facts,
+                                 true_check)(s._replace(force=None), found)
+    ctx.raise_unless(flag)
+    if ctx.staged and true_check:
+        ctx.count += k  # the true residuals' products, taken inside the piece
+    why = "dtype" if short is not None and ctx.backend.any_true(short) else "maxiter"
+    if not ctx.traced and not ctx.backend.all_true(out.converged):
+        warn_unconverged(alg.name, ctx.count, why)
+    return out._replace(num_matvecs=ctx.count)
+
+
+def _finish_arrays(ctx: Context, alg: Krylov, k: int, tol: float, which: str, jmin: int,
+                   facts: tuple, true_check: bool, s: KrylovState, found: Any):
+    """The result's arrays, no host read: ``(result, finite flag, values short of tol
+    by the dtype's rounding or None)``. ``facts``: whether the step count is traced
+    (a user's trace), whether the basis spans the space, whether it is below ``jmin``,
+    and the basis size where a staged basis is full."""
+    xp = ctx.xp
+    traced_j, exact, below, full = facts
+    if full is not None:
+        s = s._replace(j=full)
+    flag = None
     if found is None:
         M = _small(ctx, alg, s)
-        ctx.check_finite(M)
+        flag = ctx.finite_flag(M)
         found = _extract(ctx, alg, s, k, which, M)
     vals, X, Y, ref = found
     res = ritz.last_row_residuals(ctx, X, s.j, s.beta)
     conv = res <= tol * ref
-    if not isinstance(s.j, int):  # a traced step count (see run_to_tol)
-        conv = conv & (fresh_ok(ctx, s, k) | (s.j >= r)) & (s.j >= jmin)
+    if traced_j:  # a traced step count (see run_to_tol)
+        conv = conv & (fresh_ok(ctx, s, k) | (s.j >= ctx.n_in)) & (s.j >= jmin)
     elif not exact:
         conv = conv & fresh_ok(ctx, s, k)
-    if isinstance(s.j, int) and s.j < jmin:
+    if below:
         conv = conv & (res < 0)
     V = s.V[:, :s.j] if ctx.sliced else s.V
     right = _unit_columns(ctx, xp.matmul(xp.matrix_transpose(V), Y))
@@ -321,17 +448,13 @@ def finish(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which:
     if alg.two_sided:
         Us = s.U[:, :s.j] if ctx.sliced else s.U
         left = _unit_columns(ctx, xp.matmul(xp.matrix_transpose(Us), X))
-    why = "maxiter"
-    if not ctx.traced and _rounding_may_reach(ctx, tol):
-        true = _true_residuals(ctx, alg, vals, left, right)
+    short = None
+    if true_check:
+        true, flag = _true_residuals(ctx, alg, vals, left, right, flag)
         res = xp.maximum(res, true)
         short = ~(true <= tol * ref) & conv
         conv = conv & ~short
-        if ctx.backend.any_true(short):
-            why = "dtype"
-    if not ctx.traced and not ctx.backend.all_true(conv):
-        warn_unconverged(alg.name, ctx.count, why)
-    return KrylovResult(vals, left, right, res, conv, ctx.count)
+    return KrylovResult(vals, left, right, res, conv, None), flag, short
 
 
 def _unit_columns(ctx: Context, X: Array) -> Array:
@@ -348,16 +471,15 @@ def _rounding_may_reach(ctx: Context, tol: float) -> bool:
 
 
 def _true_residuals(ctx: Context, alg: Krylov, vals: Array, left: Array | None,
-                    right: Array) -> Array:
+                    right: Array, flag: Array | None) -> tuple[Array, Array | None]:
     """``||A^H u - sigma v||`` (GKL) or ``||A x - lambda x||`` (Lanczos) of the returned
-    vectors, from ``k`` more products."""
+    vectors, from ``k`` more products (and ``flag`` with their finiteness)."""
     xp = ctx.xp
     if alg.two_sided:
         R = ctx.mm(left, adjoint=True) - right * ctx.cast(vals)[:, None, :]
     else:
         R = ctx.mm(right) - right * ctx.cast(vals)[:, None, :]
-    ctx.check_finite(R)
-    return xp.linalg.vector_norm(R, axis=-2)
+    return xp.linalg.vector_norm(R, axis=-2), ctx.finite_flag(R, flag)
 
 
 class _Schedule:

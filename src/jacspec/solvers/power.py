@@ -89,7 +89,7 @@ def svd_power_step(ctx: Context, s: PowerState, tol: float) -> PowerState:
 
 
 def eig_power_step(ctx: Context, s: PowerState, tol: float, which: str,
-                   shift: Array | None = None, sign: float = 1.0) -> PowerState:
+                   sign: float = 1.0, shift: Array | None = None) -> PowerState:
     """Subspace iteration on ``sign * A + shift I`` (``shift`` per problem); the Ritz
     values are those of ``A`` itself, selected by ``which``."""
     xp = ctx.xp
@@ -111,28 +111,59 @@ def eig_power_step(ctx: Context, s: PowerState, tol: float, which: str,
     return PowerState(_orth(ctx, Z), vals, None, X, res, tol * radius)
 
 
-def power_solve(ctx: Context, step: Callable[[PowerState], PowerState], s: PowerState,
-                maxiter: int | None, per_step: int, *, warn: bool = True) -> KrylovResult:
-    """Steps until every residual is within its bound, at most ``maxiter`` products
-    (default 2000; 200 inside a trace, where they run as one compiled loop)."""
+def power_solve(ctx: Context, step: Callable[..., PowerState], s: PowerState,
+                maxiter: int | None, per_step: int, *, static: tuple = (), args: tuple = (),
+                warn: bool = True) -> KrylovResult:
+    """Steps ``step(ctx, s, *static, *args)`` until every residual is within its bound,
+    at most ``maxiter`` products (default 2000; 200 inside a trace, where they run as
+    one compiled loop). In a staged solve (``Context.stage``) the whole loop is one
+    compiled piece that stops where the plain loop would."""
     if maxiter is None:
         maxiter = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
     if ctx.traced:
-        s = _columns(ctx.loop(lambda i, c: step(c), s, max(1, maxiter // per_step),
-                              per_step))
+        s = _columns(ctx.loop(lambda i, c: step(ctx, c, *static, *args), s,
+                              max(1, maxiter // per_step), per_step))
         return KrylovResult(s.values, s.left, s.right, s.residuals,
                             s.residuals <= s.bound, ctx.count)
-    start = ctx.count
-    while True:
-        s = step(s)
-        if _stop(ctx, s.residuals, s.bound) or ctx.count - start + per_step > maxiter:
-            break
+    ctx.stage_solve("power", step, static, maxiter, per_step)
+    if ctx.staged:
+        s, n, q = ctx.stage("power", _power_loop, step, static, maxiter, per_step)(s, args)
+        ctx.count += per_step * int(ctx.backend.to_float(n))
+        if not math.isfinite(ctx.backend.to_float(q)):
+            ctx.check_finite(s.residuals)
+    else:
+        start = ctx.count
+        while True:
+            s = step(ctx, s, *static, *args)
+            if _stop(ctx, s.residuals, s.bound) or ctx.count - start + per_step > maxiter:
+                break
     s = _columns(s)
     ctx.check_finite(s.residuals)
     conv = s.residuals <= s.bound
     if warn and not ctx.backend.all_true(conv):
         warn_unconverged("Power iteration", ctx.count)
     return KrylovResult(s.values, s.left, s.right, s.residuals, conv, ctx.count)
+
+
+def _power_loop(ctx: Context, step: Callable[..., PowerState], static: tuple, maxiter: int,
+                per_step: int, s: PowerState, args: tuple):
+    """The plain loop of :func:`power_solve` as one compiled piece: steps until the
+    plain loop's stop (every residual within its bound, non-finite residuals, or the
+    product budget). Returns ``(state, steps, max(residual - bound))``."""
+    xp = ctx.xp
+    room = maxiter // per_step  # steps the budget allows (at least one runs)
+
+    def body(c: tuple) -> tuple:
+        st, n = step(ctx, c[0], *static, *args), c[1] + 1
+        return st, n, xp.max(st.residuals - st.bound)
+
+    def more(c: tuple) -> Any:
+        q = c[2]
+        stop = (q <= 0) | (~xp.isfinite(q) & ~xp.all(xp.isfinite(c[0].residuals)))
+        return (c[1] == 0) | (~stop & (c[1] < room))
+
+    zero = xp.arange(1, device=ctx.device)[0] * 0
+    return ctx.backend.while_loop(more, body, (s, zero, xp.max(s.residuals - s.bound)))
 
 
 def _columns(s: PowerState) -> PowerState:

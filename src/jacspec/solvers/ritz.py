@@ -173,12 +173,16 @@ def worst_ratio(ctx: Context, res: Array, ref: Array, mask: Array | None = None)
     """``max(res / ref)`` as one host read: at most 1 iff every (unmasked) value has
     converged. ``mask`` False entries count as converged (0), ``inf`` marks a problem
     that may not stop yet."""
+    return ctx.backend.to_float(max_ratio(ctx, res, ref, mask))
+
+
+def max_ratio(ctx: Context, res: Array, ref: Array, mask: Array | None = None) -> Array:
+    """:func:`worst_ratio` as a 0-d array (no host read)."""
     xp = ctx.xp
     ratio = res / (ref + ctx.tiny_normal)
     if mask is not None:
         ratio = xp.where(mask, ratio, xp.zeros_like(ratio))
-    q = ctx.backend.to_float(xp.max(ratio))
-    return q
+    return xp.max(ratio)
 
 
 # ------------------------------------------------------------------ thick restarts

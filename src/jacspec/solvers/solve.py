@@ -87,7 +87,7 @@ def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: i
                            vectors=vectors)
     else:
         s = power_init(ctx, k, start, two_sided=True)
-        out = power_solve(ctx, lambda c: svd_power_step(ctx, c, tol), s, maxiter, 2 * k)
+        out = power_solve(ctx, svd_power_step, s, maxiter, 2 * k, static=(tol,))
     if adjoint:
         out = out._replace(left=out.right, right=out.left)
     return out
@@ -109,8 +109,8 @@ def solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float
 
     def run(kk, wh, tl, limit, shift=None, sign=1.0, warn=True):
         s = power_init(ctx, kk, start, two_sided=False)
-        return power_solve(ctx, lambda c: eig_power_step(ctx, c, tl, wh, shift, sign), s,
-                           limit, kk, warn=warn)
+        return power_solve(ctx, eig_power_step, s, limit, kk, static=(tl, wh, sign),
+                           args=(shift,), warn=warn)
 
     if which == "LM":
         return run(k, "LM", tol, maxiter)
