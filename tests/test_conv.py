@@ -277,7 +277,7 @@ def test_fantastic_four_mixed_routes_float32(backend, monkeypatch):
     monkeypatch.setattr(js.conv, "TINY_SIDE", 12)
     monkeypatch.setattr(js.conv, "DENSE_SIDE", 20)
     w = RNG.standard_normal((12, 22, 3, 2))
-    res = js.conv.fantastic_four(_weight(w, backend, "float32"))
+    res = js.conv.fantastic_four(_weight(w, backend, "float32"), tol=1e-3)
     ref = np.sqrt(6.0) * min(_reshape_norms(w.astype(np.float32).astype(np.float64)))
     bound = float(to_numpy(res.bound))
     assert ref * (1 - 1e-5) <= bound <= ref * (1 + 1e-3) * (1 + 1e-4)
@@ -300,7 +300,7 @@ def test_fantastic_four_falls_back_when_not_certified(backend, monkeypatch):
     monkeypatch.setattr(js.conv, "DENSE_SIDE", 0)
     monkeypatch.setattr(js.conv, "_positive_definite", lambda b, A: False)
     w = RNG.standard_normal((3, 4, 2, 2))
-    bound = float(to_numpy(js.conv.fantastic_four(_weight(w, backend)).bound))
+    bound = float(to_numpy(js.conv.fantastic_four(_weight(w, backend), tol=1e-3).bound))
     np.testing.assert_allclose(bound, 2.0 * min(_reshape_norms(w)), rtol=1e-10)
 
 
