@@ -88,7 +88,7 @@ def test_bench_accepts_tensorflow(capsys):
     from jacspec import bench
     from jacspec.bench import rows
 
-    assert [g for g, _ in rows.groups("tensorflow")] == ["overhead", "batched"]
+    assert [g for g, _ in rows.groups("tensorflow")] == ["overhead", "batched", "penalty"]
     assert bench.main(backend="tensorflow", quick=True, only=[]) == 0
     out = capsys.readouterr().out
     assert "backend: tensorflow" in out and "tensorflow: 2." in out
