@@ -12,6 +12,8 @@
   compilation cache in a temporary directory, removed at the end (each worker would
   otherwise compile the same programs again). A ``JAX_COMPILATION_CACHE_DIR`` or
   ``XLA_FLAGS`` option set by the caller wins.
+- Under pytest-xdist, ``OMP_NUM_THREADS`` (PyTorch's and OpenBLAS's thread pools) is
+  set to the worker's share of the cores unless the caller set it.
 - ``HYPOTHESIS_PROFILE``: ``ci`` (default: 15 examples, derandomized, no deadline) or
   ``dev`` (50 random examples).
 - ``@pytest.mark.gpu``: skipped unless the backend under test (or, for tests without a
@@ -30,6 +32,19 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Plots in tests (slope, demo, README) render off-screen.
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _threads_per_worker() -> None:
+    """xdist workers share the cores: each gets its share for the frameworks' thread
+    pools (read when they are imported). More threads than cores spin and wait."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // workers)))
+
+
+_threads_per_worker()
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
