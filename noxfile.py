@@ -49,8 +49,10 @@ def tests(session: nox.Session, backend: str) -> None:
         # Eager JAX compiles each new shape; fewer hypothesis examples keep CI in budget.
         session.env["JACSPEC_MAX_EXAMPLES"] = "6"
     # Both cores (or all): the tests are small and mostly single-threaded (JAX compiling
-    # each new shape, torch's tiny kernels). `-- -n 0` runs them in one process.
-    session.run("pytest", "-n", "auto", *session.posargs)
+    # each new shape, torch's tiny kernels). Work stealing: a few tests are much longer
+    # than the rest, and an idle worker takes queued tests from the busy one instead of
+    # waiting. `-- -n 0` runs them in one process.
+    session.run("pytest", "-n", "auto", "--dist", "worksteal", *session.posargs)
     if backend == DOCTEST_BACKEND:
         # Docstring examples. Modules of frameworks not installed here (jax, tensorflow
         # adapters) fail to import; skip those instead of erroring. Exit code 5 (no

@@ -226,7 +226,8 @@ def test_torchrun_two_processes_equal_one(tmp_path):
 def test_jax_four_devices_equal_one(tmp_path):
     pytest.importorskip("jax")
     out = _run([sys.executable, str(ROOT / "tests" / "_distributed_jax.py")],
-               {"XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+               {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "")  # conftest's, kept
+                + " --xla_force_host_platform_device_count=4",
                 "JAX_PLATFORMS": "cpu"})
     assert "devices=4" in out and "OK" in out, out
 
