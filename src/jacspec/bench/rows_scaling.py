@@ -458,7 +458,9 @@ def _jax_lanczos(jax, hvp: Callable, v0, steps: int):
         b = jnp.linalg.norm(w)
         return Q, alpha, beta.at[j].set(b), w / b
 
-    init = (jnp.zeros((steps, n)), jnp.zeros(steps), jnp.zeros(steps), v0 / jnp.linalg.norm(v0))
+    dt = v0.dtype  # float32 also where the caller enabled x64
+    init = (jnp.zeros((steps, n), dt), jnp.zeros(steps, dt), jnp.zeros(steps, dt),
+            v0 / jnp.linalg.norm(v0))
     _, alpha, beta, _ = jax.lax.fori_loop(0, steps, body, init)
     T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
     ev = jnp.linalg.eigvalsh(T)
