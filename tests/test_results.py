@@ -244,3 +244,34 @@ def test_traced_solves_iterate_to_tol(backend):
     J = js.jacobian(lambda z: tanh(z @ args[2]), args[3], batched=True)
     exact = np.linalg.svd(to_numpy(js.dense(J)), compute_uv=False)[:, 0]
     np.testing.assert_allclose(pen, np.mean(exact ** 2), rtol=1e-9)
+
+
+def test_dense_top_triplet_at_any_scale(backend):
+    """The dense path's top triplet (from the Gram matrix of the smaller side) keeps full
+    relative accuracy for entries from 1e-30 to 1e30 in float32 (no underflow or
+    overflow of the squares), wide and tall, with clustered top values, and for the
+    zero matrix (value 0, unit vectors); against float64 NumPy."""
+
+    @settings(max_examples=_examples(backend), deadline=None)
+    @given(m=st.sampled_from([3, 6]), n=st.sampled_from([4, 7]),
+           scale=st.sampled_from([0.0, 1e-30, 1e-12, 1.0, 1e15, 1e30]),
+           decay=st.sampled_from([1.0, 0.999, 0.5]), seed=st.integers(0, 99))
+    def run(m, n, scale, decay, seed):
+        A = np.stack([_matrix(m, n, seed + i, decay) for i in range(2)]) * scale
+        A = A.astype(np.float32)
+        res = js.svds(from_numpy(A, backend), k=1, method="dense", return_vectors=True)
+        s = np.linalg.svd(A.astype(np.float64), compute_uv=False)[:, 0]
+        got = np.asarray(to_numpy(res.values), dtype=np.float64)[:, 0]
+        u = np.asarray(to_numpy(res.left), dtype=np.float64)[..., 0]
+        v = np.asarray(to_numpy(res.right), dtype=np.float64)[..., 0]
+        np.testing.assert_allclose(np.linalg.norm(u, axis=-1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(v, axis=-1), 1.0, rtol=1e-5)
+        if scale == 0.0:
+            assert np.all(got == 0)
+            return
+        np.testing.assert_allclose(got, s, rtol=1e-5)
+        # u^T A v is sigma_max: the vectors are the top pair, not just unit vectors
+        uav = np.einsum("bi,bij,bj->b", u, A.astype(np.float64), v)
+        np.testing.assert_allclose(uav, s, rtol=1e-4)
+
+    run()

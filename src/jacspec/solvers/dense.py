@@ -55,10 +55,14 @@ def _top_triplet(ctx: Context, M: Array) -> tuple[Array, Array, Array]:
     xp = ctx.xp
     wide = M.shape[-2] <= M.shape[-1]
     A = ctx.H(M) if not wide else M  # (B, small, large)
-    lam, X = xp.linalg.eigh(A @ ctx.H(A))
+    # Scaled by its largest entry, so that squaring neither underflows nor overflows.
+    scale = xp.max(xp.max(xp.abs(A), axis=-1), axis=-1)[:, None, None]
+    scale = xp.where(scale > 0, scale, xp.ones_like(scale))
+    As = A / ctx.cast(scale)
+    lam, X = xp.linalg.eigh(As @ ctx.H(As))
     x = X[..., -1:]  # eigh sorts ascending
     top = xp.real(lam[..., -1:]) if ctx.is_complex else lam[..., -1:]  # TF: complex dtype
-    sigma = xp.sqrt(xp.clip(top, min=0.0))
+    sigma = xp.sqrt(xp.clip(top, min=0.0)) * scale[:, 0, :]
     y = ctx.H(A) @ x  # (B, large, 1): sigma times the other singular vector
     # sigma = 0 only for M = 0, where any unit vector is singular: take e_1.
     e1 = xp.astype(xp.arange(int(y.shape[-2]), device=ctx.device) == 0, ctx.dtype)
