@@ -511,7 +511,8 @@ def _jax_sigma(jax, js, s: Sizes) -> Row:
     @jax.jit
     def native(p, x):
         y, vjp = jax.vjp(lambda z: c.apply(p, z), x)
-        eye = jnp.broadcast_to(jnp.eye(NUM_CLASSES)[:, None, :], (NUM_CLASSES,) + y.shape)
+        eye = jnp.broadcast_to(jnp.eye(NUM_CLASSES, dtype=y.dtype)[:, None, :],
+                               (NUM_CLASSES,) + y.shape)
         (J,) = jax.vmap(vjp)(eye)  # (classes, B, 32, 32, 3)
         J = jnp.moveaxis(J.reshape(NUM_CLASSES, x.shape[0], -1), 0, 1)
         return jnp.linalg.norm(J, ord=2, axis=(1, 2))
