@@ -60,7 +60,8 @@ from _helpers import (  # noqa: E402
 
 # Cheaper XLA CPU compilation (read when JAX starts its backend, after this file runs).
 _XLA_TEST_FLAGS = ("--xla_backend_optimization_level=0",
-                   "--xla_llvm_disable_expensive_passes=true")
+                   "--xla_llvm_disable_expensive_passes=true",
+                   "--xla_cpu_use_fusion_emitters=false")
 
 
 def _cheap_xla_compilation() -> None:
