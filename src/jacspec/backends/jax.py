@@ -26,10 +26,11 @@ from jax.flatten_util import ravel_pytree
 from ._base import Backend, Linearization, check_input, check_output
 
 # An eager computation (a linearization, a solver's piece) runs compiled from the
-# COMPILE_AFTER-th time its configuration is seen: a configuration met once (most of a
-# test suite, a one-off call) pays no compilation, a repeated one (a notebook, a loop)
-# runs at jit speed.
-COMPILE_AFTER = 2
+# COMPILE_AFTER-th time its configuration is seen. From the first: op by op, eager JAX
+# compiles every operation for each new shape anyway, which costs more than compiling
+# the pieces (docs/benchmarks.md, "first call" row); a repeated configuration then runs
+# at jit speed.
+COMPILE_AFTER = 1
 # Configurations remembered (sightings and compiled functions), least recent dropped.
 CACHE_SIZE = 256
 _seen: OrderedDict = OrderedDict()
