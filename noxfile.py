@@ -43,9 +43,7 @@ def _requirements(backend: str) -> list[str]:
 def tests(session: nox.Session, backend: str) -> None:
     """Test suite for one backend (JACSPEC_TEST_BACKENDS=<backend>)."""
     # One resolver run: the pins in requirements.txt constrain everything else.
-    # --no-compile: no bytecode for the thousands of framework modules the tests never
-    # import (the ones they do are compiled on first import), which halves install time.
-    session.install("--no-compile", *_requirements(backend), "-e", ".[test]")
+    session.install(*_requirements(backend), "-e", ".[test]")
     session.env["JACSPEC_TEST_BACKENDS"] = backend
     if backend == "jax":
         # Eager JAX compiles each new shape; fewer hypothesis examples keep CI in budget.

@@ -14,6 +14,8 @@ adjoint as small classes).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from .backends import COMPLEX_DTYPES, FLOAT_DTYPES, Backend, backend_of
@@ -150,6 +152,14 @@ class LinearOperator:
         """Apply to single vectors ``batch_shape + (n,)`` without gradient: :meth:`_mm`
         on one column, unless a subclass has a faster path (the solvers' steps)."""
         return self._mm(v[..., None], adjoint=adjoint, grad=False)[..., 0]
+
+    def _staged_form(self) -> tuple[Hashable, Any, Callable[[Any], LinearOperator]] | None:
+        """``(key, state, rebuild)`` where the products are one program on some arrays
+        (compiled pieces of an eager solve, ``Context.stage_solve``): ``key`` the
+        program's structure, ``state`` the arrays, ``rebuild(state)`` the same operator on
+        other (traced) arrays. ``rebuild`` keeps none of this operator's arrays: compiled
+        functions are cached by key. None where the operator cannot tell."""
+        return None
 
     # -- public products ----------------------------------------------------------------
     def _check_vector(self, v: Array, size: int, *, block: bool) -> Array:
@@ -446,6 +456,18 @@ class DenseOperator(LinearOperator):
             A = xp.astype(A, V.dtype)
         return xp.matmul(A, V)
 
+    def _staged_form(self):
+        bare = copy.copy(self)
+        bare.A = None
+
+        def rebuild(A: Array) -> DenseOperator:
+            op = copy.copy(bare)
+            op.A = A
+            return op
+
+        key = ("dense", self.batch_shape, self.shape, self._backend.dtype_name(self.dtype))
+        return key, self.A, rebuild
+
 
 class DiagonalOperator(LinearOperator):
     """``D(d)``: the diagonal matrix of a (batch of) vector(s) ``d``.
@@ -532,6 +554,21 @@ class LinearizationOperator(LinearOperator):
             v = self.xp.astype(v, enter)
         out = f(v)
         return out if out.dtype == self.dtype else self.xp.astype(out, self.dtype)
+
+    def _staged_form(self):
+        lin = self.lin
+        if lin.key is None or lin.state is None:
+            return None
+        bare = copy.copy(self)
+        bare.lin = bare.x = None
+        lin_rebuild = lin.rebuild
+
+        def rebuild(state: Any) -> LinearizationOperator:
+            op = copy.copy(bare)
+            op.lin = lin_rebuild(state)
+            return op
+
+        return lin.key, lin.state, rebuild
 
 
 class ScipyOperator(LinearOperator):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..operators import LinearizationOperator, LinearOperator
+from ..operators import LinearOperator
 
 Array = Any
 
@@ -119,17 +119,18 @@ class Context:
     def stage_solve(self, *config: Hashable) -> None:
         """Decide, at the start of an eager solve, whether its pieces run compiled
         (``Backend.should_compile`` of the solve's configuration): for operators whose
-        products are one compiled program (``Linearization.state``), passed to every
-        piece as an argument. ``config``: everything the pieces' code depends on
-        besides the operator's structure and the arrays."""
-        lin = self.op.lin if isinstance(self.op, LinearizationOperator) else None
+        products are one program on some arrays (``LinearOperator._staged_form``: an
+        explicit matrix, a compiled linearization), passed to every piece as an
+        argument. ``config``: everything the pieces' code depends on besides the
+        operator's structure and the arrays."""
         self.staged, self._stage = False, None
-        if self.traced or lin is None or lin.key is None:
+        form = None if self.traced else self.op._staged_form()
+        if form is None:
             return
-        key = (config, lin.key, self.adj, self.B, self.n_in, self.n_out,
+        key = (config, form[0], self.adj, self.B, self.n_in, self.n_out,
                self.real_name, self.is_complex, str(self.device), self.bd_rtol)
-        if self.backend.should_compile(key) and lin.state is not None:
-            self.staged, self._stage = True, key
+        if self.backend.should_compile(key):
+            self.staged, self._stage = True, (key, form[1], form[2])
 
     def stage(self, name: str, fn: Callable[..., Any], *static: Hashable
               ) -> Callable[..., Any]:
@@ -140,26 +141,22 @@ class Context:
         that the driver's decisions read."""
         if not self.staged:
             return functools.partial(fn, self, *static)
+        key, state, rebuild = self._stage
         template = copy.copy(self)
-        template.op = copy.copy(self.op)
-        template.op.lin = template.op.x = None  # no arrays kept by the compiled function
-        lin = self.op.lin
-        rebuild = lin.rebuild
+        template.op = template._stage = None  # no arrays kept by the compiled function
 
         def pure(state, seed, count, *args):
             c = copy.copy(template)
-            c.op = copy.copy(template.op)
-            c.op.lin = rebuild(state)
+            c.op = rebuild(state)
             c.seed, c.count, c.traced = seed, count, True
             return fn(c, *static, *args)
 
-        run = self.backend.compile(pure, (name, fn.__module__, fn.__qualname__, static,
-                                          self._stage))
+        run = self.backend.compile(pure, (name, fn.__module__, fn.__qualname__, static, key))
         xp = self.xp
 
         def call(*args: Any) -> Any:
             seed = xp.asarray(self.seed, dtype=xp.uint32)
-            return run(lin.state, seed, xp.asarray(self.count, dtype=xp.uint32), *args)
+            return run(state, seed, xp.asarray(self.count, dtype=xp.uint32), *args)
 
         return call
 
