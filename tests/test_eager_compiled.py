@@ -118,7 +118,7 @@ def test_eigsh_hessian_compiled_matches_plain(method, k, which, kind, seed):
 
 
 @pytest.mark.parametrize("method,k,maxiter", [("lanczos", 2, None), ("power", 1, 40)])
-@settings(max_examples=3)
+@settings(max_examples=2)
 @given(kind=KINDS, seed=st.integers(0, 2**16), complex_=st.booleans())
 def test_explicit_matrix_compiled_matches_plain(method, k, maxiter, kind, seed, complex_):
     """An explicit matrix is the compiled pieces' argument as a linearization's arrays
@@ -142,6 +142,52 @@ def test_explicit_matrix_compiled_matches_plain(method, k, maxiter, kind, seed, 
     if method == "lanczos":
         ref = np.linalg.eigvalsh(S)[::-1][:k]
         np.testing.assert_allclose(np.asarray(compiled[0].values), ref, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["eig", "singular"])
+@settings(max_examples=3)
+@given(spectrum=KINDS, seed=st.integers(0, 2**16))
+def test_spectral_density_compiled_matches_plain(kind, spectrum, seed):
+    """Stochastic Lanczos quadrature as a compiled piece per probe: the nodes and
+    weights of the plain path, breakdowns (rank-deficient spectra) included."""
+    A = _matrices(spectrum, seed)
+    if kind == "eig":
+        A = np.swapaxes(A, -1, -2) @ A  # (B, N, N), rank M < N: breakdowns
+
+    def density():
+        return js.spectral_density(jnp.asarray(A), num_probes=3, num_steps=N, kind=kind,
+                                   seed=seed)
+
+    (plain, _), (compiled, _) = _run("plain", density), _run("compiled", density)
+    scale = float(np.abs(np.asarray(plain.nodes)).max())
+    np.testing.assert_allclose(np.asarray(compiled.nodes), np.asarray(plain.nodes),
+                               atol=1e-10 * scale)
+    # weights: per probe, the same quadrature (a repeated node's weight may split
+    # differently between its copies, so compare what they integrate)
+    for p in range(6):
+        np.testing.assert_allclose(np.asarray(compiled.probe_moments(p)),
+                                   np.asarray(plain.probe_moments(p)),
+                                   atol=1e-10 * scale**p)
+
+
+@pytest.mark.parametrize("padding", ["same", "circular"])
+def test_conv_operator_compiled_matches_plain(padding):
+    """A conv operator's kernel is the compiled pieces' argument: the plain path's
+    results, and a new kernel of the same shape is read afresh."""
+    rng = np.random.default_rng(7)
+    for i in range(2):
+        w = jnp.asarray(rng.standard_normal((3, 5, 5, 2)))  # HWIO
+
+        def solve(w=w):
+            return js.svds(js.conv.operator(w, (6, 7), stride=(1, 2), padding=padding),
+                           k=2, method="lanczos", tol=1e-10)
+
+        compiled = _run("compiled", solve)
+        if i == 0:
+            _same(_run("plain", solve), compiled, atol=1e-9)
+        op = js.conv.operator(w, (6, 7), stride=(1, 2), padding=padding)
+        ref = np.linalg.svd(np.asarray(js.dense(op)), compute_uv=False)[:2]
+        np.testing.assert_allclose(np.asarray(compiled[0].values), ref, rtol=1e-8)
 
 
 def test_replaced_matrix_gives_fresh_results():

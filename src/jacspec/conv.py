@@ -479,6 +479,11 @@ class ConvOperator(LinearOperator):
         else:
             self.input_shape, self.output_shape = (ci, H, W), (co, Ho, Wo)
 
+    def _staged_form(self):
+        return self._array_form("weight", (
+            "conv", tuple(self.weight.shape), self._backend.dtype_name(self.dtype),
+            self.input_hw, self.output_hw, self.stride, self.pads, self.circular))
+
     def _images(self, V: Array, c: int, hw: tuple[int, int]) -> Array:
         xp, k = self.xp, int(V.shape[-1])
         if self.channels_last:

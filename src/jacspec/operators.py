@@ -161,6 +161,20 @@ class LinearOperator:
         functions are cached by key. None where the operator cannot tell."""
         return None
 
+    def _array_form(self, name: str, key: Hashable
+                    ) -> tuple[Hashable, Any, Callable[[Any], LinearOperator]]:
+        """:meth:`_staged_form` of an operator whose products read one array, its
+        attribute ``name``; ``key``: everything else they depend on."""
+        bare = copy.copy(self)
+        setattr(bare, name, None)
+
+        def rebuild(a: Array) -> LinearOperator:
+            op = copy.copy(bare)
+            setattr(op, name, a)
+            return op
+
+        return key, getattr(self, name), rebuild
+
     # -- public products ----------------------------------------------------------------
     def _check_vector(self, v: Array, size: int, *, block: bool) -> Array:
         b = backend_of(v)
@@ -457,16 +471,8 @@ class DenseOperator(LinearOperator):
         return xp.matmul(A, V)
 
     def _staged_form(self):
-        bare = copy.copy(self)
-        bare.A = None
-
-        def rebuild(A: Array) -> DenseOperator:
-            op = copy.copy(bare)
-            op.A = A
-            return op
-
-        key = ("dense", self.batch_shape, self.shape, self._backend.dtype_name(self.dtype))
-        return key, self.A, rebuild
+        return self._array_form("A", ("dense", self.batch_shape, self.shape,
+                                      self._backend.dtype_name(self.dtype)))
 
 
 class DiagonalOperator(LinearOperator):

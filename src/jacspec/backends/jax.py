@@ -50,6 +50,12 @@ def _sighting(key: Hashable) -> int:
     return _remember(_seen, key, _seen.get(key, 0) + 1)
 
 
+@jax.jit
+def _all_finite(x):
+    """One program per shape (eager ``isfinite`` then ``all`` would compile two)."""
+    return jnp.all(jnp.isfinite(x))
+
+
 def _cols_first(V, shape):
     k = V.shape[-1]
     return jnp.moveaxis(V, -1, 0).reshape((k,) + tuple(shape))
@@ -149,7 +155,7 @@ class JaxBackend(Backend):
         return isinstance(x, jax.core.Tracer)
 
     def all_finite(self, x) -> bool:
-        return bool(jnp.all(jnp.isfinite(x)))
+        return bool(_all_finite(x))
 
     def hash_uniform(self, shape, *, dtype, seed):
         """Uniform(-1, 1) values from a counter hash (murmur3's 32-bit finalizer of the

@@ -111,6 +111,13 @@ class Context:
                 state = body(i, state)
             return state
         count = self.count
+        if self.staged:  # each step sees the count the plain loop's would (restart seeds)
+            plain_body, xp = body, self.xp
+
+            def body(i: Any, c: Any) -> Any:
+                self.count = count + per_step * xp.astype(i, xp.uint32)
+                return plain_body(i, c)
+
         out = self.backend.fori_loop(0, num_steps, body, state)
         self.count = count + per_step * num_steps
         return out

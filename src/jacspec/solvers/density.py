@@ -145,6 +145,11 @@ def _quadrature(ctx: Context, v0: Array, steps: int, kind: str) -> tuple[Array, 
     return theta, weights
 
 
+def _quadrature_at(ctx: Context, steps: int, kind: str, v0: Array) -> tuple[Array, Array]:
+    """:func:`_quadrature` as a piece of an eager solve (``Context.stage``)."""
+    return _quadrature(ctx, v0, steps, kind)
+
+
 def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind: str = "eig",
                      seed: int | None = 0) -> SpectralDensity:
     """The spectral density of an operator by stochastic Lanczos quadrature.
@@ -200,7 +205,13 @@ def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind:
     ctx = Context(op, seed=seed)
     steps = min(steps, ctx.n_in)
     with op._backend.no_grad():
-        runs = [_quadrature(ctx, v, steps, kind) for v in _probes(ctx, probes)]
+        ctx.stage_solve("density", kind, steps)
+        quadrature = ctx.stage("quadrature", _quadrature_at, steps, kind)
+        runs = []
+        for v in _probes(ctx, probes):
+            runs.append(quadrature(v))
+            if ctx.staged:  # a compiled piece counts on a copy: count what plain steps do
+                ctx.count += steps if kind == "eig" else 2 * steps - (steps >= ctx.n_in)
     xp = ctx.xp
     nodes = xp.stack([r[0] for r in runs], axis=1)  # (B, P, S)
     weights = xp.stack([r[1] for r in runs], axis=1)
