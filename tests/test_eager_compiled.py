@@ -117,7 +117,8 @@ def test_eigsh_hessian_compiled_matches_plain(method, k, which, kind, seed):
     _same(_run("plain", solve), _run("compiled", solve), atol=1e-7)
 
 
-@pytest.mark.parametrize("method,k,maxiter", [("lanczos", 2, None), ("power", 1, 40)])
+@pytest.mark.parametrize("method,k,maxiter", [("lanczos", 2, None), ("power", 1, 40),
+                                              ("dense", 1, None), ("dense", 2, None)])
 @settings(max_examples=2)
 @given(kind=KINDS, seed=st.integers(0, 2**16), complex_=st.booleans())
 def test_explicit_matrix_compiled_matches_plain(method, k, maxiter, kind, seed, complex_):
@@ -139,7 +140,7 @@ def test_explicit_matrix_compiled_matches_plain(method, k, maxiter, kind, seed, 
 
     plain, compiled = _run("plain", eigsh), _run("compiled", eigsh)
     _same(plain, compiled, atol=1e-9)
-    if method == "lanczos":
+    if method != "power":
         ref = np.linalg.eigvalsh(S)[::-1][:k]
         np.testing.assert_allclose(np.asarray(compiled[0].values), ref, atol=1e-8)
 
@@ -205,13 +206,14 @@ def test_replaced_matrix_gives_fresh_results():
 def test_nan_is_reported_compiled():
     x = jnp.zeros((B, N))  # sqrt is finite at 0, its derivative is not
 
-    def solve():
+    def solve(method):
         return js.svds(js.jacobian(lambda z: jnp.sqrt(z[:, :M]), x, batched=True),
-                       k=2, method="lanczos", tol=1e-8)
+                       k=2, method=method, tol=1e-8)
 
-    for mode in ("plain", "compiled"):
-        with pytest.raises(FloatingPointError, match="NaN or Inf"):
-            _run(mode, solve)
+    for method in ("lanczos", "dense"):
+        for mode in ("plain", "compiled"):
+            with pytest.raises(FloatingPointError, match="NaN or Inf"):
+                _run(mode, lambda method=method: solve(method))
 
 
 def test_replaced_closure_gives_fresh_results():

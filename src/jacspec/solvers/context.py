@@ -237,11 +237,12 @@ class Context:
         if not self.backend.all_finite(x):
             raise FloatingPointError(f"A {what} with {self.op!r} produced NaN or Inf.")
 
-    def finite_flag(self, x: Array, flag: Array | None = None) -> Array | None:
+    def finite_flag(self, x: Array, flag: Array | None = None, what: str = "product"
+                    ) -> Array | None:
         """:meth:`check_finite` outside compiled pieces (returns ``flag``); inside one,
         ``flag`` and-ed with whether ``x`` is finite, for :meth:`raise_unless` to read."""
         if not self.staged:
-            self.check_finite(x)
+            self.check_finite(x, what)
             return flag
         ok = self.xp.all(self.xp.isfinite(x))
         return ok if flag is None else flag & ok

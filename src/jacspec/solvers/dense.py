@@ -19,16 +19,16 @@ from .ritz import eig_ritz
 Array = Any
 
 
-def _matrix(ctx: Context) -> Array:
+def _matrix(ctx: Context) -> tuple[Array, Array | None]:
+    """The materialized matrix ``(B, m, n)`` and, inside a compiled piece, the flag of
+    :meth:`Context.finite_flag`."""
     M = materialize(ctx.op, grad=False)
-    ctx.count += min(ctx.op.shape)
     if not ctx.op.batch_shape:
         M = M[None]
     M = ctx.backend.stop_gradient(M)
     if ctx.backend.is_traced(M):
         ctx.traced = True
-    ctx.check_finite(M, "product (materializing the operator)")
-    return M
+    return M, ctx.finite_flag(M, what="product (materializing the operator)")
 
 
 def _exact(values: Array) -> tuple[Array, Array]:
@@ -37,16 +37,25 @@ def _exact(values: Array) -> tuple[Array, Array]:
 
 
 def svd_dense(ctx: Context, k: int) -> KrylovResult:
-    """Top-``k`` singular triplets of the materialized matrix (``ctx`` not adjointed)."""
+    """Top-``k`` singular triplets of the materialized matrix (``ctx`` not adjointed):
+    one compiled piece where the solve is staged (``Context.stage_solve``)."""
+    ctx.stage_solve("dense svd", k)
+    flag, values, U, V = ctx.stage("svd", _svd_arrays, k)()
+    ctx.raise_unless(flag)
+    ctx.count += min(ctx.op.shape)
+    res, conv = _exact(values)
+    return KrylovResult(values, U, V, res, conv, ctx.count)
+
+
+def _svd_arrays(ctx: Context, k: int) -> tuple[Array | None, Array, Array, Array]:
     xp = ctx.xp
-    M = _matrix(ctx)
+    M, flag = _matrix(ctx)
     if k == 1:
         values, U, V = _top_triplet(ctx, M)
     else:
         U, S, Vh = xp.linalg.svd(M, full_matrices=False)
         values, U, V = S[..., :k], U[..., :k], ctx.H(Vh)[..., :k]
-    res, conv = _exact(values)
-    return KrylovResult(values, U, V, res, conv, ctx.count)
+    return flag, values, U, V
 
 
 def _top_triplet(ctx: Context, M: Array) -> tuple[Array, Array, Array]:
@@ -73,8 +82,17 @@ def _top_triplet(ctx: Context, M: Array) -> tuple[Array, Array, Array]:
 
 
 def eig_dense(ctx: Context, k: int, *, which: str) -> KrylovResult:
-    """``k`` wanted eigenpairs of the Hermitian part of the materialized matrix."""
-    M = _matrix(ctx)
-    values, vectors, _ = eig_ritz(ctx, (M + ctx.H(M)) / 2, int(M.shape[-1]), which, k)
+    """``k`` wanted eigenpairs of the Hermitian part of the materialized matrix (one
+    compiled piece where the solve is staged)."""
+    ctx.stage_solve("dense eig", k, which)
+    flag, values, vectors = ctx.stage("eig", _eig_arrays, k, which)()
+    ctx.raise_unless(flag)
+    ctx.count += min(ctx.op.shape)
     res, conv = _exact(values)
     return KrylovResult(values, None, vectors, res, conv, ctx.count)
+
+
+def _eig_arrays(ctx: Context, k: int, which: str) -> tuple[Array | None, Array, Array]:
+    M, flag = _matrix(ctx)
+    values, vectors, _ = eig_ritz(ctx, (M + ctx.H(M)) / 2, int(M.shape[-1]), which, k)
+    return flag, values, vectors
