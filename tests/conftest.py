@@ -7,11 +7,11 @@
 - JAX: float64 tests need x64, so this file enables it (``jax_enable_x64``) when JAX is
   selected and installed. The library itself never changes it.
 - JAX compiles every program it runs (eager operations too). For the test run only, XLA
-  compiles for the CPU with fewer optimisation passes (``XLA_FLAGS``; tests run small
-  programs once, so compiling dominates) and the xdist workers share one persistent
-  compilation cache in a temporary directory, removed at the end (each worker would
-  otherwise compile the same programs again). A ``JAX_COMPILATION_CACHE_DIR`` or
-  ``XLA_FLAGS`` option set by the caller wins.
+  compiles for the CPU with fewer optimisation passes and its classic emitters
+  (``XLA_FLAGS``; tests run small programs once, so compiling dominates). An
+  ``XLA_FLAGS`` option set by the caller wins. (A persistent compilation cache shared
+  by the xdist workers costs more to write than it saves: the workers rarely compile
+  the same program.)
 - Under pytest-xdist, ``OMP_NUM_THREADS`` (PyTorch's and OpenBLAS's thread pools) is
   set to the worker's share of the cores unless the caller set it.
 - ``HYPOTHESIS_PROFILE``: ``ci`` (default: 15 examples, derandomized, no deadline) or
@@ -25,8 +25,6 @@ Helpers (``to_numpy``, ``from_numpy``, ``rtol_for``, ...) live in ``tests/_helpe
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 # Before any TensorFlow import: silence its C++ start-up logging.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -71,23 +69,8 @@ def _cheap_xla_compilation() -> None:
     os.environ["XLA_FLAGS"] = " ".join(flags)
 
 
-def _shared_jax_cache() -> str | None:
-    """A compilation cache directory for this run, made by the process that starts it:
-    xdist workers inherit the environment, so they all use the same one."""
-    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-        return None  # the caller's, or the controller's (we are a worker)
-    path = tempfile.mkdtemp(prefix="jacspec-tests-jax-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    # every program: the eager operations tests run are small and quick to compile
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    return path
-
-
-_OWN_JAX_CACHE: str | None = None
 if "jax" in selected_backends():
     _cheap_xla_compilation()
-    _OWN_JAX_CACHE = _shared_jax_cache()
 
 # ------------------------------------------------------------------------ hypothesis
 
@@ -133,11 +116,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # x64 must be on before the first jax array is made, so do it at start-up.
     if "jax" in SELECTED_BACKENDS and _available("jax"):
         _enable_jax_x64()
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if _OWN_JAX_CACHE is not None:
-        shutil.rmtree(_OWN_JAX_CACHE, ignore_errors=True)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
