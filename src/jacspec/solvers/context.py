@@ -102,10 +102,11 @@ class Context:
             return self._seen(self.op._mv(v, adjoint=a))
         return self._seen(self.op._mv(v[0], adjoint=a)[None])
 
-    def loop(self, body: Any, state: Any, num_steps: int, per_step: int) -> Any:
+    def loop(self, body: Any, state: Any, num_steps: Any, per_step: int) -> Any:
         """``state = body(i, state)`` for ``i < num_steps``: a Python loop outside a
         trace, one compiled loop inside (``Backend.fori_loop``: the body is traced once,
-        so the program stays the size of one step); ``per_step`` products a step."""
+        so the program stays the size of one step; ``num_steps`` may be traced there);
+        ``per_step`` products a step."""
         if not self.traced or (isinstance(num_steps, int) and num_steps <= 1):
             for i in range(num_steps):
                 state = body(i, state)

@@ -188,18 +188,17 @@ def _restart_at(ctx: Context, alg: Krylov, keep: int, which: str, j: int, s: Kry
 
 def _run_steps(ctx: Context, alg: Krylov, s: KrylovState, n: Any, count: Any
                ) -> KrylovState:
-    """``n`` steps (a traced count) under ``Backend.fori_loop``, the check restart
+    """``n`` steps (a traced count) under :meth:`Context.loop`, the check restart
     ``s.force`` applied to the first: a compiled piece of an eager solve. The product
     count (``count`` before the first step) salts the restart directions as the plain
     steps' does."""
-    xp, j0 = ctx.xp, s.j
+    j0, ctx.count = s.j, count
 
     def body(i: Any, c: KrylovState) -> KrylovState:
-        ctx.count = count + alg.per_step * xp.astype(i, xp.uint32)
         first = c._replace(j=j0 + i, force=c.force & (i == 0))
         return alg.step(ctx, first)._replace(j=None, force=c.force)
 
-    return ctx.backend.fori_loop(0, n, body, s._replace(j=None))
+    return ctx.loop(body, s._replace(j=None), n, alg.per_step)
 
 
 def _cost(alg: Krylov, j: int, r: int) -> int:
