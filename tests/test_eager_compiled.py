@@ -1,8 +1,9 @@
 """Eager JAX solves as compiled pieces: the same results as the plain eager path.
 
-From the ``COMPILE_AFTER``-th sighting of a configuration, an eager JAX linearization and
-the solver's pieces run compiled (``jacspec.backends.jax``), on an explicit matrix too. These tests run each solve
-both ways (``COMPILE_AFTER`` set very high: plain; 1: compiled at once) and compare
+From the ``COMPILE_AFTER``-th sighting of a configuration, an eager JAX solve's pieces run
+compiled, with the operator's arrays as arguments (a linearization's residuals, an
+explicit matrix, a conv kernel: ``LinearOperator._staged_form``). These tests run each
+solve both ways (``COMPILE_AFTER`` set very high: plain; 1: compiled at once) and compare
 values, product counts, converged flags and warnings, on operators drawn by hypothesis
 with fixed shapes (one compilation per configuration), and check that a function
 closing over arrays that are later replaced computes with the new ones.
