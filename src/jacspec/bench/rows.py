@@ -221,6 +221,11 @@ def _torch_design_mlp(torch, dtype, steps=300, hidden=256, ntrain=1500):
 
 _DESIGN_CACHE: dict[Any, Any] = {}
 
+#: The overhead rows' cases in JAX and TensorFlow, ``(sizes, B, name suffix, target
+#: row)``: the design MLP with B=128 per-sample 10x64 Jacobians (target rows), and a
+#: small case, B=32 per-sample 256x64 Jacobians, where products are cheap (report rows).
+OVERHEAD_CASES = (([64, 256, 256, 10], 128, "", True), ([64, 256, 256], 32, ", small", False))
+
 
 def _train_design_mlp(torch, steps, hidden, ntrain):
     X, y = _digits()

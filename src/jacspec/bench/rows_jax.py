@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .rows import _digits, _ms, _reps, interleaved_times, median_time, paired_times
+from .rows import OVERHEAD_CASES, _digits, _ms, _reps, interleaved_times, median_time, paired_times
 
 Row = dict[str, Any]
 
@@ -36,8 +36,7 @@ def _mlp(jax, jnp, sizes, seed=0):
 def overhead_jax(quick: bool) -> list[Row]:
     """Target rows on the design model size (64-256-256-10 MLP, B=128 per-sample
     10x64 Jacobians); report rows on the small case (B=32, 256x64 Jacobians)."""
-    return (_overhead_jax(quick, [64, 256, 256, 10], 128, "", True)
-            + _overhead_jax(quick, [64, 256, 256], 32, ", small", False))
+    return [row for case in OVERHEAD_CASES for row in _overhead_jax(quick, *case)]
 
 
 def _overhead_jax(quick: bool, sizes: list[int], B: int, suffix: str,

@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Any
 
-from .rows import _digits, _ms, interleaved_times, median_time
+from .rows import OVERHEAD_CASES, _digits, _ms, interleaved_times, median_time
 
 Row = dict[str, Any]
 
@@ -141,8 +141,7 @@ def overhead_tf(quick: bool) -> list[Row]:
     """Target rows under ``tf.function`` on the design model size (64-256-256-10 MLP,
     B=128 per-sample 10x64 Jacobians), eager rows reported; report rows on the small
     case (B=32, 256x64 Jacobians) where products are cheap."""
-    return (_overhead_tf(quick, [64, 256, 256, 10], 128, "", True)
-            + _overhead_tf(quick, [64, 256, 256], 32, ", small", False))
+    return [row for case in OVERHEAD_CASES for row in _overhead_tf(quick, *case)]
 
 
 def _overhead_tf(quick: bool, sizes: list[int], B: int, suffix: str,
