@@ -10,22 +10,32 @@ Each backend session installs that backend's pinned CPU requirements from
 ``backends/<name>/requirements.txt`` *before* resolving jacspec, so that e.g. torch is
 never resolved unpinned (which would pull the multi-GB CUDA build).
 
-Virtual environments are made by virtualenv (nox's own dependency: it starts an
-environment in well under a second, with a current pip, where ``venv`` takes seconds
-and brings the pip bundled with the interpreter, an older and slower resolver) and
-filled by pip. uv is deliberately not used: uv does not read pip's configuration
-(find-links), so on a CPU-only machine ``uv pip install torch==2.13.0`` resolves the
-CUDA build from PyPI instead of the local CPU wheel that pip picks up.
+Environments are made and filled by uv when it is installed (``pip install "nox[uv]"``,
+as the README's test command does), else by virtualenv and pip. uv installs the four
+test environments several times faster than pip: it fetches in parallel and unpacks each
+wheel once into its cache, from which every environment is linked. Two differences
+from pip are bridged here:
+
+- uv does not read pip's configuration. The sessions pass pip's index settings
+  (``find-links``, index URLs, constraint files, from ``pip config list``) to uv, so
+  that both install the same wheels, e.g. a local CPU build of torch that pip finds
+  through ``find-links``.
+- uv does not compile bytecode at install time. The test sessions let Python write it
+  on first import (into the environment's own ``pycache`` folder, never beside the
+  sources), so only the modules the tests import are compiled, once, even where the
+  caller set ``PYTHONDONTWRITEBYTECODE``.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nox
 
 nox.needs_version = ">=2025.2.9"
-nox.options.default_venv_backend = "virtualenv"
+nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["tests"]
 nox.options.error_on_missing_interpreters = True
 
@@ -40,12 +50,56 @@ def _requirements(backend: str) -> list[str]:
     return ["-r", str(ROOT / "backends" / backend / "requirements.txt")]
 
 
+# pip's configuration names and the install options that carry them over to uv.
+_PIP_INDEX_OPTIONS = {"find-links": "--find-links", "index-url": "--index-url",
+                      "extra-index-url": "--extra-index-url", "constraint": "--constraint"}
+
+
+def _pip_index_settings() -> list[str]:
+    """pip's index settings as install options (uv reads none of pip's files).
+
+    The environment's (``PIP_*``) values win over the files' for the same name, as
+    in pip.
+    """
+    try:
+        listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                                 capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    chosen: dict[str, str] = {}
+    for line in listing.splitlines():
+        key, _, value = line.partition("=")
+        section, _, name = key.rpartition(".")
+        if name in _PIP_INDEX_OPTIONS and (section == ":env:" or name not in chosen):
+            chosen[name] = value.strip("'\"")
+    return [arg for name, value in chosen.items()
+            for item in value.replace("\\n", " ").split()
+            for arg in (_PIP_INDEX_OPTIONS[name], item)]
+
+
+def _install(session: nox.Session, *args: str) -> None:
+    """``session.install`` with pip's index settings when uv installs."""
+    if session.venv_backend == "uv":
+        args = (*_pip_index_settings(), *args)
+    session.install(*args)
+
+
+def _bytecode_on_import(session: nox.Session) -> None:
+    """Let Python cache bytecode on first import, inside the environment (uv installs
+    none; without a cache every process, xdist workers included, recompiles all it
+    imports)."""
+    if session.venv_backend == "uv":
+        session.env["PYTHONDONTWRITEBYTECODE"] = ""
+        session.env["PYTHONPYCACHEPREFIX"] = str(Path(session.virtualenv.location) / "pycache")
+
+
 @nox.session
 @nox.parametrize("backend", BACKENDS)
 def tests(session: nox.Session, backend: str) -> None:
     """Test suite for one backend (JACSPEC_TEST_BACKENDS=<backend>)."""
     # One resolver run: the pins in requirements.txt constrain everything else.
-    session.install(*_requirements(backend), "-e", ".[test]")
+    _install(session, *_requirements(backend), "-e", ".[test]")
+    _bytecode_on_import(session)
     session.env["JACSPEC_TEST_BACKENDS"] = backend
     if backend == "jax":
         # Eager JAX compiles each new shape; fewer hypothesis examples keep CI in budget.
@@ -73,7 +127,7 @@ def tests(session: nox.Session, backend: str) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check over src, tests, the experiment scripts and this file."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    _install(session, *nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", "src", "tests", "noxfile.py", "docs/experiments",
                 *session.posargs)
 
@@ -84,7 +138,7 @@ def docs(session: nox.Session) -> None:
     # mkdocstrings reads the sources statically; torch is installed (pinned, CPU) so that
     # anything that does import the package for rendering finds it.
     # ruff (in the docs extra) formats the rendered signatures.
-    session.install(*_requirements("torch"), "-e", ".[docs]")
+    _install(session, *_requirements("torch"), "-e", ".[docs]")
     session.env["NO_MKDOCS_2_WARNING"] = "1"
     session.run("mkdocs", "build", "--strict", *session.posargs)
 
@@ -98,8 +152,8 @@ def bench(session: nox.Session) -> None:
     requirements (torchvision via backpack-for-pytorch) would otherwise upgrade torch to
     a CUDA build. hessian-eigenthings is not on PyPI; its row prints a skip line.
     """
-    session.install(*_requirements("torch"), *_requirements("jax"), "-e", ".[demo]")
-    session.install("--no-deps", "curvlinops-for-pytorch", "backpack-for-pytorch",
+    _install(session, *_requirements("torch"), *_requirements("jax"), "-e", ".[demo]")
+    _install(session, "--no-deps", "curvlinops-for-pytorch", "backpack-for-pytorch",
                     "pyhessian", "matfree", "einops", "einconv", "linear_operator",
                     "unfoldNd", "opt-einsum")
     session.run("python", "-c", "import torch; assert '+cpu' in torch.__version__ or "
@@ -128,7 +182,7 @@ def experiments(session: nox.Session) -> None:
     They are written to docs/experiments/results/. ``nox -s experiments -- slope_width``
     runs the named scripts only; options (``--quick``, ``--seeds N``) are passed on.
     """
-    session.install(*_requirements("torch"), *_requirements("jax"), "-e", ".[demo]")
+    _install(session, *_requirements("torch"), *_requirements("jax"), "-e", ".[demo]")
     session.env["MPLBACKEND"] = "Agg"
     names = [a for a in session.posargs if a in EXPERIMENTS] or list(EXPERIMENTS)
     options = [a for a in session.posargs if a not in EXPERIMENTS]
