@@ -177,15 +177,14 @@ def from_numpy(a: Any, backend: str, dtype: Any = None, *, device: Any = None) -
         return t if device is None else t.to(device)
     if backend == "jax":
         import jax
-        import jax.numpy as jnp
 
-        out = jnp.asarray(arr)
+        out = jax.device_put(arr, device)  # compiles nothing (jnp.asarray compiles a copy)
         if out.dtype != arr.dtype:
             raise RuntimeError(
                 f"jax made {out.dtype} from {arr.dtype}: enable x64 "
                 "(jax.config.update('jax_enable_x64', True)) before creating arrays"
             )
-        return out if device is None else jax.device_put(out, device)
+        return out
     if backend == "tensorflow":
         import tensorflow as tf
 

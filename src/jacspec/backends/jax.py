@@ -50,6 +50,22 @@ def _sighting(key: Hashable) -> int:
     return _remember(_seen, key, _seen.get(key, 0) + 1)
 
 
+def _one_placement(args: Any) -> Any:
+    """``args`` with every array committed to one device where any is.
+
+    ``jax.jit`` compiles separately for committed and uncommitted arguments: a piece fed
+    by an eager array placed on a device and by another piece's uncommitted output
+    would compile twice in one solve."""
+    leaves = jax.tree_util.tree_leaves(args)
+    device = next((next(iter(a.devices())) for a in leaves
+                   if isinstance(a, jax.Array) and a.committed), None)
+    if device is None or all(a.committed for a in leaves if isinstance(a, jax.Array)):
+        return args
+    return jax.tree_util.tree_map(
+        lambda a: jax.device_put(a, device)
+        if isinstance(a, jax.Array) and not a.committed else a, args)
+
+
 @jax.jit
 def _all_finite(x):
     """One program per shape (eager ``isfinite`` then ``all`` would compile two)."""
@@ -155,6 +171,9 @@ class JaxBackend(Backend):
         return isinstance(x, jax.core.Tracer)
 
     def all_finite(self, x) -> bool:
+        if all(d.platform == "cpu" for d in x.devices()):
+            # NumPy reads a CPU array in place; a program would be compiled per shape
+            return bool(np.isfinite(np.asarray(x)).all())
         return bool(_all_finite(x))
 
     def hash_uniform(self, shape, *, dtype, seed):
@@ -323,7 +342,11 @@ class JaxBackend(Backend):
         ``fn``'s compilation."""
         jitted = _compiled.get(key)
         if jitted is None:
-            jitted = jax.jit(fn)
+            program = jax.jit(fn)
+
+            def jitted(*args: Any) -> Any:
+                return program(*_one_placement(args))
+
         return _remember(_compiled, key, jitted)
 
     # -- dataset operators (js.hessian(..., data=), js.ggn) ----------------------------
