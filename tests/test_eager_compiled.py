@@ -6,7 +6,8 @@ explicit matrix, a conv kernel: ``LinearOperator._staged_form``). These tests ru
 solve both ways (``COMPILE_AFTER`` set very high: plain; 1: compiled at once) and compare
 values, product counts, converged flags and warnings, on operators drawn by hypothesis
 with fixed shapes (one compilation per configuration), and check that a function
-closing over arrays that are later replaced computes with the new ones.
+closing over arrays that are later replaced computes with the new ones, and that a
+piece called again in one solve is not compiled again.
 """
 
 from __future__ import annotations
@@ -227,3 +228,29 @@ def test_replaced_closure_gives_fresh_results():
         ref = np.linalg.svd(np.asarray(params["A"]), compute_uv=False)[:, :2]
         np.testing.assert_allclose(np.asarray(out.values), ref, rtol=1e-7)
         params["A"] = params["A"] * (i + 2.0) + 0.1
+
+
+def test_each_piece_compiles_once(caplog):
+    """A piece called again in one solve reuses its program, also when its arguments
+    mix arrays placed on a device (made eagerly) with another piece's outputs (jit
+    compiles separately for committed and uncommitted arguments)."""
+    W = jnp.asarray(np.random.default_rng(1).standard_normal((41, 29)))  # a new shape
+    x = jnp.ones(29)
+    before = set(jax_backend._compiled)
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        out, _ = _run("compiled", lambda: js.svds(js.jacobian(lambda z: W @ jnp.tanh(z), x),
+                                                   k=2, tol=1e-10, method="lanczos"))
+    pieces = [key for key in set(jax_backend._compiled) - before  # (name, module, ...)
+              if str(key[1]).startswith("jacspec.solvers")]
+    compiled = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(pure)")]
+    assert out.num_matvecs > 20  # several batches of steps, each a call of one piece
+    assert len(compiled) == len(pieces) > 0
+
+
+def test_one_placement():
+    loose, placed = jnp.ones(3), jax.device_put(jnp.ones(2), jax.devices()[0])
+    assert not loose.committed and placed.committed
+    mixed = jax_backend._one_placement(({"a": loose}, placed, 3))
+    assert mixed[0]["a"].committed and mixed[1] is placed and mixed[2] == 3
+    alike = (jnp.ones(3), jnp.zeros(2))
+    assert jax_backend._one_placement(alike) is alike
