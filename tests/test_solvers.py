@@ -554,6 +554,27 @@ def test_jax_jit_compiled_steps_with_thick_restarts(backend):
     assert counts[-1] == 60
 
 
+def test_jax_jit_program_does_not_grow_with_the_budget(backend):
+    """Under ``jax.jit`` a fixed budget's restart cycles run as one compiled loop: the
+    traced program (top-level equations) is about the same for 40 products (no cycle
+    after the first restart) and 400 (about 60 cycles)."""
+    if backend != "jax":
+        pytest.skip("jax.jit only")
+    import jax
+    import jax.numpy as jnp
+
+    C = jnp.asarray(np.random.default_rng(5).standard_normal((40, 30)))
+
+    def size(maxiter):
+        def top_sv(z):
+            J = js.jacobian(lambda y: C @ y, z)
+            return js.svds(J, k=2, method="lanczos", ncv=8, maxiter=maxiter).values
+
+        return len(jax.make_jaxpr(top_sv)(jnp.ones(30)).jaxpr.eqns)
+
+    assert size(400) <= size(40) + 5
+
+
 def test_large_batch_screens(backend):
     """A batch larger than the probe set of the eager convergence screens
     (``driver.PROBES``), with samples that break down (the zero map, rank one) beside

@@ -215,15 +215,41 @@ def _restart(ctx: Context, alg: Krylov, s: KrylovState, keep: int, which: str
 def run_budget(ctx: Context, alg: Krylov, s: KrylovState, limit: int, keep: int,
                which: str) -> KrylovState:
     """Steps while ``limit`` products last (at least one step), with thick restarts:
-    the fixed-budget path of traced solves and of fixed-cost callers."""
+    the fixed-budget path of traced solves. The full restart cycles after the first
+    are alike: one compiled loop runs them (:func:`_cycles`), so that the program
+    does not grow with the budget."""
     r, jmax = ctx.n_in, int(s.C.shape[-1])
     while s.j < r and not (s.j and ctx.count + _cost(alg, s.j, r) > limit):
         uniform = min(jmax, r - 1 if alg.two_sided else r) - s.j  # same-cost steps left
+        if s.j == keep and uniform == jmax - keep:
+            s = _cycles(ctx, alg, s, (limit - ctx.count) // (uniform * alg.per_step),
+                        which)
+            if ctx.count + _cost(alg, s.j, r) > limit:
+                break
         n = min(uniform, (limit - ctx.count) // alg.per_step) if uniform > 0 else 1
         s = decompose(ctx, alg.step, s, max(n, 1), alg.per_step)
         if s.j == jmax and s.j < r:
             s = _restart(ctx, alg, s, keep, which)
     return s
+
+
+def _cycles(ctx: Context, alg: Krylov, s: KrylovState, n: int, which: str
+            ) -> KrylovState:
+    """``n`` restart cycles of a traced fixed budget: steps from the kept rows to a full
+    basis, then a thick restart, under one :meth:`Context.loop`. Each cycle salts its
+    restart directions with its index (the body is traced once)."""
+    keep, jmax, seed = s.j, int(s.C.shape[-1]), ctx.seed
+    if n <= 0:
+        return s
+
+    def body(i: Any, c: KrylovState) -> KrylovState:
+        ctx.seed = seed + 9973 * (i + 1)
+        c = decompose(ctx, alg.step, c._replace(j=keep), jmax - keep, alg.per_step)
+        return _restart(ctx, alg, c, keep, which)._replace(j=None)
+
+    out = ctx.loop(body, s._replace(j=None), n, (jmax - keep) * alg.per_step)
+    ctx.seed = seed
+    return out._replace(j=keep)
 
 
 # Inside a tol-driven trace, convergence is tested every this many steps (a padded
