@@ -16,6 +16,8 @@
   set to the worker's share of the cores unless the caller set it.
 - ``HYPOTHESIS_PROFILE``: ``ci`` (default: 15 examples, derandomized, no deadline) or
   ``dev`` (50 random examples).
+- ``@pytest.mark.slow`` tests run first, so that none of them is left for last on one
+  xdist worker while the other has finished.
 - ``@pytest.mark.gpu``: skipped unless the backend under test (or, for tests without a
   ``backend`` parameter, any installed framework) sees a GPU.
 
@@ -110,6 +112,13 @@ def _enable_jax_x64() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture parameters
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first: the xdist workers share the queue, and a long test
+    taken last would leave the other worker idle until it ends."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -71,6 +71,7 @@ def test_one_real_row(tmp_path, capsys):
     assert rows[0]["ratio"] > 0
 
 
+@pytest.mark.slow
 def test_dataset_rows_small():
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")

@@ -415,6 +415,7 @@ def test_spectral_norm_equals_dense(backend, padding, stride):
     np.testing.assert_allclose(float(to_numpy(got)), ref, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_spectral_norm_lanczos(backend):
     """The Krylov path (what real layers take), value and gradient."""
     w = RNG.standard_normal((2, 1, 3, 3))
@@ -459,6 +460,7 @@ def test_layouts_agree_across_frameworks(backend):
 # -------------------------------------------------------------------- gradients
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences(autodiff_backend):
     backend = autodiff_backend
     w = RNG.standard_normal((3, 2, 3, 3))

@@ -106,6 +106,7 @@ def test_ggn_matches_dense_jthj(autodiff_backend, dtype, sizes, batch_sizes, see
     assert np.linalg.eigvalsh(dense.astype(np.float64)).min() > -1e-4 * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_solvers_accept_dataset_operators(autodiff_backend):
     b = autodiff_backend
     rng = np.random.default_rng(0)
@@ -223,6 +224,7 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     np.testing.assert_array_equal(ranks[0]["top"], ranks[1]["top"])  # identical on every rank
 
 
+@pytest.mark.slow
 def test_jax_four_devices_equal_one(tmp_path):
     pytest.importorskip("jax")
     out = _run([sys.executable, str(ROOT / "tests" / "_distributed_jax.py")],

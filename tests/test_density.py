@@ -102,6 +102,7 @@ def test_batched_operator_gives_per_sample_densities(backend):
     np.testing.assert_allclose(got, [np.mean(np.linalg.eigvalsh(a) ** 2) for a in A], rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_dataset_hessian_and_jacobian(autodiff_backend):
     b = autodiff_backend
     from _models import ParamMLP, mlp_weights

@@ -20,6 +20,7 @@ _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 PAGES = {"tensorflow": "docs/tutorials/tensorflow.md", "torch": "docs/tutorials/torch.md"}
 
 
+@pytest.mark.slow
 def test_tutorials_and_demo_run_quietly(autodiff_backend, tmp_path):
     if autodiff_backend not in PAGES:
         pytest.skip("checked for torch and tensorflow")

@@ -32,9 +32,12 @@ def _blocks(page: str) -> list[str]:
 
 
 CASES = [(page, i) for page in PAGES for i in range(len(_blocks(page)))]
+SLOW_PAGES = ("tutorials/curvature.md", "tutorials/slope.md")  # training runs, datasets
 
 
-@pytest.mark.parametrize(("page", "index"), CASES, ids=[f"{p}#{i}" for p, i in CASES])
+@pytest.mark.parametrize(("page", "index"), [
+    pytest.param(p, i, id=f"{p}#{i}", marks=[pytest.mark.slow] if p in SLOW_PAGES else [])
+    for p, i in CASES])
 def test_tutorial_block_runs(autodiff_backend, page, index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # figures saved by the examples land here
     code = _blocks(page)[index]
