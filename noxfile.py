@@ -20,7 +20,7 @@ from pip are bridged here:
   (``find-links``, index URLs, constraint files, from ``pip config list``) to uv, so
   that both install the same wheels, e.g. a local CPU build of torch that pip finds
   through ``find-links``.
-- uv does not compile bytecode at install time. The test sessions let Python write it
+- uv does not compile bytecode at install time. The sessions let Python write it
   on first import (into the environment's own ``pycache`` folder, never beside the
   sources), so only the modules the tests import are compiled, once, even where the
   caller set ``PYTHONDONTWRITEBYTECODE``.
@@ -78,19 +78,14 @@ def _pip_index_settings() -> list[str]:
 
 
 def _install(session: nox.Session, *args: str) -> None:
-    """``session.install`` with pip's index settings when uv installs."""
+    """``session.install``; where uv installs, with pip's index settings, and with
+    bytecode cached on first import, inside the environment (uv compiles none: without
+    a cache every process, xdist workers included, would recompile all it imports)."""
     if session.venv_backend == "uv":
         args = (*_pip_index_settings(), *args)
-    session.install(*args)
-
-
-def _bytecode_on_import(session: nox.Session) -> None:
-    """Let Python cache bytecode on first import, inside the environment (uv installs
-    none; without a cache every process, xdist workers included, recompiles all it
-    imports)."""
-    if session.venv_backend == "uv":
         session.env["PYTHONDONTWRITEBYTECODE"] = ""
         session.env["PYTHONPYCACHEPREFIX"] = str(Path(session.virtualenv.location) / "pycache")
+    session.install(*args)
 
 
 @nox.session
@@ -99,7 +94,6 @@ def tests(session: nox.Session, backend: str) -> None:
     """Test suite for one backend (JACSPEC_TEST_BACKENDS=<backend>)."""
     # One resolver run: the pins in requirements.txt constrain everything else.
     _install(session, *_requirements(backend), "-e", ".[test]")
-    _bytecode_on_import(session)
     session.env["JACSPEC_TEST_BACKENDS"] = backend
     if backend == "jax":
         # Eager JAX compiles each new shape; fewer hypothesis examples keep CI in budget.
