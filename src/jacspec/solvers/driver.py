@@ -247,8 +247,10 @@ def _cycles(ctx: Context, alg: Krylov, s: KrylovState, n: int, which: str
         c = decompose(ctx, alg.step, c._replace(j=keep), jmax - keep, alg.per_step)
         return _restart(ctx, alg, c, keep, which)._replace(j=None)
 
-    out = ctx.loop(body, s._replace(j=None), n, (jmax - keep) * alg.per_step)
-    ctx.seed = seed
+    try:
+        out = ctx.loop(body, s._replace(j=None), n, (jmax - keep) * alg.per_step)
+    finally:
+        ctx.seed = seed
     return out._replace(j=keep)
 
 
