@@ -575,6 +575,26 @@ def test_jax_jit_program_does_not_grow_with_the_budget(backend):
     assert size(400) <= size(40) + 5
 
 
+def test_jax_jit_breakdowns_inside_restart_cycles(backend):
+    """Rank 3 with a basis of 6: every cycle of a traced budget breaks down and draws
+    restart directions (salted per cycle); GKL and Lanczos still give the dense values."""
+    if backend != "jax":
+        pytest.skip("jax.jit only")
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((20, 3)) @ rng.standard_normal((3, 15))
+    Aj, Sj = jnp.asarray(A), jnp.asarray(A.T @ A)
+    sv = jax.jit(lambda z: js.svds(js.jacobian(lambda y: Aj @ y, z), k=2, method="lanczos",
+                                   ncv=6, maxiter=70).values)(jnp.ones(15))
+    ev = jax.jit(lambda z: js.eigsh(js.hessian(lambda y: 0.5 * y @ Sj @ y, z), k=2,
+                                    method="lanczos", ncv=6, maxiter=50).values)(jnp.ones(15))
+    ref = np.linalg.svd(A, compute_uv=False)[:2]
+    np.testing.assert_allclose(np.asarray(sv), ref, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(ev), ref**2, rtol=1e-10)
+
+
 def test_large_batch_screens(backend):
     """A batch larger than the probe set of the eager convergence screens
     (``driver.PROBES``), with samples that break down (the zero map, rank one) beside
