@@ -26,6 +26,7 @@ import numpy as np
 from .. import validate as V
 from ..backends import Backend, backend_of
 from .context import Context
+from .driver import GKL, LANCZOS, min_products
 from .krylov import decompose, gkl_step, init, lanczos_step
 from .ritz import gkl_matrix, lanczos_matrix
 
@@ -211,7 +212,7 @@ def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind:
         for v in _probes(ctx, probes):
             runs.append(quadrature(v))
             if ctx.staged:  # a compiled piece counts on a copy: count what plain steps do
-                ctx.count += steps if kind == "eig" else 2 * steps - (steps >= ctx.n_in)
+                ctx.count += min_products(LANCZOS if kind == "eig" else GKL, steps, ctx.n_in)
     xp = ctx.xp
     nodes = xp.stack([r[0] for r in runs], axis=1)  # (B, P, S)
     weights = xp.stack([r[1] for r in runs], axis=1)
