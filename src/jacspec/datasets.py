@@ -230,8 +230,8 @@ def _naming(what: str) -> Iterator[None]:
 
 
 def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
-           distributed: bool = False, group: Any = None, progress: bool = False
-           ) -> DatasetOperator:
+           distributed: bool = False, group: Any = None, progress: bool = False,
+           hvp: str = "auto") -> DatasetOperator:
     """Validate, differentiate the first batch once (a non-scalar loss fails here, before
     any product), and wrap the adapter's per-batch product: the Hessian of ``f`` when
     ``loss`` is None, else the GGN of ``loss`` after ``f``."""
@@ -244,8 +244,8 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
     first = summary.first
     if loss is None:
         with _naming("f(params, batch)"):
-            lin = backend.linearize_gradient(lambda p: f(p, first), params, batched=False)
-        product = backend.batch_hessian_product(f, params)
+            lin = backend.gradient_oracle(lambda p: f(p, first), params, batched=False)
+        product = backend.batch_product(f, params, hvp=hvp)
     else:
         if not (isinstance(first, (tuple, list)) and len(first) == 2):
             raise ValueError(

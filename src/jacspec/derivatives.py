@@ -145,6 +145,7 @@ def hessian(
     distributed: bool = False,
     group: Any = None,
     progress: bool = False,
+    hvp: str = "auto",
 ) -> LinearOperator:
     """The Hessian of scalar ``f`` at ``x`` as a symmetric matrix-free operator.
 
@@ -179,6 +180,20 @@ def hessian(
         With ``distributed=True`` in torch: the process group (default: the world).
     progress : bool
         With ``data``: a progress bar over the batches of each product (tqdm).
+    hvp : {"auto", "autodiff", "finite_difference"}
+        How Hessian-vector products are formed. ``"autodiff"``: exactly, by the
+        framework's fastest route (torch: a second backward pass through a gradient
+        graph built once; JAX: forward-over-reverse, else reverse-over-reverse;
+        TensorFlow: reverse-over-reverse), with the math kernel of fused attention
+        for the product's duration; an operation with no second derivative raises.
+        ``"auto"``: the same, falling back to finite differences (with a
+        ``RuntimeWarning``) where an operation has no second derivative.
+        ``"finite_difference"``: central differences of two gradients,
+        ``(g(x + t v) - g(x - t v)) / 2t`` with ``t = eps**(1/3) (1 + |x|) / |v|`` for the
+        dtype's ``eps``: no second derivative needed (custom kernels, models whose
+        gradients come from hooks, sharded setups); relative error about
+        ``sqrt(eps)`` (float32: ~1e-4 to 1e-3, float64: ~1e-8 or better) and no better
+        than the gradients themselves; products carry no gradient.
 
     Returns
     -------
@@ -191,7 +206,8 @@ def hessian(
         If ``data`` is a one-shot generator or iterator.
     ValueError
         If ``f`` returns a non-scalar, ``data`` is empty or its batches change
-        structure, or ``data`` comes with ``batched=True``.
+        structure, ``data`` comes with ``batched=True``, or ``hvp`` is not a route's
+        name.
 
     Examples
     --------
@@ -212,7 +228,12 @@ def hessian(
     >>> H = js.hessian(batch_loss, dict(model.named_parameters()), data=data)
     >>> bool(js.eigsh(H, k=1).values[0] > 0)
     True
+    >>> Hfd = js.hessian(lambda x: (x**3).sum(), torch.tensor([1.0, 2.0]),
+    ...                  hvp="finite_difference")
+    >>> torch.allclose(js.dense(Hfd), torch.tensor([[6.0, 0.0], [0.0, 12.0]]), rtol=1e-3)
+    True
     """
+    check_hvp(hvp)
     if data is not None:
         from .datasets import dataset_hessian
 
@@ -222,7 +243,7 @@ def hessian(
                 "the mean loss over all samples. Received batched=True."
             )
         return dataset_hessian(f, x, data, distributed=distributed, group=group,
-                               progress=progress)
+                               progress=progress, hvp=hvp)
     if distributed or group is not None or progress:
         raise ValueError(
             "Expected distributed, group and progress only with data= (dataset "
@@ -230,5 +251,17 @@ def hessian(
         )
     _check_callable(f)
     backend, x = _point(x)
-    lin = backend.linearize_gradient(f, x, batched=bool(batched))
+    lin = backend.hessian_linearization(f, x, batched=bool(batched), hvp=hvp)
     return LinearizationOperator(lin, x, backend, kind="hessian")
+
+
+HVP_ROUTES = ("auto", "autodiff", "finite_difference")
+
+
+def check_hvp(hvp: Any) -> None:
+    """``hvp`` names a route of Hessian products."""
+    if not isinstance(hvp, str) or hvp not in HVP_ROUTES:
+        raise ValueError(
+            "Expected hvp to be one of 'auto', 'autodiff', 'finite_difference'. "
+            f"Received {hvp!r}."
+        )

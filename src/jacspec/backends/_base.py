@@ -286,6 +286,50 @@ class Backend:
         """Hessian of scalar ``f`` at ``x``, an array or a parameter collection."""
         raise TypeError(self._no_autodiff_message())
 
+    # -- how Hessian products are formed (js.hessian(..., hvp=)) ----------------------
+    def missing_derivative(self, err: BaseException) -> bool:
+        """Whether ``err`` (raised by a product) says that an operation of the model has
+        no derivative of the order the product needs (a fused kernel without double
+        backward, a custom gradient without forward mode). ``hvp="auto"`` then falls
+        back to finite differences; ``hvp="autodiff"`` lets ``err`` through. Default:
+        never."""
+        return False
+
+    def second_order_kernels(self) -> contextlib.AbstractContextManager[Any]:
+        """Context in which the framework's kernels have the derivatives a product needs
+        beyond one backward pass (torch: the math kernel of
+        ``scaled_dot_product_attention``, whose flash and memory-efficient kernels have
+        no second derivative). The user's own kernel choice is back when it exits.
+        Default: no change."""
+        return contextlib.nullcontext()
+
+    def gradient_oracle(self, f: Callable, x: Any, *, batched: bool) -> GradientOracle:
+        """The gradient of ``sum f`` at shifted points ``x + d`` (see
+        :class:`GradientOracle`): what finite-difference Hessian products need, one
+        backward pass each and no second derivative."""
+        raise TypeError(self._no_autodiff_message())
+
+    def hessian_linearization(self, f: Callable, x: Any, *, batched: bool,
+                              hvp: str = "auto") -> Linearization:
+        """The Hessian of ``f`` at ``x`` by the route ``hvp`` names: ``"autodiff"`` the
+        adapter's exact route (:meth:`linearize_gradient`), ``"finite_difference"``
+        central differences of gradients, ``"auto"`` the exact route, falling back to
+        finite differences (with a warning) where the model's operations have no second
+        derivative (:meth:`missing_derivative`)."""
+        if hvp == "finite_difference":
+            return finite_difference_hessian(self, self.gradient_oracle(f, x, batched=batched))
+        try:
+            lin = self.linearize_gradient(f, x, batched=batched)
+        except Exception as err:
+            if hvp != "auto" or not self.missing_derivative(err):
+                raise
+            _warn_fallback(err)
+            return finite_difference_hessian(self, self.gradient_oracle(f, x, batched=batched))
+        if hvp != "auto":
+            return lin
+        return _falling_back(self, lin, lambda: finite_difference_hessian(
+            self, self.gradient_oracle(f, x, batched=batched)))
+
     def is_param_collection(self, x: Any) -> bool:
         """Whether ``x`` is a collection of parameters (list/tuple/dict of arrays...)."""
         if isinstance(x, dict):
@@ -311,6 +355,35 @@ class Backend:
     # processes. The core (jacspec.datasets) iterates, weights, sums and validates; an
     # adapter supplies the product of one batch and, for distributed=True, the collective.
     # ==================================================================================
+    def batch_product(self, f: Callable, params: Any, *, hvp: str = "auto"
+                      ) -> Callable[[Any, Array], Array]:
+        """The per-batch Hessian product of a dataset operator by the route ``hvp`` (see
+        :meth:`hessian_linearization`): the adapter's :meth:`batch_hessian_product`, or
+        central differences of per-batch gradients."""
+
+        def finite(batch: Any, V: Array) -> Array:
+            oracle = self.gradient_oracle(lambda p: f(p, batch), params, batched=False)
+            return finite_difference_hessian(self, oracle).mm(V, False)
+
+        if hvp == "finite_difference":
+            return finite
+        exact = self.batch_hessian_product(f, params)
+        if hvp != "auto":
+            return exact
+        route: list[Callable[[Any, Array], Array]] = [exact]
+
+        def prod(batch: Any, V: Array) -> Array:
+            try:
+                return route[0](batch, V)
+            except Exception as err:
+                if route[0] is finite or not self.missing_derivative(err):
+                    raise
+                _warn_fallback(err)
+                route[0] = finite
+                return finite(batch, V)
+
+        return prod
+
     def batch_hessian_product(self, f: Callable, params: Any) -> Callable[[Any, Array], Array]:
         """``prod(batch, V)``: the Hessian of ``p -> f(p, batch)`` at ``params`` times a
         flat block ``V`` ``(n, k)``, without gradient.
@@ -367,6 +440,102 @@ class Backend:
         )
 
 
+@dataclass
+class GradientOracle:
+    """Gradients of ``sum f`` at points shifted from ``x``, flat.
+
+    Attributes
+    ----------
+    y : array
+        ``f(x)``.
+    n : int
+        The flattened size of ``x`` (per sample when batched).
+    batch_shape : tuple
+        ``(B,)`` for per-sample gradients, else ``()``.
+    point_norm : array
+        The norm of ``x``, shape ``batch_shape`` (the scale of a finite-difference step).
+    grad : callable
+        ``grad(d)``: the gradient at ``x + d`` for a flat ``d`` ``batch_shape + (n,)``,
+        flat like ``d``; the user's arrays are as they were afterwards.
+    """
+
+    y: Array
+    n: int
+    batch_shape: tuple[int, ...]
+    point_norm: Array
+    grad: Callable[[Array], Array]
+
+
+#: The relative step of central differences, ``eps ** (1/3)`` of the dtype: it balances
+#: the truncation error (``~ step**2``) against rounding (``~ eps / step``).
+def _fd_step(dtype_name: str) -> float:
+    eps = {"float64": 2.0**-52, "float32": 2.0**-23, "bfloat16": 2.0**-7,
+           "float16": 2.0**-10}.get(dtype_name, 2.0**-23)
+    return eps ** (1.0 / 3.0)
+
+
+def finite_difference_hessian(backend: Backend, oracle: GradientOracle) -> Linearization:
+    """Hessian products by central differences of gradients.
+
+    ``H v ~ (g(x + t v) - g(x - t v)) / (2 t)`` with ``t = eps**(1/3) (1 + |x|) / |v|``:
+    two backward passes per vector and no second derivative. The relative error is
+    about ``sqrt(eps)`` (float32: ~1e-4 to 1e-3, float64: ~1e-8 or better; less where
+    third derivatives are small). Products carry no gradient.
+    """
+    y, n, bshape = oracle.y, oracle.n, oracle.batch_shape
+    xp = backend.xp
+    c = _fd_step(backend.dtype_name(y.dtype))
+
+    def hv(v: Array) -> Array:
+        vn = xp.linalg.vector_norm(v, axis=-1)
+        t = c * (1.0 + oracle.point_norm) / xp.where(vn > 0, vn, xp.ones_like(vn))
+        d = v * t[..., None]
+        return (oracle.grad(d) - oracle.grad(-d)) / (2.0 * t[..., None])
+
+    def mm(V: Array, grad: bool) -> Array:
+        return xp.stack([hv(V[..., j]) for j in range(V.shape[-1])], axis=-1)
+
+    return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm, mv=hv, rmv=hv)
+
+
+def _warn_fallback(err: BaseException) -> None:
+    import warnings
+
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    warnings.warn(
+        "The model has an operation without a second derivative "
+        f"({first}); Hessian products use central differences of gradients "
+        "(accuracy about sqrt(eps) relative). Pass hvp='autodiff' to raise instead, or "
+        "hvp='finite_difference' to choose this route.", RuntimeWarning, stacklevel=4)
+
+
+def _falling_back(backend: Backend, lin: Linearization,
+                  make: Callable[[], Linearization]) -> Linearization:
+    """``lin`` whose products switch, once and for good, to ``make()``'s where one fails
+    for lack of a derivative (:meth:`Backend.missing_derivative`)."""
+    route: list[Linearization] = [lin]
+
+    def switched(name: str) -> Callable[..., Array]:
+        def call(*args: Any) -> Array:
+            if route[0] is lin:
+                try:
+                    return getattr(lin, name)(*args)
+                except Exception as err:
+                    if not backend.missing_derivative(err):
+                        raise
+                    _warn_fallback(err)
+                    route[0] = make()
+            return getattr(route[0], name)(*args)
+
+        return call
+
+    return Linearization(y=lin.y, n=lin.n, m=lin.m, batch_shape=lin.batch_shape,
+                         mm=switched("mm"), rmm=switched("mm"),
+                         mv=switched("mv") if lin.mv is not None else None,
+                         rmv=switched("mv") if lin.mv is not None else None,
+                         key=lin.key, state=lin.state, rebuild=lin.rebuild)
+
+
 @contextlib.contextmanager
 def nullcontext() -> Iterator[None]:
     yield
@@ -397,6 +566,17 @@ def check_output(backend: Backend, y: Any, x_batch: int | None, *, what: str) ->
             )
     if not backend.is_traced(y) and not backend.all_finite(y):
         raise FloatingPointError(f"{what} returned NaN or Inf at the given point.")
+
+
+def check_scalar_output(y_shape: tuple[int, ...], bshape: tuple[int, ...]) -> None:
+    """A Hessian's ``f`` returns a scalar (one per sample when batched, ``bshape == (B,)``)."""
+    size = int(math.prod(y_shape))
+    if tuple(y_shape) != bshape and not (not bshape and size == 1):
+        raise ValueError(
+            "Expected f to return a scalar"
+            + (" per sample, shape (B,)" if bshape else "")
+            + f" for a Hessian. Received output shape {tuple(y_shape)}."
+        )
 
 
 def check_input(backend: Backend, x: Any, *, batched: bool, what: str = "x") -> None:

@@ -23,7 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._base import Backend, Linearization, check_input, check_output
+from ._base import (
+    Backend,
+    GradientOracle,
+    Linearization,
+    check_input,
+    check_output,
+    check_scalar_output,
+)
 
 # An eager computation (a linearization, a solver's piece) runs compiled from the
 # COMPILE_AFTER-th time its configuration is seen. From the first: op by op, eager JAX
@@ -280,14 +287,9 @@ class JaxBackend(Backend):
         y = fun(x0)
         bshape = (int(x0.shape[0]),) if batched else ()
         check_output(self, y, bshape[0] if batched else None, what="f")
-        if tuple(y.shape) != bshape and not (not batched and y.size == 1):
-            raise ValueError(
-                "Expected f to return a scalar"
-                + (" per sample, shape (B,)" if batched else "")
-                + f" for a Hessian. Received output shape {tuple(y.shape)}."
-            )
+        check_scalar_output(tuple(y.shape), bshape)
         grad_fn = jax.grad(lambda t: jnp.sum(fun(t)))
-        _, hvp_fn = jax.linearize(grad_fn, x0)
+        hvp_fn = _hvp_function(grad_fn, x0)
         n = self.sizes(tuple(x0.shape)[len(bshape):])
 
         def mm(V, grad):
@@ -333,6 +335,31 @@ class JaxBackend(Backend):
         check_output(self, y, bshape[0] if batched else None, what="f")
         return fun, key, program.linearization(y, (lin_fn,))
 
+    def missing_derivative(self, err):
+        """A custom derivative without the mode a product needs, or a primitive without
+        a differentiation rule."""
+        text = str(err)
+        return isinstance(err, (TypeError, NotImplementedError, ValueError)) and (
+            "custom_vjp" in text or "Differentiation rule" in text
+            or "can't apply forward-mode" in text)
+
+    def gradient_oracle(self, f, x, *, batched):
+        """``jax.grad`` of ``sum f`` at ``x + d``, one compiled program per operator."""
+        x0, fun = self._flat_point(f, x, batched=batched)
+        y = fun(x0)
+        bshape = (int(x0.shape[0]),) if batched else ()
+        check_output(self, y, bshape[0] if batched else None, what="f")
+        check_scalar_output(tuple(y.shape), bshape)
+        n = self.sizes(tuple(x0.shape)[len(bshape):])
+        grad_fn = jax.jit(jax.grad(lambda t: jnp.sum(fun(t))))
+        sq = jnp.sum(jnp.square(x0.astype(jnp.float32)).reshape(bshape + (-1,)), axis=-1)
+
+        def grad(d):
+            return grad_fn(x0 + d.reshape(x0.shape).astype(x0.dtype)).reshape(bshape + (n,))
+
+        return GradientOracle(y=y, n=n, batch_shape=bshape,
+                              point_norm=jnp.sqrt(sq).astype(y.dtype), grad=grad)
+
     def should_compile(self, key: Hashable) -> bool:
         """From the ``COMPILE_AFTER``-th sighting of ``key`` on."""
         return _sighting(key) >= COMPILE_AFTER
@@ -357,7 +384,7 @@ class JaxBackend(Backend):
         @jax.jit
         def prod(theta, batch, V):
             g = jax.grad(lambda t: jnp.sum(f(unravel(t), batch)))
-            return _cols_vmap(lambda v: jax.jvp(g, (theta,), (v,))[1], V)
+            return _cols_vmap(_hvp_function(g, theta), V)
 
         return _with_batch_placement(prod, theta0)
 
@@ -435,6 +462,24 @@ class JaxBackend(Backend):
                                tuple(input_hw))
 
 
+def _hvp_function(grad_fn, x0):
+    """``v -> H v`` at ``x0``: forward-over-reverse (``jax.linearize`` of the gradient,
+    one linearization reused by every product); where the model has a custom
+    derivative without forward mode (``jax.custom_vjp``), reverse-over-reverse (the VJP
+    of the gradient, the Hessian being symmetric)."""
+    try:
+        return jax.linearize(grad_fn, x0)[1]
+    except TypeError as err:
+        if "custom_vjp" not in str(err) and "forward-mode" not in str(err):
+            raise
+    _, vjp_fn = jax.vjp(grad_fn, x0)
+    return jax.tree_util.Partial(_first_cotangent, vjp_fn)
+
+
+def _first_cotangent(vjp_fn, v):
+    return vjp_fn(v)[0]
+
+
 def _call(jaxpr, out_tree, consts, x):
     """A traced function again, from its jaxpr, the arrays it closed over given."""
     return jax.tree_util.tree_unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, consts, x))
@@ -458,7 +503,7 @@ class _Program:
         def lin(consts, x):
             if kind == "hessian":
                 grad_fn = jax.grad(lambda t: jnp.sum(fun(consts, t)))
-                return fun(consts, x), jax.linearize(grad_fn, x)[1]
+                return fun(consts, x), _hvp_function(grad_fn, x)
             return jax.linearize(lambda t: fun(consts, t), x)
 
         def mm(jvp_fn, V, grad):

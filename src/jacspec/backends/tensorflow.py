@@ -22,7 +22,15 @@ import numpy as np
 import tensorflow as tf
 
 from . import _tf_namespace
-from ._base import Backend, Linearization, check_input, check_output, find_closure_objects
+from ._base import (
+    Backend,
+    GradientOracle,
+    Linearization,
+    check_input,
+    check_output,
+    check_scalar_output,
+    find_closure_objects,
+)
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -153,6 +161,19 @@ class _Layout:
     def join(self, rs: list[tf.Tensor]) -> tf.Tensor:
         cols = [_as_shape(r, self.bshape + (size,)) for r, size in zip(rs, self.sizes)]
         return cols[0] if len(cols) == 1 else tf.concat(cols, axis=-1)
+
+
+def _with_leaves(x: Any, shifted: list) -> Any:
+    """``x``'s structure holding ``shifted``; variables stay the objects passed (Keras
+    variables included), having been shifted in place."""
+    items = list(x.values()) if isinstance(x, dict) else (
+        list(x) if isinstance(x, (list, tuple)) else [x])
+    out = [orig if isinstance(new, tf.Variable) else new for orig, new in zip(items, shifted)]
+    if isinstance(x, dict):
+        return dict(zip(x.keys(), out))
+    if isinstance(x, (list, tuple)):
+        return type(x)(out)
+    return out[0]
 
 
 class TensorflowBackend(Backend):
@@ -347,12 +368,7 @@ class TensorflowBackend(Backend):
         with outer:  # resumes recording: the gradient below is differentiated again
             bshape = (int(x.shape[0]),) if batched else ()
             check_output(self, y, bshape[0] if batched else None, what="f")
-            if tuple(y.shape) != bshape and not (not batched and int(tf.size(y)) == 1):
-                raise ValueError(
-                    "Expected f to return a scalar"
-                    + (" per sample, shape (B,)" if batched else "")
-                    + f" for a Hessian. Received output shape {tuple(y.shape)}."
-                )
+            check_scalar_output(tuple(y.shape), bshape)
             grads = inner.gradient(y_sum, leaves, unconnected_gradients=_ZERO)
         lay = _Layout(leaves, bshape)
 
@@ -366,6 +382,53 @@ class TensorflowBackend(Backend):
             return out if grad else tf.stop_gradient(out)
 
         return Linearization(y=y, n=lay.n, m=lay.n, batch_shape=bshape, mm=mm, rmm=mm)
+
+    # -- routes of Hessian products (hvp=) --------------------------------------------
+    def missing_derivative(self, err):
+        text = str(err)
+        return isinstance(err, (LookupError, NotImplementedError, ValueError)) and (
+            "No gradient defined" in text or "gradient registry has no entry" in text)
+
+    def gradient_oracle(self, f, x, *, batched):
+        """Gradients at ``x + d``: tensors are shifted copies; variables (which ``f``
+        reads itself) are shifted in place for the one gradient and given their exact
+        old values back."""
+        leaves = self._point(x, batched=batched)
+        y = run_without_side_effects(f, lambda: f(x))
+        bshape = (int(x.shape[0]),) if batched else ()
+        check_output(self, y, bshape[0] if batched else None, what="f")
+        check_scalar_output(tuple(y.shape), bshape)
+        lay = _Layout(leaves, bshape)
+        sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(tf.cast(v, tf.float32)),
+                                                bshape + (-1,)), axis=-1) for v in leaves])
+        point_norm = tf.cast(tf.sqrt(sq), y.dtype)
+
+        def grad(d):
+            saved, shifted = [], []
+            for leaf, part in zip(leaves, lay.split(d)):
+                if isinstance(leaf, tf.Variable):
+                    saved.append((leaf, tf.identity(leaf)))
+                    leaf.assign_add(tf.cast(part, leaf.dtype))
+                    shifted.append(leaf)
+                else:
+                    shifted.append(tf.convert_to_tensor(leaf) + tf.cast(part, leaf.dtype))
+            arg = _with_leaves(x, shifted)
+
+            def record():
+                with tf.GradientTape() as tape:
+                    tape.watch(shifted)
+                    total = tf.reduce_sum(f(arg))
+                return tape.gradient(total, shifted, unconnected_gradients=_ZERO)
+
+            try:
+                gs = run_without_side_effects(f, record)
+            finally:
+                for var, value in saved:
+                    var.assign(value)
+            return lay.join(gs)
+
+        return GradientOracle(y=y, n=lay.n, batch_shape=bshape, point_norm=point_norm,
+                              grad=grad)
 
     # -- convolutions (js.conv) ------------------------------------------------------
     def conv2d(self, x, w, *, stride, pads):

@@ -11,6 +11,14 @@ tensors it writes in place (BatchNorm running statistics), modules' train/eval m
 Inside ``torch.inference_mode()`` or ``torch.no_grad()`` the forward pass and the products
 still record what autograd needs, so results are those outside.
 
+Fused attention: the forward passes that products differentiate twice (or carry
+forward-mode tangents through) run with the math kernel of
+``scaled_dot_product_attention``, whose flash and memory-efficient kernels have no
+second derivative and no forward mode on CPU; the user's kernel choice is back
+afterwards. A GGN product is one forward pass carrying a forward-mode tangent plus one
+backward pass (no graph of a graph). ``hvp="finite_difference"`` differences two
+gradients taken with the user's own kernels.
+
 GPU: install a CUDA build of torch (see ``backends/torch/README.md``); every product runs on
 the device of ``x``.
 """
@@ -27,8 +35,24 @@ import array_api_compat.torch as xp_torch
 import numpy as np
 import torch
 
-from ._base import Backend, Linearization, check_input, check_output
+from ._base import (
+    Backend,
+    GradientOracle,
+    Linearization,
+    check_input,
+    check_output,
+    check_scalar_output,
+)
 from ._torch_state import state_guard
+
+# What torch says when an operation lacks the derivative a product needs: the flash and
+# memory-efficient attention kernels have no double backward and no forward mode.
+_MISSING_DERIVATIVE = (
+    "is not implemented",
+    "does not support it because it has not been implemented",
+    "forward AD is not implemented",
+    "marked with @once_differentiable",
+)
 
 
 def _outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
@@ -178,6 +202,34 @@ def _retry_freed(run: Callable[[], Any], rebuild: Callable[[], None]) -> Any:
         return run()
 
 
+def _missing_derivative(err: BaseException) -> bool:
+    return isinstance(err, (RuntimeError, NotImplementedError)) and any(
+        m in str(err) for m in _MISSING_DERIVATIVE)
+
+
+def _math_kernels() -> contextlib.AbstractContextManager[Any]:
+    """The math kernel of ``scaled_dot_product_attention`` (composite, so it has every
+    derivative) for the duration of the context; the caller's choice afterwards.
+
+    Every forward pass whose graph a product differentiates twice (a JVP formed by
+    double backward, a Hessian product, a gradient taken through a product's result)
+    or carries forward-mode tangents through runs inside it: the flash and
+    memory-efficient kernels have neither. Gradients alone (finite differences) keep
+    the user's kernels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _with_leaves(x: Any, leaves: list) -> Any:
+    """The argument ``f`` takes, of ``x``'s structure, holding ``leaves``."""
+    if isinstance(x, torch.Tensor):
+        return leaves[0]
+    if isinstance(x, dict):
+        return dict(zip(x.keys(), leaves))
+    return type(x)(leaves) if isinstance(x, (list, tuple)) else leaves
+
+
 def _grad(outputs, inputs, grad_outputs, *, create_graph: bool, batched: bool):
     return torch.autograd.grad(
         outputs,
@@ -232,6 +284,44 @@ class _SolverNamespace:
 
 
 _SOLVER_XP = _SolverNamespace()
+
+
+def _loss_hessian_product(loss: Callable) -> Callable:
+    """``(z, u, targets) -> H u`` for ``H`` the Hessian of ``loss(., targets)`` at the
+    outputs ``z``: closed form for softmax cross-entropy with class-index targets and
+    for the squared error (``F.cross_entropy``, ``F.mse_loss`` and their modules with
+    default options), else a double backward through the loss alone (small: it acts on
+    the outputs only)."""
+    F = torch.nn.functional
+    kind = None
+    if loss is F.cross_entropy or (
+            isinstance(loss, torch.nn.CrossEntropyLoss) and loss.weight is None
+            and loss.reduction == "mean" and loss.label_smoothing == 0.0):
+        kind = "ce"
+    elif loss is F.mse_loss or (isinstance(loss, torch.nn.MSELoss)
+                                and loss.reduction == "mean"):
+        kind = "mse"
+    ignore = getattr(loss, "ignore_index", -100)
+
+    def autodiff(z, u, targets):
+        with _outside_inference_mode(), torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(loss(z, targets), z, create_graph=True)
+            (h,) = torch.autograd.grad(g, z, u, allow_unused=True)
+        return torch.zeros_like(u) if h is None else h
+
+    def closed(z, u, targets):
+        if kind == "mse" and z.shape == targets.shape:
+            return u * (2.0 / u.numel())
+        if kind == "ce" and not targets.is_floating_point() and z.ndim >= 2:
+            p = torch.softmax(z, dim=1)
+            keep = (targets != ignore).unsqueeze(1).to(z.dtype)
+            pu = p * u
+            hu = (pu - p * pu.sum(dim=1, keepdim=True)) * keep
+            return hu / keep.sum().clamp(min=1)
+        return autodiff(z, u, targets)
+
+    return closed if kind is not None else autodiff
 
 
 class TorchBackend(Backend):
@@ -354,7 +444,7 @@ class TorchBackend(Backend):
             # a result built on it (``js.spectral_norm(J).backward()``), autograd frees it;
             # the next product then runs this again (at the current parameter values).
             st.clear()
-            with _forward_mode(f):
+            with _forward_mode(f), _math_kernels():
                 st["y"] = f(arg)
 
         forward()
@@ -453,7 +543,7 @@ class TorchBackend(Backend):
         st: dict[str, Any] = {}
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
-            with _forward_mode(f):
+            with _forward_mode(f), _math_kernels():
                 y = f(arg)
             with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y
@@ -465,12 +555,7 @@ class TorchBackend(Backend):
         y = st["y"]
         bshape = (int(x.shape[0]),) if batched else ()
         check_output(self, y, bshape[0] if batched else None, what="f")
-        if tuple(y.shape) != bshape and not (not batched and y.numel() == 1):
-            raise ValueError(
-                "Expected f to return a scalar"
-                + (" per sample, shape (B,)" if batched else "")
-                + f" for a Hessian. Received output shape {tuple(y.shape)}."
-            )
+        check_scalar_output(tuple(y.shape), bshape)
         lay = _Layout(leaves, bshape)
         n = lay.n
         grads = st["grads"]
@@ -522,7 +607,7 @@ class TorchBackend(Backend):
         lay = _Layout(leaves, ())
 
         def prod(batch, V):
-            with _forward_mode(f):
+            with _forward_mode(f), _math_kernels():
                 y = f(arg, batch)
                 grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -539,6 +624,81 @@ class TorchBackend(Backend):
             return lay.join(res, V)[:, None] if k == 1 else lay.join_cols(res, k, V)
 
         return prod
+
+    def batch_ggn_product(self, f, loss, params):
+        """``J^T H J V`` of one batch, a column at a time: one forward pass carrying
+        the tangent ``J v`` (forward-mode AD) while it records the graph, the loss's
+        output Hessian on ``J v`` (closed form for the common losses, else autodiff of
+        the loss alone), and one backward pass — about a training step's memory, no
+        second derivative of the model. Where the model has no forward mode, the base
+        class's route (double backward)."""
+        _, leaves, arg = self._point(params, batched=False)
+        lay = _Layout(leaves, ())
+        loss_hvp = _loss_hessian_product(loss)
+        fallback: list = []
+
+        def column(inputs, targets, v):
+            import torch.autograd.forward_ad as fwad
+
+            with _forward_mode(f), _math_kernels(), fwad.dual_level():
+                duals = [fwad.make_dual(leaf, t) for leaf, t in zip(leaves, lay.split(v))]
+                z, zt = fwad.unpack_dual(f(_with_leaves(arg, duals), inputs))
+            if zt is None:
+                return torch.zeros_like(v)
+            hz = loss_hvp(z.detach(), zt.detach(), targets)
+            with _outside_inference_mode(), torch.enable_grad():
+                gs = torch.autograd.grad(z, leaves, hz, allow_unused=True)
+            return lay.join(gs, v)
+
+        def prod(batch, V):
+            if fallback:
+                return fallback[0](batch, V)
+            inputs, targets = batch
+            try:
+                cols = [column(inputs, targets, V[:, j]) for j in range(V.shape[-1])]
+            except (RuntimeError, NotImplementedError) as err:
+                if not _missing_derivative(err):
+                    raise
+                fallback.append(super(TorchBackend, self).batch_ggn_product(f, loss, params))
+                return fallback[0](batch, V)
+            return torch.stack(cols, dim=-1)
+
+        return prod
+
+    # -- routes of Hessian products (hvp=) --------------------------------------------
+    def missing_derivative(self, err):
+        return _missing_derivative(err)
+
+    def second_order_kernels(self):
+        return _math_kernels()
+
+    def gradient_oracle(self, f, x, *, batched):
+        """Gradients at ``x + d``: fresh leaves ``x + d`` (the user's tensors untouched),
+        one forward and one backward pass under the state guard, the user's kernels."""
+        values, _, arg = self._point(x, batched=batched)
+        bshape = (int(x.shape[0]),) if batched else ()
+        lay = _Layout(values, bshape)
+        with _forward_mode(f), torch.no_grad():
+            y = f(arg)
+        check_output(self, y, bshape[0] if batched else None, what="f")
+        check_scalar_output(tuple(y.shape), bshape)
+        with torch.no_grad():
+            sq = sum(torch.sum(torch.square(v.detach().float()).reshape(bshape + (-1,)),
+                               dim=-1) for v in values)
+            point_norm = torch.sqrt(sq).to(y.dtype)
+
+        def grad(d):
+            with _outside_inference_mode(), torch.no_grad():
+                pts = [(v.detach() + p).requires_grad_(True)
+                       for v, p in zip(values, lay.split(d))]
+            with _forward_mode(f):
+                out = f(_with_leaves(arg, pts))
+                gs = (torch.autograd.grad(out.sum(), pts, allow_unused=True)
+                      if out.requires_grad else [None] * len(pts))
+            return lay.join(gs, d)
+
+        return GradientOracle(y=y.detach(), n=lay.n, batch_shape=bshape,
+                              point_norm=point_norm, grad=grad)
 
     # -- products summed across processes (distributed=True) --------------------------
     def _check_distributed(self) -> Any:

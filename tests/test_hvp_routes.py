@@ -1,0 +1,175 @@
+"""Routes of Hessian products (``js.hessian(..., hvp=)``) against the framework's own
+dense Hessians: exact routes to rounding, central differences to about sqrt(eps), a
+fallback where an operation has no second derivative, and the bad names."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import jacspec as js
+from _helpers import from_numpy, to_numpy
+from _models import ParamMLP, mlp_weights, reference_hessian
+
+# central differences: about sqrt(eps) relative to the largest entry
+FD_TOL = {"float32": 3e-3, "float64": 1e-6}
+EXACT_TOL = {"float32": 1e-5, "float64": 1e-12}
+
+
+def _np(a):
+    return np.asarray(to_numpy(a.detach() if hasattr(a, "detach") else a), dtype=np.float64)
+
+
+def _cubic(b):
+    """A scalar function with nonzero third derivatives (what differences truncate)."""
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        return lambda x: tf.reduce_sum(tf.sin(x) ** 3) + x[0] * x[1] ** 2
+    mod = __import__("torch") if b == "torch" else __import__("jax.numpy").numpy
+    return lambda x: (mod.sin(x) ** 3).sum() + x[0] * x[1] ** 2
+
+
+def _rel(a, ref):
+    return np.abs(a - ref).max() / np.abs(ref).max()
+
+
+@pytest.mark.parametrize("hvp", ["auto", "autodiff", "finite_difference"])
+def test_routes_match_dense_hessian_of_array(autodiff_backend, dtype, hvp):
+    b = autodiff_backend
+    rng = np.random.default_rng(0)
+    x = from_numpy(rng.standard_normal(6), b, dtype)
+    f = _cubic(b)
+    ref = reference_hessian(b, f, x)
+    dense = _np(js.dense(js.hessian(f, x, hvp=hvp)))
+    tol = FD_TOL if hvp == "finite_difference" else EXACT_TOL
+    assert _rel(dense, ref) < tol[dtype]
+
+
+def test_finite_differences_on_parameters_and_data(autodiff_backend, dtype):
+    b = autodiff_backend
+    rng = np.random.default_rng(1)
+    net = ParamMLP(b, mlp_weights(rng, [3, 4, 2]), dtype, "tanh")
+    X = from_numpy(rng.standard_normal((5, 3)), b, dtype)
+    Y = from_numpy(rng.standard_normal((5, 2)), b, dtype)
+
+    def mse(out, t):
+        d = out - t
+        if b == "tensorflow":
+            import tensorflow as tf
+
+            return tf.reduce_mean(d * d)
+        return (d * d).mean()
+
+    ref = reference_hessian(b, lambda t: mse(net.apply_flat(t, X), Y), net.theta0)
+    H = js.hessian(lambda p: mse(net.apply(p, X), Y), net.params, hvp="finite_difference")
+    assert _rel(_np(js.dense(H)), ref) < FD_TOL[dtype]
+    data = [(X[:2], Y[:2]), (X[2:], Y[2:])]
+    Hd = js.hessian(lambda p, batch: mse(net.apply(p, batch[0]), batch[1]), net.params,
+                    data=data, hvp="finite_difference")
+    assert _rel(_np(js.dense(Hd)), ref) < FD_TOL[dtype]
+    # the user's parameters are as they were (variables are shifted and put back)
+    for leaf, orig in zip(net.leaves(net.params), _split(net, net.theta0)):
+        np.testing.assert_array_equal(_np(leaf), orig)
+
+
+def _split(net, theta):
+    flat, out, start = _np(theta), [], 0
+    for s in net.shapes:
+        size = int(np.prod(s))
+        out.append(flat[start:start + size].reshape(s))
+        start += size
+    return out
+
+
+def test_batched_finite_differences(autodiff_backend):
+    b = autodiff_backend
+    rng = np.random.default_rng(2)
+    X = from_numpy(rng.standard_normal((3, 4)), b, "float64")
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        f = lambda x: tf.reduce_sum(tf.sin(x) ** 3, axis=-1)  # noqa: E731
+    else:
+        f = lambda x: (x.sin() ** 3).sum(-1) if b == "torch" else (  # noqa: E731
+            __import__("jax.numpy").numpy.sin(x) ** 3).sum(-1)
+    Hb = _np(js.dense(js.hessian(f, X, batched=True, hvp="finite_difference")))
+    ref = _np(js.dense(js.hessian(f, X, batched=True, hvp="autodiff")))
+    assert Hb.shape == (3, 4, 4) and _rel(Hb, ref) < FD_TOL["float64"]
+
+
+@pytest.mark.parametrize("bad", ["exact", "FD", None, 1])
+def test_bad_route_is_a_value_error(autodiff_backend, bad):
+    x = from_numpy(np.ones(2), autodiff_backend, "float64")
+    with pytest.raises(ValueError, match="Expected hvp to be one of .* Received"):
+        js.hessian(_cubic(autodiff_backend), x, hvp=bad)
+
+
+# ------------------------------------------------------------ no second derivative
+
+
+def _torch_attention(kernel):
+    """``sum(attention(x, 2x, 3x)**2)`` through the kernel chosen inside ``f`` itself;
+    the flash kernel, pinned so, has no second derivative on CPU (and cannot be
+    swapped for the math kernel)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def f(x):
+        q = x.reshape(1, 1, 2, -1)
+        with sdpa_kernel([getattr(SDPBackend, kernel)]):
+            out = torch.nn.functional.scaled_dot_product_attention(q, q * 2, q * 3)
+        return (out**2).sum()
+
+    return f
+
+
+def test_torch_auto_falls_back_where_there_is_no_second_derivative():
+    torch = pytest.importorskip("torch")
+    f = _torch_attention("FLASH_ATTENTION")
+    x = torch.tensor([1.0, -2.0, 0.5, 0.3], dtype=torch.float64)
+    ref = reference_hessian("torch", _torch_attention("MATH"), x)
+    with pytest.warns(RuntimeWarning, match="central differences"):
+        dense = _np(js.dense(js.hessian(f, x)))
+    assert _rel(dense, ref) < FD_TOL["float64"]
+    with pytest.raises(RuntimeError):
+        js.dense(js.hessian(f, x, hvp="autodiff"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fd = _np(js.dense(js.hessian(f, x, hvp="finite_difference")))
+    assert _rel(fd, ref) < FD_TOL["float64"]
+
+
+def test_torch_auto_falls_back_on_dataset_products():
+    torch = pytest.importorskip("torch")
+    f = _torch_attention("FLASH_ATTENTION")
+    w = torch.tensor([1.0, -2.0, 0.5, 0.3], dtype=torch.float64)
+    data = [torch.ones(2, 4, dtype=torch.float64), 2 * torch.ones(1, 4, dtype=torch.float64)]
+
+    def loss(p, X):
+        return sum(f(p * x) for x in X) / X.shape[0]
+
+    with pytest.warns(RuntimeWarning):
+        dense = _np(js.dense(js.hessian(loss, w, data=data)))
+    twin = _torch_attention("MATH")
+    ref = reference_hessian("torch", lambda p: (2 * twin(p) + twin(2 * p)) / 3, w)
+    assert _rel(dense, ref) < FD_TOL["float64"]
+
+
+def test_jax_custom_vjp_uses_reverse_over_reverse_exactly():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def cube(x):
+        return x**3
+
+    cube.defvjp(lambda x: (x**3, x), lambda x, g: (3 * x**2 * g,))
+    x = jnp.array([1.0, -2.0, 0.5])
+    ref = np.diag(6 * np.asarray(x, dtype=np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exact: no fallback
+        dense = _np(js.dense(js.hessian(lambda t: cube(t).sum(), x, hvp="autodiff")))
+    assert _rel(dense, ref) < EXACT_TOL[str(x.dtype)]
