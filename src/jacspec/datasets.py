@@ -24,7 +24,7 @@ from typing import Any
 from ._progress import progress
 from .backends import Backend, backend_of
 from .derivatives import _check_callable, _point
-from .operators import LinearOperator
+from .operators import LinearOperator, half_eps, in_16_bits, solver_dtype
 
 __all__ = ["DatasetOperator", "dataset_hessian", "ggn"]
 
@@ -154,8 +154,12 @@ class DatasetOperator(LinearOperator):
         group: Any = None,
         progress: bool = False,
         name: str = "dataset",
+        solver_dtype: Any = None,
     ) -> None:
-        super().__init__((n, n), dtype=dtype, backend=backend, device=device)
+        super().__init__((n, n), dtype=dtype if solver_dtype is None else solver_dtype,
+                         backend=backend, device=device)
+        # products run in the model's dtype (16 bits included), sums in the operator's
+        self._model_dtype, self._product_eps = dtype, half_eps(backend, [dtype])
         self._product, self._data, self._summary = product, data, summary
         self._distributed, self._group = distributed, group
         self._progress, self._name = progress, name
@@ -185,7 +189,7 @@ class DatasetOperator(LinearOperator):
             for batch in self._batches():
                 size = batch_size(batch)
                 if size:
-                    part = self._product(batch, V) * (size / self.num_samples)
+                    part = self._batch_product(batch, V) * (size / self.num_samples)
                     if total is None:
                         total = part
                     else:  # in place where the framework allows (one vector less alive)
@@ -196,6 +200,12 @@ class DatasetOperator(LinearOperator):
         if self._distributed:
             total = self._backend.distributed_sum(total, group=self._group)
         return total if total.dtype == self.dtype else self.xp.astype(total, self.dtype)
+
+    def _batch_product(self, batch: Any, V: Array) -> Array:
+        if self._product_eps:
+            return in_16_bits(self.xp, lambda W: self._product(batch, W), V,
+                              self._model_dtype, self.dtype, axis=-2)
+        return self._product(batch, V)
 
 
 # ------------------------------------------------------------------------ public API
@@ -231,7 +241,7 @@ def _naming(what: str) -> Iterator[None]:
 
 def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
            distributed: bool = False, group: Any = None, progress: bool = False,
-           hvp: str = "auto") -> DatasetOperator:
+           hvp: str = "auto", dtype: Any = None) -> DatasetOperator:
     """Validate, differentiate the first batch once (a non-scalar loss fails here, before
     any product), and wrap the adapter's per-batch product: the Hessian of ``f`` when
     ``loss`` is None, else the GGN of ``loss`` after ``f``."""
@@ -261,7 +271,8 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
     return DatasetOperator(product, data, summary, n=lin.n, dtype=lin.y.dtype,
                            backend=backend, device=backend.device(lin.y),
                            distributed=distributed, group=group, progress=progress,
-                           name="hessian" if loss is None else "ggn")
+                           name="hessian" if loss is None else "ggn",
+                           solver_dtype=solver_dtype(backend, (lin.y.dtype,), dtype))
 
 
 def ggn(
@@ -273,6 +284,7 @@ def ggn(
     distributed: bool = False,
     group: Any = None,
     progress: bool = False,
+    dtype: Any = None,
 ) -> DatasetOperator:
     """The generalized Gauss–Newton matrix of the mean loss over a dataset.
 
@@ -283,6 +295,16 @@ def ggn(
     loss of the outputs (squared error, softmax cross-entropy) ``G`` is symmetric
     positive semidefinite; it equals the Hessian when the model is linear in its
     parameters. Every product streams ``data`` once: memory is that of one batch.
+
+    A product needs no second derivative of the model: per batch, one JVP of ``f``
+    (torch: a forward pass carrying forward-mode tangents; TensorFlow: a
+    ``tf.autodiff.ForwardAccumulator``; JAX: ``jax.linearize``), the loss's output
+    Hessian on it, and one VJP of ``f`` — about a training step's memory, and it works
+    on models whose kernels have no double backward (fused attention). The output
+    Hessian is in closed form for softmax cross-entropy with class-index targets and
+    the mean squared error (torch ``F.cross_entropy``, ``F.mse_loss`` and their modules
+    with default options), else autodiff of ``loss`` alone (a small graph on the
+    outputs).
 
     Parameters
     ----------
@@ -305,6 +327,9 @@ def ggn(
         torch: the process group of the all-reduce (default: the world).
     progress : bool
         Show a progress bar over the batches of each product (tqdm if installed).
+    dtype : dtype or str, optional
+        The dtype of the operator's vectors (float32 or float64): by default the
+        outputs' dtype, float32 for a 16-bit model (whose products run in 16 bits).
 
     Returns
     -------
@@ -333,4 +358,4 @@ def ggn(
     True
     """
     return _build(f, loss, params, data, distributed=distributed, group=group,
-                  progress=progress)
+                  progress=progress, dtype=dtype)

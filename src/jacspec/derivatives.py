@@ -66,7 +66,8 @@ def _check_callable(f: Any) -> None:
         raise TypeError(f"Expected f to be callable. Received {type(f).__name__}.")
 
 
-def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOperator:
+def jacobian(f: Callable, x: Any, *, batched: bool = False, dtype: Any = None
+             ) -> LinearizationOperator:
     """The Jacobian of ``f`` at ``x`` as a matrix-free operator.
 
     ``matvec`` is a Jacobian-vector product (forward mode) and ``rmatvec`` a
@@ -91,6 +92,10 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOper
         independently, and the result is the batched operator of the ``B`` per-sample
         Jacobians (``batch_shape == (B,)``), applied with one JVP/VJP over the batch.
         Arrays only (a collection with ``batched=True`` is a ``ValueError``).
+    dtype : dtype or str, optional
+        The dtype of the operator's vectors, which the solvers work in (float32 or
+        float64). Default: the wider of ``x``'s and ``f(x)``'s dtypes, or float32 for a
+        16-bit model (bfloat16 or float16), whose products still run in 16 bits.
 
     Returns
     -------
@@ -133,7 +138,7 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False) -> LinearizationOper
     _check_callable(f)
     backend, x = _point(x)
     lin = backend.linearize(f, x, batched=bool(batched))
-    return LinearizationOperator(lin, x, backend, kind="jacobian")
+    return LinearizationOperator(lin, x, backend, kind="jacobian", dtype=dtype)
 
 
 def hessian(
@@ -146,6 +151,7 @@ def hessian(
     group: Any = None,
     progress: bool = False,
     hvp: str = "auto",
+    dtype: Any = None,
 ) -> LinearOperator:
     """The Hessian of scalar ``f`` at ``x`` as a symmetric matrix-free operator.
 
@@ -194,6 +200,10 @@ def hessian(
         gradients come from hooks, sharded setups); relative error about
         ``sqrt(eps)`` (float32: ~1e-4 to 1e-3, float64: ~1e-8 or better) and no better
         than the gradients themselves; products carry no gradient.
+    dtype : dtype or str, optional
+        The dtype of the operator's vectors (float32 or float64), as for
+        :func:`jacobian`: float32 by default for a 16-bit model, whose products run
+        in 16 bits.
 
     Returns
     -------
@@ -243,7 +253,7 @@ def hessian(
                 "the mean loss over all samples. Received batched=True."
             )
         return dataset_hessian(f, x, data, distributed=distributed, group=group,
-                               progress=progress, hvp=hvp)
+                               progress=progress, hvp=hvp, dtype=dtype)
     if distributed or group is not None or progress:
         raise ValueError(
             "Expected distributed, group and progress only with data= (dataset "
@@ -252,7 +262,7 @@ def hessian(
     _check_callable(f)
     backend, x = _point(x)
     lin = backend.hessian_linearization(f, x, batched=bool(batched), hvp=hvp)
-    return LinearizationOperator(lin, x, backend, kind="hessian")
+    return LinearizationOperator(lin, x, backend, kind="hessian", dtype=dtype)
 
 
 HVP_ROUTES = ("auto", "autodiff", "finite_difference")

@@ -18,7 +18,7 @@ import copy
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .backends import COMPLEX_DTYPES, FLOAT_DTYPES, Backend, backend_of
+from .backends import COMPLEX_DTYPES, FLOAT_DTYPES, HALF_DTYPES, HALF_EPS, Backend, backend_of
 
 __all__ = [
     "LinearOperator",
@@ -136,6 +136,19 @@ class LinearOperator:
                 return True
         return False
 
+    @property
+    def product_eps(self) -> float:
+        """The unit roundoff of the products: that of :attr:`dtype`, or the coarser one
+        of a 16-bit model whose products run in its own dtype (what accuracy a solver
+        can reach)."""
+        import numpy as np
+
+        name = self._backend.dtype_name(self.dtype)
+        own = float(np.finfo({"complex64": "float32", "complex128": "float64"}.get(
+            name, name)).eps)
+        parts = [v.product_eps for v in vars(self).values() if isinstance(v, LinearOperator)]
+        return max([own, getattr(self, "_product_eps", 0.0)] + parts)
+
     def __repr__(self) -> str:
         batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
         return (
@@ -199,7 +212,7 @@ class LinearOperator:
         if not ok:
             raise ValueError(f"Expected an array of shape {expected}. Received {shape}.")
         name = self._backend.dtype_name(v.dtype)
-        if name not in FLOAT_DTYPES + COMPLEX_DTYPES:
+        if name not in FLOAT_DTYPES + COMPLEX_DTYPES + HALF_DTYPES:
             raise TypeError(
                 f"Expected a floating-point array. Received dtype {name}."
             )
@@ -515,13 +528,15 @@ class LinearizationOperator(LinearOperator):
     ``rmatvec`` a VJP, each reusing the forward pass.
     """
 
-    def __init__(self, lin: Any, x: Array, backend: Backend, *, kind: str) -> None:
+    def __init__(self, lin: Any, x: Array, backend: Backend, *, kind: str,
+                 dtype: Any = None) -> None:
         # f may change precision (float32 inputs, float64 parameters): products take
         # vectors in the dtype of the side they enter and return the wider of the two.
         in_dtype = x.dtype if backend.is_array(x) and kind == "jacobian" else lin.y.dtype
+        sides = (in_dtype, lin.y.dtype)  # (input side, output side)
         super().__init__(
             (lin.m, lin.n),
-            dtype=_result_dtype(backend, lin.y.dtype, in_dtype),
+            dtype=solver_dtype(backend, sides, dtype),
             backend=backend,
             device=backend.device(lin.y),
             batch_shape=lin.batch_shape,
@@ -529,7 +544,8 @@ class LinearizationOperator(LinearOperator):
         self.lin = lin
         self.kind = kind
         self.x = x
-        self._side_dtypes = (in_dtype, lin.y.dtype)  # (input side, output side)
+        self._side_dtypes = sides
+        self._product_eps = half_eps(backend, sides)
 
     @property
     def is_hermitian(self) -> bool:
@@ -546,9 +562,12 @@ class LinearizationOperator(LinearOperator):
 
     def _mm(self, V, *, adjoint=False, grad=False):
         enter = self._side_dtypes[1 if adjoint else 0]
+        f = self.lin.rmm if adjoint else self.lin.mm
+        if self._product_eps:
+            return in_16_bits(self.xp, lambda W: f(W, grad), V, enter, self.dtype, axis=-2)
         if V.dtype != enter:
             V = self.xp.astype(V, enter)
-        out = (self.lin.rmm if adjoint else self.lin.mm)(V, grad)
+        out = f(V, grad)
         return out if out.dtype == self.dtype else self.xp.astype(out, self.dtype)
 
     def _mv(self, v, *, adjoint=False):
@@ -556,6 +575,8 @@ class LinearizationOperator(LinearOperator):
         if f is None:
             return super()._mv(v, adjoint=adjoint)
         enter = self._side_dtypes[1 if adjoint else 0]
+        if self._product_eps:
+            return in_16_bits(self.xp, f, v, enter, self.dtype, axis=-1)
         if v.dtype != enter:
             v = self.xp.astype(v, enter)
         out = f(v)
@@ -575,6 +596,40 @@ class LinearizationOperator(LinearOperator):
             return op
 
         return lin.key, lin.state, rebuild
+
+
+def solver_dtype(backend: Backend, sides: tuple[Any, Any], dtype: Any = None) -> Any:
+    """The dtype of an operator whose products take and return ``sides``: the wider of
+    the two; float32 where one is 16-bit (the solvers' bases and projections keep
+    float32 while the products run in 16 bits); ``dtype`` where the caller asks (float32
+    or float64)."""
+    if dtype is not None:
+        name = dtype if isinstance(dtype, str) else backend.dtype_name(dtype)
+        if name not in FLOAT_DTYPES:
+            raise ValueError(
+                "Expected dtype to be float32 or float64 (the dtype the solvers work in). "
+                f"Received {dtype!r}."
+            )
+        return backend.dtype_from_name(name)
+    if any(backend.dtype_name(d) in HALF_DTYPES for d in sides):
+        return backend.dtype_from_name("float32")
+    return _result_dtype(backend, sides[0], sides[-1])
+
+
+def half_eps(backend: Backend, dtypes: Any) -> float:
+    """The coarsest unit roundoff among 16-bit ``dtypes`` (0.0 where none is 16-bit)."""
+    return max([0.0] + [HALF_EPS.get(backend.dtype_name(d), 0.0) for d in dtypes])
+
+
+def in_16_bits(xp: Any, product: Callable[[Array], Array], V: Array, enter: Any, dtype: Any,
+               *, axis: int) -> Array:
+    """``product(V)`` run in the 16-bit dtype ``enter`` on vectors scaled to unit norm
+    along ``axis`` (their entries then stay in float16's range), returned in ``dtype``
+    and scaled back."""
+    nrm = xp.linalg.vector_norm(V, axis=axis, keepdims=True)
+    nrm = xp.where(nrm > 0, nrm, xp.ones_like(nrm))
+    out = product(xp.astype(V / nrm, enter))
+    return xp.astype(out, dtype) * xp.astype(nrm, dtype)
 
 
 class ScipyOperator(LinearOperator):

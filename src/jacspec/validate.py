@@ -59,7 +59,9 @@ def real_dtype_name(op: LinearOperator) -> str:
 
 
 def default_tol(op: LinearOperator) -> float:
-    return float(np.sqrt(np.finfo(real_dtype_name(op)).eps))
+    """``sqrt(eps)`` of the operator's dtype; a few units of the products' roundoff for a
+    16-bit model (whose products are coarser than that)."""
+    return max(float(np.sqrt(np.finfo(real_dtype_name(op)).eps)), 8.0 * op.product_eps)
 
 
 def check_tol(tol: Any, op: LinearOperator) -> float:

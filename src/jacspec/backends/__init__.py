@@ -17,10 +17,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ._base import COMPLEX_DTYPES, FLOAT_DTYPES, Backend, Linearization
+from ._base import COMPLEX_DTYPES, FLOAT_DTYPES, HALF_DTYPES, HALF_EPS, Backend, Linearization
 
 __all__ = [
     "FLOAT_DTYPES",
+    "HALF_DTYPES",
+    "HALF_EPS",
     "COMPLEX_DTYPES",
     "Backend",
     "Linearization",

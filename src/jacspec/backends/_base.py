@@ -20,6 +20,10 @@ Array = Any
 
 FLOAT_DTYPES = ("float32", "float64")
 COMPLEX_DTYPES = ("complex64", "complex128")
+#: Dtypes of models whose products run in 16 bits while the solvers work in float32.
+HALF_DTYPES = ("bfloat16", "float16")
+#: The unit roundoff of each of them (the precision of a product).
+HALF_EPS = {"bfloat16": 2.0**-8, "float16": 2.0**-11}
 
 
 @dataclass
@@ -470,7 +474,7 @@ class GradientOracle:
 #: the truncation error (``~ step**2``) against rounding (``~ eps / step``).
 def _fd_step(dtype_name: str) -> float:
     eps = {"float64": 2.0**-52, "float32": 2.0**-23, "bfloat16": 2.0**-7,
-           "float16": 2.0**-10}.get(dtype_name, 2.0**-23)
+           "float16": 2.0**-10}.get(dtype_name, 2.0**-23)  # machine epsilons
     return eps ** (1.0 / 3.0)
 
 
@@ -553,9 +557,10 @@ def check_output(backend: Backend, y: Any, x_batch: int | None, *, what: str) ->
             f"Received {type(y).__name__}."
         )
     name = backend.dtype_name(y.dtype)
-    if name not in FLOAT_DTYPES:
+    if name not in FLOAT_DTYPES + HALF_DTYPES:
         raise TypeError(
-            f"Expected {what} to return floating-point values (float32 or float64). "
+            f"Expected {what} to return floating-point values (float32, float64, "
+            "bfloat16 or float16). "
             f"Received dtype {name}; integer or boolean outputs have no derivative."
         )
     if x_batch is not None:
@@ -582,9 +587,10 @@ def check_scalar_output(y_shape: tuple[int, ...], bshape: tuple[int, ...]) -> No
 def check_input(backend: Backend, x: Any, *, batched: bool, what: str = "x") -> None:
     """Validate the point at which a derivative is taken."""
     name = backend.dtype_name(x.dtype)
-    if name not in FLOAT_DTYPES:
+    if name not in FLOAT_DTYPES + HALF_DTYPES:
         raise TypeError(
-            f"Expected {what} of dtype float32 or float64. Received dtype {name}; "
+            f"Expected {what} of dtype float32, float64, bfloat16 or float16. "
+            f"Received dtype {name}; "
             "derivatives need floating-point inputs."
         )
     if batched and len(x.shape) == 0:

@@ -3,7 +3,8 @@
 ``f`` runs once under a persistent ``tf.GradientTape``: a VJP is ``tape.gradient`` with
 ``output_gradients``. A JVP differentiates that VJP with respect to its cotangent on a
 second persistent tape (built once, on first use), so both reuse the forward pass.
-Hessian-vector products are reverse-over-reverse on a retained gradient. The array
+Hessian-vector products are reverse-over-reverse on a retained gradient; a GGN product
+is a forward pass under ``tf.autodiff.ForwardAccumulator`` plus one backward pass. The array
 namespace is the shim in :mod:`jacspec.backends._tf_namespace`. ``f`` runs inside
 ``keras.StatelessScope`` (see :func:`run_without_side_effects`): Keras models keep their
 variables (BatchNorm moving statistics) however ``f`` reaches them.
@@ -382,6 +383,56 @@ class TensorflowBackend(Backend):
             return out if grad else tf.stop_gradient(out)
 
         return Linearization(y=y, n=lay.n, m=lay.n, batch_shape=bshape, mm=mm, rmm=mm)
+
+    # -- dataset operators (js.ggn) ----------------------------------------------------
+    def batch_ggn_product(self, f, loss, params):
+        """``J^T H J v`` of one batch for a single vector (the solvers' steps): one
+        forward pass under a ``tf.autodiff.ForwardAccumulator`` (the tangent ``J v``)
+        recorded by one tape, the loss's output Hessian on ``J v`` (autodiff of the
+        loss alone), and one backward pass: no graph of a graph. Blocks of vectors
+        (and operations without forward mode) take the base class's route, which
+        shares one forward pass among the columns (eager TensorFlow pays per
+        operation)."""
+        leaves = self._point(params, batched=False)
+        lay = _Layout(leaves, ())
+        base = super().batch_ggn_product(f, loss, params)
+        forward_mode = [True]  # emptied where an operation has no forward mode
+
+        def column(inputs, targets, v):
+            def record():
+                with tf.GradientTape() as tape:
+                    tape.watch(leaves)
+                    with tf.autodiff.ForwardAccumulator(
+                            leaves, [tf.cast(p, w.dtype) for p, w in
+                                     zip(lay.split(v), leaves)]) as acc:
+                        z = f(params, inputs)
+                return tape, z, acc.jvp(z, unconnected_gradients=_ZERO)
+
+            tape, z, jz = run_without_side_effects(f, record)
+            z0 = tf.stop_gradient(z)
+            with tf.GradientTape() as outer:
+                outer.watch(z0)
+                with tf.GradientTape() as inner:
+                    inner.watch(z0)
+                    value = loss(z0, targets)
+                g = inner.gradient(value, z0, unconnected_gradients=_ZERO)
+            hz = outer.gradient(g, z0, output_gradients=jz, unconnected_gradients=_ZERO)
+            return lay.join(tape.gradient(z, leaves, output_gradients=hz,
+                                          unconnected_gradients=_ZERO))
+
+        def prod(batch, V):
+            if V.shape[-1] > 1 or not forward_mode:
+                return base(batch, V)
+            inputs, targets = batch
+            try:
+                return column(inputs, targets, V[:, 0])[:, None]
+            except Exception as err:
+                if not self.missing_derivative(err):
+                    raise
+                forward_mode.clear()
+                return base(batch, V)
+
+        return prod
 
     # -- routes of Hessian products (hvp=) --------------------------------------------
     def missing_derivative(self, err):

@@ -635,7 +635,8 @@ class TorchBackend(Backend):
         _, leaves, arg = self._point(params, batched=False)
         lay = _Layout(leaves, ())
         loss_hvp = _loss_hessian_product(loss)
-        fallback: list = []
+        base = super().batch_ggn_product(f, loss, params)
+        forward_mode = [True]  # emptied where an operation has no forward mode
 
         def column(inputs, targets, v):
             import torch.autograd.forward_ad as fwad
@@ -651,16 +652,16 @@ class TorchBackend(Backend):
             return lay.join(gs, v)
 
         def prod(batch, V):
-            if fallback:
-                return fallback[0](batch, V)
+            if not forward_mode:
+                return base(batch, V)
             inputs, targets = batch
             try:
                 cols = [column(inputs, targets, V[:, j]) for j in range(V.shape[-1])]
             except (RuntimeError, NotImplementedError) as err:
                 if not _missing_derivative(err):
                     raise
-                fallback.append(super(TorchBackend, self).batch_ggn_product(f, loss, params))
-                return fallback[0](batch, V)
+                forward_mode.clear()
+                return base(batch, V)
             return torch.stack(cols, dim=-1)
 
         return prod
