@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from .models import digits
+from .peers_rows import curvlinops_eigsh
 from .registry import Row, register
 from .timing import interleaved_times, median_time, ms, run_fresh
 
@@ -104,29 +105,6 @@ def _pyhessian(torch, model, batches, max_iter):
     return run
 
 
-def _curvlinops(torch, model, batches):
-    import numpy as np
-    import scipy.sparse.linalg as sla
-    from curvlinops import HessianLinearOperator
-
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def run(tol):
-        H = HessianLinearOperator(model, torch.nn.CrossEntropyLoss(), params, batches,
-                                  check_deterministic=False).to_scipy()
-        count = [0]
-
-        def mv(v):
-            count[0] += 1
-            return H @ v
-
-        L = sla.LinearOperator(H.shape, matvec=mv, dtype=np.float32)
-        val = sla.eigsh(L, k=1, which="LM", tol=tol, return_eigenvectors=False)
-        return float(val[0]), count[0]
-
-    return run
-
-
 @register("dataset", "torch", target="faster, err <= 1e-4", quick=False)
 def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
                         nsamples: int | None = None) -> list[Row]:
@@ -174,7 +152,7 @@ def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
     except ImportError:
         rows.append(dict(name="dataset peers: PyHessian", skipped="pyhessian not installed"))
     try:
-        run = _curvlinops(torch, model, batches)
+        run = curvlinops_eigsh(torch, model, batches, check_deterministic=False)
         tols = (1e-3,) if quick else (1e-3, 1e-4, 1e-5, 1e-6)
         add("curvlinops+eigsh", _first_accurate(run, tols, exact))
     except ImportError:

@@ -7,6 +7,8 @@ dense answer; the target is "faster at equal or better accuracy".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .models import digits
@@ -37,6 +39,33 @@ def _dense_top_eig(torch, model, X, y) -> float:
     H = hessian(loss)(flat)
     ev = np.linalg.eigvalsh(H.numpy())
     return float(ev[np.argmax(np.abs(ev))])
+
+
+def curvlinops_eigsh(torch, model, data, **options) -> Callable[[float], tuple[float, int]]:
+    """``run(tol) -> (value, products)``: the top |eigenvalue| of the cross-entropy
+    Hessian of ``model``'s parameters on ``data`` by curvlinops'
+    ``HessianLinearOperator`` (``options`` passed on) and ARPACK
+    (``scipy.sparse.linalg.eigsh``), products counted. ImportError without
+    curvlinops."""
+    import scipy.sparse.linalg as sla
+    from curvlinops import HessianLinearOperator
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(tol: float) -> tuple[float, int]:
+        H = HessianLinearOperator(model, torch.nn.CrossEntropyLoss(), params, data, **options)
+        Hs = H.to_scipy() if hasattr(H, "to_scipy") else H
+        count = [0]
+
+        def mv(v):
+            count[0] += 1
+            return Hs @ v
+
+        L = sla.LinearOperator(Hs.shape, matvec=mv, dtype=np.float32)
+        val = sla.eigsh(L, k=1, which="LM", tol=tol, return_eigenvectors=False)
+        return float(val[0]), count[0]
+
+    return run
 
 
 @register("peers", "torch", target="faster, err <=")
@@ -88,24 +117,9 @@ def peers_torch(quick: bool) -> list[Row]:
 
     # curvlinops + scipy eigsh
     try:
-        import scipy.sparse.linalg as sla
-        from curvlinops import HessianLinearOperator
-
-        def curv():
-            H = HessianLinearOperator(model, torch.nn.CrossEntropyLoss(), params, [(X, y)])
-            count = [0]
-            Hs = H.to_scipy() if hasattr(H, "to_scipy") else H
-
-            def mv(v):
-                count[0] += 1
-                return Hs @ v
-
-            L = sla.LinearOperator(Hs.shape, matvec=mv, dtype=np.float32)
-            val = sla.eigsh(L, k=1, which="LM", tol=tol, return_eigenvectors=False)
-            return float(val[0]), count[0]
-
-        lam_c, n_c = curv()
-        add("curvlinops+eigsh", median_time(curv, reps), lam_c, n_c)
+        curv = curvlinops_eigsh(torch, model, [(X, y)])
+        lam_c, n_c = curv(tol)
+        add("curvlinops+eigsh", median_time(lambda: curv(tol), reps), lam_c, n_c)
     except ImportError:
         rows.append(dict(name="peers: curvlinops+eigsh",
                          skipped="curvlinops-for-pytorch not installed"))
