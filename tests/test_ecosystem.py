@@ -55,9 +55,9 @@ def test_hugging_face_gpt2_with_default_attention():
     values = run()
     with sdpa_kernel([SDPBackend.MATH]):
         reference = run()
-    for got, ref in zip(values, reference):
-        np.testing.assert_allclose(_np(got), _np(ref), rtol=1e-3)
-    assert _np(values[1])[0] <= _np(values[0])[0] * (1 + 1e-3)  # a principal submatrix
+    for name, got, ref in zip(("hessian", "attention block", "jacobian", "ggn"), values,
+                              reference):
+        np.testing.assert_allclose(_np(got), _np(ref), rtol=1e-3, err_msg=name)
 
 
 def _jax_reference(loss, params):
@@ -76,8 +76,8 @@ def test_flax_linen_nnx_and_equinox_modules():
     nn = pytest.importorskip("flax.linen")
     nnx = pytest.importorskip("flax.nnx")
     eqx = pytest.importorskip("equinox")
-    x = jax.random.normal(jax.random.key(0), (6, 3))
-    y = jax.random.normal(jax.random.key(1), (6, 2))
+    x = jax.random.normal(jax.random.key(0), (6, 3), dtype=jnp.float32)
+    y = jax.random.normal(jax.random.key(1), (6, 2), dtype=jnp.float32)
 
     linen = nn.Sequential([nn.Dense(4), nn.tanh, nn.Dense(2)])
     lp = linen.init(jax.random.key(2), x)
@@ -87,7 +87,7 @@ def test_flax_linen_nnx_and_equinox_modules():
 
     ref = _jax_reference(linen_loss, lp)
     got = _np(js.eigsh(js.hessian(linen_loss, lp), k=1).values)
-    np.testing.assert_allclose(got, ref[np.argmax(np.abs(ref))], rtol=1e-5)
+    np.testing.assert_allclose(got, ref[np.argmax(np.abs(ref))], rtol=1e-4)
 
     class MLP(nnx.Module):
         def __init__(self, rngs):
@@ -103,7 +103,7 @@ def test_flax_linen_nnx_and_equinox_modules():
 
     ref = _jax_reference(nnx_loss, state)
     got = _np(js.eigsh(js.hessian(nnx_loss, state), k=1).values)
-    np.testing.assert_allclose(got, ref[np.argmax(np.abs(ref))], rtol=1e-5)
+    np.testing.assert_allclose(got, ref[np.argmax(np.abs(ref))], rtol=1e-4)
 
     net = eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=jax.random.key(4))
     arrays, static = eqx.partition(net, eqx.is_array)
@@ -113,12 +113,12 @@ def test_flax_linen_nnx_and_equinox_modules():
 
     ref = _jax_reference(eqx_loss, arrays)
     got = _np(js.eigsh(js.hessian(eqx_loss, arrays), k=1).values)
-    np.testing.assert_allclose(got, ref[np.argmax(np.abs(ref))], rtol=1e-5)
+    np.testing.assert_allclose(got, ref[np.argmax(np.abs(ref))], rtol=1e-4)
     J = js.jacobian(lambda t: jax.vmap(net)(t), x, batched=True)
     ref_j = jax.vmap(jax.jacrev(net))(x)
     np.testing.assert_allclose(_np(js.spectral_norm(J)),
                                np.linalg.norm(np.asarray(ref_j, dtype=np.float64), 2,
-                                              axis=(1, 2)), rtol=1e-5)
+                                              axis=(1, 2)), rtol=1e-4)
 
 
 def test_keras3_model():
