@@ -152,7 +152,7 @@ class BusyProcess:
     timings can alternate round by round; ``close()`` ends it. A context manager."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "jacspec.bench.timing", "spin"],
+        self._proc = subprocess.Popen([sys.executable, "-S", "-c", "while True: pass"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.2)  # started and spinning
 
@@ -189,13 +189,3 @@ def loaded_times(fn: Callable[[], Any], reps: int, sync: Sync | None = None, *,
 
         return interleaved_times({"quiet": quiet, "loaded": loaded}, reps, sync,
                                  seconds=seconds)
-
-
-def _spin() -> None:  # pragma: no cover - runs in the busy child process
-    x = 0
-    while True:
-        x += 1
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["spin"]:  # pragma: no cover
-    _spin()
