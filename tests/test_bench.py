@@ -113,6 +113,26 @@ def test_busy_process_spins_only_when_on():
     assert busy._proc.poll() is not None  # ended
 
 
+def test_one_real_row(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    path = tmp_path / "b.json"
+    assert bench.main(backend="torch", quick=True, json_path=str(path),
+                      only=["lanczos"]) == 0
+    out = capsys.readouterr().out
+    assert "configuration" in out and "lanczos/power products" in out
+    # progress as whole lines in a log: what starts, then what is done
+    assert "jacspec bench: 0/1 group (0%), 0 s lanczos (torch)\n" in out
+    assert "jacspec bench: 1/1 group (100%)" in out and "\r" not in out
+    rows = json.loads(path.read_text())["rows"]
+    assert len(rows) == 1
+    d = rows[0]["details"]
+    # per-sample product counts (None: not reached within the cap)
+    assert all(n is None or n >= 1 for n in d["lanczos"] + d["power"])
+    assert len(d["lanczos"]) == len(d["power"]) >= 2
+    assert rows[0]["ratio"] > 0
+
+
 @pytest.mark.slow
 def test_dataset_rows_small():
     pytest.importorskip("torch")
@@ -144,15 +164,16 @@ def _tiny_scaling(batches=(2, 3)):
 
 def _check_scaling(rows, backend, batches=(2, 3)):
     names = [r["name"] for r in rows]
+    series = ["width series"] + (["batch series"] if len(batches) > 1 else [])
     assert names == [f"scaling: {k} ({backend})" for k in (
         "JVP/fwd+bwd", "VJP/fwd+bwd", "HVP/fwd+bwd", "top Hessian eigenvalue",
-        "per-sample sigma_max", "width series", "batch series")]
+        "per-sample sigma_max", *series)]
     assert all(r["ratio"] > 0 for r in rows)
     eig, sigma = rows[3]["details"], rows[4]["details"]
     # the same Krylov space from the same start: the same Ritz value
     assert eig["jacspec_value"] == pytest.approx(eig["native_value"], rel=1e-3)
     assert eig["products"] >= 1 and sigma["max_rel_diff"] < 1e-3
-    for r, axis, xs in ((rows[5], "width", [2, 4]), (rows[6], "batch", list(batches))):
+    for r, axis, xs in zip(rows[5:], ("width", "batch"), ([2, 4], list(batches))):
         pts = r["details"]["points"]
         assert r["details"]["axis"] == axis and [p[axis] for p in pts] == xs
         assert all(p["fwd_bwd_s"] > 0 and p["hvp_s"] > 0 and p["hvp_mb"] > 0 for p in pts)
@@ -173,7 +194,7 @@ def test_scaling_rows_small_torch():
 @pytest.mark.filterwarnings("ignore:Lanczos stopped")
 def test_scaling_rows_small_jax():
     pytest.importorskip("jax")
-    # two points (JAX compiles each): a batch series of one, its slope NaN
+    # two points (JAX compiles each): a batch series of one point is no row
     rows_scaling, tiny = _tiny_scaling(batches=(2,))
     _check_scaling(rows_scaling.scaling_jax(True, config=tiny), "jax", batches=(2,))
 
