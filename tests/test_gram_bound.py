@@ -38,7 +38,7 @@ def _value(w, backend, dtype, *args, **kw):
 
 
 def _examples(backend: str) -> int:
-    return {"jax": 4, "tensorflow": 5}.get(backend, 12)
+    return {"jax": 3, "tensorflow": 4}.get(backend, 12)
 
 
 def _kernel(kind, shape, seed):
@@ -105,7 +105,8 @@ def test_gram_bound_any_input_size(backend):
     def run(co, ci, k, stride, padding, dtype, seed):
         w = _kernel("normal", (co, ci, k, k), seed).astype(dtype).astype(np.float64)
         got = _value(w, backend, dtype, None, stride=stride, padding=padding)
-        sizes = [n for n in range(k, 3 * k + 6) if padding != "circular" or n % stride == 0]
+        sizes = [n for n in (k, k + 1, 2 * k + 2, 3 * k + 4)
+                 if padding != "circular" or n % stride == 0]
         exact = max(_dense_norm(w, n, stride, padding) for n in sizes)
         assert got >= exact
 
@@ -166,17 +167,25 @@ def _delattre2024(w, n_iter):
     return float(np.max(np.abs(K).sum(axis=(1, 2, 3)) ** inv * np.exp(log_norm * inv)))
 
 
-def test_gram_bound_agrees_with_the_authors_formulas(backend):
+def test_gram_bound_agrees_with_the_authors_formula(backend):
     """Circular padding: the authors' value (same algorithm, without rounding terms)
-    equals ours to float64 rounding. Any input size: both their spatial bound and ours
-    are above every input size's norm."""
+    equals ours to float64 rounding."""
     w = RNG.standard_normal((4, 3, 3, 3))
     for n, t in [(8, 3), (11, 6)]:
         ours = _value(w, backend, "float64", (n, n), iterations=t)
         np.testing.assert_allclose(ours, _delattre2023(w, n, t), rtol=1e-10)
-    exact = max(_dense_norm(w, n, 1, "same") for n in range(3, 12))
-    assert _delattre2024(w, 3) >= exact
-    assert _value(w, backend, "float64", None, padding="same") >= exact
+
+
+def test_any_size_bound_against_the_authors(backend):
+    """Any input size: both the authors' spatial bound and ours are above the norm on
+    every input size tried, and ours is the tighter here (NumPy only: the reference is
+    NumPy code)."""
+    if backend != "numpy":
+        pytest.skip("numpy only")
+    w = RNG.standard_normal((4, 3, 3, 3))
+    exact = max(_dense_norm(w, n, 1, "same") for n in (3, 4, 7, 10))
+    ours = float(js.conv.gram_bound(w, padding="same"))
+    assert exact <= ours <= _delattre2024(w, 4)
 
 
 def test_gram_bound_gradient(autodiff_backend):

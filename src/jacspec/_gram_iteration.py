@@ -86,7 +86,7 @@ def _twiddles(M: int, q: int, half: bool) -> np.ndarray:
     return np.exp(-2j * np.pi * (np.outer(xi, np.arange(q)) % M) / M)
 
 
-def symbol(b: Any, K: Array, grid: tuple[int, int]) -> tuple[Array, float]:
+def symbol(b: Any, K: Array, grid: tuple[int, int]) -> tuple[Array, Array]:
     """The frequency matrices ``D(xi)`` of OIHW ``K`` on the grid, ``(F, c_out, c_in)``
     complex, and the bound ``eps`` on ``||fl(D) - D||_2`` at every frequency.
 
@@ -116,16 +116,16 @@ def symbol(b: Any, K: Array, grid: tuple[int, int]) -> tuple[Array, float]:
     u = UNIT[real]
     P = xp.sum(xp.abs(K), axis=(2, 3))
     eps = 2.0 * (gamma(qh + 2, u) + gamma(qw + 8, u) + 6 * u) * _fro_up(b, P, real)
-    return D, float(eps)
+    return D, eps
 
 
-def _fro_up(b: Any, X: Array, real: str) -> float:
-    """An upper bound on ``||X||_F`` (a host float) from its computed value."""
+def _fro_up(b: Any, X: Array, real: str) -> Array:
+    """An upper bound on ``||X||_F`` from its computed value (0-d, no gradient)."""
     xp = b.xp
-    s = b.to_float(b.stop_gradient(xp.sum(xp.abs(X) ** 2)))
+    s = b.stop_gradient(xp.sum(xp.abs(X) ** 2))
     n = int(np.prod(X.shape))
     u = UNIT[real]
-    return math.sqrt((s + 4 * n * TINIEST[real]) * (1 + gamma(2 * n + 8, u))) * (1 + 4 * u)
+    return xp.sqrt((s + 4 * n * TINIEST[real]) * (1 + gamma(2 * n + 8, u))) * (1 + 4 * u)
 
 
 def _fro2(xp: Any, X: Array) -> Array:
@@ -135,45 +135,56 @@ def _fro2(xp: Any, X: Array) -> Array:
 
 class _Step:
     """What one step left for the back-substitution: the divisor ``c`` (per frequency),
-    a bound ``f`` on ``||N||_F``, and ``g`` with ``||fl(N^H N) - N^H N||_2 <= g f^2 +
-    und``."""
+    a bound ``f`` on ``||N||_F``, ``g`` and ``und`` with ``||fl(N^H N) - N^H N||_2 <= g
+    f^2 + und``, and ``u``, the relative rounding of ``N = fl(G / c)`` entrywise."""
 
-    def __init__(self, c: Array, f: Array, g: float, und: float) -> None:
-        self.c, self.f, self.g, self.und = c, f, g, und
+    def __init__(self, c: Array, f: Array, g: float, und: float, u: float) -> None:
+        self.c, self.f, self.g, self.und, self.u = c, f, g, und, u
 
     def take(self, xp: Any, idx: Array) -> _Step:
         return _Step(xp.take(self.c, idx, axis=0), xp.take(self.f, idx, axis=0), self.g,
-                     self.und)
+                     self.und, self.u)
 
 
-def _upper(xp: Any, beta: Array, steps: list[_Step], u: float) -> Array:
+def _upper(xp: Any, beta: Array, steps: list[_Step]) -> Array:
     """Back-substitution: from ``beta >= ||fl(G_j)||_2`` to a bound on ``||fl(G_0)||_2``.
 
     ``N = fl(G / c)`` is ``G / c + Delta`` with ``||Delta||_2 <= u ||N||_F / (1 - u)``,
     and ``fl(N^H N) = N^H N + E``, so ``||G||_2 <= c (||N||_2 + ||Delta||_2)`` and
-    ``||N||_2^2 = ||N^H N||_2 <= ||fl(N^H N)||_2 + ||E||_2``.
+    ``||N||_2^2 = ||N^H N||_2 <= ||fl(N^H N)||_2 + ||E||_2``. Each step computes in its
+    own dtype (``beta`` is raised to it exactly).
     """
     for st in reversed(steps):
-        beta = st.c * (xp.sqrt(beta + st.g * st.f ** 2 + st.und) + (u / (1 - u)) * st.f)
+        beta = xp.astype(beta, st.c.dtype)
+        beta = st.c * (xp.sqrt(beta + st.g * st.f ** 2 + st.und) + (st.u / (1 - st.u)) * st.f)
     return beta
 
 
 #: Frequencies are pruned only while more than this many remain (fewer cost little).
 PRUNE_MIN = 2
+#: With a narrower dtype given, the first steps (whose rounding weighs most: the
+#: spectrum is still flat, ``||N||_F^2`` far above ``||N||_2^2``) run in ``D``'s dtype.
+WIDE_STEPS = 2
 
 
-def gram_norms(b: Any, D: Array, iterations: int) -> Array:
-    """A 0-d upper bound on ``max_xi ||D(xi)||_2`` (in ``D``'s arithmetic, rounding
-    included), by ``iterations`` Gram steps per frequency; differentiable in ``D``."""
+def _dtypes(b: Any, X: Array) -> tuple[str, float, float]:
+    real = "float32" if b.dtype_name(X.dtype) == "complex64" else "float64"
+    return real, UNIT[real], TINIEST[real]
+
+
+def gram_norms(b: Any, D: Array, iterations: int, narrow: Any = None) -> Array:
+    """A 0-d upper bound on ``max_xi ||D(xi)||_2`` (rounding included), by
+    ``iterations`` Gram steps per frequency; differentiable in ``D``. With ``narrow``
+    (complex64 for a complex128 ``D``), the steps after the first :data:`WIDE_STEPS`
+    run in that dtype."""
     xp = b.xp
-    real = "float32" if b.dtype_name(D.dtype) == "complex64" else "float64"
-    u, tiny = UNIT[real], TINIEST[real]
     F, m, n = (int(s) for s in D.shape)
     G = D if m >= n else xp.conj(xp.matrix_transpose(D))  # tall: G^H G is the small side
     prune = not b.is_traced(D)
     floor = 0.0  # a norm attained at a pruned-against frequency (stop-gradient)
     steps: list[_Step] = []
     for j in range(iterations + 1):
+        real, u, tiny = _dtypes(b, G)
         fro2 = _fro2(xp, G)
         rows, cols = int(G.shape[1]), int(G.shape[2])
         up = xp.sqrt((fro2 + 4 * rows * cols * tiny) * (1 + gamma(2 * rows * cols + 8, u)))
@@ -181,7 +192,7 @@ def gram_norms(b: Any, D: Array, iterations: int) -> Array:
         if j == iterations:
             break
         if prune and int(G.shape[0]) > PRUNE_MIN:
-            idx, floor = _prune(b, G, steps, up, floor, u)
+            idx, floor = _prune(b, G, steps, up, floor)
             if idx is not None:
                 G, fro2, up = (xp.take(a, idx, axis=0) for a in (G, fro2, up))
                 steps = [st.take(xp, idx) for st in steps]
@@ -189,16 +200,23 @@ def gram_norms(b: Any, D: Array, iterations: int) -> Array:
         c = xp.where(c > 0, c, xp.ones_like(c))
         N = G / c[:, None, None]
         f = b.stop_gradient(up) / c * (1 + 4 * u)  # ||N||_F <= ||G||_F / c (1 + u)
-        steps.append(_Step(c, f, math.sqrt(2.0) * gamma(rows + 2, u), 4 * cols * rows * tiny))
+        u_div = u
+        if narrow is not None and j == WIDE_STEPS:
+            N = xp.astype(N, narrow)  # one more relative rounding of each entry
+            real, u_n, tiny = _dtypes(b, N)
+            u_div, u = u + u_n * (1 + u), u_n
+            f = f * (1 + 2 * u)
+        steps.append(_Step(c, f, math.sqrt(2.0) * gamma(rows + 2, u), 4 * cols * rows * tiny,
+                           u_div))
         G = xp.matmul(xp.conj(xp.matrix_transpose(N)), N)
-    bound = xp.max(_upper(xp, up, steps, u)) * (1 + 32 * u)
+    bound = xp.max(_upper(xp, up, steps)) * (1 + 32 * u)
     if floor == 0.0:
         return bound
     return xp.maximum(bound, xp.asarray(floor, dtype=bound.dtype, device=b.device(bound)))
 
 
-def _prune(b: Any, G: Array, steps: list[_Step], up: Array, floor: float,
-           u: float) -> tuple[Array | None, float]:
+def _prune(b: Any, G: Array, steps: list[_Step], up: Array, floor: float
+           ) -> tuple[Array | None, float]:
     """The frequencies to keep (None: all): those whose certified bound is not below
     another's norm estimate; and the floor, the largest estimate so far.
 
@@ -220,10 +238,10 @@ def _prune(b: Any, G: Array, steps: list[_Step], up: Array, floor: float,
         Gx = xp.matmul(Gs, x)
         low = (_fro2(xp, Gx) / _fro2(xp, x)) ** (0.5 / 2 ** j)
         for i, st in enumerate(steps):
-            low = low * st.c ** (1.0 / 2 ** i)
+            low = xp.astype(low, st.c.dtype) * st.c ** (1.0 / 2 ** i)
         low_np = b.to_numpy(low)
         best = float(np.max(np.where(np.isfinite(low_np), low_np, 0.0)))
-        keep = np.nonzero(b.to_numpy(_upper(xp, b.stop_gradient(up), steps, u)) >= best)[0]
+        keep = np.nonzero(b.to_numpy(_upper(xp, b.stop_gradient(up), steps)) >= best)[0]
     if len(keep) == int(G.shape[0]):
         return None, floor
     return b.from_numpy(keep.astype(np.int64), device=b.device(G)), max(floor, best)
