@@ -38,7 +38,7 @@ def _value(w, backend, dtype, *args, **kw):
 
 
 def _examples(backend: str) -> int:
-    return {"jax": 3, "tensorflow": 4}.get(backend, 12)
+    return {"jax": 2, "tensorflow": 3}.get(backend, 12)
 
 
 def _kernel(kind, shape, seed):
@@ -197,7 +197,7 @@ def test_gram_bound_gradient(autodiff_backend):
     w = RNG.standard_normal((4, 3, 3, 3))
     w[:, :, 0, 0] += 3.0 * np.outer(RNG.standard_normal(4), RNG.standard_normal(3))
     wb = _weight(w, backend)
-    got = _grad(lambda v: js.conv.gram_bound(v, (6, 6), iterations=10), wb, backend)
+    got = _grad(lambda v: js.conv.gram_bound(v, (6, 6), iterations=8), wb, backend)
     ref = _grad(lambda v: js.conv.spectral_norm(v, (6, 6), padding="circular"), wb, backend)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
     pen = _grad(lambda v: js.penalties.conv_bound(v, method="gram"), wb, backend)

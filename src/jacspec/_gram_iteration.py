@@ -29,7 +29,7 @@ from ._rounding import TINIEST, UNIT, gamma
 Array = Any
 
 
-def polyphase(xp: Any, w: Array, stride: tuple[int, int]) -> Array:
+def polyphase(b: Any, w: Array, stride: tuple[int, int]) -> Array:
     """The stride-1 kernel of a strided conv: ``(c_out, c_in * r_h * r_w, q_h, q_w)``.
 
     ``y[i] = sum_a K[a] x[s i + a]``; with ``a = s q + r``, ``x[s (i + q) + r]`` is the
@@ -42,9 +42,9 @@ def polyphase(xp: Any, w: Array, stride: tuple[int, int]) -> Array:
     sh, sw = stride
     if (sh, sw) == (1, 1):
         return w
+    xp, dev = b.xp, b.device(w)
     qh, qw = -(-kh // sh), -(-kw // sw)
     rh, rw = min(sh, kh), min(sw, kw)
-    dev = _device(w)
     if qh * sh > kh:
         w = xp.concat([w, xp.zeros((co, ci, qh * sh - kh, kw), dtype=w.dtype, device=dev)],
                       axis=2)
@@ -54,12 +54,6 @@ def polyphase(xp: Any, w: Array, stride: tuple[int, int]) -> Array:
     w = xp.reshape(w, (co, ci, qh, sh, qw, sw))
     w = xp.permute_dims(w, (0, 1, 3, 5, 2, 4))[:, :, :rh, :rw]
     return xp.reshape(w, (co, ci * rh * rw, qh, qw))
-
-
-def _device(x: Array) -> Any:
-    from .backends import infer_backend
-
-    return infer_backend(x).device(x)
 
 
 def grid_factor(taps: tuple[int, int], grid: tuple[int, int]) -> float:
@@ -198,7 +192,7 @@ def gram_norms(b: Any, D: Array, iterations: int, narrow: Any = None) -> Array:
                 steps = [st.take(xp, idx) for st in steps]
         c = b.stop_gradient(xp.sqrt(fro2))
         c = xp.where(c > 0, c, xp.ones_like(c))
-        N = G / c[:, None, None]
+        N = G / xp.astype(c, G.dtype)[:, None, None]
         f = b.stop_gradient(up) / c * (1 + 4 * u)  # ||N||_F <= ||G||_F / c (1 + u)
         u_div = u
         if narrow is not None and j == WIDE_STEPS:

@@ -699,7 +699,7 @@ def gram_bound(weight: Array, input_size: Any = None, *, stride: Any = 1,
         st = _pair(stride, "stride", minimum=1)
         _, _, _, circ, _ = _geometry((kh, kw), (kh + 8 * st[0], kw + 8 * st[1]), st,
                                      padding, _hint(b, layout))
-        K = gi.polyphase(b.xp, w, (1, 1) if circ else st)
+        K = gi.polyphase(b, w, (1, 1) if circ else st)
         taps = (int(K.shape[2]), int(K.shape[3]))
         grid = tuple(GRID_PER_TAP * (t - 1) if t > 1 else 1 for t in taps)
         factor = gi.grid_factor(taps, grid)
@@ -716,7 +716,7 @@ def gram_bound(weight: Array, input_size: Any = None, *, stride: Any = 1,
                 N = s * -(-N // s)
             phases.append(s)
             grid.append(N // s)
-        K = gi.polyphase(b.xp, w, tuple(phases))
+        K = gi.polyphase(b, w, tuple(phases))
     return _gram_value(b, gi, K, tuple(grid), iterations, factor)
 
 
@@ -763,8 +763,8 @@ def _times_pow2(b: Backend, x: Array, e: Any) -> Array:
         return (x * 2.0 ** e1) * 2.0 ** (e - e1)
     xp = b.xp
     e1 = xp.floor(e / 2)
-    two = xp.asarray(2.0, dtype=x.dtype)
-    return (x * xp.pow(two, e1)) * xp.pow(two, e - e1)
+    two = xp.asarray(2.0, dtype=x.dtype, device=b.device(x))
+    return (x * two ** xp.astype(e1, x.dtype)) * two ** xp.astype(e - e1, x.dtype)
 
 
 def _check_tol(tol: Any) -> float | None:
