@@ -277,6 +277,15 @@ class Backend:
         ``js.conv.layer_report``)."""
         raise TypeError(f"{self.name} models have no layer report.")
 
+    def lipschitz_graph(self, model: Any, input_shape: tuple[int, ...], *,
+                        layout: str | None = None
+                        ) -> contextlib.AbstractContextManager[Any]:
+        """A context manager giving ``model`` as a ``ModelGraph`` of nodes (see
+        ``jacspec.backends._graph``) for ``js.lipschitz``, with the model in inference
+        mode while the context lasts and its modes restored after. ``layout``
+        (``"NCHW"``/``"NHWC"``) is checked against the model's image layout."""
+        raise TypeError(f"js.lipschitz does not read {self.name} models.")
+
     # -- autodiff ------------------------------------------------------------------
     def linearize(self, f: Callable, x: Array, *, batched: bool) -> Linearization:
         """Jacobian of ``f`` at ``x`` (see :class:`Linearization`)."""
