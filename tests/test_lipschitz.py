@@ -125,9 +125,82 @@ def _keras_model(s: dict):
     return model
 
 
-def _model(backend: str, s: dict):
+def _nnx_model(s: dict):
+    """The spec in Flax NNX (NHWC, HWIO kernels)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    f = jnp.float64
+
+    class Net(nnx.Module):
+        def __init__(self) -> None:
+            r = nnx.Rngs(0)
+            self.c1 = nnx.Conv(2, 3, (3, 3), padding=((1, 1), (1, 1)), param_dtype=f, rngs=r)
+            self.bn = nnx.BatchNorm(3, epsilon=EPS, param_dtype=f, rngs=r)
+            self.c2 = nnx.Conv(3, 4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                               param_dtype=f, rngs=r)
+            self.c3 = nnx.Conv(4, 4, (3, 3), padding=((1, 1), (1, 1)), param_dtype=f, rngs=r)
+            self.fc = nnx.Linear(36, 5, param_dtype=f, rngs=r)
+
+        def __call__(self, x):
+            h = jnp.tanh(self.c2(nnx.relu(self.bn(self.c1(x)))))
+            h = h + jnp.tanh(self.c3(h))
+            return self.fc(jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1))
+
+    net = Net()
+    values = [(net.c1.kernel, s["w1"].transpose(2, 3, 1, 0)), (net.c1.bias, s["b1"]),
+              (net.c2.kernel, s["w2"].transpose(2, 3, 1, 0)), (net.c2.bias, s["b2"]),
+              (net.c3.kernel, s["w3"].transpose(2, 3, 1, 0)), (net.c3.bias, s["b3"]),
+              (net.bn.scale, s["gamma"]), (net.bn.bias, s["beta"]), (net.bn.mean, s["mean"]),
+              (net.bn.var, s["var"]), (net.fc.kernel, s["W"].T), (net.fc.bias, s["bW"])]
+    for var, value in values:
+        var[...] = jnp.asarray(value)
+    return net
+
+
+def _equinox_model(s: dict):
+    """The spec in Equinox (one sample, (C, H, W)); batch norm written out."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    class Net(eqx.Module):
+        c1: eqx.nn.Conv2d
+        c2: eqx.nn.Conv2d
+        c3: eqx.nn.Conv2d
+        fc: eqx.nn.Linear
+        shift: jax.Array
+        scale: jax.Array
+        beta: jax.Array
+
+        def __call__(self, x):
+            z = (self.c1(x) - self.shift) * self.scale + self.beta
+            h = jnp.tanh(self.c2(jax.nn.relu(z)))
+            h = h + jnp.tanh(self.c3(h))
+            return self.fc(jnp.ravel(h))
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    conv = [eqx.nn.Conv2d(2, 3, 3, padding=1, key=keys[0]),
+            eqx.nn.Conv2d(3, 4, 3, stride=2, padding=1, key=keys[1]),
+            eqx.nn.Conv2d(4, 4, 3, padding=1, key=keys[2])]
+    conv = [eqx.tree_at(lambda c: (c.weight, c.bias), c,
+                        (jnp.asarray(s[w]), jnp.asarray(s[b])[:, None, None]))
+            for c, w, b in zip(conv, ("w1", "w2", "w3"), ("b1", "b2", "b3"))]
+    fc = eqx.nn.Linear(36, 5, key=keys[3])
+    fc = eqx.tree_at(lambda m: (m.weight, m.bias), fc, (jnp.asarray(s["W"]),
+                                                        jnp.asarray(s["bW"])))
+    col = lambda a: jnp.asarray(a)[:, None, None]  # noqa: E731
+    return Net(*conv, fc, col(s["mean"]), col(s["gamma"] / np.sqrt(s["var"] + EPS)),
+               col(s["beta"]))
+
+
+def _model(backend: str, s: dict, family: str = ""):
     if backend == "torch":
         return _torch_model(s), (2, 6, 6), lambda X: _tensor(backend, X)
+    if family == "equinox":
+        return _equinox_model(s), (2, 6, 6), lambda X: _tensor(backend, X)
+    if backend == "jax":
+        return _nnx_model(s), (6, 6, 2), lambda X: _tensor(backend, X.transpose(0, 2, 3, 1))
     return _keras_model(s), (6, 6, 2), lambda X: _tensor(backend, X.transpose(0, 2, 3, 1))
 
 
@@ -136,6 +209,10 @@ def _tensor(backend: str, a: np.ndarray):
         import torch
 
         return torch.as_tensor(np.ascontiguousarray(a))
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(a)
     import tensorflow as tf
 
     return tf.constant(a)
@@ -149,35 +226,56 @@ def _models_only(backend: str) -> None:
 # ------------------------------------------------------------------------------ tests
 
 
-def test_same_function_same_bounds(backend):
-    """torch and Keras builds of one network give the reference's bounds: upper from
-    the composition rules on dense matrices, lower the data's largest exact norm."""
-    _models_only(backend)
+FAMILIES = ["", "equinox"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_function_same_bounds(backend, family):
+    """torch, Keras, Flax NNX and Equinox builds of one network give the reference's
+    bounds: upper from the composition rules on dense matrices, lower the data's largest
+    exact norm."""
+    if backend == "jax":
+        pytest.importorskip("equinox" if family else "flax")
+    elif family:
+        pytest.skip("Equinox is a JAX library")
+    else:
+        _models_only(backend)
     s = _spec()
     X = RNG.normal(size=(5, 2, 6, 6))
     up_ref, low_ref = _reference(s, X)
-    model, shape, to = _model(backend, s)
+    model, shape, to = _model(backend, s, family)
     res = js.lipschitz(model, shape, data=to(X), refine_steps=0)
     assert res.upper == pytest.approx(up_ref, rel=1e-6)
     assert res.upper >= up_ref
     assert res.lower == pytest.approx(low_ref, rel=1e-6)
     assert res.ratio == pytest.approx(res.upper / res.lower)
     # upper <= the product of the layers' own norms (the residual block as 1 + Lip)
-    n = {r.name: r.norm for r in res.layers}
-    product = n["fc"] * (1 + n["c3"]) * n["c2"] * n["bn"] * n["c1"]
-    assert res.upper <= product * (1 + 1e-9)
-    assert res.upper < product * 0.99  # batch norm composed with its conv: tighter
+    if backend != "jax":  # JAX layers are named by their primitives
+        n = {r.name: r.norm for r in res.layers}
+        product = n["fc"] * (1 + n["c3"]) * n["c2"] * n["bn"] * n["c1"]
+        assert res.upper <= product * (1 + 1e-9)
+        assert res.upper < product * 0.99  # batch norm composed with its conv: tighter
     # refining: never below the data's value, never above upper
     ref = js.lipschitz(model, shape, data=[(to(X[:2]), None), (to(X[2:]), None)],
                        refine_steps=4)
     assert low_ref * (1 - 1e-9) <= ref.lower <= ref.upper
-    J = js.jacobian(lambda v: res_forward(model, backend)(v), ref.argmax[None])
+    J = js.jacobian(lambda v: res_forward(model, backend, family)(v), ref.argmax[None])
     assert float(js.spectral_norm(J, tol=1e-10)) == pytest.approx(ref.lower, rel=1e-6)
     text = str(res)
-    assert "batchnorm" in text and "upper / lower" in text
+    assert "conv" in text and "upper / lower" in text
 
 
-def res_forward(model, backend):
+def res_forward(model, backend, family=""):
+    if backend == "jax":
+        import jax
+
+        if family:
+            return jax.vmap(model)
+        from flax import nnx
+
+        model = nnx.clone(model)
+        model.eval()
+        return model
     if backend == "torch":
         return model
     return lambda x: model(x, training=False)
