@@ -229,6 +229,7 @@ def _models_only(backend: str) -> None:
 FAMILIES = ["", "equinox"]
 
 
+@pytest.mark.slow  # JAX compiles every new shape of the model's derivatives
 @pytest.mark.parametrize("family", FAMILIES)
 def test_same_function_same_bounds(backend, family):
     """torch, Keras, Flax NNX and Equinox builds of one network give the reference's
@@ -241,7 +242,7 @@ def test_same_function_same_bounds(backend, family):
     else:
         _models_only(backend)
     s = _spec()
-    X = RNG.normal(size=(5, 2, 6, 6))
+    X = RNG.normal(size=(6, 2, 6, 6))
     up_ref, low_ref = _reference(s, X)
     model, shape, to = _model(backend, s, family)
     res = js.lipschitz(model, shape, data=to(X), refine_steps=0)
@@ -256,11 +257,11 @@ def test_same_function_same_bounds(backend, family):
         assert res.upper <= product * (1 + 1e-9)
         assert res.upper < product * 0.99  # batch norm composed with its conv: tighter
     # refining: never below the data's value, never above upper
-    ref = js.lipschitz(model, shape, data=[(to(X[:2]), None), (to(X[2:]), None)],
-                       refine_steps=4)
+    ref = js.lipschitz(model, shape, data=[(to(X[:3]), None), (to(X[3:]), None)],
+                       refine_steps=3)
     assert low_ref * (1 - 1e-9) <= ref.lower <= ref.upper
     J = js.jacobian(lambda v: res_forward(model, backend, family)(v), ref.argmax[None])
-    assert float(js.spectral_norm(J, tol=1e-10)) == pytest.approx(ref.lower, rel=1e-6)
+    assert float(js.svds(J, 1, tol=1e-10).values[0]) == pytest.approx(ref.lower, rel=1e-6)
     text = str(res)
     assert "conv" in text and "upper / lower" in text
 

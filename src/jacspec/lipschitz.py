@@ -308,24 +308,31 @@ def _batches(b: Backend, data: Any, shape: tuple[int, ...], graph: ModelGraph,
         raise ValueError("Expected data with at least one batch. Received an empty iterable.")
 
 
-def _sigmas(f: Any, X: Array) -> Array:
-    """Each sample's exact ``sigma_max(J(x))`` (a lower bound: a Ritz value)."""
+def _top(f: Any, X: Array) -> Any:
+    """Each sample's exact ``sigma_max(J(x))`` (a Ritz value: a lower bound) and its
+    singular vectors, without gradient."""
     from .derivatives import jacobian
-    from .solvers import spectral_norm
+    from .solvers import svds
 
-    return spectral_norm(jacobian(f, X, batched=True))
+    return svds(jacobian(f, X, batched=True), 1, return_vectors=True)
 
 
-def _gradient(b: Backend, f: Any, X: Array) -> Array:
-    """The gradient of each sample's ``sigma_max(J(x))`` with respect to ``x``."""
+def _gradient(b: Backend, f: Any, X: Array, U: Array, V: Array) -> Array:
+    """The gradient of each sample's ``sigma_max(J(x))`` with respect to ``x``: that of
+    ``u^T J(x) v`` with the singular vectors ``u, v`` held fixed (envelope theorem)."""
     xp = b.xp
+    U, V = b.stop_gradient(U), b.stop_gradient(V)
 
     def total(Z: Array) -> Array:
-        return xp.sum(_sigmas(f, Z))
+        return xp.sum(U * b.linearize(f, Z, batched=True).mm(V, True))
 
     lin = b.linearize(total, X, batched=False)
     one = xp.ones((1, 1), dtype=X.dtype, device=b.device(X))
     return xp.reshape(lin.rmm(one, False), X.shape)
+
+
+def _values(b: Backend, top: Any) -> np.ndarray:
+    return b.to_numpy(b.stop_gradient(top.values))[:, 0]
 
 
 class _Best:
@@ -342,43 +349,43 @@ class _Best:
         del self.items[self.keep:]
 
 
+def _select(b: Backend, keep: np.ndarray, new: Array, old: Array) -> Array:
+    """``new`` where ``keep`` (one flag per sample), else ``old``."""
+    shape = (len(keep),) + (1,) * (len(new.shape) - 1)
+    return b.xp.where(b.from_numpy(keep.reshape(shape), device=b.device(new)), new, old)
+
+
 def _refine(b: Backend, f: Any, best: _Best, steps: int, seed: int) -> None:
     """Adaptive ascent on ``x``: a step along the gradient of ``sigma_max(J(x))`` (or a
-    random direction where it vanishes) is kept where it raises the value, and grows;
-    otherwise it shrinks."""
+    random direction where it vanishes, as in piecewise-linear networks) is kept where
+    it raises the value, and grows; otherwise it shrinks."""
     xp = b.xp
     X = xp.stack([x for _, x in best.items])
     B = int(X.shape[0])
-    s = np.array([v for v, _ in best.items])
+    top = _top(f, X)
+    s, U, V = _values(b, top), top.left, top.right
     flat = xp.reshape(X, (B, -1))
     size = np.sqrt(float(flat.shape[1]))
     step = FIRST_STEP * np.maximum(b.to_numpy(xp.linalg.vector_norm(flat, axis=1)), size)
     use_gradient = True
     for t in range(steps):
-        D = None
-        if use_gradient:
-            G = xp.reshape(_gradient(b, f, X), (B, -1))
-            gnorm = b.to_numpy(xp.linalg.vector_norm(G, axis=1))
-            if np.all(gnorm == 0):
-                use_gradient = False  # piecewise-linear model: random directions from now
-            else:
-                D = G
         R = xp.reshape(b.normal(tuple(X.shape), dtype=X.dtype, device=b.device(X),
                                 seed=seed + 1 + t), (B, -1))
-        if D is None:
-            D, gnorm = R, b.to_numpy(xp.linalg.vector_norm(R, axis=1))
-        else:  # random directions where the gradient vanishes
-            zero = b.from_numpy((gnorm == 0)[:, None], device=b.device(X))
-            D = xp.where(zero, R, D)
-            gnorm = np.where(gnorm == 0, b.to_numpy(xp.linalg.vector_norm(R, axis=1)), gnorm)
-        scale = b.from_numpy((step / gnorm)[:, None].astype(b.dtype_name(X.dtype)),
+        D = R
+        if use_gradient:
+            G = xp.reshape(_gradient(b, f, X, U, V), (B, -1))
+            flat_zero = b.to_numpy(xp.linalg.vector_norm(G, axis=1)) == 0
+            use_gradient = not np.all(flat_zero)  # else piecewise linear: random from now
+            D = _select(b, flat_zero, R, G)
+        dnorm = b.to_numpy(xp.linalg.vector_norm(D, axis=1))
+        scale = b.from_numpy((step / dnorm)[:, None].astype(b.dtype_name(X.dtype)),
                              device=b.device(X))
         Xc = xp.reshape(xp.reshape(X, (B, -1)) + scale * D, X.shape)
-        sc = b.to_numpy(b.stop_gradient(_sigmas(f, Xc)))
+        cand = _top(f, Xc)
+        sc = _values(b, cand)
         better = sc > s
-        keep = b.from_numpy(better.reshape((B,) + (1,) * (len(X.shape) - 1)),
-                            device=b.device(X))
-        X = xp.where(keep, Xc, X)
+        X = _select(b, better, Xc, X)
+        U, V = _select(b, better, cand.left, U), _select(b, better, cand.right, V)
         s = np.where(better, sc, s)
         step = np.where(better, step * 1.5, step * 0.5)
         best.offer(sc, Xc)
@@ -389,8 +396,7 @@ def _lower(b: Backend, graph: ModelGraph, data: Any, shape: tuple[int, ...],
     f = graph.forward
     best = _Best(REFINE_SAMPLES)
     for X in _batches(b, data, shape, graph, seed):
-        values = b.to_numpy(b.stop_gradient(_sigmas(f, X)))
-        best.offer(values, X)
+        best.offer(_values(b, _top(f, X)), X)
     if refine_steps:
         _refine(b, f, best, refine_steps, seed)
     value, x = best.items[0]

@@ -273,4 +273,6 @@ def jax_graph(model: Any, input_shape: tuple[int, ...],
         raise ValueError(
             "Expected a model returning one array that depends on its input "
             f"(js.lipschitz). Received a {type(model).__name__} with {len(outs)} outputs.")
-    yield ModelGraph(nodes=w.nodes[: outs[0] + 1], forward=forward, dtype=dtype)
+    # One compiled forward pass: its derivatives are traced once per input shape.
+    program = jax.jit(lambda z: forward(z))
+    yield ModelGraph(nodes=w.nodes[: outs[0] + 1], forward=program, dtype=dtype)
