@@ -39,7 +39,7 @@ EPS = (0.05, 0.1, 0.2, 0.3)
 #: Conv-bound method: Gram iteration where the library has it.
 CONV_METHOD = "gram" if hasattr(js.conv, "gram_bound") else "fantastic_four"
 PENALTIES = {"none": 0.0, "spectral": 0.03, "conv_bound": 0.03}
-FULL = dict(n_train=500, n_val=200, epochs=12, batch_size=50, lr=3e-3, refine=10)
+FULL = dict(n_train=500, n_val=200, epochs=10, batch_size=50, lr=3e-3, refine=10)
 QUICK = dict(n_train=100, n_val=10, epochs=1, batch_size=50, lr=3e-3, refine=1)
 
 BACKENDS = ("torch",)

@@ -23,7 +23,7 @@ from . import conv, penalties
 from .datasets import ggn
 from .derivatives import hessian, jacobian
 from .interop import aslinearoperator, dense, to_scipy
-from .lipschitz import LipschitzBounds, lipschitz
+from .lipschitz_bounds import LipschitzBounds, lipschitz
 from .operators import LinearOperator, rowsum_diagonal
 from .slopes import SlopeResult, slope
 from .solvers import (

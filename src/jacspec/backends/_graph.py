@@ -2,7 +2,7 @@
 
 The framework walkers (``_lipschitz_torch``, ``_lipschitz_keras``, ``_lipschitz_jax``)
 describe a model as a list of :class:`Node` in topological order, node 0 being the model
-input; ``jacspec.lipschitz`` composes Lipschitz bounds over it without knowing the
+input; ``jacspec.lipschitz_bounds`` composes Lipschitz bounds over it without knowing the
 framework. Every array a node holds or returns is the framework's own; functions take and
 return batches (a leading batch axis).
 """
@@ -84,6 +84,24 @@ class ModelGraph:
     dtype: Any
     device: Any = None
     notes: list[str] = field(default_factory=list)
+
+
+class NodeList:
+    """The nodes a walker has emitted so far, with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self.names: dict[str, int] = {}
+
+    def label(self, name: str) -> str:
+        """``name``, or ``name #k`` for its ``k``-th use."""
+        self.names[name] = self.names.get(name, 0) + 1
+        return name if self.names[name] == 1 else f"{name} #{self.names[name]}"
+
+    def append(self, node: Node) -> int:
+        """Adds ``node``; returns its index."""
+        self.nodes.append(node)
+        return len(self.nodes) - 1
 
 
 class Unsupported(ValueError):

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._graph import ACTIVATIONS, ModelGraph, Node, Unsupported, overlap_lip
+from ._graph import ACTIVATIONS, ModelGraph, Node, NodeList, Unsupported, overlap_lip
 
 # Primitives affine in their (one) dependent operand, the others constant.
 _SHAPE_OPS = {"reshape": "reshape", "broadcast_in_dim": "reshape", "transpose": "permute",
@@ -61,18 +61,8 @@ def _sub_jaxpr(eqn: Any) -> Any:
     return None
 
 
-class _Walker:
-    def __init__(self) -> None:
-        self.nodes: list[Node] = []
-        self.names: dict[str, int] = {}
-
-    def label(self, name: str) -> str:
-        self.names[name] = self.names.get(name, 0) + 1
-        return name if self.names[name] == 1 else f"{name} #{self.names[name]}"
-
-    def append(self, node: Node) -> int:
-        self.nodes.append(node)
-        return len(self.nodes) - 1
+class _Walker(NodeList):
+    """Emits the nodes of a model, in the order its program computes them."""
 
     def jaxpr(self, closed: Any, ins: list[Any]) -> list[Any]:
         """Walks a (closed) jaxpr whose inputs are ``ins`` (a node index, or a constant
@@ -218,9 +208,9 @@ def _family(model: Any) -> str:
     roots = {c.__module__.split(".")[0] for c in type(model).__mro__}
     if "equinox" in roots:
         return "equinox"
-    import flax
+    from flax import nnx
 
-    if isinstance(model, getattr(flax, "nnx").Module):
+    if isinstance(model, nnx.Module):
         return "nnx"
     return "linen"
 

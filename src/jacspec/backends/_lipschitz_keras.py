@@ -16,7 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from ._conv_layers import keras_conv
-from ._graph import ACTIVATIONS, ModelGraph, Node, Unsupported, overlap_lip
+from ._graph import ACTIVATIONS, ModelGraph, Node, NodeList, Unsupported, overlap_lip
 
 keras = tf.keras
 
@@ -50,20 +50,9 @@ def _lip_of_activation(name: str, layer_name: str) -> float | None:
     return ACTIVATIONS[name]
 
 
-class _Walker:
-    def __init__(self) -> None:
-        self.nodes: list[Node] = []
-        self.names: dict[str, int] = {}
+class _Walker(NodeList):
+    """Emits the nodes of a model, in the order its program computes them."""
 
-    def label(self, name: str) -> str:
-        self.names[name] = self.names.get(name, 0) + 1
-        return name if self.names[name] == 1 else f"{name}#{self.names[name]}"
-
-    def append(self, node: Node) -> int:
-        self.nodes.append(node)
-        return len(self.nodes) - 1
-
-    # -- graphs -------------------------------------------------------------------
     def functional(self, model: Any, inputs: list[int]) -> int:
         """Adds the nodes of a functional graph whose inputs are ``inputs``; returns the
         index of its output."""
