@@ -264,6 +264,8 @@ def test_same_function_same_bounds(backend, family):
     assert float(js.svds(J, 1, tol=1e-10).values[0]) == pytest.approx(ref.lower, rel=1e-6)
     text = str(res)
     assert "conv" in text and "upper / lower" in text
+    if backend == "jax" and not family:  # the NNX model itself stays in training mode
+        assert not model.bn.use_running_average
 
 
 def res_forward(model, backend, family=""):
