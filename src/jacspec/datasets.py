@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ._progress import progress
 from .backends import Backend, backend_of
 from .derivatives import _check_callable, _point
@@ -159,6 +161,7 @@ class DatasetOperator(LinearOperator):
         self._product, self._data, self._summary = product, data, summary
         self._distributed, self._group = distributed, group
         self._progress, self._name = progress, name
+        self._seed = backend.random_seed()
         local = summary.num_samples
         self.num_samples = (
             backend.distributed_count(local, group=group) if distributed else local
@@ -169,23 +172,35 @@ class DatasetOperator(LinearOperator):
         return True
 
     def _batches(self) -> Iterator[Any]:
-        for i, batch in enumerate(self._data):
-            s = _signature(batch)
-            if s != self._summary.signature:
-                raise _structure_error(i, s, self._summary.signature)
-            if self._distributed:
-                batch = self._backend.distributed_batch(batch, group=self._group)
-            yield batch
+        # The data's own random draws (a shuffling DataLoader's) leave the caller's
+        # generators as they were.
+        with self._backend.fixed_randomness(None):
+            for i, batch in enumerate(self._data):
+                s = _signature(batch)
+                if s != self._summary.signature:
+                    raise _structure_error(i, s, self._summary.signature)
+                if self._distributed:
+                    batch = self._backend.distributed_batch(batch, group=self._group)
+                yield batch
+
+    def _batch_product(self, index: int, batch: Any, V: Array) -> Array:
+        """Batch ``index``'s product, its random layers (dropout) seeded the same way in
+        every product: the operator is one fixed matrix."""
+        seed = None
+        if self._seed is not None:
+            seed = int(np.random.SeedSequence([self._seed, index]).generate_state(1)[0])
+        with self._backend.fixed_randomness(seed):
+            return self._product(batch, V)
 
     def _mm(self, V, *, adjoint=False, grad=False):
         total = None
         bar = progress(self._summary.num_batches, desc=self._name, unit="batch",
                        enabled=self._progress)
         try:
-            for batch in self._batches():
+            for i, batch in enumerate(self._batches()):
                 size = batch_size(batch)
                 if size:
-                    part = self._product(batch, V) * (size / self.num_samples)
+                    part = self._batch_product(i, batch, V) * (size / self.num_samples)
                     if total is None:
                         total = part
                     else:  # in place where the framework allows (one vector less alive)
@@ -240,7 +255,8 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
         _check_callable(loss)
     _check_flags(distributed, group, progress)
     backend, params = _point(params)
-    summary = scan(data)
+    with backend.fixed_randomness(None):  # a shuffling DataLoader draws on iteration
+        summary = scan(data)
     first = summary.first
     if loss is None:
         with _naming("f(params, batch)"):
