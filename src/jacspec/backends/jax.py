@@ -254,6 +254,18 @@ class JaxBackend(Backend):
         x0, unravel = ravel_pytree(x)
         return x0, lambda theta: f(unravel(theta))
 
+    def owns_model(self, model) -> bool:
+        """Flax (NNX, Linen) and Equinox modules (js.lipschitz)."""
+        from ._lipschitz_jax import owns_model
+
+        return owns_model(model)
+
+    def lipschitz_graph(self, model, input_shape, *, layout=None):
+        """The traced program of a Flax or Equinox model as a graph (js.lipschitz)."""
+        from ._lipschitz_jax import jax_graph
+
+        return jax_graph(model, input_shape, layout)
+
     def linearize(self, f, x, *, batched):
         x, fun = self._flat_point(f, x, batched=batched)
         fun, key, compiled = self._traced(fun, x, batched, "jacobian")
