@@ -175,7 +175,7 @@ def spectral_norm(op: Any, *, method: str = "auto", tol: float | None = None,
     >>> W = torch.tensor([[3.0, 0.0], [0.0, 1.0]], requires_grad=True)
     >>> s = js.spectral_norm(js.jacobian(lambda x: W @ x, torch.ones(2)))
     >>> s.backward()
-    >>> round(float(s), 6), W.grad.abs().tolist()
+    >>> round(s.item(), 6), W.grad.abs().tolist()
     (3.0, [[1.0, 0.0], [0.0, 0.0]])
     """
     op = V.as_operator(op)
