@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ._progress import progress
 from .backends import Backend, backend_of
 from .derivatives import _check_callable, _point
@@ -166,6 +168,7 @@ class DatasetOperator(LinearOperator):
         self._product, self._data, self._summary = product, data, summary
         self._distributed, self._group = distributed, group
         self._progress, self._name = progress, name
+        self._seed = backend.random_seed()
         local = summary.num_samples
         self.num_samples = (
             backend.distributed_count(local, group=group) if distributed else local
@@ -179,14 +182,17 @@ class DatasetOperator(LinearOperator):
         """The batches of one pass, checked against the first pass: their structure as
         they come, their number of samples at the end."""
         seen = 0
-        for i, batch in enumerate(self._data):
-            pieces = (self._backend.distributed_parts(batch, group=self._group)
-                      if self._distributed else [batch])
-            s = _signature(pieces[0])
-            if s != self._summary.signature:
-                raise _structure_error(i, s, self._summary.signature)
-            seen += sum(batch_size(p) for p in pieces)  # as ``scan`` counts them
-            yield batch
+        # The data's own random draws (a shuffling DataLoader's) leave the caller's
+        # generators as they were.
+        with self._backend.fixed_randomness(None):
+            for i, batch in enumerate(self._data):
+                pieces = (self._backend.distributed_parts(batch, group=self._group)
+                          if self._distributed else [batch])
+                s = _signature(pieces[0])
+                if s != self._summary.signature:
+                    raise _structure_error(i, s, self._summary.signature)
+                seen += sum(batch_size(p) for p in pieces)  # as ``scan`` counts them
+                yield batch
         if seen != self._summary.num_samples:
             raise ValueError(
                 f"Expected every pass over data to yield the {self._summary.num_samples} "
@@ -195,6 +201,13 @@ class DatasetOperator(LinearOperator):
                 "(e.g. a filter, a sampler or a list that changed); pass data that "
                 "yields the same samples every time."
             )
+
+    def _batch_seed(self, index: int) -> int | None:
+        """The seed of batch ``index``'s random layers (dropout), the same in every
+        product: the operator is one fixed matrix."""
+        if self._seed is None:
+            return None
+        return int(np.random.SeedSequence([self._seed, index]).generate_state(1)[0])
 
     def _weight(self, batch: Any) -> float:
         """A batch's (or a replica's piece of it) share of the mean."""
@@ -214,8 +227,9 @@ class DatasetOperator(LinearOperator):
         bar = progress(self._summary.num_batches, desc=self._name, unit="batch",
                        enabled=self._progress)
         try:
-            for batch in self._batches():
-                part = self._weighted_product(batch, V)
+            for i, batch in enumerate(self._batches()):
+                with self._backend.fixed_randomness(self._batch_seed(i)):
+                    part = self._weighted_product(batch, V)
                 if part is not None:
                     if total is None:
                         total = part
@@ -274,8 +288,9 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
     if distributed:
         group = backend.distributed_group(group)
         data = backend.distributed_data(data, group=group)
-    summary = scan(data, (lambda b: backend.distributed_parts(b, group=group))
-                   if distributed else None)
+    with backend.fixed_randomness(None):  # a shuffling DataLoader draws on iteration
+        summary = scan(data, (lambda b: backend.distributed_parts(b, group=group))
+                       if distributed else None)
     first = summary.first
     if loss is None:
         with _naming("f(params, batch)"):
