@@ -17,7 +17,8 @@ penalty            per-sample value                                             
 ``frobenius``      ``||J||_F^2`` (random-projection estimate or exact)              Hoffman et al. 2019;
                                                                                     Varga et al. 2017
 ``gradient_norm``  ``||d loss / d x||^2`` (double backpropagation)                  Drucker & LeCun 1991
-``conv_bound``     the Fantastic Four bound of a conv kernel                        Singla & Feizi 2021
+``conv_bound``     the Fantastic Four or Gram-iteration bound of a conv kernel      Singla & Feizi 2021;
+                                                                                    Delattre et al. 2023
 =================  ==============================================================  ==========================
 """
 
@@ -382,17 +383,27 @@ def gradient_norm(loss_fn: Callable, x: Array) -> Array:
     )
 
 
-def conv_bound(weight: Array, *, layout: str | None = None) -> Array:
-    """The Fantastic Four upper bound on a conv layer's spectral norm, differentiable.
+#: The conv bounds :func:`conv_bound` offers.
+CONV_BOUNDS = ("fantastic_four", "gram")
 
-    ``js.conv.fantastic_four(weight, layout=layout).bound`` (Singla & Feizi 2021):
-    ``sqrt(h w) min(||R||, ||S||, ||T||, ||U||)`` over four reshapes of the kernel, valid
-    for any input size (stride 1). Add ``lam * conv_bound(conv.weight)`` per layer.
+
+def conv_bound(weight: Array, *, method: str = "fantastic_four",
+               layout: str | None = None) -> Array:
+    """A certified upper bound on a conv layer's spectral norm, differentiable.
+
+    ``method="fantastic_four"`` (default): ``js.conv.fantastic_four(weight).bound``
+    (Singla & Feizi 2021), ``sqrt(h w) min(||R||, ||S||, ||T||, ||U||)`` over four
+    reshapes of the kernel. ``method="gram"``: ``js.conv.gram_bound(weight)`` (Delattre
+    et al. 2023, 2024), Gram iteration on the kernel's frequency matrices, usually much
+    tighter. Both are valid for any input size (stride 1, zero or circular padding; a
+    stride only lowers the norm). Add ``lam * conv_bound(conv.weight)`` per layer.
 
     Parameters
     ----------
     weight : array
         The kernel in the framework's layout (``"OIHW"`` torch, ``"HWIO"`` JAX/TF).
+    method : {"fantastic_four", "gram"}
+        Which bound.
     layout : str, optional
         Override the layout.
 
@@ -409,7 +420,15 @@ def conv_bound(weight: Array, *, layout: str | None = None) -> Array:
     >>> w[0, 0, 1, 1] = 2.0
     >>> round(float(js.penalties.conv_bound(w)), 4)  # sqrt(3 * 3) * 2: not tight here
     6.0
+    >>> round(float(js.penalties.conv_bound(w, method="gram")), 4)  # the exact norm: 2
+    2.0
     """
     from . import conv
 
+    if method not in CONV_BOUNDS:
+        raise ValueError(
+            f"Expected method to be one of {CONV_BOUNDS}. Received method={method!r}."
+        )
+    if method == "gram":
+        return conv.gram_bound(weight, layout=layout)
     return conv.fantastic_four(weight, layout=layout).bound
