@@ -43,7 +43,7 @@ from ._base import (
     check_output,
     check_scalar_output,
 )
-from ._torch_state import state_guard
+from ._torch_state import Guard, fixed_randomness, random_seed, state_guard
 
 # What torch says when an operation lacks the derivative a product needs: the flash and
 # memory-efficient attention kernels have no double backward and no forward mode.
@@ -86,12 +86,13 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _forward_mode(f: Callable) -> Iterator[None]:
-    """Where ``f``'s forward runs: autograd on, the user's state protected, and a clear
-    error for parameters created in inference mode (autograd cannot use them)."""
+def _forward_mode(f: Callable, seed: int | None) -> Iterator[Guard]:
+    """Where ``f``'s forward runs: autograd on, the user's state protected, torch's
+    random generators seeded with ``seed`` (see :func:`state_guard`), and a clear error
+    for parameters created in inference mode (autograd cannot use them)."""
     try:
-        with _outside_inference_mode(), torch.enable_grad(), state_guard(f):
-            yield
+        with _outside_inference_mode(), torch.enable_grad(), state_guard(f, seed) as guard:
+            yield guard
     except RuntimeError as err:
         if "Inference tensors cannot be saved for backward" not in str(err):
             raise
@@ -219,6 +220,10 @@ def _math_kernels() -> contextlib.AbstractContextManager[Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
+
+
+def _cuda_devices(tensors: list) -> list:
+    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
 
 
 def _with_leaves(x: Any, leaves: list) -> Any:
@@ -409,6 +414,13 @@ class TorchBackend(Backend):
         X[..., j, start:start + x.shape[-1]] = x
         return X
 
+    def plain_collection(self, x):
+        if isinstance(x, torch.nn.ParameterList):
+            return list(x)
+        if isinstance(x, torch.nn.ParameterDict):
+            return dict(x.items())
+        return x
+
     def owns_model(self, model) -> bool:
         return isinstance(model, torch.nn.Module)
 
@@ -438,14 +450,16 @@ class TorchBackend(Backend):
     def linearize(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
+        seed = random_seed()
 
         def forward() -> None:
             # The graph is retained for every product. If the user backpropagates through
             # a result built on it (``js.spectral_norm(J).backward()``), autograd frees it;
-            # the next product then runs this again (at the current parameter values).
+            # the next product then runs this again (at the current parameter values,
+            # with the same random draws).
             st.clear()
-            with _forward_mode(f), _math_kernels():
-                st["y"] = f(arg)
+            with _forward_mode(f, seed) as guard, _math_kernels():
+                st["y"] = guard.result(f(arg))
 
         forward()
         y = st["y"]
@@ -541,10 +555,11 @@ class TorchBackend(Backend):
     def linearize_gradient(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
+        seed = random_seed()
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
-            with _forward_mode(f), _math_kernels():
-                y = f(arg)
+            with _forward_mode(f, seed) as guard, _math_kernels():
+                y = guard.result(f(arg))
             with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y
                 st["grads"] = torch.autograd.grad(
@@ -607,8 +622,9 @@ class TorchBackend(Backend):
         lay = _Layout(leaves, ())
 
         def prod(batch, V):
-            with _forward_mode(f), _math_kernels():
-                y = f(arg, batch)
+            # The caller fixes the randomness of each batch (see fixed_randomness).
+            with _forward_mode(f, None) as guard, _math_kernels():
+                y = guard.result(f(arg, batch))
                 grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
             k = V.shape[-1]
@@ -641,9 +657,11 @@ class TorchBackend(Backend):
         def column(inputs, targets, v):
             import torch.autograd.forward_ad as fwad
 
-            with _forward_mode(f), _math_kernels(), fwad.dual_level():
+            # every column sees the randomness the caller fixed for the batch (dropout)
+            with torch.random.fork_rng(devices=_cuda_devices(leaves)), \
+                    _forward_mode(f, None) as guard, _math_kernels(), fwad.dual_level():
                 duals = [fwad.make_dual(leaf, t) for leaf, t in zip(leaves, lay.split(v))]
-                z, zt = fwad.unpack_dual(f(_with_leaves(arg, duals), inputs))
+                z, zt = fwad.unpack_dual(guard.result(f(_with_leaves(arg, duals), inputs)))
             if zt is None:
                 return torch.zeros_like(v)
             hz = loss_hvp(z.detach(), zt.detach(), targets)
@@ -679,8 +697,9 @@ class TorchBackend(Backend):
         values, _, arg = self._point(x, batched=batched)
         bshape = (int(x.shape[0]),) if batched else ()
         lay = _Layout(values, bshape)
-        with _forward_mode(f), torch.no_grad():
-            y = f(arg)
+        seed = random_seed()
+        with _forward_mode(f, seed) as guard, torch.no_grad():
+            y = guard.result(f(arg))
         check_output(self, y, bshape[0] if batched else None, what="f")
         check_scalar_output(tuple(y.shape), bshape)
         with torch.no_grad():
@@ -692,14 +711,20 @@ class TorchBackend(Backend):
             with _outside_inference_mode(), torch.no_grad():
                 pts = [(v.detach() + p).requires_grad_(True)
                        for v, p in zip(values, lay.split(d))]
-            with _forward_mode(f):
-                out = f(_with_leaves(arg, pts))
+            with _forward_mode(f, seed) as guard:
+                out = guard.result(f(_with_leaves(arg, pts)))
                 gs = (torch.autograd.grad(out.sum(), pts, allow_unused=True)
                       if out.requires_grad else [None] * len(pts))
             return lay.join(gs, d)
 
         return GradientOracle(y=y.detach(), n=lay.n, batch_shape=bshape,
                               point_norm=point_norm, grad=grad)
+
+    def random_seed(self) -> int:
+        return random_seed()
+
+    def fixed_randomness(self, seed):
+        return fixed_randomness(seed)
 
     # -- products summed across processes (distributed=True) --------------------------
     def _check_distributed(self) -> Any:
@@ -764,6 +789,16 @@ class TorchBackend(Backend):
         from ._conv_layers import torch_layers
 
         return torch_layers(model, input_shape)
+
+    def lipschitz_graph(self, model, input_shape, *, layout=None):
+        """The traced graph of a ``torch.nn.Module`` (js.lipschitz); NCHW images."""
+        from ._lipschitz_torch import torch_graph
+
+        if layout == "NHWC":
+            raise ValueError(
+                "Expected layout 'NCHW' (or None) for a torch model: torch convolutions "
+                "take channels-first images. Received layout='NHWC'.")
+        return torch_graph(model, input_shape)
 
 
 BACKEND = TorchBackend()
