@@ -129,6 +129,10 @@ class Backend:
         """True inside a tracing transformation (``jax.jit``, ``tf.function``)."""
         return False
 
+    def has_float64(self) -> bool:
+        """Whether float64 arrays can be made now (JAX: only with ``jax_enable_x64``)."""
+        return True
+
     def all_finite(self, x: Array) -> bool:
         return bool(np.all(np.isfinite(self.to_numpy(x))))
 

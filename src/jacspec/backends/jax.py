@@ -170,6 +170,9 @@ class JaxBackend(Backend):
     def is_traced(self, x) -> bool:
         return isinstance(x, jax.core.Tracer)
 
+    def has_float64(self) -> bool:
+        return bool(jax.config.read("jax_enable_x64"))
+
     def all_finite(self, x) -> bool:
         if all(d.platform == "cpu" for d in x.devices()):
             # NumPy reads a CPU array in place; a program would be compiled per shape
