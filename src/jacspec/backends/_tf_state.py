@@ -3,17 +3,14 @@ runs.
 
 ``f`` may write to variables the user owns: a ``tf.Module``'s moving mean or step
 counter, a Keras 2 layer's batch statistics, weights clamped inside the forward pass.
-Two mechanisms write them back when ``f`` returns (Keras 3 variables never change: ``f``
-runs in ``keras.StatelessScope``, see ``tensorflow.run_without_side_effects``):
-
-- :func:`writes_undone`: while ``f`` runs in this thread, the write methods of
-  ``tf.Variable`` (``assign``, ``assign_add``, ``scatter_update``...) record each
-  variable's value before its first write, however ``f`` reaches the variable. The
-  products are those of ``f`` as it ran (the tape holds the values ``f`` read).
-- :func:`module_state_kept`: writes that run inside an already traced ``tf.function``
-  execute no Python, so the state variables (not trainable, or not floating) of the
-  ``tf.Module`` objects ``f`` reaches (:func:`find_closure_objects`) are also saved and
-  written back.
+They are caught where they happen, however ``f`` reaches the variable, and written
+back when ``f`` returns (:func:`writes_undone`; Keras 3 variables never change: ``f``
+runs in ``keras.StatelessScope``, see ``tensorflow.run_without_side_effects``): while
+``f`` runs in this thread, the write methods of ``tf.Variable`` (``assign``,
+``assign_add``, ``scatter_update``...) record a variable's value before its first
+write, and so does a call of a traced ``tf.function`` (which runs no Python) for the
+variables its graph may write (any use of a captured variable but a read). The
+products are those of ``f`` as it ran: the tape holds the values ``f`` read.
 """
 
 from __future__ import annotations
@@ -21,38 +18,78 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import tensorflow as tf
+from tensorflow.python.eager.polymorphic_function import concrete_function
 from tensorflow.python.ops import resource_variable_ops
-
-from ._base import find_closure_objects
 
 _VARIABLE = resource_variable_ops.BaseResourceVariable
 _WRITES = ("assign", "assign_add", "assign_sub", "batch_scatter_update", "scatter_add",
            "scatter_div", "scatter_max", "scatter_min", "scatter_mul", "scatter_nd_add",
            "scatter_nd_max", "scatter_nd_min", "scatter_nd_sub", "scatter_nd_update",
            "scatter_sub", "scatter_update")
+# Operations that only read a variable; any other use of a function's captured variable
+# counts as a write (nested function calls included).
+_READS = frozenset({"ReadVariableOp", "VariableShape", "ResourceGather", "ResourceGatherNd",
+                    "VarIsInitializedOp"})
+_written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 _installed: list[tuple[type, str, Any]] = []  # (class, name, original) while active
 _active = 0
 _local = threading.local()  # .levels: the saved values of the guards active in a thread
 
 
+def _record(variable: Any) -> None:
+    """Save ``variable``'s value in the innermost active guard of this thread, before
+    its first write there."""
+    levels = getattr(_local, "levels", None)
+    if not levels or getattr(_local, "restoring", False):
+        return
+    graph, saved = levels[-1]
+    if id(variable) not in saved:
+        value = _value_before(variable, graph)
+        if value is not None:
+            saved[id(variable)] = (variable, value)
+
+
 def _recording(original: Callable) -> Callable:
     @functools.wraps(original)
     def write(self: Any, *args: Any, **kwargs: Any) -> Any:
-        levels = getattr(_local, "levels", None)
-        if levels and not getattr(_local, "restoring", False):
-            graph, saved = levels[-1]
-            if id(self) not in saved:
-                value = _value_before(self, graph)
-                if value is not None:
-                    saved[id(self)] = (self, value)
+        _record(self)
         return original(self, *args, **kwargs)
 
     return write
+
+
+def _written_captures(function: Any) -> list[int]:
+    """Positions of the captured inputs of a concrete function that its graph may
+    write (cached per function)."""
+    out = _written.get(function)
+    if out is None:
+        out = [i for i, t in enumerate(function.graph.internal_captures)
+               if t.dtype == tf.resource
+               and any(op.type not in _READS for op in t.consumers())]
+        _written[function] = out
+    return out
+
+
+def _calling(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def call(self: Any, tensor_inputs: Any, captured_inputs: Any) -> Any:
+        if getattr(_local, "levels", None):
+            written = _written_captures(self)
+            if written:
+                by_handle = {id(v.handle): v for v in self.graph.variables}
+                for i in written:
+                    variable = by_handle.get(id(captured_inputs[i]))
+                    if variable is not None:
+                        _record(variable)
+        return original(self, tensor_inputs, captured_inputs)
+
+    return call
 
 
 def _graph() -> Any:
@@ -66,11 +103,14 @@ def _value_before(variable: Any, graph: Any) -> Any:
     ``tf.function`` that ``f`` calls in an eager guard, read eagerly now (the function
     runs after its trace). None for a write into a function traced inside a guard that
     is itself in a graph (not restorable from there)."""
-    if _graph() is graph:
-        return tf.identity(variable.read_value())
-    if graph is None:
-        with tf.init_scope():
+    try:
+        if _graph() is graph:
             return tf.identity(variable.read_value())
+        if graph is None:
+            with tf.init_scope():
+                return tf.identity(variable.read_value())
+    except (tf.errors.FailedPreconditionError, ValueError):  # not initialized yet
+        pass
     return None
 
 
@@ -84,6 +124,9 @@ def _install() -> None:
                     if original is not None:  # defined (or wrapped by TensorFlow) here
                         _installed.append((cls, name, original))
                         setattr(cls, name, _recording(original))
+            function = concrete_function.ConcreteFunction
+            _installed.append((function, "_call_flat", function.__dict__["_call_flat"]))
+            function._call_flat = _calling(function.__dict__["_call_flat"])
         _active += 1
 
 
@@ -138,33 +181,3 @@ def _write_back(saved: Any) -> None:
             variable.assign(value)
     finally:
         _local.restoring = restoring
-
-
-def _is_state(v: Any) -> bool:
-    return not v.trainable or not v.dtype.is_floating
-
-
-@contextlib.contextmanager
-def module_state_kept(f: Callable) -> Iterator[None]:
-    """The state variables of the ``tf.Module`` objects ``f`` reaches (Keras 2 layers
-    among them) hold their old values afterwards."""
-    roots = [f, getattr(f, "python_function", None)]  # a tf.function: its Python function
-    modules = find_closure_objects(roots, lambda o: isinstance(o, tf.Module))
-    seen: set[int] = set()
-    saved = []
-    for module in modules:
-        for v in module.variables:
-            if id(v) not in seen and _is_state(v):
-                seen.add(id(v))
-                saved.append((v, tf.identity(v.read_value())))
-    try:
-        yield
-    finally:
-        _write_back(saved)
-
-
-@contextlib.contextmanager
-def kept(f: Callable) -> Iterator[None]:
-    """Both guards around a run of ``f``."""
-    with module_state_kept(f), writes_undone():
-        yield

@@ -72,10 +72,10 @@ def run_without_side_effects(f: Callable, run: Callable[[], Any]) -> Any:
     reaches the model. A first call that builds the model runs twice: the variables it
     creates are initialized when the scope closes, and the second run uses them. Plain
     ``tf.Variable`` writes (``tf.Module`` state, Keras 2 layers) are written back
-    afterwards (:func:`._tf_state.kept`).
+    afterwards (:func:`._tf_state.writes_undone`).
     """
     scope = _stateless_scope()
-    with _tf_state.kept(f):
+    with _tf_state.writes_undone():
         if scope is None:
             return run()
         for _attempt in range(2):
