@@ -11,7 +11,9 @@ the operator of the union of the shards.
 
 The data is read once when the operator is built, to count the samples and check that
 every batch has one structure; the first batch is also differentiated once, so that a
-non-scalar loss is reported before any product runs.
+non-scalar loss is reported before any product runs. Every product's pass must yield
+that many samples again: a dataset that changes between passes is an error, never a
+silent reweighting.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ._progress import progress
 from .backends import Backend, backend_of
@@ -164,6 +168,7 @@ class DatasetOperator(LinearOperator):
         self._product, self._data, self._summary = product, data, summary
         self._distributed, self._group = distributed, group
         self._progress, self._name = progress, name
+        self._seed = backend.random_seed()
         local = summary.num_samples
         self.num_samples = (
             backend.distributed_count(local, group=group) if distributed else local
@@ -174,13 +179,35 @@ class DatasetOperator(LinearOperator):
         return True
 
     def _batches(self) -> Iterator[Any]:
-        for i, batch in enumerate(self._data):
-            piece = (self._backend.distributed_parts(batch, group=self._group)[0]
-                     if self._distributed else batch)
-            s = _signature(piece)
-            if s != self._summary.signature:
-                raise _structure_error(i, s, self._summary.signature)
-            yield batch
+        """The batches of one pass, checked against the first pass: their structure as
+        they come, their number of samples at the end."""
+        seen = 0
+        # The data's own random draws (a shuffling DataLoader's) leave the caller's
+        # generators as they were.
+        with self._backend.fixed_randomness(None):
+            for i, batch in enumerate(self._data):
+                pieces = (self._backend.distributed_parts(batch, group=self._group)
+                          if self._distributed else [batch])
+                s = _signature(pieces[0])
+                if s != self._summary.signature:
+                    raise _structure_error(i, s, self._summary.signature)
+                seen += sum(batch_size(p) for p in pieces)  # as ``scan`` counts them
+                yield batch
+        if seen != self._summary.num_samples:
+            raise ValueError(
+                f"Expected every pass over data to yield the {self._summary.num_samples} "
+                f"samples of the first pass (the operator is their mean). Received "
+                f"{seen} samples in a later pass: the dataset changed between passes "
+                "(e.g. a filter, a sampler or a list that changed); pass data that "
+                "yields the same samples every time."
+            )
+
+    def _batch_seed(self, index: int) -> int | None:
+        """The seed of batch ``index``'s random layers (dropout), the same in every
+        product: the operator is one fixed matrix."""
+        if self._seed is None:
+            return None
+        return int(np.random.SeedSequence([self._seed, index]).generate_state(1)[0])
 
     def _weight(self, batch: Any) -> float:
         """A batch's (or a replica's piece of it) share of the mean."""
@@ -200,8 +227,9 @@ class DatasetOperator(LinearOperator):
         bar = progress(self._summary.num_batches, desc=self._name, unit="batch",
                        enabled=self._progress)
         try:
-            for batch in self._batches():
-                part = self._weighted_product(batch, V)
+            for i, batch in enumerate(self._batches()):
+                with self._backend.fixed_randomness(self._batch_seed(i)):
+                    part = self._weighted_product(batch, V)
                 if part is not None:
                     if total is None:
                         total = part
@@ -260,8 +288,9 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
     if distributed:
         group = backend.distributed_group(group)
         data = backend.distributed_data(data, group=group)
-    summary = scan(data, (lambda b: backend.distributed_parts(b, group=group))
-                   if distributed else None)
+    with backend.fixed_randomness(None):  # a shuffling DataLoader draws on iteration
+        summary = scan(data, (lambda b: backend.distributed_parts(b, group=group))
+                       if distributed else None)
     first = summary.first
     if loss is None:
         with _naming("f(params, batch)"):
@@ -342,7 +371,9 @@ def ggn(
         If ``data`` is a one-shot generator or iterator, or not iterable.
     ValueError
         For an empty dataset, batches of changing structure, batches that are not
-        ``(inputs, targets)`` pairs, or a ``loss`` that returns a non-scalar.
+        ``(inputs, targets)`` pairs, or a ``loss`` that returns a non-scalar; at a
+        product, for a pass over ``data`` that yields another number of samples than
+        the first.
 
     Examples
     --------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .backends import Backend, backend_of, collection_leaves, infer_backend
+from .backends import Backend, backend_of, collection_leaves, infer_backend, plain_collection
 from .operators import LinearizationOperator, LinearOperator
 
 __all__ = ["jacobian", "hessian"]
@@ -51,7 +51,9 @@ def _is_iterator(x: Any) -> bool:
 
 
 def _materialize(x: Any) -> Any:
-    """``named_parameters()`` iterators and lists of ``(name, tensor)`` become dicts."""
+    """``named_parameters()`` iterators and lists of ``(name, tensor)`` become dicts, a
+    framework's parameter container (torch ``ParameterList``) its list or dict."""
+    x = plain_collection(x)
     if _is_iterator(x):
         x = list(x)
     if isinstance(x, list) and x and all(
@@ -150,9 +152,10 @@ def hessian(
 
     ``matvec`` is a Hessian-vector product that reuses one forward and one backward pass
     of ``f``. ``x`` may be an array or a parameter collection: a list/tuple/dict of
-    arrays, a JAX pytree, a torch ``named_parameters()`` dict (or iterator), or a list of
-    ``tf.Variable``; vectors are then flat, of size the total number of entries, in the
-    collection's order.
+    arrays, a JAX pytree, a torch ``named_parameters()`` dict (or iterator), a torch
+    ``ParameterList`` or ``ParameterDict`` (``f`` receives the list or dict of its
+    parameters), or a list of ``tf.Variable``; vectors are then flat, of size the total
+    number of entries, in the collection's order.
 
     Parameters
     ----------

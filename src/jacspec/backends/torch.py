@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ._base import Backend, Linearization, check_input, check_output
-from ._torch_state import state_guard
+from ._torch_state import Guard, fixed_randomness, random_seed, state_guard
 
 
 def _outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
@@ -62,12 +62,13 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _forward_mode(f: Callable) -> Iterator[None]:
-    """Where ``f``'s forward runs: autograd on, the user's state protected, and a clear
-    error for parameters created in inference mode (autograd cannot use them)."""
+def _forward_mode(f: Callable, seed: int | None) -> Iterator[Guard]:
+    """Where ``f``'s forward runs: autograd on, the user's state protected, torch's
+    random generators seeded with ``seed`` (see :func:`state_guard`), and a clear error
+    for parameters created in inference mode (autograd cannot use them)."""
     try:
-        with _outside_inference_mode(), torch.enable_grad(), state_guard(f):
-            yield
+        with _outside_inference_mode(), torch.enable_grad(), state_guard(f, seed) as guard:
+            yield guard
     except RuntimeError as err:
         if "Inference tensors cannot be saved for backward" not in str(err):
             raise
@@ -319,6 +320,13 @@ class TorchBackend(Backend):
         X[..., j, start:start + x.shape[-1]] = x
         return X
 
+    def plain_collection(self, x):
+        if isinstance(x, torch.nn.ParameterList):
+            return list(x)
+        if isinstance(x, torch.nn.ParameterDict):
+            return dict(x.items())
+        return x
+
     def owns_model(self, model) -> bool:
         return isinstance(model, torch.nn.Module)
 
@@ -348,14 +356,16 @@ class TorchBackend(Backend):
     def linearize(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
+        seed = random_seed()
 
         def forward() -> None:
             # The graph is retained for every product. If the user backpropagates through
             # a result built on it (``js.spectral_norm(J).backward()``), autograd frees it;
-            # the next product then runs this again (at the current parameter values).
+            # the next product then runs this again (at the current parameter values,
+            # with the same random draws).
             st.clear()
-            with _forward_mode(f):
-                st["y"] = f(arg)
+            with _forward_mode(f, seed) as guard:
+                st["y"] = guard.result(f(arg))
 
         forward()
         y = st["y"]
@@ -451,10 +461,11 @@ class TorchBackend(Backend):
     def linearize_gradient(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
+        seed = random_seed()
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
-            with _forward_mode(f):
-                y = f(arg)
+            with _forward_mode(f, seed) as guard:
+                y = guard.result(f(arg))
             with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y
                 st["grads"] = torch.autograd.grad(
@@ -522,8 +533,9 @@ class TorchBackend(Backend):
         lay = _Layout(leaves, ())
 
         def prod(batch, V):
-            with _forward_mode(f):
-                y = f(arg, batch)
+            # The caller fixes the randomness of each batch (see fixed_randomness).
+            with _forward_mode(f, None) as guard:
+                y = guard.result(f(arg, batch))
                 grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
             k = V.shape[-1]
@@ -539,6 +551,12 @@ class TorchBackend(Backend):
             return lay.join(res, V)[:, None] if k == 1 else lay.join_cols(res, k, V)
 
         return prod
+
+    def random_seed(self) -> int:
+        return random_seed()
+
+    def fixed_randomness(self, seed):
+        return fixed_randomness(seed)
 
     # -- products summed across processes (distributed=True) --------------------------
     def _check_distributed(self) -> Any:
@@ -603,6 +621,16 @@ class TorchBackend(Backend):
         from ._conv_layers import torch_layers
 
         return torch_layers(model, input_shape)
+
+    def lipschitz_graph(self, model, input_shape, *, layout=None):
+        """The traced graph of a ``torch.nn.Module`` (js.lipschitz); NCHW images."""
+        from ._lipschitz_torch import torch_graph
+
+        if layout == "NHWC":
+            raise ValueError(
+                "Expected layout 'NCHW' (or None) for a torch model: torch convolutions "
+                "take channels-first images. Received layout='NHWC'.")
+        return torch_graph(model, input_shape)
 
 
 BACKEND = TorchBackend()
