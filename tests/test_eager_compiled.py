@@ -371,3 +371,29 @@ def test_arrays_inside_a_jitted_helper_are_read_afresh():
         layer = jax.jit(functools.partial(jnp.matmul, scale * jnp.asarray(W3)))
         s, _ = _run("compiled", functools.partial(_norm_of_jacobian, layer, x))
         np.testing.assert_allclose(float(s), 3.0 * scale, rtol=1e-8)
+
+
+def test_rules_inside_loops_share_programs():
+    """jax.nn.relu / softmax inside lax.scan and fori_loop bodies: the exact Jacobian,
+    one compiled program over calls (the carries' dependence on the tangent is followed
+    through the body)."""
+    W = jnp.asarray(np.random.default_rng(5).standard_normal((5, 5))) / 3
+    x = jnp.linspace(-1.0, 1.0, 5)
+
+    def rnn(z):
+        def step(h, _):
+            h = jax.nn.relu(W @ h + z)
+            return h, jax.nn.softmax(h)
+
+        return jax.lax.scan(step, jnp.zeros(5), None, length=4)[1].sum(0)
+
+    def loop(z):
+        return jax.lax.fori_loop(0, 3, lambda i, h: jax.nn.relu(W @ h) + z, z)
+
+    for f in (rnn, loop):
+        before = set(jax_backend._compiled)
+        for _ in range(3):
+            J, _ = _run("compiled", functools.partial(_dense_jacobian, lambda z, f=f: f(z), x))
+            np.testing.assert_allclose(np.asarray(J), np.asarray(jax.jacfwd(f)(x)),
+                                       rtol=1e-10, atol=1e-14)
+        assert len([k for k in set(jax_backend._compiled) - before if k[0] == "jacobian"]) == 1

@@ -14,8 +14,9 @@ One exception makes programs with ``jax.custom_jvp`` functions (``jax.nn.relu``,
 the call's inputs do not depend on the tangent inputs named by the caller. The jaxprs
 keyed here are JVP programs that are then linearized in those tangents only, so such a
 call is evaluated (its ``call_jaxpr``, which is compared) and never differentiated: its
-rule cannot change the program. Where the dependence cannot be traced (loops), rules
-are kept and compared by identity (a new trace never matches: safe, and recompiled).
+rule cannot change the program. The dependence is followed into calls, branches and
+loop bodies (a loop's carry to a fixed point); where it cannot be followed, rules are
+kept and compared by identity (a new trace never matches: safe, and recompiled).
 """
 
 from __future__ import annotations
@@ -109,8 +110,48 @@ def _nested(eqn: Any, name: str, p: Any, flags: list[bool]) -> Hashable:
     elif prim == "cond" and n == len(flags) - 1:
         inner_flags = flags[1:]
     else:
-        inner_flags = [any(flags)] * n
+        inner_flags = _loop_flags(eqn, name, inner, flags) or [any(flags)] * n
     return (name, _parts(inner, inner_flags), _consts(p))
+
+
+def _loop_flags(eqn: Any, name: str, inner: Any, flags: list[bool]) -> list[bool] | None:
+    """The tangent flags of a ``scan`` body's or a ``while`` loop's inputs: a carry is a
+    tangent where it enters as one or where the body makes it one (a fixed point over
+    the body). None for other primitives."""
+    prim, params = eqn.primitive.name, eqn.params
+    if prim == "scan" and name == "jaxpr":
+        consts, n_carry = params["num_consts"], params["num_carry"]
+        head, carry, rest = flags[:consts], flags[consts:consts + n_carry], \
+            flags[consts + n_carry:]
+        body = inner
+    elif prim == "while" and name in ("body_jaxpr", "cond_jaxpr"):
+        c, b = params["cond_nconsts"], params["body_nconsts"]
+        carry, rest = flags[c + b:], []
+        body = params["body_jaxpr"].jaxpr
+        body_head = flags[c:c + b]
+        head = flags[:c] if name == "cond_jaxpr" else body_head
+    else:
+        return None
+    n_carry = len(carry)
+    while True:  # at most n_carry rounds: flags only turn on
+        body_flags = (body_head if prim == "while" else head) + carry + rest
+        out = _out_tangents(body, body_flags)[:n_carry]
+        grown = [a or b for a, b in zip(carry, out, strict=True)]
+        if grown == carry:
+            break
+        carry = grown
+    inner_flags = head + carry + rest
+    return inner_flags if len(inner_flags) == len(inner.invars) else None
+
+
+def _out_tangents(jaxpr: Any, flags: list[bool]) -> list[bool]:
+    """Which outputs of ``jaxpr`` depend on its tangent inputs (an equation's outputs on
+    any of its inputs: an over-estimate, the safe side)."""
+    tangent = {v for v, t in zip(jaxpr.invars, flags, strict=True) if t}
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(a, jcore.Literal) and a in tangent for a in eqn.invars):
+            tangent.update(eqn.outvars)
+    return [not isinstance(a, jcore.Literal) and a in tangent for a in jaxpr.outvars]
 
 
 def _consts(p: Any) -> tuple:
