@@ -145,7 +145,12 @@ def spectral(
         ``tf.function`` (under the framework's while loop).
     v0 : array, optional
         ``(B, m)`` left start vectors, e.g. the ``vectors`` returned by an earlier call
-        on the same samples (a warm start: fewer products).
+        on the same samples (a warm start: fewer products). A warm start never costs
+        exactness: the solve starts from ``v0`` plus a random direction of the same
+        norm, so that a top vector that ``v0`` misses (two directions that swapped
+        since the last step) is still found. With a fixed ``maxiter`` (the budgeted
+        variant, a lower bound) ``v0`` is used as given, where it sharpens the bound
+        most.
     return_vectors : bool
         Return ``(value, vectors)``: the top left singular vectors ``(B, m)``, without
         gradient, to pass as ``v0`` next time.
@@ -225,7 +230,7 @@ def spectral(
         if maxiter is not None:  # the budgeted variant stops short by design
             warnings.simplefilter("ignore", RuntimeWarning)
         u = solve_svd(op, 1, method=method, tol=tol, maxiter=maxiter, v0=None, u0=v0,
-                      seed=seed).left[..., 0]
+                      seed=seed, mix_start=maxiter is None).left[..., 0]
     u = b.stop_gradient(u)
     w = op._mm(u[..., None], adjoint=True, grad=True)[..., 0]  # (B, n): (A - A0)^T u
     if squared:

@@ -181,21 +181,25 @@ def _storage_key(t: torch.Tensor) -> Any:
 
 
 class _Saved:
-    """A tensor autograd saved while ``f`` ran (detached: autograd re-attaches the
-    history on unpacking), and its version counter then."""
+    """A tensor autograd saved while ``f`` ran, and its version counter then."""
 
     __slots__ = ("tensor", "version")
 
     def __init__(self, tensor: torch.Tensor) -> None:
-        self.tensor = tensor.detach()
+        # The tensor itself while f runs: a detach here would go through WriteGuard.
+        self.tensor = tensor
         self.version = tensor._version
 
-    def freeze(self) -> None:
-        """Hold a copy of the current value instead of the tensor itself (unless ``f``
-        wrote the tensor after saving it: unpacking then raises as autograd would)."""
-        if self.tensor._version == self.version:
-            self.tensor = self.tensor.clone()
-            self.version = self.tensor._version
+    def release(self, frozen: bool) -> None:
+        """Hold a detached alias (autograd re-attaches the history on unpacking; the
+        tensor itself would keep an output alive through its own graph) or, when
+        ``frozen``, a copy of the current value (unless ``f`` wrote the tensor after
+        saving it: unpacking then raises as autograd would)."""
+        t = self.tensor.detach()
+        if frozen and t._version == self.version:
+            t = t.clone()
+            self.version = t._version
+        self.tensor = t
 
 
 def _unpack(saved: _Saved) -> torch.Tensor:
@@ -213,7 +217,7 @@ def _unpack(saved: _Saved) -> torch.Tensor:
 class SavedTensors:
     """Every tensor autograd saves while ``f`` runs (``saved_tensors_hooks``).
 
-    :meth:`freeze` gives the graph its own copy of each saved tensor that shares memory
+    :meth:`release` gives the graph its own copy of each saved tensor that shares memory
     with a tensor ``f`` wrote in place, before those tensors get their old values back:
     the products then read the values ``f`` computed with, whatever is restored.
     """
@@ -229,13 +233,13 @@ class SavedTensors:
     def hooks(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
 
-    def freeze(self, storages: set[Any]) -> None:
-        if storages:
-            everything = None in storages  # a written tensor of unknown memory
-            for saved in self._saved:
-                key = _storage_key(saved.tensor)
-                if everything or key is None or key in storages:
-                    saved.freeze()
+    def release(self, storages: set[Any]) -> None:
+        """After ``f``: detach every saved tensor, and copy those that share memory with
+        the written tensors' ``storages`` (see :func:`_storage_key`)."""
+        everything = None in storages  # a written tensor of unknown memory
+        for saved in self._saved:
+            key = _storage_key(saved.tensor) if storages else 0
+            saved.release(everything or key is None or key in storages)
         self._saved.clear()
 
 
@@ -338,6 +342,6 @@ def state_guard(f: Callable, seed: int | None) -> Iterator[Guard]:
             yield Guard(writes)
     finally:
         hook.remove()
-        saved.freeze(writes.written_storages())
+        saved.release(writes.written_storages())
         writes.restore()
         flags.restore()

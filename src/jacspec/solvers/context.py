@@ -77,6 +77,9 @@ class Context:
         # the eager rules (restart directions) so that results match the plain path.
         self.staged = False
         self._stage: tuple | None = None
+        # Whether a warm start gets a random direction (see ``start``): set by the
+        # solvers that take a user's ``v0``; probes (densities) are used as given.
+        self.mix_start = False
 
     @property
     def sliced(self) -> bool:
@@ -198,13 +201,27 @@ class Context:
                                    seed=seed)
 
     def start(self, v0: Array | None) -> Array:
-        """A unit start vector per sample, ``(B, n_in)`` (random where ``v0`` is zero)."""
+        """A unit start vector per sample, ``(B, n_in)``: random, or a warm start ``v0``
+        plus a random direction of the same norm (random where ``v0`` is zero).
+
+        A warm start must not cost exactness: ``v0`` may have almost no component
+        along the top vector (say it lies along the second one, as after two directions
+        swapped since the last solve), and a Krylov method then converges to a lower
+        value first. The random half gives the top vector the share of a random start
+        (up to ``1/sqrt(2)``), while ``v0`` keeps half the start along its direction.
+        Without ``mix_start``, ``v0`` as given."""
         xp = self.xp
         eager = not self.traced or self.staged
         rnd = self.random((self.B, self.n_in)) if eager else self.restart_vector(self.n_in)
         v = rnd
-        if v0 is not None:
+        if v0 is not None and not self.mix_start:
             v = xp.where((self.norm(v0) <= self.tiny)[:, None], rnd, v0)
+        elif v0 is not None:
+            unit = rnd / self.cast(self.norm(rnd))[:, None]
+            nrm = self.norm(v0)
+            v = xp.where((nrm <= self.tiny)[:, None], rnd,
+                         v0 / self.cast(xp.where(nrm > 0, nrm, xp.ones_like(nrm)))[:, None]
+                         + unit)
         return v / self.cast(self.norm(v))[:, None]
 
     # -- small helpers ------------------------------------------------------------------

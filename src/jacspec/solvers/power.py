@@ -7,6 +7,12 @@ and the next block; :func:`power_solve` runs steps until the Ritz residuals meet
 Power iteration converges at the rate ``sigma_{k+1} / sigma_k``, which is close to 1 for
 trained networks: it is offered for comparison and for very cheap steps, not chosen by
 ``method="auto"``.
+
+A warm start (``v0``, where ``Context.mix_start``) widens the block by one random
+column, and every column must converge: any singular or eigenvector is a fixed point of the iteration, so a start
+along a lower vector (two directions that swapped since the last solve) would otherwise
+be accepted; the random column, kept orthogonal to the others, converges to the missed
+top one. The result is the block's top ``k``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ class PowerState(NamedTuple):
     (SVD) the vectors have no column axis and the values none either (``(B,)``): a
     single-vector iteration spends no operations on adding and dropping it."""
 
-    V: Array  # (B, n_in, k) orthonormal columns
+    V: Array  # (B, n_in, k) orthonormal columns (k + 1 after a warm start)
     values: Array  # (B, k) real
     left: Array | None  # (B, n_out, k) (SVD) or None
     right: Array  # (B, n_in, k)
@@ -53,8 +59,10 @@ def _orth(ctx: Context, Z: Array) -> Array:
 
 
 def power_init(ctx: Context, k: int, v0: Array | None, *, two_sided: bool) -> PowerState:
-    """The orthonormal start block (``v0`` as its first column) and empty estimates."""
+    """The orthonormal start block (``v0`` as its first column, then random columns: one
+    more than ``k`` after a warm start) and empty estimates."""
     V = ctx.start(v0)
+    k = k + (v0 is not None and ctx.mix_start)
     if two_sided and k == 1:  # single vectors (see PowerState)
         zero = ctx.zeros((ctx.B,), real=True)
         return PowerState(V, zero, ctx.zeros((ctx.B, ctx.n_out)), V, zero, zero)
@@ -111,18 +119,20 @@ def eig_power_step(ctx: Context, s: PowerState, tol: float, which: str,
     return PowerState(_orth(ctx, Z), vals, None, X, res, tol * radius)
 
 
-def power_solve(ctx: Context, step: Callable[..., PowerState], s: PowerState,
-                maxiter: int | None, per_step: int, *, static: tuple = (), args: tuple = (),
-                warn: bool = True) -> KrylovResult:
+def power_solve(ctx: Context, step: Callable[..., PowerState], s: PowerState, k: int,
+                maxiter: int | None, per_column: int, *, static: tuple = (),
+                args: tuple = (), warn: bool = True) -> KrylovResult:
     """Steps ``step(ctx, s, *static, *args)`` until every residual is within its bound,
     at most ``maxiter`` products (default 2000; 200 inside a trace, where they run as
-    one compiled loop). In a staged solve (``Context.stage``) the whole loop is one
+    one compiled loop); a step takes ``per_column`` products per column of the block.
+    Returns the top ``k``. In a staged solve (``Context.stage``) the whole loop is one
     compiled piece that stops where the plain loop would."""
+    per_step = per_column * (1 if len(s.V.shape) == 2 else int(s.V.shape[-1]))
     if maxiter is None:
         maxiter = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
     if ctx.traced:
         s = _columns(ctx.loop(lambda i, c: step(ctx, c, *static, *args), s,
-                              max(1, maxiter // per_step), per_step))
+                              max(1, maxiter // per_step), per_step), k)
         return KrylovResult(s.values, s.left, s.right, s.residuals,
                             s.residuals <= s.bound, ctx.count)
     ctx.stage_solve("power", step, static, maxiter, per_step)
@@ -137,8 +147,8 @@ def power_solve(ctx: Context, step: Callable[..., PowerState], s: PowerState,
             s = step(ctx, s, *static, *args)
             if _stop(ctx, s.residuals, s.bound) or ctx.count - start + per_step > maxiter:
                 break
-    s = _columns(s)
     ctx.check_finite(s.residuals)
+    s = _columns(s, k)
     conv = s.residuals <= s.bound
     if warn and not ctx.backend.all_true(conv):
         warn_unconverged("Power iteration", ctx.count)
@@ -166,10 +176,13 @@ def _power_loop(ctx: Context, step: Callable[..., PowerState], static: tuple, ma
     return ctx.backend.while_loop(more, body, (s, zero, xp.max(s.residuals - s.bound)))
 
 
-def _columns(s: PowerState) -> PowerState:
-    """A single-vector state with the column axes of a block of one."""
+def _columns(s: PowerState, k: int) -> PowerState:
+    """The top ``k`` of the block (a single-vector state with the column axes of a block
+    of one)."""
     if len(s.values.shape) == 2:
-        return s
+        left = None if s.left is None else s.left[..., :k]
+        return PowerState(s.V[..., :k], s.values[:, :k], left, s.right[..., :k],
+                          s.residuals[:, :k], s.bound)
     return PowerState(s.V[..., None], s.values[:, None], s.left[..., None],
                       s.right[..., None], s.residuals[:, None], s.bound[:, None])
 

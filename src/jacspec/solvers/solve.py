@@ -65,14 +65,17 @@ def check_budget(op: LinearOperator, k: int, method: str, maxiter: int | None, *
 
 def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: int | None,
               v0: Array | None, seed: int | None, ncv: int | None = None,
-              vectors: bool = True, u0: Array | None = None) -> KrylovResult:
+              vectors: bool = True, u0: Array | None = None, mix_start: bool = True
+              ) -> KrylovResult:
     """Batched (leading B) top-``k`` singular triplets of ``op``, no gradient. ``v0``
-    (right) or ``u0`` (left, ``batch_shape + (m,)``) start the iteration."""
+    (right) or ``u0`` (left, ``batch_shape + (m,)``) start the iteration, with a random
+    direction unless ``mix_start`` is False (see ``Context.start``)."""
     m, n = op.shape
     if method == "dense":
         return svd_dense(Context(op, seed=seed), k)
     adjoint = m < n  # iterate from the smaller side: the basis fills in min(m, n) steps
     ctx = Context(op, adjoint=adjoint, seed=seed)
+    ctx.mix_start = mix_start
     start = None
     if v0 is not None:
         start = v0 if op.batch_shape else v0[None]
@@ -87,7 +90,7 @@ def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: i
                            vectors=vectors)
     else:
         s = power_init(ctx, k, start, two_sided=True)
-        out = power_solve(ctx, svd_power_step, s, maxiter, 2 * k, static=(tol,))
+        out = power_solve(ctx, svd_power_step, s, k, maxiter, 2, static=(tol,))
     if adjoint:
         out = out._replace(left=out.right, right=out.left)
     return out
@@ -96,8 +99,10 @@ def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: i
 def solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float,
               maxiter: int | None, v0: Array | None, seed: int | None,
               ncv: int | None = None) -> KrylovResult:
-    """Batched ``k`` wanted eigenpairs of the Hermitian ``op``, no gradient."""
+    """Batched ``k`` wanted eigenpairs of the Hermitian ``op``, no gradient (a start
+    ``v0`` gets a random direction: see ``Context.start``)."""
     ctx = Context(op, seed=seed)
+    ctx.mix_start = True
     if method == "dense":
         return eig_dense(ctx, k, which=which)
     start = None
@@ -109,7 +114,7 @@ def solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float
 
     def run(kk, wh, tl, limit, shift=None, sign=1.0, warn=True):
         s = power_init(ctx, kk, start, two_sided=False)
-        return power_solve(ctx, eig_power_step, s, limit, kk, static=(tl, wh, sign),
+        return power_solve(ctx, eig_power_step, s, kk, limit, 1, static=(tl, wh, sign),
                            args=(shift,), warn=warn)
 
     if which == "LM":
