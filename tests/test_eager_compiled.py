@@ -361,3 +361,13 @@ def test_programs_are_shared_where_the_structure_is():
         _run("compiled", functools.partial(_dense_jacobian, functools.partial(jnp.multiply, c), x))
     # one per model above; the two slope-1 rules alike; each literal its own
     assert len(programs() - before) == 1 + 2 + 2
+
+
+def test_arrays_inside_a_jitted_helper_are_read_afresh():
+    """A helper under jax.jit closing over an array carries it inside its own jaxpr (not
+    as a constant of f's): a new array there is a new program, never the old one's."""
+    x = jnp.ones(3)
+    for scale in (1.0, 2.0, 3.0):
+        layer = jax.jit(functools.partial(jnp.matmul, scale * jnp.asarray(W3)))
+        s, _ = _run("compiled", functools.partial(_norm_of_jacobian, layer, x))
+        np.testing.assert_allclose(float(s), 3.0 * scale, rtol=1e-8)
