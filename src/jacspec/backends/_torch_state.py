@@ -15,7 +15,7 @@ with a written tensor are copied before the snapshots go back. Train/eval modes 
 every module whose forward runs (a global forward pre-hook) and every module
 :func:`find_closure_objects` reaches. torch's global random generators are forked
 (:func:`fixed_randomness`), so that dropout draws the same masks whenever ``f`` runs
-again with the same seed and the caller's generators do not move.
+again from the same generator states and the caller's generators do not move.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -285,27 +286,48 @@ def _generators() -> list[torch.Generator]:
     return gens
 
 
-@contextlib.contextmanager
-def fixed_randomness(seed: int | None) -> Iterator[None]:
-    """Run the body on torch's global generators seeded with ``seed`` (as they are, when
-    ``None``); afterwards they are in the caller's state again."""
-    gens = _generators()
-    states = [g.get_state() for g in gens]
-    try:
-        if seed is not None:
-            for g in gens:
-                g.manual_seed(seed)
-        yield
-    finally:
-        for g, state in zip(gens, states):
+#: Generator states to start from: ``(generator, state)`` pairs.
+States = list[tuple[torch.Generator, torch.Tensor]]
+
+
+def generator_states() -> States:
+    """The current states of torch's global generators (reading them moves nothing)."""
+    return [(g, g.get_state()) for g in _generators()]
+
+
+class _Fork:
+    """See :func:`fixed_randomness` (a class: cheaper than a generator-based context)."""
+
+    __slots__ = ("_seed", "_start", "_saved")
+
+    def __init__(self, seed: int | None, start: States | None) -> None:
+        self._seed, self._start = seed, start
+
+    def __enter__(self) -> None:
+        self._saved = generator_states()
+        if self._start is not None:
+            for g, state in self._start:
+                g.set_state(state)
+        elif self._seed is not None:
+            for g, _ in self._saved:
+                g.manual_seed(self._seed)
+
+    def __exit__(self, *exc: Any) -> None:
+        for g, state in self._saved:
             g.set_state(state)
 
 
+def fixed_randomness(seed: int | None = None, start: States | None = None) -> _Fork:
+    """Context in which torch's global generators start from the states ``start``, or
+    are seeded with ``seed``, or else are as they are; afterwards they are in the
+    caller's state again."""
+    return _Fork(seed, start)
+
+
 def random_seed() -> int:
-    """A seed drawn from torch's global CPU generator, which is left where it was: the
-    same after the same ``torch.manual_seed``, new after the user's own draws."""
-    with fixed_randomness(None):
-        return int(torch.empty((), dtype=torch.int64).random_())
+    """A seed derived from the state of torch's global CPU generator, which does not
+    move: the same after the same ``torch.manual_seed``, new after the user's draws."""
+    return zlib.crc32(torch.default_generator.get_state().numpy().tobytes())
 
 
 class Guard:
@@ -323,10 +345,10 @@ class Guard:
 
 
 @contextlib.contextmanager
-def state_guard(f: Callable, seed: int | None) -> Iterator[Guard]:
+def state_guard(f: Callable, start: States | None) -> Iterator[Guard]:
     """Run the body (``f``'s forward) without lasting effect on the user's tensors,
     modules' train/eval modes, parameters' ``requires_grad`` flags and torch's global
-    random generators (seeded with ``seed`` inside, unless ``None``).
+    random generators (which start from ``start`` inside, unless ``None``).
 
     The autograd graph built inside keeps the values ``f`` computed with: tensors it
     saved that share memory with tensors ``f`` wrote are copied before the writes are
@@ -338,7 +360,7 @@ def state_guard(f: Callable, seed: int | None) -> Iterator[Guard]:
     hook = torch.nn.modules.module.register_module_forward_pre_hook(flags.pre_hook)
     writes, saved = WriteGuard(), SavedTensors()
     try:
-        with fixed_randomness(seed), saved.hooks(), writes:
+        with fixed_randomness(start=start), saved.hooks(), writes:
             yield Guard(writes)
     finally:
         hook.remove()
