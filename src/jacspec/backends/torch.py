@@ -43,7 +43,14 @@ from ._base import (
     check_output,
     check_scalar_output,
 )
-from ._torch_state import Guard, fixed_randomness, random_seed, state_guard
+from ._torch_state import (
+    Guard,
+    States,
+    fixed_randomness,
+    generator_states,
+    random_seed,
+    state_guard,
+)
 
 # What torch says when an operation lacks the derivative a product needs: the flash and
 # memory-efficient attention kernels have no double backward and no forward mode.
@@ -86,12 +93,12 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _forward_mode(f: Callable, seed: int | None) -> Iterator[Guard]:
+def _forward_mode(f: Callable, start: States | None) -> Iterator[Guard]:
     """Where ``f``'s forward runs: autograd on, the user's state protected, torch's
-    random generators seeded with ``seed`` (see :func:`state_guard`), and a clear error
-    for parameters created in inference mode (autograd cannot use them)."""
+    random generators starting from ``start`` (see :func:`state_guard`), and a clear
+    error for parameters created in inference mode (autograd cannot use them)."""
     try:
-        with _outside_inference_mode(), torch.enable_grad(), state_guard(f, seed) as guard:
+        with _outside_inference_mode(), torch.enable_grad(), state_guard(f, start) as guard:
             yield guard
     except RuntimeError as err:
         if "Inference tensors cannot be saved for backward" not in str(err):
@@ -220,10 +227,6 @@ def _math_kernels() -> contextlib.AbstractContextManager[Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
-
-
-def _cuda_devices(tensors: list) -> list:
-    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
 
 
 def _with_leaves(x: Any, leaves: list) -> Any:
@@ -450,7 +453,7 @@ class TorchBackend(Backend):
     def linearize(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
-        seed = random_seed()
+        start = generator_states()  # every run of f draws what this one would
 
         def forward() -> None:
             # The graph is retained for every product. If the user backpropagates through
@@ -458,7 +461,7 @@ class TorchBackend(Backend):
             # the next product then runs this again (at the current parameter values,
             # with the same random draws).
             st.clear()
-            with _forward_mode(f, seed) as guard, _math_kernels():
+            with _forward_mode(f, start) as guard, _math_kernels():
                 st["y"] = guard.result(f(arg))
 
         forward()
@@ -555,10 +558,10 @@ class TorchBackend(Backend):
     def linearize_gradient(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
-        seed = random_seed()
+        start = generator_states()  # every run of f draws what this one would
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
-            with _forward_mode(f, seed) as guard, _math_kernels():
+            with _forward_mode(f, start) as guard, _math_kernels():
                 y = guard.result(f(arg))
             with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y
@@ -654,12 +657,11 @@ class TorchBackend(Backend):
         base = super().batch_ggn_product(f, loss, params)
         forward_mode = [True]  # emptied where an operation has no forward mode
 
-        def column(inputs, targets, v):
+        def column(inputs, targets, v, start):
             import torch.autograd.forward_ad as fwad
 
-            # every column sees the randomness the caller fixed for the batch (dropout)
-            with torch.random.fork_rng(devices=_cuda_devices(leaves)), \
-                    _forward_mode(f, None) as guard, _math_kernels(), fwad.dual_level():
+            # every column draws what the first does (the batch's dropout masks)
+            with _forward_mode(f, start) as guard, _math_kernels(), fwad.dual_level():
                 duals = [fwad.make_dual(leaf, t) for leaf, t in zip(leaves, lay.split(v))]
                 z, zt = fwad.unpack_dual(guard.result(f(_with_leaves(arg, duals), inputs)))
             if zt is None:
@@ -674,7 +676,8 @@ class TorchBackend(Backend):
                 return base(batch, V)
             inputs, targets = batch
             try:
-                cols = [column(inputs, targets, V[:, j]) for j in range(V.shape[-1])]
+                start = generator_states()
+                cols = [column(inputs, targets, V[:, j], start) for j in range(V.shape[-1])]
             except (RuntimeError, NotImplementedError) as err:
                 if not _missing_derivative(err):
                     raise
@@ -697,8 +700,8 @@ class TorchBackend(Backend):
         values, _, arg = self._point(x, batched=batched)
         bshape = (int(x.shape[0]),) if batched else ()
         lay = _Layout(values, bshape)
-        seed = random_seed()
-        with _forward_mode(f, seed) as guard, torch.no_grad():
+        start = generator_states()  # every gradient draws what this run does (dropout)
+        with _forward_mode(f, start) as guard, torch.no_grad():
             y = guard.result(f(arg))
         check_output(self, y, bshape[0] if batched else None, what="f")
         check_scalar_output(tuple(y.shape), bshape)
@@ -711,7 +714,7 @@ class TorchBackend(Backend):
             with _outside_inference_mode(), torch.no_grad():
                 pts = [(v.detach() + p).requires_grad_(True)
                        for v, p in zip(values, lay.split(d))]
-            with _forward_mode(f, seed) as guard:
+            with _forward_mode(f, start) as guard:
                 out = guard.result(f(_with_leaves(arg, pts)))
                 gs = (torch.autograd.grad(out.sum(), pts, allow_unused=True)
                       if out.requires_grad else [None] * len(pts))
