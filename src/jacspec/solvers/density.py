@@ -136,14 +136,22 @@ def _quadrature(ctx: Context, v0: Array, steps: int, kind: str) -> tuple[Array, 
     xp = ctx.xp
     if kind == "eig":
         s = decompose(ctx, lanczos_step, init(ctx, v0, steps, two_sided=False), steps, 1)
-        theta, S = xp.linalg.eigh(lanczos_matrix(ctx, s))
+        theta, S = xp.linalg.eigh(_finite(ctx, lanczos_matrix(ctx, s)))
         first = S[:, 0, :]
     else:
         s = decompose(ctx, gkl_step, init(ctx, v0, steps, two_sided=True), steps, 2)
-        svd = xp.linalg.svd(gkl_matrix(ctx, s))
+        svd = xp.linalg.svd(_finite(ctx, gkl_matrix(ctx, s)))
         theta, first = svd.S, ctx.conj(svd.Vh[:, :, 0])  # right vectors' first entries
     weights = xp.real(ctx.conj(first) * first) if ctx.is_complex else first * first
     return theta, weights
+
+
+def _finite(ctx: Context, M: Array) -> Array:
+    """``M``, the projected matrix, after the eager check that the products were finite
+    (NaN/Inf would otherwise surface as the framework's factorization error; inside a
+    compiled piece they reach the nodes, which are checked after)."""
+    ctx.check_finite(M)
+    return M
 
 
 def _quadrature_at(ctx: Context, steps: int, kind: str, v0: Array) -> tuple[Array, Array]:
