@@ -107,7 +107,14 @@ class LinearOperator:
     # -- metadata --------------------------------------------------------------------
     @property
     def backend(self) -> str:
+        """The framework's name: ``"numpy"``, ``"torch"``, ``"jax"`` or ``"tensorflow"``."""
         return self._backend.name
+
+    @property
+    def backend_impl(self) -> Backend:
+        """The :class:`~jacspec.backends.Backend` adapter of the operator's framework:
+        what jacspec's solvers and extensions ask for arrays, products and loops."""
+        return self._backend
 
     @property
     def xp(self) -> Any:
@@ -155,7 +162,7 @@ class LinearOperator:
 
     def _staged_form(self) -> tuple[Hashable, Any, Callable[[Any], LinearOperator]] | None:
         """``(key, state, rebuild)`` where the products are one program on some arrays
-        (compiled pieces of an eager solve, ``Context.stage_solve``): ``key`` the
+        (compiled pieces of an eager solve, ``Problem.staging``): ``key`` the
         program's structure, ``state`` the arrays, ``rebuild(state)`` the same operator on
         other (traced) arrays. ``rebuild`` keeps none of this operator's arrays: compiled
         functions are cached by key. None where the operator cannot tell."""
