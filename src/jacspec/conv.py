@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import validate as V
 from .backends import FLOAT_DTYPES, Backend, infer_backend, model_backend
 from .operators import LinearOperator
 
@@ -334,9 +335,10 @@ def _certify(b: Backend, M: Array, est: _Norm | None, tol: float) -> _Norm:
 
 def _envelope(b: Backend, M: Array, norm: _Norm) -> Array:
     """``norm.value`` with the gradient of ``left^T M right`` (the envelope theorem)."""
-    xp = b.xp
-    g = xp.sum(norm.left * xp.matmul(M, norm.right))
-    return g + b.stop_gradient(norm.value - g)
+    from .solvers.svd import envelope
+
+    Mtu = b.xp.matmul(b.xp.matrix_transpose(M), norm.left)[:, 0]
+    return envelope(b, Mtu, norm.right[:, 0], norm.value)
 
 
 #: Residual tolerance of the first, rough Lanczos estimates of the four norms.
@@ -585,17 +587,9 @@ def fantastic_four(weight: Array, *, layout: str | None = None,
     [9.0, 3.0, 3.0, 3.0, 3.0]
     """
     b, w = _weight(weight, layout)
-    return _oihw_fantastic_four(b, w, _check_tol(tol))
+    return _oihw_fantastic_four(b, w, V.check_tol(tol))
 
 
-def _check_tol(tol: Any) -> float | None:
-    if tol is None:
-        return None
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
-        raise TypeError(f"Expected tol to be a positive float or None. Received {tol!r}.")
-    if not 0 < float(tol) < 1:
-        raise ValueError(f"Expected 0 < tol < 1 (a relative accuracy). Received tol={tol!r}.")
-    return float(tol)
 
 
 def miyato(weight: Array, *, layout: str | None = None) -> Array:

@@ -328,7 +328,7 @@ class _Recorder:
 
         class Rec(LinearOperator):
             def __init__(self, inner):
-                super().__init__(inner.shape, dtype=inner.dtype, backend=inner._backend,
+                super().__init__(inner.shape, dtype=inner.dtype, backend=inner.backend_impl,
                                  device=inner.device, batch_shape=inner.batch_shape)
                 self.inner = inner
                 self.norms: list[np.ndarray] = []

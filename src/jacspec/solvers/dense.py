@@ -2,10 +2,8 @@
 then an exact batched SVD / Hermitian eigendecomposition of the framework.
 
 The top singular triplet alone (``k = 1``: spectral norms, penalties) comes from the
-Hermitian eigendecomposition of the small Gram matrix ``M M^H`` (or ``M^H M``): several
-times cheaper than an SVD of ``M`` for the same accuracy of the top triplet (its
-eigenvalue's error is ``eps ||M||^2``, relative ``eps``; only the smaller singular values
-lose relative accuracy through a Gram matrix, so ``k > 1`` keeps the SVD)."""
+Gram matrix of the smaller side (:func:`.ritz.top_triplet`): several times cheaper than
+an SVD of ``M`` for the same accuracy of the top triplet."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ from typing import Any
 
 from ..interop import materialize
 from .problem import Problem
-from .ritz import KrylovResult, eig_ritz
+from .ritz import KrylovResult, eig_ritz, top_triplet
 
 Array = Any
 
@@ -55,25 +53,10 @@ def _svd_arrays(p: Problem, k: int) -> tuple[Array | None, Array, Array, Array]:
 
 
 def _top_triplet(p: Problem, M: Array) -> tuple[Array, Array, Array]:
-    """``(sigma (B, 1), u (B, m, 1), v (B, n, 1))`` of ``M (B, m, n)`` from the top
-    eigenpair of the Gram matrix of its smaller side."""
-    xp = p.xp
+    """``(sigma (B, 1), u (B, m, 1), v (B, n, 1))`` of ``M (B, m, n)`` from the Gram
+    matrix of its smaller side."""
     wide = M.shape[-2] <= M.shape[-1]
-    A = p.H(M) if not wide else M  # (B, small, large)
-    # Scaled by its largest entry, so that squaring neither underflows nor overflows.
-    scale = xp.max(xp.max(xp.abs(A), axis=-1), axis=-1)[:, None, None]
-    scale = xp.where(scale > 0, scale, xp.ones_like(scale))
-    As = A / p.cast(scale)
-    lam, X = xp.linalg.eigh(As @ p.H(As))
-    x = X[..., -1:]  # eigh sorts ascending
-    top = xp.real(lam[..., -1:]) if p.is_complex else lam[..., -1:]  # TF: complex dtype
-    sigma = xp.sqrt(xp.clip(top, min=0.0)) * scale[:, 0, :]
-    y = p.H(A) @ x  # (B, large, 1): sigma times the other singular vector
-    # sigma = 0 only for M = 0, where any unit vector is singular: take e_1.
-    e1 = xp.astype(xp.arange(int(y.shape[-2]), device=p.device) == 0, p.dtype)
-    pos = sigma[:, None, :] > 0
-    safe = xp.where(pos, sigma[:, None, :], xp.ones_like(sigma[:, None, :]))
-    y = xp.where(pos, y / p.cast(safe), e1[:, None])
+    sigma, x, y = top_triplet(p, M if wide else p.H(M))
     return (sigma, x, y) if wide else (sigma, y, x)
 
 

@@ -391,9 +391,9 @@ def finish(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: s
         # The basis spans the smaller side: residuals are 0; only values are wanted.
         M = _small(p, alg, s)
         p.check_finite(M)
-        if k == 1:  # sqrt(lambda_max(M M^H)): eigvalsh of small stacks is cheaper (CPU)
-            lam = xp.linalg.eigvalsh(xp.matmul(M, p.H(M)))[:, -1:]
-            S = xp.sqrt(xp.maximum(lam, xp.zeros_like(lam)))
+        if k == 1:  # eigvalsh of small stacks is cheaper than svdvals (CPU)
+            lam, _, scale = ritz.gram_eigh(p, M, vectors=False)
+            S = ritz.top_value(p, lam, scale)
         else:
             S = xp.linalg.svdvals(M)[:, :k]
         zero = xp.zeros_like(S)

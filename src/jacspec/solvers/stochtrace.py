@@ -155,7 +155,7 @@ def frobenius_norm(op: Any, *, num_probes: int | None = None, seed: int | None =
     pr = Problem.of(op, seed=seed)
     if num_probes is None:
         M = materialize(op, grad=True)
-        if not op._backend.is_traced(M) and not op._backend.all_finite(M):
+        if not op.backend_impl.is_traced(M) and not op.backend_impl.all_finite(M):
             raise FloatingPointError(f"Materializing {op!r} produced NaN or Inf.")
         sq = xp.real(pr.conj(M) * M)
         return xp.sqrt(xp.sum(xp.sum(sq, axis=-1), axis=-1))
