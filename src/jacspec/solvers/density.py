@@ -209,7 +209,7 @@ def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind:
     with op.backend_impl.no_grad():
         p = p.staging("density", kind, steps)
         quadrature = p.stage("quadrature", _quadrature, steps, kind)
-        runs, count = [], 0
+        runs, count = [], p.counter(0)
         for v in _probes(p, probes):
             *run, count = quadrature(v, count)
             runs.append(run)

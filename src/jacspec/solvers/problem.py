@@ -187,10 +187,9 @@ class Problem:
               ) -> Callable[..., Any]:
         """``fn(problem, *static, *args)`` as a callable of ``args``: compiled once per
         solve configuration (see :meth:`staging`), with the operator's arrays and the
-        seed as arguments, where the solve is staged; else run as it is. Counts (an int
-        argument, a state's ``count``) enter as unsigned 32-bit integers, the same type
-        at every call. A compiled piece reads nothing from the host: it returns the
-        arrays that the driver's decisions read."""
+        seed as arguments, where the solve is staged; else run as it is. A state's
+        ``count`` enters as :meth:`counter` gives it. A compiled piece reads nothing
+        from the host: it returns the arrays that the driver's decisions read."""
         if not self.staged:
             return functools.partial(fn, self, *static)
         key, arrays, rebuild, template = self._stage
@@ -200,23 +199,25 @@ class Problem:
             return fn(p, *static, *args)
 
         run = self.backend.compile(pure, (name, fn.__module__, fn.__qualname__, static, key))
-        xp = self.xp
-        seed = xp.asarray(self.seed, dtype=xp.uint32)
-
-        def as_count(c: Any) -> Any:
-            return xp.asarray(c, dtype=xp.uint32)
+        seed = self.xp.asarray(self.seed, dtype=self.xp.uint32)
 
         def argument(a: Any) -> Any:
-            if isinstance(a, int) and not isinstance(a, bool):
-                return as_count(a)
             if isinstance(a, tuple) and "count" in getattr(a, "_fields", ()):
-                return a._replace(count=as_count(a.count))
+                return a._replace(count=self.counter(a.count))
             return a
 
         def call(*args: Any) -> Any:
             return run(arrays, seed, *(argument(a) for a in args))
 
         return call
+
+    def counter(self, count: Any) -> Any:
+        """A product count as compiled pieces take it: an unsigned 32-bit integer array
+        in a staged solve (the same type at every call, so a piece compiles once), else
+        as it is."""
+        if not self.staged:
+            return count
+        return self.xp.asarray(count, dtype=self.xp.uint32)
 
     # -- random vectors -----------------------------------------------------------------
     def _salted(self, salt: Any) -> Any:
