@@ -148,8 +148,10 @@ def test_tf_dataset():
     H = js.hessian(batch_loss, net.params, data=ds)
     full = js.hessian(lambda p: batch_loss(p, (X, Y)), net.params)
     np.testing.assert_allclose(_np(js.dense(H)), _np(js.dense(full)), rtol=1e-10, atol=1e-12)
-    with pytest.raises(NotImplementedError, match="distributed"):
+    with pytest.raises(ValueError, match="tf.distribute.Strategy"):
         js.hessian(batch_loss, net.params, data=ds, distributed=True)
+    with pytest.raises(TypeError, match="tf.distribute.Strategy"):
+        js.hessian(batch_loss, net.params, data=ds, distributed=True, group="replicas")
 
 
 # ------------------------------------------------------------------------ bad input
@@ -221,6 +223,7 @@ def test_torchrun_two_processes_equal_one(tmp_path):
         np.testing.assert_allclose(out["dense"], single["dense"], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(out["ggn"], single["ggn"], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(out["top"], single["top"], rtol=1e-10)
+        np.testing.assert_allclose(out["loader"], single["dense"], rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(ranks[0]["top"], ranks[1]["top"])  # identical on every rank
 
 
@@ -232,6 +235,14 @@ def test_jax_four_devices_equal_one(tmp_path):
                 + " --xla_force_host_platform_device_count=4",
                 "JAX_PLATFORMS": "cpu"})
     assert "devices=4" in out and "OK" in out, out
+
+
+@pytest.mark.slow
+def test_tensorflow_two_replicas_equal_one():
+    pytest.importorskip("tensorflow")
+    out = _run([sys.executable, str(ROOT / "tests" / "_distributed_tf.py")],
+               {"TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert "replicas=2" in out and "OK" in out, out
 
 
 def test_torch_model_state_untouched():

@@ -250,39 +250,24 @@ def _gram(xp: Any, M: Array) -> tuple[Array, bool]:
     return xp.concat(rows, axis=0), cols
 
 
-def _rounding(b: Backend, M: Array) -> float:
-    """Relative slack for the rounding of a Gram matrix and its factorization."""
-    eps = float(np.finfo(b.dtype_name(M.dtype)).eps)
-    return 4.0 * min(int(s) for s in M.shape) * eps
-
-
 def _pair_from(b: Backend, M: Array, x: Array, lam: float, cols: bool,
-               certified: bool) -> _Norm:
-    """The norm ``sqrt(lam)`` of ``M`` with the vector ``x`` of its small Gram matrix
-    (the right singular vector when ``cols``, else the left one) and its partner."""
+               certified: bool, value: float | None = None) -> _Norm:
+    """The norm ``sqrt(lam)`` of ``M`` (or ``value``) with the vector ``x`` of its small
+    Gram matrix (the right singular vector when ``cols``, else the left one) and its
+    partner."""
     xp = b.xp
     y = xp.matmul(M, x) if cols else xp.matmul(xp.matrix_transpose(M), x)
     y = y / max(math.sqrt(lam), float(np.finfo(b.dtype_name(M.dtype)).tiny))
     left, right = (y, x) if cols else (x, y)
-    return _Norm(math.sqrt(lam), left, right, certified)
+    return _Norm(math.sqrt(lam) if value is None else value, left, right, certified)
 
 
 def _dense_norm(b: Backend, M: Array) -> _Norm:
-    """The norm of ``M`` from ``eigh`` of its small Gram matrix (exact up to rounding)."""
+    """An estimate of ``||M||`` from ``eigh`` of its small Gram matrix (exact up to
+    rounding, not certified)."""
     G, cols = _gram(b.xp, M)
     lam, vecs = b.xp.linalg.eigh(G)
-    top = max(b.to_float(lam[-1]), 0.0) * (1 + _rounding(b, M))
-    return _pair_from(b, M, vecs[:, -1:], top, cols, True)
-
-
-def _positive_definite(b: Backend, A: Array) -> bool:
-    """Whether the symmetric ``A`` has a Cholesky factorization."""
-    xp = b.xp
-    try:
-        L = xp.linalg.cholesky(A)
-    except Exception:  # NumPy, torch and TensorFlow raise on a matrix that is not PD
-        return False
-    return b.all_true(xp.isfinite(L[-1:, -1:]))  # JAX returns NaN instead
+    return _pair_from(b, M, vecs[:, -1:], max(b.to_float(lam[-1]), 0.0), cols, False)
 
 
 #: Reshapes whose smaller side is at most this are estimated from ``eigh`` of their Gram
@@ -292,8 +277,8 @@ TINY_SIDE = 32
 
 def _estimate(b: Backend, M: Array, tol: float, start: _Norm | None = None) -> _Norm:
     """An estimate of ``||M||``: a Lanczos Ritz value to residual ``tol`` (a lower bound
-    up to rounding; warm-started from an earlier estimate's vector), or the exact norm of
-    a tiny reshape."""
+    up to rounding; warm-started from an earlier estimate's vector), or ``eigh`` of the
+    Gram matrix of a tiny reshape."""
     from .solvers import svds
 
     if min(int(s) for s in M.shape) <= TINY_SIDE:
@@ -304,41 +289,51 @@ def _estimate(b: Backend, M: Array, tol: float, start: _Norm | None = None) -> _
 
 
 def _certify(b: Backend, M: Array, est: _Norm | None, tol: float) -> _Norm:
-    """An upper bound on ``||M||`` within ``tol`` of it.
+    """A certified upper bound on ``||M||`` within ``tol`` of it (``M`` rescaled so that
+    its entries are at most 1 in modulus).
 
-    Small reshapes: ``eigh`` of the small Gram matrix ``G``. Others: Lanczos on ``G``
-    (warm-started from ``est`` when given) gives ``lam <= lam_max(G)``; ``mu^2 I - G`` with
-    ``mu = sqrt(lam) (1 + tol/2)`` has a Cholesky factorization exactly when
-    ``mu > ||M||``, which certifies ``mu``.
+    The estimate (``eigh`` of the small Gram matrix, or Lanczos) gives ``mu = est (1 +
+    tol/2)``; ``mu^2 I - M^T M`` has a Cholesky factorization exactly when ``mu``
+    exceeds ``||M||`` (up to rounding), which certifies ``mu``. The test runs in float64
+    on the host, with the rounding of the Gram matrix and of the factorization bounded
+    (:class:`jacspec._rounding.GramCertificate`), so it holds for float32 weights with
+    long reshapes too. Should the estimate miss the top, ``eigh`` in float64 gives it.
     """
-    from .solvers import eigsh
+    from ._rounding import GramCertificate
 
     if est is not None and est.certified:
         return est
-    if min(int(s) for s in M.shape) <= DENSE_SIDE:
-        return _dense_norm(b, M)
-    xp = b.xp
-    G, cols = _gram(xp, M)
-    start = None if est is None else (est.right if cols else est.left)[:, 0]
-    eye = xp.eye(int(G.shape[0]), dtype=G.dtype, device=b.device(G))
-    for rtol in (tol / 2, tol / 64):  # a second, tighter try before the exact route
-        res = eigsh(G, 1, method="lanczos", tol=rtol, v0=start, return_vectors=True)
-        lam = max(b.to_float(res.values[0]), 0.0)
-        mu2 = lam * (1 + tol / 2) ** 2 * (1 + _rounding(b, M))
-        if mu2 > 0 and _positive_definite(b, mu2 * eye - G):
-            return _pair_from(b, M, res.vectors, mu2, cols, True)
-        start = res.vectors[:, 0]
-    lam, vecs = xp.linalg.eigh(G)  # Lanczos missed the top: the exact route
-    top = max(b.to_float(lam[-1]), 0.0) * (1 + _rounding(b, M))
-    return _pair_from(b, M, vecs[:, -1:], top, cols, True)
+    if est is None:
+        est = _dense_norm(b, M) if min(int(s) for s in M.shape) <= DENSE_SIDE else \
+            _estimate(b, M, tol / 4)
+    cert = GramCertificate(b.to_numpy(b.stop_gradient(M)))
+    ub = cert.bound(est.value * (1 + tol / 2))
+    if ub is not None:
+        return est._replace(value=ub, certified=True)
+    lam, vec = cert.top()  # the estimate missed the top: the exact route
+    for margin in (tol / 4, tol / 2, tol):
+        ub = cert.bound(math.sqrt(lam) * (1 + margin))
+        if ub is not None:
+            break
+    else:  # pragma: no cover - only where LAPACK misbehaves
+        ub = cert.frobenius()
+    x = b.from_numpy(vec, dtype=M.dtype, device=b.device(M))
+    return _pair_from(b, M, x, lam, int(M.shape[1]) <= int(M.shape[0]), True, ub)
 
 
-def _envelope(b: Backend, M: Array, norm: _Norm) -> Array:
-    """``norm.value`` with the gradient of ``left^T M right`` (the envelope theorem)."""
+def _envelope(b: Backend, M: Array, norm: _Norm, factor: float = 1.0,
+              e: int = 0) -> Array:
+    """``factor * 2**e * norm.value`` with the gradient of ``factor * left^T M right``
+    (the envelope theorem; ``M`` unscaled). The value is rounded up into ``M``'s dtype,
+    so that a certified bound stays one in the array returned."""
+    from ._rounding import UNIT, round_up, times_pow2
     from .solvers.svd import envelope
 
+    value = times_pow2(factor * norm.value * (1 + 4 * UNIT["float64"]), e)
+    if norm.certified:
+        value = round_up(value, b.dtype_name(M.dtype))
     Mtu = b.xp.matmul(b.xp.matrix_transpose(M), norm.left)[:, 0]
-    return envelope(b, Mtu, norm.right[:, 0], norm.value)
+    return envelope(b, factor * Mtu, norm.right[:, 0], value)
 
 
 #: Residual tolerance of the first, rough Lanczos estimates of the four norms.
@@ -359,7 +354,11 @@ def _oihw_fantastic_four(b: Backend, w: Array, tol: float | None) -> ConvBounds:
     src = [m if isinstance(m, int) else j for j, m in enumerate(mats)]
     mats = [mats[j] for j in src]
     with b.no_grad():
-        fixed = [b.stop_gradient(M) for M in mats]
+        # Norms of the kernel rescaled by an exact power of two (entries of modulus < 1):
+        # no Gram matrix over- or underflows at any weight scale.
+        e, ws = _rescaled(b, b.stop_gradient(w))
+        fixed = _reshapes(xp, ws)
+        fixed = [fixed[j] for j in src]
         if len(set(src)) == 1:  # a 1x1 kernel: one matrix, nothing to compare
             norms = {0: _certify(b, fixed[0], None, tol)}
         else:
@@ -378,8 +377,19 @@ def _oihw_fantastic_four(b: Backend, w: Array, tol: float | None) -> ConvBounds:
             if best is None or norms[j].value < norms[best].value:
                 best = j
     assert best is not None
-    r, s, t, u = (_envelope(b, M, norms[i]) for M, i in zip(mats, src))
-    return ConvBounds(scale * (r, s, t, u)[src.index(best)], r, s, t, u)
+    r, s, t, u = (_envelope(b, M, norms[i], e=e) for M, i in zip(mats, src))
+    bound = _envelope(b, mats[src.index(best)], norms[best], factor=scale, e=e)
+    return ConvBounds(bound, r, s, t, u)
+
+
+def _rescaled(b: Backend, w: Array) -> tuple[int, Array]:
+    """``(e, w / 2**e)`` with ``max |w| / 2**e`` in ``[0.5, 1)``; the division by a power
+    of two is exact (in two steps, each factor representable in float32)."""
+    from ._rounding import exponent
+
+    e = exponent(b.to_float(b.xp.max(b.xp.abs(w))))
+    e1 = e // 2
+    return e, (w * 2.0 ** -e1) * 2.0 ** (e1 - e)
 
 
 def _pad_kernel(xp: Any, w: Array, H: int, W: int) -> Array:
@@ -546,7 +556,11 @@ def fantastic_four(weight: Array, *, layout: str | None = None,
     bound); the smallest estimate ``e`` is certified by checking that
     ``(e (1 + tol/2))^2 I - M^T M`` (``M^T M`` the Gram matrix of the reshape's smaller
     side) has a Cholesky factorization, and every reshape whose estimate could still be
-    the minimum (below the certified value over ``1 + tol``) is certified in turn.
+    the minimum (below the certified value over ``1 + tol``) is certified in turn. The
+    test runs in float64 on the kernel rescaled by an exact power of two, with the
+    rounding of the Gram matrix (which grows with the reshape's long side) and of the
+    factorization bounded and added, so the bound holds for float32 and float64 kernels
+    at every scale where the norm is finite (see the theory notes).
     Inside ``jax.jit`` / ``tf.function`` the four norms are always exact.
 
     Parameters

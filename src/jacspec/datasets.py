@@ -102,17 +102,22 @@ def _structure_error(index: int, got: Any, expected: Any) -> ValueError:
     )
 
 
-def scan(data: Any) -> DataSummary:
-    """Check ``data`` (re-iterable, non-empty, batches of one structure) in one pass."""
+def scan(data: Any, parts: Callable[[Any], list] | None = None) -> DataSummary:
+    """Check ``data`` (re-iterable, non-empty, batches of one structure) in one pass.
+
+    ``parts(batch)`` lists the pieces of a batch that this process holds (a
+    distributed batch's per-replica values); by default a batch is one piece.
+    """
     _check_reiterable(data)
     first, sig, num_batches, num_samples = None, None, 0, 0
     for i, batch in enumerate(data):
-        s = _signature(batch)
+        pieces = parts(batch) if parts is not None else [batch]
+        s = _signature(pieces[0])
         if i == 0:
-            first, sig = batch, s
+            first, sig = pieces[0], s
         elif s != sig:
             raise _structure_error(i, s, sig)
-        num_samples += batch_size(batch)
+        num_samples += sum(batch_size(p) for p in pieces)
         num_batches += 1
     if num_batches == 0 or num_samples == 0:
         raise ValueError(
@@ -170,12 +175,25 @@ class DatasetOperator(LinearOperator):
 
     def _batches(self) -> Iterator[Any]:
         for i, batch in enumerate(self._data):
-            s = _signature(batch)
+            piece = (self._backend.distributed_parts(batch, group=self._group)[0]
+                     if self._distributed else batch)
+            s = _signature(piece)
             if s != self._summary.signature:
                 raise _structure_error(i, s, self._summary.signature)
-            if self._distributed:
-                batch = self._backend.distributed_batch(batch, group=self._group)
             yield batch
+
+    def _weight(self, batch: Any) -> float:
+        """A batch's (or a replica's piece of it) share of the mean."""
+        return batch_size(batch) / self.num_samples
+
+    def _weighted_product(self, batch: Any, V: Array) -> Array | None:
+        """``weight * product(batch, V)``, None for an empty batch; a distributed batch
+        goes through the adapter (which may run its pieces on their replicas)."""
+        if self._distributed:
+            return self._backend.distributed_product(self._product, batch, V, self._weight,
+                                                     group=self._group)
+        weight = self._weight(batch)
+        return self._product(batch, V) * weight if weight else None
 
     def _mm(self, V, *, adjoint=False, grad=False):
         total = None
@@ -183,9 +201,8 @@ class DatasetOperator(LinearOperator):
                        enabled=self._progress)
         try:
             for batch in self._batches():
-                size = batch_size(batch)
-                if size:
-                    part = self._product(batch, V) * (size / self.num_samples)
+                part = self._weighted_product(batch, V)
+                if part is not None:
                     if total is None:
                         total = part
                     else:  # in place where the framework allows (one vector less alive)
@@ -240,7 +257,11 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
         V.check_callable(loss, "loss")
     _check_flags(distributed, group, progress)
     backend, params = V.point(params)
-    summary = scan(data)
+    if distributed:
+        group = backend.distributed_group(group)
+        data = backend.distributed_data(data, group=group)
+    summary = scan(data, (lambda b: backend.distributed_parts(b, group=group))
+                   if distributed else None)
     first = summary.first
     if loss is None:
         with _naming("f(params, batch)"):
@@ -300,9 +321,13 @@ def ggn(
     distributed : bool
         Each process holds its shard of the data; every product is summed across
         processes (torch: ``torch.distributed.all_reduce``; JAX: batches sharded over
-        all devices, reduced by XLA). See the "Running across processes" docs page.
+        all devices, reduced by XLA; TensorFlow: batches split over the replicas of a
+        ``tf.distribute.Strategy``, summed by ``strategy.reduce``). See the "Running
+        across processes" docs page.
     group : optional
-        torch: the process group of the all-reduce (default: the world).
+        torch: the process group of the all-reduce (default: the world); JAX: a
+        ``jax.sharding.Mesh`` (default: all devices); TensorFlow: the strategy
+        (default: the one whose scope is entered).
     progress : bool
         Show a progress bar over the batches of each product (tqdm if installed).
 

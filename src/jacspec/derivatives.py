@@ -118,10 +118,14 @@ def hessian(
     distributed : bool
         With ``data``: each process holds its shard of the data and every product is
         summed across processes (torch: ``torch.distributed.all_reduce``; JAX: batches
-        sharded over all devices with ``jax.sharding``, reduced by XLA), so every process
-        gets the operator of the union of the shards.
+        sharded over all devices with ``jax.sharding``, reduced by XLA; TensorFlow:
+        batches split over the replicas of a ``tf.distribute.Strategy``, summed by
+        ``strategy.reduce``), so every process gets the operator of the union of the
+        shards.
     group : optional
-        With ``distributed=True`` in torch: the process group (default: the world).
+        With ``distributed=True``: torch, the process group (default: the world); JAX,
+        a ``jax.sharding.Mesh`` (default: all devices); TensorFlow, the strategy
+        (default: the one whose scope is entered).
     progress : bool
         With ``data``: a progress bar over the batches of each product (tqdm).
 

@@ -345,6 +345,34 @@ class Backend:
 
         return prod
 
+    def distributed_group(self, group: Any) -> Any:
+        """The group a ``distributed=True`` operator sums over, fixed when it is built
+        (TensorFlow: the strategy in scope unless ``group`` names one; others: as
+        given)."""
+        return group
+
+    def distributed_data(self, data: Any, *, group: Any) -> Any:
+        """The data as a ``distributed=True`` operator iterates it (TensorFlow: a
+        ``tf.data.Dataset`` distributed by the strategy; others: as it is)."""
+        return data
+
+    def distributed_parts(self, batch: Any, *, group: Any) -> list[Any]:
+        """The pieces of a batch of distributed data that this process holds, each a
+        batch of the user's structure (TensorFlow: the per-replica values; others: the
+        batch itself)."""
+        return [batch]
+
+    def distributed_product(self, product: Callable[[Any, Array], Array], batch: Any,
+                            V: Array, weight: Callable[[Any], float], *,
+                            group: Any) -> Array | None:
+        """``weight(b) * product(b, V)`` of this process's part ``b`` of a batch, None
+        when it is empty. The default runs it here on :meth:`distributed_batch`'s form
+        of the batch; an adapter whose pieces live on replicas runs each there and
+        reduces them."""
+        batch = self.distributed_batch(batch, group=group)
+        w = weight(batch)
+        return product(batch, V) * w if w else None
+
     def distributed_batch(self, batch: Any, *, group: Any) -> Any:
         """A batch as the per-batch products of a ``distributed=True`` operator take it
         (torch: this process's shard as it is; JAX: a global array sharded over devices)."""
@@ -362,7 +390,8 @@ class Backend:
     def _no_distributed_message(self) -> str:
         return (
             f"Expected a backend with a collective for distributed=True (torch with "
-            f"torch.distributed, or jax with several devices). Received {self.name}, which "
+            f"torch.distributed, jax with several devices, or tensorflow with a "
+            f"tf.distribute.Strategy). Received {self.name}, which "
             "jacspec does not distribute; run it in one process (distributed=False)."
         )
 

@@ -116,8 +116,16 @@ def _is_keras_variable(x: Any) -> bool:
 
 
 def _watchable(x: Any) -> Any:
-    """The ``tf.Variable`` behind a Keras variable (what tapes watch), else ``x``."""
-    return x.value if _is_keras_variable(x) else x
+    """The ``tf.Variable`` behind a Keras variable (what tapes watch), else ``x``.
+
+    A variable mirrored by a ``tf.distribute.Strategy`` is watched through its first
+    copy outside a replica (its reads there go to that copy); inside ``strategy.run``
+    it stands for the replica's own copy."""
+    x = x.value if _is_keras_variable(x) else x
+    if (isinstance(x, tf.distribute.DistributedValues)
+            and tf.distribute.in_cross_replica_context()):
+        return x.values[0]
+    return x
 
 
 def _as_shape(t: tf.Tensor, shape: tuple[int, ...]) -> tf.Tensor:
@@ -366,6 +374,69 @@ class TensorflowBackend(Backend):
             return out if grad else tf.stop_gradient(out)
 
         return Linearization(y=y, n=lay.n, m=lay.n, batch_shape=bshape, mm=mm, rmm=mm)
+
+    # -- products summed over replicas (distributed=True) -----------------------------
+    def distributed_group(self, group):
+        """The ``tf.distribute.Strategy`` of a distributed operator: ``group``, else the
+        one whose scope is entered when the operator is built."""
+        if group is not None:
+            if not isinstance(group, tf.distribute.Strategy):
+                raise TypeError("Expected group to be a tf.distribute.Strategy (or None: the "
+                                f"strategy in scope). Received {type(group).__name__}.")
+            return group
+        if not tf.distribute.has_strategy():
+            raise ValueError(
+                "Expected a tf.distribute.Strategy for distributed=True: build the operator "
+                "inside `with strategy.scope():` or pass group=strategy. Received none in "
+                "scope."
+            )
+        return tf.distribute.get_strategy()
+
+    def distributed_data(self, data, *, group):
+        """A ``tf.data.Dataset`` distributed by the strategy (its batches split over the
+        replicas); data the strategy already distributed, as it is."""
+        if isinstance(data, tf.data.Dataset):
+            return group.experimental_distribute_dataset(data)
+        return data
+
+    def distributed_parts(self, batch, *, group):
+        """The per-replica values of a distributed batch, as batches of the user's
+        structure."""
+        strategy = group
+        parts = strategy.experimental_local_results(batch)
+        if not isinstance(parts, tuple) or not parts:
+            raise ValueError(
+                "Expected data distributed by the strategy (strategy."
+                "experimental_distribute_dataset, or a tf.data.Dataset) for "
+                f"distributed=True. Received batches of type {type(batch).__name__}."
+            )
+        return list(parts)
+
+    def distributed_product(self, product, batch, V, weight, *, group):
+        """Each replica's weighted product of its piece of the batch (``strategy.run``,
+        the replica's copy of the variables), summed by ``strategy.reduce``."""
+        strategy = group
+
+        def on_replica(piece):
+            w = weight(piece)
+            return product(piece, V) * w if w else tf.zeros_like(V)
+
+        per_replica = strategy.run(on_replica, args=(batch,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def distributed_count(self, count, *, group):
+        """The samples of all workers: each replica contributes its worker's count
+        divided by the worker's replicas (equal on every worker of a strategy)."""
+        strategy = group
+        local = len(strategy.extended.worker_devices)
+        share = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(float(count) / local, tf.float64))
+        return int(round(float(strategy.reduce(tf.distribute.ReduceOp.SUM, share, axis=None))))
+
+    def distributed_sum(self, x, *, group):
+        """``x`` as it is: :meth:`distributed_product` already reduced every batch over
+        all replicas (and workers)."""
+        return x
 
     # -- convolutions (js.conv) ------------------------------------------------------
     def conv2d(self, x, w, *, stride, pads):
