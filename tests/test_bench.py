@@ -10,7 +10,7 @@ import json
 import pytest
 
 from jacspec import bench
-from jacspec.bench import rows as R
+from jacspec.bench import registry, timing
 
 FAKE = [
     dict(name="overhead: lanczos (torch)", jacspec="12.0 ms", reference="10.0 ms",
@@ -47,8 +47,51 @@ def test_unknown_backend():
 
 def test_median_time():
     calls = []
-    t = R.median_time(lambda: calls.append(1), 3)
+    t = timing.median_time(lambda: calls.append(1), 3)
     assert len(calls) == 4 and t >= 0
+
+
+def test_interleaved_times_rotate():
+    """Every side runs once per round, the first round a warm-up, the order rotating."""
+    calls = []
+    t = timing.interleaved_times({k: (lambda k=k: calls.append(k)) for k in "abc"}, 2)
+    assert set(t) == {"a", "b", "c"} and all(v >= 0 for v in t.values())
+    assert calls == list("abc") + list("bca") + list("cab")
+
+
+def test_registry_lists_every_group():
+    """The registry finds every ``*_rows`` module; --quick keeps every group with a
+    target but "dataset" (its kind of target, faster than the peers at equal accuracy,
+    stays in --quick through "peers")."""
+    for backend in registry.BACKENDS:
+        full = registry.groups(backend, quick=False)
+        quick = registry.groups(backend, quick=True)
+        assert {g.backend for g in full} == {backend}
+        assert set(quick) <= set(full)
+        rank = [registry.ORDER.index(g.name) if g.name in registry.ORDER else 99
+                for g in full]
+        assert rank == sorted(rank)
+        dropped = {g.name for g in full if g.target and g not in quick}
+        assert dropped <= {"dataset"}, dropped
+    torch_groups = {g.name for g in registry.groups("torch", quick=False)}
+    assert torch_groups >= {"overhead", "lanczos", "batched", "auto", "dense", "penalty",
+                            "peers", "conv", "memory", "dataset", "dataset-memory",
+                            "density", "scaling"}
+    assert [g.name for g in registry.groups("torch", False, only=["auto"])] == ["auto"]
+    with pytest.raises(ValueError, match="Expected backend"):
+        registry.register("x", "numpy")
+
+
+def test_busy_processes_spin_and_stop():
+    import os
+    import time
+
+    with timing.busy_processes(1):
+        t0, c0 = time.perf_counter(), sum(os.times()[2:4])
+        time.sleep(1.0)
+    # the child has been reaped: its CPU time is counted in the children's times
+    assert sum(os.times()[2:4]) - c0 > 0.05
+    assert time.perf_counter() - t0 >= 1.0
 
 
 def test_one_real_row(tmp_path, capsys):
@@ -75,7 +118,7 @@ def test_one_real_row(tmp_path, capsys):
 def test_dataset_rows_small():
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    from jacspec.bench import rows_data
+    from jacspec.bench import dataset_rows as rows_data
 
     rows = rows_data.dataset_peers_torch(True, sizes=[64, 8, 10], nsamples=300)
     ran = [r for r in rows if "skipped" not in r]
@@ -93,9 +136,9 @@ def test_dataset_rows_small():
 
 
 def _tiny_scaling(batches=(2, 3)):
-    from jacspec.bench import rows_scaling
+    from jacspec.bench import scaling_rows
 
-    return rows_scaling, rows_scaling.Sizes(widths=(2, 4), batches=batches, base=(2, 2),
+    return scaling_rows, scaling_rows.Sizes(widths=(2, 4), batches=batches, base=(2, 2),
                                             eig=(2, 3), eig_products=6, sigma=(2, 3),
                                             reps=1)
 
@@ -144,8 +187,8 @@ def test_resnet_torch_and_jax_agree():
     import numpy as np
 
     jnp = jax.numpy
-    from jacspec.bench import resnet_jax
-    from jacspec.bench.resnet_torch import ResNet18
+    from jacspec.bench.models_jax import resnet18_apply, resnet18_init
+    from jacspec.bench.models_torch import ResNet18
 
     torch.manual_seed(0)
     net = ResNet18(width=2).eval()
@@ -168,13 +211,13 @@ def test_resnet_torch_and_jax_agree():
         blocks.append(blk)
     params = {"conv1": conv("conv1.weight"), "bn1": bn("bn1"), "blocks": blocks,
               "fc": {"w": jnp.asarray(sd["fc.weight"].T), "b": jnp.asarray(sd["fc.bias"])}}
-    ref = resnet_jax.init(0, width=2)
+    ref = resnet18_init(0, width=2)
     assert [np.shape(a) for a in jax.tree_util.tree_leaves(params)] == [
         np.shape(a) for a in jax.tree_util.tree_leaves(ref)]
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         want = net(torch.as_tensor(x)).numpy()
-    got = np.asarray(jax.jit(resnet_jax.apply)(params, jnp.asarray(np.transpose(x, (0, 2, 3, 1)))))
+    got = np.asarray(jax.jit(resnet18_apply)(params, jnp.asarray(np.transpose(x, (0, 2, 3, 1)))))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 

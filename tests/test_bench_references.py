@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jacspec as js
-from jacspec.bench import rows_penalty as P
+from jacspec.bench import penalty_rows as P
 
 pytest.importorskip("sklearn")
 
@@ -17,21 +17,27 @@ def _models(backend):
     if backend == "torch":
         import torch
 
-        return {k: (net, x, lambda net=net, x=x: P._torch_hand(torch, net, x))
-                for k, (net, x) in P._torch_models(torch).items()}
+        from jacspec.bench.models_torch import penalty_models
+
+        return {k: (net, x, lambda net=net, x=x: P.hand_penalty_torch(torch, net, x))
+                for k, (net, x) in penalty_models(P.B).items()}
     if backend == "jax":
         import jax
         import jax.numpy as jnp
 
+        from jacspec.bench.models_jax import penalty_models
+
         out = {}
-        for k, (net, params, x) in P._jax_models(jax, jnp).items():
+        for k, (net, params, x) in penalty_models(P.B).items():
             f = lambda z, net=net, params=params: net(params, z)  # noqa: E731
-            out[k] = (f, x, lambda f=f, x=x: P._jax_hand(jax, jnp, f, x))
+            out[k] = (f, x, lambda f=f, x=x: P.hand_penalty_jax(jax, jnp, f, x))
         return out
     import tensorflow as tf
 
-    return {k: (net, x, lambda net=net, x=x: P._tf_hand(tf, net, x))
-            for k, (net, x) in P._tf_models(tf).items()}
+    from jacspec.bench.models_tensorflow import penalty_models
+
+    return {k: (net, x, lambda net=net, x=x: P.hand_penalty_tf(tf, net, x))
+            for k, (net, x) in penalty_models(P.B).items()}
 
 
 def _np(a):

@@ -23,9 +23,9 @@ def _problem(sizes: list[int], B: int, seed: int):
     (float64, from ``batch_jacobian``)."""
     import tensorflow as tf
 
-    from jacspec.bench.rows_tf import _keras_mlp
+    from jacspec.bench.models_tensorflow import keras_mlp
 
-    model = _keras_mlp(sizes, seed=seed)
+    model = keras_mlp(sizes, seed=seed)
     x = tf.constant(np.random.default_rng(seed).standard_normal((B, sizes[0])),
                     dtype=tf.float32)
     with tf.GradientTape() as tape:
@@ -41,7 +41,7 @@ def test_native_gkl_full_basis_is_exact(seed, wide):
     inputs) gives sigma_max to float32 rounding."""
     import tensorflow as tf
 
-    from jacspec.bench.rows_tf import native_gkl_tf
+    from jacspec.bench.overhead_rows import native_gkl_tf
 
     sizes = [9, 16, 4] if wide else [4, 16, 9]
     model, x, s = _problem(sizes, 3, seed)
@@ -56,7 +56,7 @@ def test_native_gkl_full_basis_is_exact(seed, wide):
 def test_native_power_converges(check):
     import tensorflow as tf
 
-    from jacspec.bench.rows_tf import native_power_tf
+    from jacspec.bench.overhead_rows import native_power_tf
 
     model, x, s = _problem([8, 16, 5], 4, 1)
     got = native_power_tf(tf, model, x, 400, 1e-7, check=check).numpy()
@@ -68,7 +68,7 @@ def test_overhead_rows_run(monkeypatch):
     """Both sides of every overhead row run (one round each) and agree where they
     compute the same thing (GKL with a full basis)."""
     pytest.importorskip("sklearn")
-    from jacspec.bench import rows_tf
+    from jacspec.bench import overhead_rows as rows_tf
 
     monkeypatch.setattr(rows_tf, "TRACED_ROUNDS", 1)
     monkeypatch.setattr(rows_tf, "EAGER_ROUNDS", 1)
@@ -86,9 +86,10 @@ def test_overhead_rows_run(monkeypatch):
 
 def test_bench_accepts_tensorflow(capsys):
     from jacspec import bench
-    from jacspec.bench import rows
+    from jacspec.bench import registry
 
-    assert [g for g, _ in rows.groups("tensorflow")] == ["overhead", "batched", "penalty"]
+    assert [g.name for g in registry.groups("tensorflow", quick=True)] == [
+        "overhead", "batched", "penalty"]
     assert bench.main(backend="tensorflow", quick=True, only=[]) == 0
     out = capsys.readouterr().out
     assert "backend: tensorflow" in out and "tensorflow: 2." in out

@@ -9,7 +9,7 @@ improves generalization and provable robustness.
 Setup: (a) per-layer tables from ``js.conv.layer_report`` (Fantastic Four bound, exact
 operator norm on the layer's input size with its padding and stride, product of the
 exact norms) for a CNN trained on digits and for a ResNet-18 (CIFAR variant, 32x32x3
-inputs, ``jacspec.bench.resnet_torch``) at one random initialization. The time of the
+inputs, ``jacspec.bench.models_torch``) at one random initialization. The time of the
 bound (``js.conv.fantastic_four``) and of the exact norm (``js.conv.spectral_norm``) is
 measured per layer (one call each, after a warm-up call). (b) the digits CNN trained with no penalty and with
 ``lam * sum over layers`` of the Fantastic Four bound of each conv kernel
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import jacspec as js
-from jacspec.bench.resnet_torch import ResNet18
+from jacspec.bench.models_torch import ResNet18
 
 CHANNELS, STRIDES = (1, 16, 32, 32), (1, 2, 1)
 LAMBDAS = (0.0, 0.003, 0.03, 0.3)

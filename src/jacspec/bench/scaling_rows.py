@@ -1,4 +1,4 @@
-"""Scaling rows of ``jacspec bench`` (group ``scaling``): a ResNet-18 for 32x32 images
+"""Rows "scaling": a ResNet-18 for 32x32 images
 (random initialization, batch norm in inference mode, float32) in torch and in JAX.
 
 * ``products``: the time of one JVP and one VJP of ``js.jacobian`` (logits w.r.t. the
@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .rows import Row, _ms, interleaved_times
+from .registry import Row, register
+from .timing import interleaved_times, ms
 
 NUM_CLASSES = 10
 MB = 2.0**20
@@ -104,7 +105,7 @@ def _product_rows(backend: str, point: dict[str, Any], cfg: str) -> list[Row]:
     for kind, target in targets.items():
         ratio = point[f"{kind}_s"] / point["fwd_bwd_s"]
         rows.append(dict(name=f"scaling: {kind.upper()}/fwd+bwd ({backend})",
-                         jacspec=_ms(point[f"{kind}_s"]), reference=_ms(point["fwd_bwd_s"]),
+                         jacspec=ms(point[f"{kind}_s"]), reference=ms(point["fwd_bwd_s"]),
                          ratio=ratio, target=f"<= {target:g}", met=ratio <= target,
                          configuration=cfg, details=point))
     return rows
@@ -142,8 +143,8 @@ def _eig_row(backend: str, t: dict[str, float], products: int, values: tuple[flo
              cfg: str) -> Row:
     ratio = t["jacspec"] / t["native"]
     return dict(name=f"scaling: top Hessian eigenvalue ({backend})",
-                jacspec=f"{_ms(t['jacspec'])}, {products} HVPs",
-                reference=f"{_ms(t['native'])}, {products} HVPs", ratio=ratio,
+                jacspec=f"{ms(t['jacspec'])}, {products} HVPs",
+                reference=f"{ms(t['native'])}, {products} HVPs", ratio=ratio,
                 target="<= 1.10", met=ratio <= 1.10, configuration=cfg,
                 details=dict(jacspec_s=t["jacspec"], native_s=t["native"], products=products,
                              jacspec_value=values[0], native_value=values[1]))
@@ -151,8 +152,8 @@ def _eig_row(backend: str, t: dict[str, float], products: int, values: tuple[flo
 
 def _sigma_row(backend: str, t: dict[str, float], err: float, cfg: str) -> Row:
     ratio = t["jacspec"] / t["native"]
-    return dict(name=f"scaling: per-sample sigma_max ({backend})", jacspec=_ms(t["jacspec"]),
-                reference=_ms(t["native"]), ratio=ratio, target="<= 1.10",
+    return dict(name=f"scaling: per-sample sigma_max ({backend})", jacspec=ms(t["jacspec"]),
+                reference=ms(t["native"]), ratio=ratio, target="<= 1.10",
                 met=ratio <= 1.10, configuration=cfg,
                 details=dict(jacspec_s=t["jacspec"], native_s=t["native"],
                              max_rel_diff=err))
@@ -183,7 +184,7 @@ class _TorchCase:
     """A ResNet-18, a random batch and its cross-entropy, on the bench's device."""
 
     def __init__(self, torch, width: int, batch: int, seed: int = 0) -> None:
-        from .resnet_torch import ResNet18
+        from .models_torch import ResNet18
 
         self.torch, self.device = torch, _torch_device(torch)
         torch.manual_seed(seed)
@@ -337,6 +338,7 @@ def _torch_sigma(torch, js, s: Sizes) -> Row:
     return _sigma_row("torch", t, err, cfg)
 
 
+@register("scaling", "torch", target="<= 2 (JVP, VJP), <= 4 (HVP), <= 1.10")
 def scaling_torch(quick: bool, *, config: Sizes | None = None) -> list[Row]:
     """The scaling rows in torch (see the module docstring); ``config`` replaces the
     sizes of the mode (tests)."""
@@ -381,12 +383,12 @@ class _JaxCase:
     """Parameters, a random batch and the jitted functions of one (width, batch)."""
 
     def __init__(self, jax, width: int, batch: int, seed: int = 0) -> None:
-        from . import resnet_jax
+        from .models_jax import resnet18_apply, resnet18_init
 
         self.jax = jax
-        self.apply = resnet_jax.apply
+        self.apply = resnet18_apply
         rng = np.random.default_rng(seed)
-        self.params = resnet_jax.init(seed, width, NUM_CLASSES)
+        self.params = resnet18_init(seed, width, NUM_CLASSES)
         self.x = jax.numpy.asarray(rng.standard_normal((batch, 32, 32, 3), np.float32))
         self.y = jax.numpy.asarray(rng.integers(0, NUM_CLASSES, batch))
         self.nparams = sum(int(p.size) for p in jax.tree_util.tree_leaves(self.params))
@@ -528,6 +530,7 @@ def _jax_sigma(jax, js, s: Sizes) -> Row:
     return _sigma_row("jax", t, err, cfg)
 
 
+@register("scaling", "jax", target="<= 2 (JVP, VJP), <= 4 (HVP), <= 1.10")
 def scaling_jax(quick: bool, *, config: Sizes | None = None) -> list[Row]:
     """The scaling rows in JAX, every side under ``jax.jit``; ``config`` as for
     :func:`scaling_torch`."""
@@ -535,10 +538,10 @@ def scaling_jax(quick: bool, *, config: Sizes | None = None) -> list[Row]:
 
     import jacspec as js
 
-    from . import resnet_jax
+    from .models_jax import resnet18_apply
 
     s = config or sizes(quick, "jax")
-    fns = _jax_functions(jax, js, resnet_jax.apply)
+    fns = _jax_functions(jax, js, resnet18_apply)
     points = [_jax_point(jax, js, fns, w, b, s.reps, (w, b) == s.base)
               for w, b in series_points(s)]
     base = points[0]

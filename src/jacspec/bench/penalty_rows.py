@@ -1,4 +1,4 @@
-"""Penalty rows of ``jacspec bench``: a training step with the default (exact) spectral
+"""Rows "penalty" of ``jacspec bench``: a training step with the default (exact) spectral
 penalty, in torch eager, JAX under ``jax.jit`` and TensorFlow under ``tf.function``, on
 the design MLP (64-256-256-10) and a small CNN (two 3x3 convolutions, 10 outputs), both
 on a batch of 128 digits.
@@ -17,15 +17,15 @@ Every step is the gradient of ``cross-entropy + 0.01 * penalty`` w.r.t. the para
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .rows import _digits, _ms, _reps, interleaved_times
+from .models import digits
+from .registry import Row, register
+from .timing import interleaved_times, ms, repetitions
 
-Row = dict[str, Any]
 B = 128
 LAM = 0.01
 
@@ -35,14 +35,14 @@ def _rows(framework: str, model: str, t: dict[str, float], err: float, cfg: str
     tag = f"{model}, {framework}"
     vs_frob = t["spectral"] / t["frobenius"]
     vs_hand = t["spectral"] / t["hand"]
-    cfg = f"{cfg}; plain step {_ms(t['plain'])}"
+    cfg = f"{cfg}; plain step {ms(t['plain'])}"
     return [
         dict(name=f"penalty: spectral step / frobenius step ({tag})",
-             jacspec=_ms(t["spectral"]), reference=_ms(t["frobenius"]), ratio=vs_frob,
+             jacspec=ms(t["spectral"]), reference=ms(t["frobenius"]), ratio=vs_frob,
              target="<= 1.5", met=vs_frob <= 1.5, configuration=cfg,
              details=dict(times_s=t, spectral_over_plain=t["spectral"] / t["plain"])),
         dict(name=f"penalty: spectral step / hand-written exact step ({tag})",
-             jacspec=_ms(t["spectral"]), reference=_ms(t["hand"]), ratio=vs_hand,
+             jacspec=ms(t["spectral"]), reference=ms(t["hand"]), ratio=vs_hand,
              target="<= 1.1", met=vs_hand <= 1.1, configuration=cfg,
              details=dict(times_s=t)),
         dict(name=f"penalty: exact spectral, per-sample error ({tag})",
@@ -57,27 +57,13 @@ def _max_rel_error(sigma: np.ndarray, M: np.ndarray) -> float:
 
 
 def _reps_steps(quick: bool) -> int:
-    return max(3 * _reps(quick), 15)
+    return max(3 * repetitions(quick), 15)
 
 
 # ---------------------------------------------------------------------------- torch
 
 
-def _torch_models(torch) -> dict[str, tuple[Any, Any]]:
-    X, _ = _digits()
-    torch.manual_seed(0)
-    mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Tanh(),
-                              torch.nn.Linear(256, 256), torch.nn.Tanh(),
-                              torch.nn.Linear(256, 10))
-    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.Tanh(),
-                              torch.nn.Conv2d(16, 32, 3, stride=2, padding=1),
-                              torch.nn.Tanh(), torch.nn.Flatten(),
-                              torch.nn.Linear(32 * 4 * 4, 10))
-    x = torch.tensor(X[:B])
-    return {"MLP": (mlp, x), "CNN": (cnn, x.reshape(B, 1, 8, 8))}
-
-
-def _torch_hand(torch, net: Any, x: Any) -> Any:
+def hand_penalty_torch(torch, net: Any, x: Any) -> Any:
     xl = x.detach().requires_grad_(True)
     y = net(xl)
     m = y.shape[-1]
@@ -89,15 +75,18 @@ def _torch_hand(torch, net: Any, x: Any) -> Any:
     return (w * w).flatten(1).sum(-1).mean()
 
 
+@register("penalty", "torch", target="<= 1.1, <= 1e-3")
 def penalty_torch(quick: bool) -> list[Row]:
     import torch
 
     import jacspec as js
 
-    _, labels = _digits()
+    from .models_torch import penalty_models
+
+    _, labels = digits()
     yb = torch.tensor(labels[:B])
     rows: list[Row] = []
-    for name, (net, xb) in _torch_models(torch).items():
+    for name, (net, xb) in penalty_models(B).items():
         params = list(net.parameters())
 
         def step(pen: Callable[[], Any] | None, net=net, xb=xb, params=params) -> None:
@@ -112,7 +101,7 @@ def penalty_torch(quick: bool) -> list[Row]:
                 lambda: js.penalties.spectral(net, xb)),
             frobenius=lambda step=step, net=net, xb=xb: step(
                 lambda: js.penalties.frobenius(net, xb, num_projections=1)),
-            hand=lambda step=step, net=net, xb=xb: step(lambda: _torch_hand(torch, net, xb)),
+            hand=lambda step=step, net=net, xb=xb: step(lambda: hand_penalty_torch(torch, net, xb)),
         ), _reps_steps(quick))
         _, u = js.penalties.spectral(net, xb, return_vectors=True)
         J = js.jacobian(net, xb, batched=True)
@@ -127,40 +116,7 @@ def penalty_torch(quick: bool) -> list[Row]:
 # ---------------------------------------------------------------------------- JAX
 
 
-def _jax_models(jax, jnp) -> dict[str, tuple[Callable, Any, Any]]:
-    X, _ = _digits()
-    keys = iter(jax.random.split(jax.random.key(0), 8))
-
-    def dense(a, b):
-        return (jax.random.normal(next(keys), (a, b), jnp.float32) / math.sqrt(a),
-                jnp.zeros(b, jnp.float32))
-
-    def conv(o, i):
-        return (jax.random.normal(next(keys), (o, i, 3, 3), jnp.float32) / math.sqrt(9 * i),
-                jnp.zeros((1, o, 1, 1), jnp.float32))
-
-    def mlp(p, x):
-        for i, (w, b) in enumerate(p):
-            x = x @ w + b
-            x = jnp.tanh(x) if i < len(p) - 1 else x
-        return x
-
-    def cnn(p, x):
-        (w1, b1), (w2, b2), (w3, b3) = p
-        dn = ("NCHW", "OIHW", "NCHW")
-        x = jnp.tanh(jax.lax.conv_general_dilated(x, w1, (1, 1), "SAME",
-                                                  dimension_numbers=dn) + b1)
-        x = jnp.tanh(jax.lax.conv_general_dilated(x, w2, (2, 2), ((1, 1), (1, 1)),
-                                                  dimension_numbers=dn) + b2)
-        return x.reshape(x.shape[0], -1) @ w3 + b3
-
-    x = jnp.asarray(X[:B])
-    return {"MLP": (mlp, [dense(64, 256), dense(256, 256), dense(256, 10)], x),
-            "CNN": (cnn, [conv(16, 1), conv(32, 16), dense(32 * 16, 10)],
-                    x.reshape(B, 1, 8, 8))}
-
-
-def _jax_hand(jax, jnp, f: Callable, x: Any) -> Any:
+def hand_penalty_jax(jax, jnp, f: Callable, x: Any) -> Any:
     y, pull = jax.vjp(f, x)
     m = y.shape[-1]
     eye = jnp.broadcast_to(jnp.eye(m, dtype=y.dtype)[:, None, :], (m,) + y.shape)
@@ -171,16 +127,19 @@ def _jax_hand(jax, jnp, f: Callable, x: Any) -> Any:
     return jnp.mean(jnp.sum(w.reshape(w.shape[0], -1) ** 2, axis=-1))
 
 
+@register("penalty", "jax", target="<= 1.1, <= 1e-3")
 def penalty_jax(quick: bool) -> list[Row]:
     import jax
     import jax.numpy as jnp
 
     import jacspec as js
 
-    _, labels = _digits()
+    from .models_jax import penalty_models
+
+    _, labels = digits()
     yb = jnp.asarray(labels[:B])
     rows: list[Row] = []
-    for name, (net, params, xb) in _jax_models(jax, jnp).items():
+    for name, (net, params, xb) in penalty_models(B).items():
 
         def make(pen: Callable | None, net=net, xb=xb, params=params
                  ) -> Callable[[], Any]:
@@ -197,7 +156,7 @@ def penalty_jax(quick: bool) -> list[Row]:
             spectral=make(lambda f, x: js.penalties.spectral(f, x)),
             frobenius=make(lambda f, x: js.penalties.frobenius(f, x, num_projections=1,
                                                                seed=0)),
-            hand=make(lambda f, x: _jax_hand(jax, jnp, f, x)),
+            hand=make(lambda f, x: hand_penalty_jax(jax, jnp, f, x)),
         ), _reps_steps(quick))
         f = lambda z, net=net, params=params: net(params, z)  # noqa: E731
         _, u = js.penalties.spectral(f, xb, return_vectors=True)
@@ -213,23 +172,7 @@ def penalty_jax(quick: bool) -> list[Row]:
 # ---------------------------------------------------------------------------- TensorFlow
 
 
-def _tf_models(tf) -> dict[str, tuple[Any, Any]]:
-    import keras
-
-    X, _ = _digits()
-    keras.utils.set_random_seed(0)
-    mlp = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, "tanh"),
-                            keras.layers.Dense(256, "tanh"), keras.layers.Dense(10)])
-    cnn = keras.Sequential([keras.Input((8, 8, 1)),
-                            keras.layers.Conv2D(16, 3, padding="same", activation="tanh"),
-                            keras.layers.Conv2D(32, 3, strides=2, padding="same",
-                                                activation="tanh"),
-                            keras.layers.Flatten(), keras.layers.Dense(10)])
-    x = tf.constant(X[:B])
-    return {"MLP": (mlp, x), "CNN": (cnn, tf.reshape(x, (B, 8, 8, 1)))}
-
-
-def _tf_hand(tf, net: Any, x: Any) -> Any:
+def hand_penalty_tf(tf, net: Any, x: Any) -> Any:
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         y = net(x)
@@ -239,15 +182,18 @@ def _tf_hand(tf, net: Any, x: Any) -> Any:
     return tf.reduce_mean(tf.reduce_sum(tf.reshape(w, (B, -1)) ** 2, axis=-1))
 
 
+@register("penalty", "tensorflow", target="<= 1.1, <= 1e-3")
 def penalty_tf(quick: bool) -> list[Row]:
     import tensorflow as tf
 
     import jacspec as js
 
-    _, labels = _digits()
+    from .models_tensorflow import penalty_models
+
+    _, labels = digits()
     yb = tf.constant(labels[:B])
     rows: list[Row] = []
-    for name, (net, xb) in _tf_models(tf).items():
+    for name, (net, xb) in penalty_models(B).items():
 
         def make(pen: Callable | None, net=net, xb=xb) -> Callable[[], Any]:
             @tf.function
@@ -266,7 +212,7 @@ def penalty_tf(quick: bool) -> list[Row]:
             spectral=make(lambda f, x: js.penalties.spectral(f, x)),
             frobenius=make(lambda f, x: js.penalties.frobenius(f, x, num_projections=1,
                                                                seed=0)),
-            hand=make(lambda f, x: _tf_hand(tf, f, x)),
+            hand=make(lambda f, x: hand_penalty_tf(tf, f, x)),
         ), _reps_steps(quick))
         _, u = js.penalties.spectral(net, xb, return_vectors=True)
         J = js.jacobian(net, xb, batched=True)

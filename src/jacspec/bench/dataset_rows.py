@@ -1,4 +1,5 @@
-"""Benchmark rows for dataset operators (``js.hessian(..., data=)``), torch.
+"""Rows "dataset", "dataset-memory" and "density": dataset operators
+(``js.hessian(..., data=)``), torch.
 
 * ``dataset peers``: the top eigenvalue of the loss Hessian of the whole digits set
   (1,797 samples in batches of 128) for an MLP of about 100k parameters, at relative
@@ -7,41 +8,35 @@
   cheapest of its tolerance settings that reaches that error. The reference value is a
   float64 Lanczos solve to 1e-10 on the same data.
 * ``dataset memory``: the peak memory of one dataset product against one batch's forward
-  and backward pass, each in a fresh subprocess (peak RSS above the set-up's).
+  and backward pass, each in a fresh subprocess (peak RSS above the set-up's; see
+  :mod:`jacspec.bench.memory_probe`).
+* ``density``: the cost of a spectral-density probe-step against one dataset product.
 
 Peers are imported inside the functions only.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
-from .rows import Row, _digits, _ms, interleaved_times, median_time
+from .models import digits
+from .peers_rows import curvlinops_eigsh
+from .registry import Row, register
+from .timing import interleaved_times, median_time, ms, run_fresh
 
 ERR = 1e-4  # the accuracy every side must reach
 SIZES = [64, 300, 256, 10]  # 99,126 parameters
 
 
 def _problem(torch, dtype, quick: bool, sizes: list[int], nsamples: int | None):
-    """A trained digits MLP and the digits in batches of 128."""
-    X, y = _digits()
+    """A digits MLP after a few full-batch Adam steps (a realistic spectrum) and the
+    digits in batches of 128."""
+    from .models_torch import mlp, train
+
+    X, y = digits()
     Xt, yt = torch.tensor(X[:nsamples], dtype=dtype), torch.tensor(y[:nsamples])
-    torch.manual_seed(0)
-    layers: list[Any] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers += [torch.nn.Linear(a, b)] + ([torch.nn.Tanh()] if i < len(sizes) - 2 else [])
-    model = torch.nn.Sequential(*layers).to(dtype)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(20 if quick else 60):  # a few full-batch steps: a realistic spectrum
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(Xt), yt).backward()
-        opt.step()
+    model = train(mlp(sizes, dtype, frozen=False), Xt, yt, lr=1e-3, steps=20 if quick else 60)
     batches = [(Xt[i:i + 128], yt[i:i + 128]) for i in range(0, len(Xt), 128)]
     return model, batches
 
@@ -110,29 +105,7 @@ def _pyhessian(torch, model, batches, max_iter):
     return run
 
 
-def _curvlinops(torch, model, batches):
-    import numpy as np
-    import scipy.sparse.linalg as sla
-    from curvlinops import HessianLinearOperator
-
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def run(tol):
-        H = HessianLinearOperator(model, torch.nn.CrossEntropyLoss(), params, batches,
-                                  check_deterministic=False).to_scipy()
-        count = [0]
-
-        def mv(v):
-            count[0] += 1
-            return H @ v
-
-        L = sla.LinearOperator(H.shape, matvec=mv, dtype=np.float32)
-        val = sla.eigsh(L, k=1, which="LM", tol=tol, return_eigenvectors=False)
-        return float(val[0]), count[0]
-
-    return run
-
-
+@register("dataset", "torch", target="faster, err <= 1e-4", quick=False)
 def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
                         nsamples: int | None = None) -> list[Row]:
     """The dataset rows; ``sizes``/``nsamples`` shrink the problem (tests)."""
@@ -164,8 +137,8 @@ def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
         met = t_ours <= t_p and err_ours <= ERR
         rows.append(dict(
             name=f"dataset peers: {peer}",
-            jacspec=f"{_ms(t_ours)}, {n_ours} HVPs, err {err_ours:.1e}",
-            reference=f"{_ms(t_p)}, {n_p} HVPs, err {err_p:.1e} (tol {tol_p:g})",
+            jacspec=f"{ms(t_ours)}, {n_ours} HVPs, err {err_ours:.1e}",
+            reference=f"{ms(t_p)}, {n_p} HVPs, err {err_p:.1e} (tol {tol_p:g})",
             ratio=t_ours / t_p, target=f"faster, err <= {ERR:g}", met=met,
             configuration=cfg,
             details=dict(jacspec_s=t_ours, peer_s=t_p, jacspec_products=n_ours,
@@ -179,7 +152,7 @@ def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
     except ImportError:
         rows.append(dict(name="dataset peers: PyHessian", skipped="pyhessian not installed"))
     try:
-        run = _curvlinops(torch, model, batches)
+        run = curvlinops_eigsh(torch, model, batches, check_deterministic=False)
         tols = (1e-3,) if quick else (1e-3, 1e-4, 1e-5, 1e-6)
         add("curvlinops+eigsh", _first_accurate(run, tols, exact))
     except ImportError:
@@ -190,55 +163,12 @@ def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
 
 # ---------------------------------------------------------------------------- memory
 
-_MEMORY_SCRIPT = r"""
-import json, resource, sys
-import torch
-import jacspec as js
-torch.manual_seed(0)
-mode, width, bsize, nbatch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-model = torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.Tanh(),
-                            torch.nn.Linear(width, width), torch.nn.Tanh(),
-                            torch.nn.Linear(width, 10))
-data = [(torch.randn(bsize, 64), torch.randint(0, 10, (bsize,))) for _ in range(nbatch)]
-params = {k: v.detach() for k, v in model.named_parameters()}
-def loss(p, batch):
-    return torch.nn.functional.cross_entropy(torch.func.functional_call(model, p, (batch[0],)),
-                                             batch[1])
-v = torch.randn(sum(p.numel() for p in params.values()))
-def status(key):
-    with open("/proc/self/status") as fh:
-        return next(float(l.split()[1]) / 1024 for l in fh if l.startswith(key + ":"))
-try:  # Linux: reset the peak-RSS mark (VmHWM), so that the set-up's peak does not count
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    r0, peak = status("VmRSS"), lambda: status("VmHWM")
-except OSError:
-    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-if mode == "forward_backward":
-    torch.nn.functional.cross_entropy(model(data[0][0]), data[0][1]).backward()
-elif mode == "native_hvp":  # double backward by hand, one batch
-    ps = list(model.parameters())
-    g = torch.autograd.grad(loss(dict(model.named_parameters()), data[0]), ps, create_graph=True)
-    torch.autograd.grad(g, ps, [t.reshape(p.shape) for t, p in zip(v.split([p.numel() for p in ps]), ps)])
-else:  # building the operator differentiates the first batch once: counted too
-    js.hessian(loss, params, data=data if mode == "dataset" else data[:1]) @ v
-print(json.dumps(dict(mode=mode, peak_mb=peak() - r0)))
-"""
-
-
 def _peak_mb(mode: str, width: int, bsize: int, nbatch: int) -> float:
-    # A fixed mmap threshold: glibc otherwise raises it after each large free, and then
-    # serves the next batch's tensors from a heap that never shrinks (RSS then counts
-    # memory already freed).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, mode, str(width), str(bsize),
-                          str(nbatch)], capture_output=True, text=True, timeout=300, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip()[-300:])
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+    return float(run_fresh("jacspec.bench.memory_probe",
+                           [mode, width, bsize, nbatch])["peak_mb"])
 
 
+@register("dataset-memory", "torch", target="<= 1.2")
 def dataset_memory_torch(quick: bool, *, shape: tuple[int, int, int] | None = None
                          ) -> list[Row]:
     """Peak RSS rise of one dataset product vs one batch's forward+backward, and vs one
@@ -271,6 +201,7 @@ def dataset_memory_torch(quick: bool, *, shape: tuple[int, int, int] | None = No
 # ---------------------------------------------------------------------------- density
 
 
+@register("density", "torch", target="<= 1.10")
 def dataset_density_torch(quick: bool, *, sizes: list[int] = SIZES,
                           nsamples: int | None = None) -> list[Row]:
     """The cost of one probe-step of ``js.spectral_density`` on the dataset Hessian vs
@@ -292,8 +223,8 @@ def dataset_density_torch(quick: bool, *, sizes: list[int] = SIZES,
     t_sd, t_hvp = t["density"] / count, t["hvp"] / count
     nsamp = sum(int(x.shape[0]) for x, _ in batches)
     return [dict(
-        name="dataset density: probe-step/HVP (torch)", jacspec=_ms(t_sd),
-        reference=_ms(t_hvp), ratio=t_sd / t_hvp, target="<= 1.10",
+        name="dataset density: probe-step/HVP (torch)", jacspec=ms(t_sd),
+        reference=ms(t_hvp), ratio=t_sd / t_hvp, target="<= 1.10",
         met=t_sd / t_hvp <= 1.10,
         configuration=f"time of js.spectral_density ({probes} probes x {steps} Lanczos "
         f"steps) per probe-step vs one product of the dataset Hessian, {count} of each run "
