@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from . import validate as V
 from ._progress import progress
 from .backends import Backend, backend_of
@@ -164,6 +166,7 @@ class DatasetOperator(LinearOperator):
         self._product, self._data, self._summary = product, data, summary
         self._distributed, self._group = distributed, group
         self._progress, self._name = progress, name
+        self._seed = backend.random_seed()
         local = summary.num_samples
         self.num_samples = (
             backend.distributed_count(local, group=group) if distributed else local
@@ -174,13 +177,23 @@ class DatasetOperator(LinearOperator):
         return True
 
     def _batches(self) -> Iterator[Any]:
-        for i, batch in enumerate(self._data):
-            piece = (self._backend.distributed_parts(batch, group=self._group)[0]
-                     if self._distributed else batch)
-            s = _signature(piece)
-            if s != self._summary.signature:
-                raise _structure_error(i, s, self._summary.signature)
-            yield batch
+        # The data's own random draws (a shuffling DataLoader's) leave the caller's
+        # generators as they were.
+        with self._backend.fixed_randomness(None):
+            for i, batch in enumerate(self._data):
+                piece = (self._backend.distributed_parts(batch, group=self._group)[0]
+                         if self._distributed else batch)
+                s = _signature(piece)
+                if s != self._summary.signature:
+                    raise _structure_error(i, s, self._summary.signature)
+                yield batch
+
+    def _batch_seed(self, index: int) -> int | None:
+        """The seed of batch ``index``'s random layers (dropout), the same in every
+        product: the operator is one fixed matrix."""
+        if self._seed is None:
+            return None
+        return int(np.random.SeedSequence([self._seed, index]).generate_state(1)[0])
 
     def _weight(self, batch: Any) -> float:
         """A batch's (or a replica's piece of it) share of the mean."""
@@ -200,8 +213,9 @@ class DatasetOperator(LinearOperator):
         bar = progress(self._summary.num_batches, desc=self._name, unit="batch",
                        enabled=self._progress)
         try:
-            for batch in self._batches():
-                part = self._weighted_product(batch, V)
+            for i, batch in enumerate(self._batches()):
+                with self._backend.fixed_randomness(self._batch_seed(i)):
+                    part = self._weighted_product(batch, V)
                 if part is not None:
                     if total is None:
                         total = part
@@ -260,8 +274,9 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
     if distributed:
         group = backend.distributed_group(group)
         data = backend.distributed_data(data, group=group)
-    summary = scan(data, (lambda b: backend.distributed_parts(b, group=group))
-                   if distributed else None)
+    with backend.fixed_randomness(None):  # a shuffling DataLoader draws on iteration
+        summary = scan(data, (lambda b: backend.distributed_parts(b, group=group))
+                       if distributed else None)
     first = summary.first
     if loss is None:
         with _naming("f(params, batch)"):

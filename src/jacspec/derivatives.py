@@ -95,9 +95,10 @@ def hessian(
 
     ``matvec`` is a Hessian-vector product that reuses one forward and one backward pass
     of ``f``. ``x`` may be an array or a parameter collection: a list/tuple/dict of
-    arrays, a JAX pytree, a torch ``named_parameters()`` dict (or iterator), or a list of
-    ``tf.Variable``; vectors are then flat, of size the total number of entries, in the
-    collection's order.
+    arrays, a JAX pytree, a torch ``named_parameters()`` dict (or iterator), a torch
+    ``ParameterList`` or ``ParameterDict`` (``f`` receives the list or dict of its
+    parameters), or a list of ``tf.Variable``; vectors are then flat, of size the total
+    number of entries, in the collection's order.
 
     Parameters
     ----------

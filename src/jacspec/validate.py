@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, backend_of, collection_leaves, infer_backend
+from .backends import Backend, backend_of, collection_leaves, infer_backend, plain_collection
 from .operators import LinearOperator
 
 METHODS = ("auto", "dense", "lanczos", "power")
@@ -214,7 +214,9 @@ def batch(x: Any, what: str = "x", *, axis_name: str = "B") -> int:
 
 
 def _materialize(x: Any) -> Any:
-    """``named_parameters()`` iterators and lists of ``(name, tensor)`` become dicts."""
+    """``named_parameters()`` iterators and lists of ``(name, tensor)`` become dicts, a
+    framework's parameter container (torch ``ParameterList``) its list or dict."""
+    x = plain_collection(x)
     if hasattr(x, "__next__") and hasattr(x, "__iter__"):
         x = list(x)
     if isinstance(x, list) and x and all(

@@ -30,6 +30,7 @@ __all__ = [
     "infer_backend",
     "available_backends",
     "collection_leaves",
+    "plain_collection",
     "model_backend",
     "host_backend",
 ]
@@ -146,6 +147,16 @@ def available_backends() -> dict[str, str | None]:
         except ImportError:
             out[name] = None
     return out
+
+
+def plain_collection(x: Any) -> Any:
+    """A framework's own container of parameters (torch ``ParameterList`` and
+    ``ParameterDict``) as the plain list or dict of its entries; anything else as it is.
+    Asks only frameworks already imported."""
+    name = type(x).__module__.split(".", 1)[0]
+    if name in BACKEND_NAMES and BACKEND_NAMES[name] in sys.modules:
+        return get_backend(name).plain_collection(x)
+    return x
 
 
 def collection_leaves(x: Any) -> list:

@@ -286,6 +286,11 @@ class Backend:
         """Hessian of scalar ``f`` at ``x``, an array or a parameter collection."""
         raise TypeError(self._no_autodiff_message())
 
+    def plain_collection(self, x: Any) -> Any:
+        """``x`` as a plain list or dict where it is the framework's own container of
+        parameters (torch ``ParameterList``, ``ParameterDict``); else ``x`` itself."""
+        return x
+
     def is_param_collection(self, x: Any) -> bool:
         """Whether ``x`` is a collection of parameters (list/tuple/dict of arrays...)."""
         if isinstance(x, dict):
@@ -324,6 +329,19 @@ class Backend:
             return lin.mm(V, False)
 
         return prod
+
+    def random_seed(self) -> int | None:
+        """A seed for the random layers (dropout) of a dataset operator's ``f``, drawn
+        from the framework's global random state without moving it; ``None`` where ``f``
+        draws no global randomness (JAX passes keys explicitly; NumPy has no autodiff)."""
+        return None
+
+    def fixed_randomness(self, seed: int | None) -> contextlib.AbstractContextManager[Any]:
+        """Context in which the framework's global random generators are seeded with
+        ``seed`` (left as they are when ``None``) and after which they are in the
+        caller's state again: a dataset operator runs each batch's product in it, so a
+        batch sees the same random draws in every product."""
+        return contextlib.nullcontext()
 
     def batch_ggn_product(
         self, f: Callable, loss: Callable, params: Any
@@ -449,9 +467,11 @@ def find_closure_objects(
 
     Follows ``functools.partial`` parts, a bound method's ``__self__``, closure cells,
     default arguments, the globals ``f``'s code names (``lambda x: model(x)`` at module
-    level), lists, tuples, sets and dicts, and the attributes of plain objects (a
-    wrapper's ``self.model``), up to ``max_depth`` links and ``max_visits`` objects. An
-    object satisfying ``predicate`` is collected and not looked into.
+    level) and the attributes it names of the Python modules among them
+    (``models.net``), lists, tuples, sets and dicts, the attributes of plain objects (a
+    wrapper's ``self.model``) and the data attributes of their classes and of classes
+    (``Config.net``), up to ``max_depth`` links and ``max_visits`` objects. An object
+    satisfying ``predicate`` is collected and not looked into.
 
     The adapters use it to record, before ``f`` runs, the state that only Python code
     changes (torch's train/eval modes and ``requires_grad`` flags); tensor and variable
@@ -469,7 +489,9 @@ def find_closure_objects(
             return list(g.values())
         if isinstance(g, (list, tuple, set, frozenset)):
             return list(g)
-        if isinstance(g, (str, bytes, int, float, complex, bool, type)) or g is None:
+        if isinstance(g, type):
+            return _class_data(g)
+        if isinstance(g, (str, bytes, int, float, complex, bool)) or g is None:
             return []
         if _from_library(g):  # library code holds no user model
             return []
@@ -486,11 +508,15 @@ def find_closure_objects(
             out.extend(getattr(func, "__defaults__", None) or ())
             out.extend((getattr(func, "__kwdefaults__", None) or {}).values())
             glb = getattr(func, "__globals__", None) or {}
-            out.extend(glb[nm] for nm in code.co_names if nm in glb and not _is_module_obj(glb[nm]))
+            names = [glb[nm] for nm in code.co_names if nm in glb]
+            out.extend(v for v in names if not _is_module_obj(v))
+            out.extend(_module_attributes([v for v in names if _is_module_obj(v)],
+                                          code.co_names))
             return out
         attrs = getattr(g, "__dict__", None)
         if isinstance(attrs, dict):
             out.extend(attrs.values())
+            out.append(type(g))  # class attributes read through the instance
         return out
 
     frontier = [f]
@@ -525,6 +551,31 @@ def _from_library(obj: Any) -> bool:
     if not isinstance(mod, str):
         mod = type(obj).__module__
     return mod.split(".", 1)[0] in _LIBRARIES
+
+
+def _class_data(cls: type) -> list:
+    """The data attributes (not functions or descriptors) that a user-defined class and
+    its user-defined bases define (``class Config: net = model``)."""
+    import types
+
+    skip = (types.FunctionType, property, staticmethod, classmethod)
+    return [v for c in cls.__mro__ if not _from_library(c)
+            for name, v in vars(c).items()
+            if not (name.startswith("__") or isinstance(v, skip))]
+
+
+def _module_attributes(modules: list, names: tuple[str, ...], depth: int = 4) -> list:
+    """The attributes of user (non-library) Python modules that code naming ``names``
+    can read (``models.net``, ``pkg.models.net``), without walking whole modules."""
+    out: list = []
+    for _ in range(depth):
+        modules = [m for m in modules if m.__name__.split(".", 1)[0] not in _LIBRARIES]
+        found = [vars(m)[nm] for m in modules for nm in names if nm in vars(m)]
+        out.extend(v for v in found if not _is_module_obj(v))
+        modules = [v for v in found if _is_module_obj(v)]
+        if not modules:
+            break
+    return out
 
 
 def _is_module_obj(obj: Any) -> bool:

@@ -2,13 +2,20 @@
 
 jacspec runs ``f`` to build the graph its products reuse; ``f`` may write to tensors the
 user owns (BatchNorm's ``running_mean`` and ``num_batches_tracked`` in training mode,
-spectral-norm parametrizations' power-iteration vectors). Those writes are caught where
-they happen, below autograd, whatever path ``f`` takes to the model:
-:class:`WriteGuard` (a ``TorchDispatchMode``) reads each operator's schema, snapshots
-every tensor that existed before ``f`` ran and that the operator writes in place, and
-writes the snapshots back afterwards. Train/eval modes and ``requires_grad`` flags are
-Python attributes, not tensor writes: they are recorded for every module whose forward
-runs (a global forward pre-hook) and every module :func:`find_closure_objects` reaches.
+spectral-norm parametrizations' power-iteration vectors, weights clamped inside
+``forward``, a scratch buffer). Those writes are caught where they happen, below
+autograd, whatever path ``f`` takes to the model: :class:`WriteGuard` (a
+``TorchDispatchMode``) reads each operator's schema, snapshots every tensor that existed
+before ``f`` ran and that the operator writes in place, and writes the snapshots back
+afterwards. The graph must keep the values ``f`` computed with, so the restore never
+writes into memory the graph reads: every tensor autograd saves while ``f`` runs goes
+through :class:`SavedTensors` (``saved_tensors_hooks``), and those that share memory
+with a written tensor are copied before the snapshots go back. Train/eval modes and
+``requires_grad`` flags are Python attributes, not tensor writes: they are recorded for
+every module whose forward runs (a global forward pre-hook) and every module
+:func:`find_closure_objects` reaches. torch's global random generators are forked
+(:func:`fixed_randomness`), so that dropout draws the same masks whenever ``f`` runs
+again with the same seed and the caller's generators do not move.
 """
 
 from __future__ import annotations
@@ -86,7 +93,10 @@ class WriteGuard(TorchDispatchMode):
     under the mode writes them in place; :meth:`restore` writes the snapshots back.
 
     Tensors created under the mode (and views of them) are ``f``'s own intermediates:
-    they are neither copied nor restored, so autograd's saved values stay intact.
+    they are neither copied nor restored. For each written tensor the mode also records
+    whether the tensor it belongs to (its base, for a view) was free of autograd history,
+    so that a write recorded by autograd (``state.copy_(h)`` with ``h`` requiring grad)
+    can be detached again.
     """
 
     @classmethod
@@ -99,6 +109,7 @@ class WriteGuard(TorchDispatchMode):
         super().__init__()
         self._created: dict[int, weakref.ref] = {}
         self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._bases: dict[int, tuple[torch.Tensor, bool, bool]] = {}
 
     def _is_new(self, t: torch.Tensor) -> bool:
         ref = self._created.get(id(t))
@@ -106,6 +117,12 @@ class WriteGuard(TorchDispatchMode):
 
     def _mark_new(self, t: torch.Tensor) -> None:
         self._created[id(t)] = weakref.ref(t)
+
+    def _snapshot(self, t: torch.Tensor) -> None:
+        self._saved[id(t)] = (t, t.clone())
+        base = t._base if t._is_view() else t
+        if id(base) not in self._bases:
+            self._bases[id(base)] = (base, base.requires_grad, base.grad_fn is None)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -118,7 +135,7 @@ class WriteGuard(TorchDispatchMode):
                 continue
             for t in _tensors(_argument(position, name, args, kwargs)):
                 if id(t) not in self._saved and not self._is_new(t):
-                    self._saved[id(t)] = (t, t.clone())
+                    self._snapshot(t)
         out = func(*args, **kwargs)
         outs = out if isinstance(out, (list, tuple)) else (out,)
         for j, o in enumerate(outs):
@@ -133,15 +150,93 @@ class WriteGuard(TorchDispatchMode):
                     self._mark_new(o)
         return out
 
+    def written_storages(self) -> set[Any]:
+        """The storages of the tensors written (see :func:`_storage_key`)."""
+        return {_storage_key(t) for t, _ in self._saved.values()}
+
     def restore(self) -> None:
-        """Write every snapshot back, last-written first (a view and its base)."""
+        """Write every snapshot back, last-written first (a view and its base), and
+        detach the tensors that a write gave an autograd history."""
         for t, copy in reversed(list(self._saved.values())):
-            # Through ``.data`` so the version counter is untouched: the retained graph
-            # may have saved this tensor for backward.
+            # Through ``.data``: the version counter stays that of f's last write.
             with torch.no_grad(), torch.inference_mode(t.is_inference()):
                 t.data.copy_(copy)
+        for base, requires_grad, was_leaf in self._bases.values():
+            if was_leaf and base.grad_fn is not None:
+                base.detach_()
+            if base.requires_grad != requires_grad:
+                base.requires_grad_(requires_grad)
         self._saved.clear()
         self._created.clear()
+        self._bases.clear()
+
+
+def _storage_key(t: torch.Tensor) -> Any:
+    """What identifies ``t``'s memory: its device and storage address (``None`` for a
+    tensor without an accessible storage, e.g. a tensor subclass)."""
+    try:
+        return (t.device, t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
+class _Saved:
+    """A tensor autograd saved while ``f`` ran (detached: autograd re-attaches the
+    history on unpacking), and its version counter then."""
+
+    __slots__ = ("tensor", "version")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor.detach()
+        self.version = tensor._version
+
+    def freeze(self) -> None:
+        """Hold a copy of the current value instead of the tensor itself (unless ``f``
+        wrote the tensor after saving it: unpacking then raises as autograd would)."""
+        if self.tensor._version == self.version:
+            self.tensor = self.tensor.clone()
+            self.version = self.tensor._version
+
+
+def _unpack(saved: _Saved) -> torch.Tensor:
+    t = saved.tensor
+    if t._version != saved.version:  # the check autograd makes without hooks
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by "
+            f"an inplace operation: a tensor of shape {tuple(t.shape)} is at version "
+            f"{t._version}; expected version {saved.version} instead. f (or code after "
+            "it) wrote in place to a tensor f's forward pass had used."
+        )
+    return t
+
+
+class SavedTensors:
+    """Every tensor autograd saves while ``f`` runs (``saved_tensors_hooks``).
+
+    :meth:`freeze` gives the graph its own copy of each saved tensor that shares memory
+    with a tensor ``f`` wrote in place, before those tensors get their old values back:
+    the products then read the values ``f`` computed with, whatever is restored.
+    """
+
+    def __init__(self) -> None:
+        self._saved: list[_Saved] = []
+
+    def _pack(self, t: torch.Tensor) -> _Saved:
+        saved = _Saved(t)
+        self._saved.append(saved)
+        return saved
+
+    def hooks(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+
+    def freeze(self, storages: set[Any]) -> None:
+        if storages:
+            everything = None in storages  # a written tensor of unknown memory
+            for saved in self._saved:
+                key = _storage_key(saved.tensor)
+                if everything or key is None or key in storages:
+                    saved.freeze()
+        self._saved.clear()
 
 
 def _is_module(obj: Any) -> bool:
@@ -177,19 +272,72 @@ class ModuleFlags:
                 p.requires_grad_(flag)
 
 
+def _generators() -> list[torch.Generator]:
+    """torch's global generators: the CPU's, and each CUDA device's once CUDA is
+    initialized (before, no CUDA randomness can have been drawn)."""
+    gens = [torch.default_generator]
+    if torch.cuda.is_initialized():
+        gens += list(torch.cuda.default_generators)
+    return gens
+
+
 @contextlib.contextmanager
-def state_guard(f: Callable) -> Iterator[None]:
+def fixed_randomness(seed: int | None) -> Iterator[None]:
+    """Run the body on torch's global generators seeded with ``seed`` (as they are, when
+    ``None``); afterwards they are in the caller's state again."""
+    gens = _generators()
+    states = [g.get_state() for g in gens]
+    try:
+        if seed is not None:
+            for g in gens:
+                g.manual_seed(seed)
+        yield
+    finally:
+        for g, state in zip(gens, states):
+            g.set_state(state)
+
+
+def random_seed() -> int:
+    """A seed drawn from torch's global CPU generator, which is left where it was: the
+    same after the same ``torch.manual_seed``, new after the user's own draws."""
+    with fixed_randomness(None):
+        return int(torch.empty((), dtype=torch.int64).random_())
+
+
+class Guard:
+    """What :func:`state_guard` yields: :meth:`result` hands ``f``'s output over."""
+
+    def __init__(self, writes: WriteGuard) -> None:
+        self._writes = writes
+
+    def result(self, y: Any) -> Any:
+        """``y``, or a copy of it where it shares memory with a tensor ``f`` wrote in
+        place (``f`` returned the user's buffer itself), which gets its old value back."""
+        if isinstance(y, torch.Tensor) and self._writes.written_storages() & {_storage_key(y)}:
+            return y.clone()
+        return y
+
+
+@contextlib.contextmanager
+def state_guard(f: Callable, seed: int | None) -> Iterator[Guard]:
     """Run the body (``f``'s forward) without lasting effect on the user's tensors,
-    modules' train/eval modes and parameters' ``requires_grad`` flags."""
+    modules' train/eval modes, parameters' ``requires_grad`` flags and torch's global
+    random generators (seeded with ``seed`` inside, unless ``None``).
+
+    The autograd graph built inside keeps the values ``f`` computed with: tensors it
+    saved that share memory with tensors ``f`` wrote are copied before the writes are
+    undone (:class:`SavedTensors`).
+    """
     flags = ModuleFlags()
     for root in find_closure_objects(f, _is_module):
         flags.record(root)
     hook = torch.nn.modules.module.register_module_forward_pre_hook(flags.pre_hook)
-    writes = WriteGuard()
+    writes, saved = WriteGuard(), SavedTensors()
     try:
-        with writes:
-            yield
+        with fixed_randomness(seed), saved.hooks(), writes:
+            yield Guard(writes)
     finally:
         hook.remove()
+        saved.freeze(writes.written_storages())
         writes.restore()
         flags.restore()

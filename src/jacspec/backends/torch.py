@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ._base import Backend, Linearization, check_input, check_output
-from ._torch_state import state_guard
+from ._torch_state import Guard, fixed_randomness, random_seed, state_guard
 
 
 def _outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
@@ -62,12 +62,13 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _forward_mode(f: Callable) -> Iterator[None]:
-    """Where ``f``'s forward runs: autograd on, the user's state protected, and a clear
-    error for parameters created in inference mode (autograd cannot use them)."""
+def _forward_mode(f: Callable, seed: int | None) -> Iterator[Guard]:
+    """Where ``f``'s forward runs: autograd on, the user's state protected, torch's
+    random generators seeded with ``seed`` (see :func:`state_guard`), and a clear error
+    for parameters created in inference mode (autograd cannot use them)."""
     try:
-        with _outside_inference_mode(), torch.enable_grad(), state_guard(f):
-            yield
+        with _outside_inference_mode(), torch.enable_grad(), state_guard(f, seed) as guard:
+            yield guard
     except RuntimeError as err:
         if "Inference tensors cannot be saved for backward" not in str(err):
             raise
@@ -337,6 +338,13 @@ class TorchBackend(Backend):
         X[..., j, start:start + x.shape[-1]] = x
         return X
 
+    def plain_collection(self, x):
+        if isinstance(x, torch.nn.ParameterList):
+            return list(x)
+        if isinstance(x, torch.nn.ParameterDict):
+            return dict(x.items())
+        return x
+
     def owns_model(self, model) -> bool:
         return isinstance(model, torch.nn.Module)
 
@@ -366,14 +374,16 @@ class TorchBackend(Backend):
     def linearize(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
+        seed = random_seed()
 
         def forward() -> None:
             # The graph is retained for every product. If the user backpropagates through
             # a result built on it (``js.spectral_norm(J).backward()``), autograd frees it;
-            # the next product then runs this again (at the current parameter values).
+            # the next product then runs this again (at the current parameter values,
+            # with the same random draws).
             st.clear()
-            with _forward_mode(f):
-                st["y"] = f(arg)
+            with _forward_mode(f, seed) as guard:
+                st["y"] = guard.result(f(arg))
 
         forward()
         y = st["y"]
@@ -469,10 +479,11 @@ class TorchBackend(Backend):
     def linearize_gradient(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
+        seed = random_seed()
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
-            with _forward_mode(f):
-                y = f(arg)
+            with _forward_mode(f, seed) as guard:
+                y = guard.result(f(arg))
             with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y
                 st["grads"] = torch.autograd.grad(
@@ -520,14 +531,21 @@ class TorchBackend(Backend):
         lay = _Layout(leaves, ())
 
         def prod(batch, V):
-            with _forward_mode(f):
-                y = f(arg, batch)
+            # The caller fixes the randomness of each batch (see fixed_randomness).
+            with _forward_mode(f, None) as guard:
+                y = guard.result(f(arg, batch))
                 grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
             if V.shape[-1] == 1:
                 return _hvp(grads, leaves, lay, V[:, 0], V, retain_graph=False)[:, None]
             return _hvp(grads, leaves, lay, V, V, retain_graph=False)
 
         return prod
+
+    def random_seed(self) -> int:
+        return random_seed()
+
+    def fixed_randomness(self, seed):
+        return fixed_randomness(seed)
 
     # -- products summed across processes (distributed=True) --------------------------
     def _check_distributed(self) -> Any:

@@ -1,0 +1,307 @@
+"""torch: products are those of ``f`` as it ran, however ``f`` writes the user's tensors,
+modes, flags or draws random numbers; afterwards the user's state is as it was."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import jacspec as js
+from _helpers import selected_backends
+
+
+@pytest.fixture
+def torch():
+    if "torch" not in selected_backends():
+        pytest.skip("runs in the torch session")
+    return pytest.importorskip("torch")
+
+
+def _dense(op):
+    return js.dense(op).detach().numpy()
+
+
+# ------------------------------------------------------- f writes tensors in place
+def _clamping_model(torch):
+    """A module that clamps its own weights inside ``forward``."""
+
+    class Clamped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4).double()
+            with torch.no_grad():
+                self.lin.weight.mul_(5.0)
+
+        def forward(self, x):
+            with torch.no_grad():
+                self.lin.weight.clamp_(-0.2, 0.2)
+            return torch.tanh(self.lin(x))
+
+    torch.manual_seed(0)
+    return Clamped()
+
+
+def test_weights_clamped_inside_forward(torch):
+    model = _clamping_model(torch)
+    x = torch.randn(4, dtype=torch.float64)
+    W0, b = model.lin.weight.detach().clone(), model.lin.bias.detach().clone()
+    Wc = W0.clamp(-0.2, 0.2)
+    ref = torch.func.jacrev(lambda z: torch.tanh(Wc @ z + b))(x).numpy()
+    J = js.jacobian(model, x)
+    np.testing.assert_allclose(_dense(J), ref, rtol=1e-12)
+    np.testing.assert_allclose(_dense(J.T), ref.T, rtol=1e-12)
+    assert torch.equal(model.lin.weight, W0)
+    assert model.lin.weight.is_leaf and model.lin.weight.requires_grad
+
+
+def test_weights_clamped_inside_forward_gradient_of_a_penalty(torch):
+    """The user's backward through a product reaches the weight with the clamped value
+    (the derivative of sigma_max at the weights f computed with)."""
+    model = _clamping_model(torch)
+    x = torch.randn(4, dtype=torch.float64)
+    W0, b = model.lin.weight.detach().clone(), model.lin.bias.detach().clone()
+    sigma = js.spectral_norm(js.jacobian(model, x), tol=1e-12)
+    sigma.backward()
+    Wc = W0.clamp(-0.2, 0.2).requires_grad_(True)
+    ref = torch.linalg.matrix_norm(
+        torch.func.jacrev(lambda z: torch.tanh(Wc @ z + b))(x), 2)
+    ref.backward()
+    np.testing.assert_allclose(float(sigma.detach()), float(ref.detach()), rtol=1e-10)
+    np.testing.assert_allclose(model.lin.weight.grad.numpy(), Wc.grad.numpy(), rtol=1e-7,
+                               atol=1e-10)
+    assert torch.equal(model.lin.weight.detach(), W0)
+
+
+def test_parameter_hessian_with_weights_clamped_inside_forward(torch):
+    model = _clamping_model(torch)
+    x = torch.randn(4, dtype=torch.float64)
+    W0, b = model.lin.weight.detach().clone(), model.lin.bias.detach().clone()
+    # applied twice: the backward pass reads the weight's value (as the input's factor)
+    H = js.hessian(lambda p: model(model(x)).pow(2).sum(), dict(model.named_parameters()))
+
+    def loss(W, b):
+        return torch.tanh(W @ torch.tanh(W @ x + b) + b).pow(2).sum()
+
+    blocks = torch.autograd.functional.hessian(loss, (W0.clamp(-0.2, 0.2), b))
+    ref = torch.cat([torch.cat([blocks[i][j].reshape(W0.numel() if i == 0 else 4, -1)
+                                for j in range(2)], dim=1) for i in range(2)])
+    np.testing.assert_allclose(_dense(H), ref.numpy(), rtol=1e-10, atol=1e-12)
+    assert torch.equal(model.lin.weight.detach(), W0)
+
+
+def _scratch(torch):
+    torch.manual_seed(1)
+    W = torch.randn(4, 4, dtype=torch.float64)
+    buf = torch.full((4,), 7.0, dtype=torch.float64)
+    return W, buf
+
+
+def _assert_untouched(torch, buf, value=7.0):
+    assert torch.equal(buf, torch.full((4,), value, dtype=torch.float64))
+    assert not buf.requires_grad and buf.grad_fn is None and buf.is_leaf
+
+
+def test_scratch_buffer_filled_by_f(torch):
+    W, buf = _scratch(torch)
+
+    def f(z):
+        buf.copy_(W @ z)  # autograd records the copy: buf gets a history
+        return buf.sin()
+
+    x = torch.randn(4, dtype=torch.float64)
+    ref = torch.func.jacrev(lambda z: torch.sin(W @ z))(x).numpy()
+    J = js.jacobian(f, x)
+    np.testing.assert_allclose(_dense(J), ref, rtol=1e-12)
+    np.testing.assert_allclose(_dense(J.T), ref.T, rtol=1e-12)
+    _assert_untouched(torch, buf)
+    H = js.hessian(lambda z: f(z).sum(), x)
+    Href = torch.func.hessian(lambda z: torch.sin(W @ z).sum())(x).numpy()
+    np.testing.assert_allclose(_dense(H), Href, rtol=1e-10, atol=1e-12)
+    _assert_untouched(torch, buf)
+
+
+def test_scratch_buffer_view_and_output(torch):
+    """f writes through a view of the user's tensor and returns the tensor itself."""
+    W, buf = _scratch(torch)
+
+    def f(z):
+        buf[:].copy_(torch.tanh(W @ z))
+        return buf
+
+    x = torch.randn(4, dtype=torch.float64)
+    ref = torch.func.jacrev(lambda z: torch.tanh(W @ z))(x).numpy()
+    J = js.jacobian(f, x)
+    np.testing.assert_allclose(_dense(J), ref, rtol=1e-12)
+    _assert_untouched(torch, buf)
+    assert float(js.spectral_norm(J)) == pytest.approx(np.linalg.norm(ref, 2), rel=1e-6)
+
+
+def test_f_writing_a_tensor_after_using_it_is_an_error(torch):
+    """As in plain autograd: the values the graph needs were overwritten."""
+    W, buf = _scratch(torch)
+
+    def f(z):
+        y = (buf * z).sum() * z
+        with torch.no_grad():
+            buf.add_(1.0)
+        return y
+
+    x = torch.randn(4, dtype=torch.float64)
+    y = f(x.clone().requires_grad_(True))  # plain torch first
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    buf.fill_(7.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        js.dense(js.jacobian(f, x))
+    _assert_untouched(torch, buf)
+
+
+# ------------------------------------------------------------ random layers (dropout)
+def _dropout_model(torch):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(),
+                               torch.nn.Dropout(0.5), torch.nn.Linear(8, 2)).double().train()
+
+
+def _loss(model, torch):
+    def f(p, batch):
+        x, t = batch
+        out = torch.func.functional_call(model, p, (x,))
+        return torch.nn.functional.mse_loss(out, t)
+
+    return f
+
+
+def test_dropout_dataset_hessian_is_one_fixed_operator(torch):
+    model = _dropout_model(torch)
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.randn(6, 5, generator=g, dtype=torch.float64),
+             torch.randn(6, 2, generator=g, dtype=torch.float64)) for _ in range(3)]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    rng = torch.get_rng_state()
+    H = js.hessian(_loss(model, torch), params, data=data)
+    v = torch.randn(H.shape[1], generator=g, dtype=torch.float64)
+    assert torch.equal(H @ v, H @ v)
+    D = _dense(H)
+    np.testing.assert_allclose(D, D.T, rtol=1e-10, atol=1e-12)
+    e1 = js.eigsh(H, k=2).values
+    e2 = js.eigsh(H, k=2).values
+    np.testing.assert_allclose(e1.numpy(), e2.numpy(), rtol=1e-8)
+    np.testing.assert_allclose(e1.numpy(), np.linalg.eigvalsh(D)[::-1][:2], rtol=1e-6)
+    G = js.ggn(lambda p, x: torch.func.functional_call(model, p, (x,)),
+               torch.nn.functional.mse_loss, params, data=data)
+    assert torch.equal(G @ v, G @ v)
+    assert torch.equal(torch.get_rng_state(), rng)
+    # batches see different masks from each other (the randomness is not switched off)
+    same = [(data[0][0], data[0][1])] * 2
+    Hs = js.hessian(_loss(model, torch), params, data=same)
+    H0 = js.hessian(_loss(model, torch), params, data=same[:1])
+    assert not torch.allclose(Hs @ v, H0 @ v)
+
+
+def test_dropout_dataloader_keeps_the_global_generator(torch):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = _dropout_model(torch)
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    T = torch.randn(12, 2, generator=g, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(X, T), batch_size=4, shuffle=True)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    rng = torch.get_rng_state()
+    H = js.hessian(_loss(model, torch), params, data=loader)
+    v = torch.randn(H.shape[1], generator=g, dtype=torch.float64)
+    assert torch.equal(H @ v, H @ v)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_dropout_jacobian_keeps_its_masks_and_the_global_generator(torch):
+    model = _dropout_model(torch)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    rng = torch.get_rng_state()
+    J = js.jacobian(model, x, batched=True)
+    first = js.dense(J).detach()
+    assert torch.equal(torch.get_rng_state(), rng)
+    js.spectral_norm(J).sum().backward()  # frees the graph: the next product reruns f
+    np.testing.assert_allclose(_dense(J), first.numpy(), rtol=1e-12)
+    assert torch.equal(torch.get_rng_state(), rng)
+    # the same seeding gives the same operator; the user's own draws give another
+    np.testing.assert_allclose(_dense(js.jacobian(model, x, batched=True)), first.numpy(),
+                               rtol=1e-12)
+    torch.rand(1)
+    assert not np.allclose(_dense(js.jacobian(model, x, batched=True)), first.numpy())
+
+
+# ------------------------------------ modes and flags of models reached in other ways
+class _Holder:
+    """A class attribute holding the model (set by the test)."""
+
+    net = None
+
+
+_MODULE = types.ModuleType("jacspec_test_models")  # a Python module holding the model
+
+
+def _through_class(z):
+    _Holder.net.eval()
+    _Holder.net[0].weight.requires_grad_(False)
+    return _Holder.net(z)
+
+
+def _through_module(z):
+    _MODULE.net.eval()
+    _MODULE.net.requires_grad_(False)
+    return _MODULE.net(z)
+
+
+class _Wrapper:
+    shared = None  # a class attribute read through an instance
+
+    def __call__(self, z):
+        self.shared.eval()
+        self.shared.requires_grad_(False)
+        return self.shared(z)
+
+
+@pytest.mark.parametrize("way", ["class attribute", "module attribute",
+                                 "class attribute through an instance"])
+def test_modes_and_flags_changed_inside_f(torch, way):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5),
+                                torch.nn.Linear(5, 2)).double().train()
+    _Holder.net = _MODULE.net = _Wrapper.shared = model
+    sys.modules[_MODULE.__name__] = _MODULE
+    try:
+        f = {"class attribute": _through_class, "module attribute": _through_module,
+             "class attribute through an instance": _Wrapper()}[way]
+        x = torch.randn(6, 4, dtype=torch.float64)
+        js.spectral_norm(js.jacobian(f, x))
+        js.hessian(lambda z: f(z).pow(2).sum(), x) @ torch.ones(24, dtype=torch.float64)
+    finally:
+        sys.modules.pop(_MODULE.__name__, None)
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# ---------------------------------------------------- torch parameter containers
+def test_parameter_list_and_dict(torch):
+    torch.manual_seed(0)
+    W = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    x = torch.randn(4, dtype=torch.float64)
+
+    def loss(ps):
+        W, b = ps
+        return torch.tanh(W @ x + b).pow(3).sum()
+
+    ref = _dense(js.hessian(loss, [W, b]))
+    plist = torch.nn.ParameterList([W, b])
+    np.testing.assert_allclose(_dense(js.hessian(loss, plist)), ref, rtol=1e-12)
+    pdict = torch.nn.ParameterDict({"W": W, "b": b})
+    H = js.hessian(lambda p: loss([p["W"], p["b"]]), pdict)
+    np.testing.assert_allclose(_dense(H), ref, rtol=1e-12)
+    J = js.jacobian(lambda ps: torch.tanh(ps[0] @ x + ps[1]), plist)
+    assert J.shape == (3, 15)
