@@ -145,7 +145,9 @@ def reference_hessian(backend: str, f, x) -> np.ndarray:
     if backend == "torch":
         import torch
 
-        H = torch.func.hessian(f)(x)
+        # reverse over reverse: torch's forward mode (torch.func.hessian) registers
+        # its decompositions with the deprecated torch.jit.script on first use
+        H = torch.func.jacrev(torch.func.jacrev(f))(x)
     elif backend == "jax":
         import jax
 

@@ -72,3 +72,64 @@ def test_unknown_command_and_backend_are_rejected(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--backend", "mxnet"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_info_says_gpu_or_not_without_imports():
+    """The plain ``info`` answers the GPU question from the driver and the packages'
+    metadata (no framework imported: see test_info_imports_no_framework)."""
+    out = cli.info()
+    assert any(line.startswith(("GPU:", "no GPU")) for line in out.splitlines())
+    for line in out.splitlines():
+        if line.startswith(("torch", "jax", "tensorflow")) and "not installed" not in line:
+            assert "build" in line or "plugin" in line, line
+
+
+BAD_DEMO_OPTIONS = [
+    (["--steps", "-1"], "--steps"),
+    (["--steps", "0"], "--steps"),
+    (["--n-train", "0"], "--n-train"),
+    (["--n-train", "1797"], "--n-train"),
+    (["--seed", "-5"], "--seed"),
+    (["--out", __file__], "--out"),
+]
+
+
+@pytest.mark.parametrize("argv, option", BAD_DEMO_OPTIONS)
+def test_demo_rejects_bad_options_before_training(argv, option, capsys, monkeypatch):
+    from jacspec import demo
+
+    def no_training(*a, **k):  # pragma: no cover - reached only if the check is missing
+        raise AssertionError("the demo ran")
+
+    monkeypatch.setattr(demo, "run_args", no_training)
+    for main in (cli.main, demo.main):
+        with pytest.raises(SystemExit) as exc:
+            main((["demo"] if main is cli.main else []) + ["--backend", "torch"] + argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"error: argument {option}: Expected" in err, err
+
+
+def test_demo_run_checks_its_options_first():
+    from jacspec import demo
+
+    with pytest.raises(ValueError, match="n_train"):
+        demo.run("torch", n_train=1797)
+    with pytest.raises(ValueError, match="steps"):
+        demo.run("torch", steps=-1)
+
+
+def test_demo_out_may_be_a_new_folder_or_nothing_with_no_plot(tmp_path):
+    from jacspec import demo
+
+    demo.check_options(steps=1, n_train=10, seed=0, out=str(tmp_path / "a" / "b"), plot=True)
+    demo.check_options(steps=1, n_train=10, seed=0, out=__file__, plot=False)
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a folder"])
+def test_bench_json_is_checked_before_the_run(where, tmp_path, capsys):
+    path = tmp_path / "missing" / "x.json" if where == "missing folder" else tmp_path
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--quick", "--json", str(path)])
+    assert exc.value.code == 2
+    assert "error: argument --json" in capsys.readouterr().err

@@ -273,7 +273,8 @@ def test_incompatible_shapes():
         np.ones(3) * b if False else b * np.ones(3)
 
 
-def test_nan_product_is_reported():
+@pytest.mark.filterwarnings("ignore:overflow encountered in matmul:RuntimeWarning")
+def test_nan_product_is_reported():  # NumPy warns of the overflow it was made to do
     op = js.aslinearoperator(np.array([[1e308, 1e308]]))
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         op.matvec(np.array([1e308, 1e308]))

@@ -4,6 +4,7 @@ on its own (a fresh namespace per block: a reader can copy any one of them).
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -34,8 +35,22 @@ def test_readme_has_examples_for_every_backend():
     assert set(_examples()) == {"numpy", "torch", "jax", "tensorflow"}
 
 
-def test_readme_examples_run(backend, tmp_path, monkeypatch):
+def test_readme_examples_show_their_results():
+    """Run as scripts, the examples print what they compute: no bare expression (a
+    value shown only at an interactive prompt) is left as a statement."""
+    for blocks in _examples().values():
+        for code in blocks:
+            for node in ast.walk(ast.parse(code)):
+                if isinstance(node, ast.Expr):
+                    assert isinstance(node.value, ast.Call), ast.unparse(node)
+                    name = ast.unparse(node.value.func)
+                    assert not name.startswith("js."), f"{ast.unparse(node)} shows nothing"
+            assert "print(" in code, code
+
+
+def test_readme_examples_run(backend, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # res.plot() and friends write nothing into the tree
     pytest.importorskip("matplotlib") if backend == "torch" else None
     for i, code in enumerate(_examples()[backend]):
         exec(compile(code, f"README.md[{backend}#{i}]", "exec"), {"__name__": "__readme__"})
+        assert capsys.readouterr().out.strip(), f"README.md[{backend}#{i}] printed nothing"

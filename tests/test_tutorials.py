@@ -20,6 +20,7 @@ PAGES = {
     "api.md": "torch",
     "installation.md": "jax",
     "tutorials/slope.md": "torch",
+    "tutorials/lipschitz.md": "torch",
     "tutorials/jax.md": "jax",
     "tutorials/curvature.md": None,
 }

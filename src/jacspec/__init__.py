@@ -23,6 +23,7 @@ from . import conv, penalties
 from .datasets import ggn
 from .derivatives import hessian, jacobian
 from .interop import aslinearoperator, dense, to_scipy
+from .lipschitz_bounds import LipschitzBounds, lipschitz
 from .operators import LinearOperator, rowsum_diagonal
 from .slopes import SlopeResult, slope
 from .solvers import (
@@ -59,6 +60,8 @@ __all__ = [
     "EighResult",
     "slope",
     "SlopeResult",
+    "lipschitz",
+    "LipschitzBounds",
     "conv",
     "penalties",
     "__version__",

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ._install import install_hint
+from ._paths import writable_file
 
 BACKENDS = ("torch", "jax", "tensorflow")
 
@@ -37,11 +38,47 @@ def _device_text(name: str) -> str:
     return ", ".join(devices) + ("  [GPU]" if gpu else "  [no GPU]")
 
 
-def info(devices: bool = False) -> str:
-    """Installed backends with their versions (and, with ``devices``, their devices).
+def host_gpus() -> str:
+    """The GPUs this machine has, as far as is known without importing a framework:
+    NVIDIA GPUs from the driver's entries in ``/proc``, Apple silicon's GPU (MPS)."""
+    import glob
 
-    Versions come from the packages' metadata, so that the answer is immediate; listing
-    devices imports each framework.
+    nvidia = glob.glob("/proc/driver/nvidia/gpus/*")
+    if nvidia:
+        return f"GPU: {len(nvidia)} NVIDIA (driver loaded)"
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return "GPU: Apple silicon (MPS)"
+    return "no GPU found (no NVIDIA driver loaded)"
+
+
+def _build(name: str) -> str:
+    """Whether a framework's installed build can use a GPU, from its metadata."""
+    import importlib.metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    if name == "torch":
+        local = (version("torch") or "").partition("+")[2]
+        if local.startswith(("cu", "rocm")):
+            return f"{local} build"
+        return "CPU build" if local == "cpu" else "build: see --devices"
+    if name == "jax":
+        plugins = [d for d in ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm60-plugin")
+                   if version(d)]
+        return f"{plugins[0]} installed" if plugins else "CPU build (no GPU plugin)"
+    return "build: see --devices"
+
+
+def info(devices: bool = False) -> str:
+    """Installed backends with their versions and devices (GPU or not).
+
+    Without ``devices`` nothing is imported, so that the answer is immediate: versions
+    and GPU builds come from the packages' metadata, the machine's GPUs from the
+    driver. ``devices=True`` imports each framework and lists the devices it sees.
 
     Examples
     --------
@@ -59,7 +96,8 @@ def info(devices: bool = False) -> str:
         from . import __version__ as version
     distributions = importlib.metadata.packages_distributions()
     lines = [f"jacspec {version} (Python {platform.python_version()}, {platform.machine()})"]
-    lines.append(f"{'backend':<12}{'version':<16}{'devices' if devices else ''}".rstrip())
+    lines.append(host_gpus())
+    lines.append(f"{'backend':<12}{'version':<16}devices")
     for name, module in BACKEND_NAMES.items():
         found = _installed_version(module, distributions)
         if found is None:
@@ -71,6 +109,10 @@ def info(devices: bool = False) -> str:
                 text += _device_text(name)
             except ImportError as err:  # installed but broken
                 text += f"cannot import: {err}"
+        elif name != "numpy":
+            text += _build(name)
+        else:
+            text += "cpu"
         lines.append(text.rstrip())
     if not devices:
         lines.append("(jacspec info --devices lists each framework's devices; it imports them)")
@@ -103,10 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Spectra of neural-network derivatives, matrix-free, in every framework.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_info = sub.add_parser("info", help="installed backends and versions (and devices)")
+    p_info = sub.add_parser(
+        "info", help="installed backends, versions and devices (GPU or not)",
+        description="Installed backends with their versions, whether the machine has a "
+        "GPU and whether each framework's build can use one (from package metadata: "
+        "nothing is imported). --devices lists the devices each framework sees.")
     p_info.add_argument("--devices", action="store_true",
-                        help="also list each framework's devices (imports the frameworks; "
-                        "default: off)")
+                        help="list the devices each framework sees (imports the frameworks, "
+                        "which takes seconds; default: off)")
     from . import demo
 
     p_demo = sub.add_parser(
@@ -118,8 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bench = sub.add_parser("bench", help="the benchmark table (ratios measured side by side)")
     p_bench.add_argument("--backend", choices=BACKENDS, default=None)
     p_bench.add_argument("--quick", action="store_true", help="a shorter run (< 3 minutes)")
-    p_bench.add_argument("--json", default=None, metavar="PATH", help="also write JSON here")
+    p_bench.add_argument("--json", default=None, metavar="PATH",
+                         help="also write JSON here (default: none)")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        demo.check_args(p_demo, args)
+    if args.command == "bench" and args.json is not None:
+        problem = writable_file(args.json)  # before the run, not after it
+        if problem:
+            p_bench.error(f"argument --json: {problem}")
 
     if args.command == "info":
         print(info(devices=args.devices))

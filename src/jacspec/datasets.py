@@ -11,7 +11,9 @@ the operator of the union of the shards.
 
 The data is read once when the operator is built, to count the samples and check that
 every batch has one structure; the first batch is also differentiated once, so that a
-non-scalar loss is reported before any product runs.
+non-scalar loss is reported before any product runs. Every product's pass must yield
+that many samples again: a dataset that changes between passes is an error, never a
+silent reweighting.
 """
 
 from __future__ import annotations
@@ -177,16 +179,28 @@ class DatasetOperator(LinearOperator):
         return True
 
     def _batches(self) -> Iterator[Any]:
+        """The batches of one pass, checked against the first pass: their structure as
+        they come, their number of samples at the end."""
+        seen = 0
         # The data's own random draws (a shuffling DataLoader's) leave the caller's
         # generators as they were.
         with self._backend.fixed_randomness(None):
             for i, batch in enumerate(self._data):
-                piece = (self._backend.distributed_parts(batch, group=self._group)[0]
-                         if self._distributed else batch)
-                s = _signature(piece)
+                pieces = (self._backend.distributed_parts(batch, group=self._group)
+                          if self._distributed else [batch])
+                s = _signature(pieces[0])
                 if s != self._summary.signature:
                     raise _structure_error(i, s, self._summary.signature)
+                seen += sum(batch_size(p) for p in pieces)  # as ``scan`` counts them
                 yield batch
+        if seen != self._summary.num_samples:
+            raise ValueError(
+                f"Expected every pass over data to yield the {self._summary.num_samples} "
+                f"samples of the first pass (the operator is their mean). Received "
+                f"{seen} samples in a later pass: the dataset changed between passes "
+                "(e.g. a filter, a sampler or a list that changed); pass data that "
+                "yields the same samples every time."
+            )
 
     def _batch_seed(self, index: int) -> int | None:
         """The seed of batch ``index``'s random layers (dropout), the same in every
@@ -357,7 +371,9 @@ def ggn(
         If ``data`` is a one-shot generator or iterator, or not iterable.
     ValueError
         For an empty dataset, batches of changing structure, batches that are not
-        ``(inputs, targets)`` pairs, or a ``loss`` that returns a non-scalar.
+        ``(inputs, targets)`` pairs, or a ``loss`` that returns a non-scalar; at a
+        product, for a pass over ``data`` that yields another number of samples than
+        the first.
 
     Examples
     --------

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ._install import install_hint
+from ._paths import writable_folder
 from ._progress import progress as progress_display
 
 __all__ = ["run", "main", "RunResult", "DEFAULT_PENALTIES", "default_backend"]
@@ -40,6 +41,45 @@ DEFAULT_PENALTIES: dict[str, float] = {
 }
 
 _BACKEND_ORDER = ("torch", "jax", "tensorflow")
+# scikit-learn's digits; the test set keeps at least two samples (the slope between
+# test points needs a pair)
+NUM_DIGITS = 1797
+MIN_TEST = 2
+MAX_SEED = 2**31 - 1  # every framework's seed (and numpy's) takes it
+
+
+def check_options(*, steps: int | None, n_train: int, seed: int, out: str | None,
+                  plot: bool) -> None:
+    """ValueError for options that would fail only after training."""
+
+    def bad(option: str, expected: str, value: Any) -> ValueError:
+        return ValueError(f"Expected {option} to be {expected}. Received {value!r}.")
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    if steps is not None and not (is_int(steps) and steps >= 1):
+        raise bad("steps", "a positive integer", steps)
+    if not (is_int(n_train) and 1 <= n_train <= NUM_DIGITS - MIN_TEST):
+        raise bad("n_train", f"an integer from 1 to {NUM_DIGITS - MIN_TEST} (the other "
+                  f"of the {NUM_DIGITS} digits are the test set)", n_train)
+    if not (is_int(seed) and 0 <= seed <= MAX_SEED):
+        raise bad("seed", f"an integer from 0 to {MAX_SEED}", seed)
+    problem = writable_folder(out) if plot and out is not None else None
+    if problem:
+        raise ValueError(f"Expected out to be a folder for the plot: {problem}.")
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """:func:`check_options` of parsed arguments, as the parser's usage error (exit
+    status 2), before anything runs."""
+    try:
+        check_options(steps=args.steps, n_train=args.n_train, seed=args.seed, out=args.out,
+                      plot=not args.no_plot)
+    except ValueError as err:
+        option = {"steps": "--steps", "n_train": "--n-train", "seed": "--seed",
+                  "out": "--out"}[str(err).split()[1]]
+        parser.error(f"argument {option}: {err}")
 
 
 def default_backend() -> str:
@@ -224,9 +264,16 @@ def run(
     Returns
     -------
     list of RunResult
+
+    Raises
+    ------
+    ValueError
+        Before training, for ``steps < 1``, ``n_train`` outside ``[1, 1795]``, a
+        negative ``seed`` or an ``out`` that is not a writable folder (when plotting).
     """
     import jacspec as js
 
+    check_options(steps=steps, n_train=n_train, seed=seed, out=out, plot=plot)
     stream = sys.stdout if stream is None else stream
     backend = default_backend() if backend is None else backend
     if backend not in _BACKEND_ORDER:
@@ -308,13 +355,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="a fast smoke run: 30 steps, 400 test samples, 100 points between "
                    "them (default: off: 200 steps, all test samples, 1000 points)")
     p.add_argument("--steps", type=int, default=None, metavar="N",
-                   help="full-batch Adam steps per run (default: 200, or 30 with --quick)")
+                   help="full-batch Adam steps per run, at least 1 (default: 200, or 30 "
+                   "with --quick)")
     p.add_argument("--n-train", type=int, default=200, metavar="N",
-                   help="training samples; the rest of the 1797 digits are the test set "
-                   "(default: 200)")
+                   help=f"training samples, 1 to {NUM_DIGITS - MIN_TEST}; the rest of the "
+                   f"{NUM_DIGITS} digits are the test set (default: 200)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seeds the split, the initial weights and the slope's points "
-                   "(default: 0)")
+                   help=f"seeds the split, the initial weights and the slope's points, 0 to "
+                   f"{MAX_SEED} (default: 0)")
     p.add_argument("--out", default=".", metavar="DIR",
                    help="folder for the plot jacspec_demo_<backend>.png "
                    "(default: the current folder)")
@@ -327,7 +375,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m jacspec.demo``."""
-    return run_args(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return run_args(args)
 
 
 def run_args(args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ penalty            per-sample value                                             
 ``frobenius``      ``||J||_F^2`` (random-projection estimate or exact)              Hoffman et al. 2019;
                                                                                     Varga et al. 2017
 ``gradient_norm``  ``||d loss / d x||^2`` (double backpropagation)                  Drucker & LeCun 1991
-``conv_bound``     the Fantastic Four bound of a conv kernel                        Singla & Feizi 2021
+``conv_bound``     the Fantastic Four or Gram-iteration bound of a conv kernel      Singla & Feizi 2021;
+                                                                                    Delattre et al. 2023
 =================  ==============================================================  ==========================
 """
 
@@ -127,7 +128,12 @@ def spectral(
         ``tf.function`` (under the framework's while loop).
     v0 : array, optional
         ``(B, m)`` left start vectors, e.g. the ``vectors`` returned by an earlier call
-        on the same samples (a warm start: fewer products).
+        on the same samples (a warm start: fewer products). A warm start never costs
+        exactness: the solve starts from ``v0`` plus a random direction of the same
+        norm, so that a top vector that ``v0`` misses (two directions that swapped
+        since the last step) is still found. With a fixed ``maxiter`` (the budgeted
+        variant, a lower bound) ``v0`` is used as given, where it sharpens the bound
+        most.
     return_vectors : bool
         Return ``(value, vectors)``: the top left singular vectors ``(B, m)``, without
         gradient, to pass as ``v0`` next time.
@@ -206,7 +212,7 @@ def spectral(
         if maxiter is not None:  # the budgeted variant stops short by design
             warnings.simplefilter("ignore", RuntimeWarning)
         u = solve_svd(op, 1, method=method, tol=tol, maxiter=maxiter, v0=None, u0=v0,
-                      seed=seed).left[..., 0]
+                      seed=seed, mix_start=maxiter is None).left[..., 0]
     u = b.stop_gradient(u)
     w = op._mm(u[..., None], adjoint=True, grad=True)[..., 0]  # (B, n): (A - A0)^T u
     if squared:
@@ -347,17 +353,27 @@ def gradient_norm(loss_fn: Callable, x: Array) -> Array:
     )
 
 
-def conv_bound(weight: Array, *, layout: str | None = None) -> Array:
-    """The Fantastic Four upper bound on a conv layer's spectral norm, differentiable.
+#: The conv bounds :func:`conv_bound` offers.
+CONV_BOUNDS = ("fantastic_four", "gram")
 
-    ``js.conv.fantastic_four(weight, layout=layout).bound`` (Singla & Feizi 2021):
-    ``sqrt(h w) min(||R||, ||S||, ||T||, ||U||)`` over four reshapes of the kernel, valid
-    for any input size (stride 1). Add ``lam * conv_bound(conv.weight)`` per layer.
+
+def conv_bound(weight: Array, *, method: str = "fantastic_four",
+               layout: str | None = None) -> Array:
+    """A certified upper bound on a conv layer's spectral norm, differentiable.
+
+    ``method="fantastic_four"`` (default): ``js.conv.fantastic_four(weight).bound``
+    (Singla & Feizi 2021), ``sqrt(h w) min(||R||, ||S||, ||T||, ||U||)`` over four
+    reshapes of the kernel. ``method="gram"``: ``js.conv.gram_bound(weight)`` (Delattre
+    et al. 2023, 2024), Gram iteration on the kernel's frequency matrices, usually much
+    tighter. Both are valid for any input size (stride 1, zero or circular padding; a
+    stride only lowers the norm). Add ``lam * conv_bound(conv.weight)`` per layer.
 
     Parameters
     ----------
     weight : array
         The kernel in the framework's layout (``"OIHW"`` torch, ``"HWIO"`` JAX/TF).
+    method : {"fantastic_four", "gram"}
+        Which bound.
     layout : str, optional
         Override the layout.
 
@@ -374,7 +390,15 @@ def conv_bound(weight: Array, *, layout: str | None = None) -> Array:
     >>> w[0, 0, 1, 1] = 2.0
     >>> round(float(js.penalties.conv_bound(w)), 4)  # sqrt(3 * 3) * 2: not tight here
     6.0
+    >>> round(float(js.penalties.conv_bound(w, method="gram")), 4)  # the exact norm: 2
+    2.0
     """
     from . import conv
 
+    if method not in CONV_BOUNDS:
+        raise ValueError(
+            f"Expected method to be one of {CONV_BOUNDS}. Received method={method!r}."
+        )
+    if method == "gram":
+        return conv.gram_bound(weight, layout=layout)
     return conv.fantastic_four(weight, layout=layout).bound

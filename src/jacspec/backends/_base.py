@@ -129,6 +129,10 @@ class Backend:
         """True inside a tracing transformation (``jax.jit``, ``tf.function``)."""
         return False
 
+    def has_float64(self) -> bool:
+        """Whether float64 arrays can be made now (JAX: only with ``jax_enable_x64``)."""
+        return True
+
     def all_finite(self, x: Array) -> bool:
         return bool(np.all(np.isfinite(self.to_numpy(x))))
 
@@ -276,6 +280,15 @@ class Backend:
         """The conv and dense layers of ``model`` in forward order (see
         ``js.conv.layer_report``)."""
         raise TypeError(f"{self.name} models have no layer report.")
+
+    def lipschitz_graph(self, model: Any, input_shape: tuple[int, ...], *,
+                        layout: str | None = None
+                        ) -> contextlib.AbstractContextManager[Any]:
+        """A context manager giving ``model`` as a ``ModelGraph`` of nodes (see
+        ``jacspec.backends._graph``) for ``js.lipschitz``, with the model in inference
+        mode while the context lasts and its modes restored after. ``layout``
+        (``"NCHW"``/``"NHWC"``) is checked against the model's image layout."""
+        raise TypeError(f"js.lipschitz does not read {self.name} models.")
 
     # -- autodiff ------------------------------------------------------------------
     def linearize(self, f: Callable, x: Array, *, batched: bool) -> Linearization:

@@ -27,6 +27,30 @@ def _same_pads(k: int, d: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def torch_conv(mod: Any, input_hw: Any) -> dict:
+    """The geometry of a ``torch.nn.Conv2d`` seeing ``input_hw`` images (see above)."""
+    kh, kw = int(mod.weight.shape[-2]), int(mod.weight.shape[-1])
+    dh, dw = (int(d) for d in mod.dilation)
+    pad = mod.padding
+    if isinstance(pad, str):
+        if pad == "valid":
+            pads = ((0, 0), (0, 0))
+        else:
+            pads = (_same_pads(kh, dh), _same_pads(kw, dw))
+        text = pad
+    else:
+        ph, pw = (int(p) for p in pad)
+        pads = ((ph, ph), (pw, pw))
+        text = str(ph) if ph == pw else f"({ph}, {pw})"
+    mode = mod.padding_mode
+    if mode != "zeros":
+        text = f"{mode}({text})"
+    return dict(kind="conv", kernel_shape=tuple(mod.weight.shape), weight=mod.weight.detach(),
+                stride=tuple(int(s) for s in mod.stride), dilation=(dh, dw),
+                groups=int(mod.groups), pads=pads, mode=mode, padding=text,
+                input_size=tuple(int(s) for s in input_hw))
+
+
 def torch_layers(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
     import torch
     from torch import nn
@@ -43,28 +67,7 @@ def torch_layers(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
     def hook(mod: Any, inputs: tuple, output: Any) -> None:
         x = inputs[0]
         if isinstance(mod, nn.Conv2d):
-            kh, kw = int(mod.weight.shape[-2]), int(mod.weight.shape[-1])
-            dh, dw = (int(d) for d in mod.dilation)
-            pad = mod.padding
-            if isinstance(pad, str):
-                if pad == "valid":
-                    pads = ((0, 0), (0, 0))
-                else:
-                    pads = (_same_pads(kh, dh), _same_pads(kw, dw))
-                text = pad
-            else:
-                ph, pw = (int(p) for p in pad)
-                pads = ((ph, ph), (pw, pw))
-                text = str(ph) if ph == pw else f"({ph}, {pw})"
-            mode = mod.padding_mode
-            if mode != "zeros":
-                text = f"{mode}({text})"
-            rows.append(dict(
-                name=label(mod), kind="conv", kernel_shape=tuple(mod.weight.shape),
-                weight=mod.weight.detach(), stride=tuple(int(s) for s in mod.stride),
-                dilation=(dh, dw), groups=int(mod.groups), pads=pads, mode=mode,
-                padding=text, input_size=tuple(int(s) for s in x.shape[-2:]),
-            ))
+            rows.append(dict(name=label(mod), **torch_conv(mod, x.shape[-2:])))
         elif isinstance(mod, nn.Linear):
             rows.append(dict(
                 name=label(mod), kind="dense", kernel_shape=tuple(mod.weight.shape),
@@ -97,6 +100,32 @@ def _keras_layers_flat(layer: Any, keras: Any) -> list:
     return out
 
 
+def keras_conv(layer: Any, kernel: Any, shape: tuple[int, ...]) -> dict:
+    """The geometry of a Keras ``Conv2D`` with ``kernel`` (HWIO) seeing inputs of
+    ``shape`` (batch axis included; see above)."""
+    import tensorflow as tf
+
+    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+    dh, dw = (int(d) for d in layer.dilation_rate)
+    pad = str(layer.padding).lower()
+    if pad == "same":
+        pads = (_same_pads(kh, dh), _same_pads(kw, dw))
+    elif pad == "valid":
+        pads = ((0, 0), (0, 0))
+    else:  # "causal" is 1-D only
+        pads = None
+    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    hw = shape[2:4] if channels_first else shape[1:3]
+    return dict(
+        kind="conv", kernel_shape=tuple(kernel.shape),
+        weight=tf.transpose(kernel, (3, 2, 0, 1)),
+        stride=tuple(int(s) for s in layer.strides), dilation=(dh, dw),
+        groups=int(getattr(layer, "groups", 1)), pads=pads,
+        mode="zeros" if pads is not None else pad, padding=pad,
+        input_size=tuple(int(s) for s in hw),
+    )
+
+
 def keras_layers(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
     import tensorflow as tf
 
@@ -123,24 +152,7 @@ def keras_layers(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
             rows.append(dict(name=name, kind="dense", kernel_shape=tuple(kernel.shape),
                              weight=tf.transpose(kernel), input_size=(shape[-1],)))
             return
-        kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
-        dh, dw = (int(d) for d in layer.dilation_rate)
-        pad = str(layer.padding).lower()
-        if pad == "same":
-            pads = (_same_pads(kh, dh), _same_pads(kw, dw))
-        elif pad == "valid":
-            pads = ((0, 0), (0, 0))
-        else:  # "causal" is 1-D only
-            pads = None
-        channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-        hw = shape[2:4] if channels_first else shape[1:3]
-        rows.append(dict(
-            name=name, kind="conv", kernel_shape=tuple(kernel.shape),
-            weight=tf.transpose(kernel, (3, 2, 0, 1)),
-            stride=tuple(int(s) for s in layer.strides), dilation=(dh, dw),
-            groups=int(getattr(layer, "groups", 1)), pads=pads,
-            mode="zeros" if pads is not None else pad, padding=pad, input_size=tuple(hw),
-        ))
+        rows.append(dict(name=name, **keras_conv(layer, kernel, shape)))
 
     originals = []
     for lay in targets:

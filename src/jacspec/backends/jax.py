@@ -170,6 +170,9 @@ class JaxBackend(Backend):
     def is_traced(self, x) -> bool:
         return isinstance(x, jax.core.Tracer)
 
+    def has_float64(self) -> bool:
+        return bool(jax.config.read("jax_enable_x64"))
+
     def all_finite(self, x) -> bool:
         if all(d.platform == "cpu" for d in x.devices()):
             # NumPy reads a CPU array in place; a program would be compiled per shape
@@ -250,6 +253,18 @@ class JaxBackend(Backend):
             check_input(self, leaf, batched=False, what="each parameter")
         x0, unravel = ravel_pytree(x)
         return x0, lambda theta: f(unravel(theta))
+
+    def owns_model(self, model) -> bool:
+        """Flax (NNX, Linen) and Equinox modules (js.lipschitz)."""
+        from ._lipschitz_jax import owns_model
+
+        return owns_model(model)
+
+    def lipschitz_graph(self, model, input_shape, *, layout=None):
+        """The traced program of a Flax or Equinox model as a graph (js.lipschitz)."""
+        from ._lipschitz_jax import jax_graph
+
+        return jax_graph(model, input_shape, layout)
 
     def linearize(self, f, x, *, batched):
         x, fun = self._flat_point(f, x, batched=batched)

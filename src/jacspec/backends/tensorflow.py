@@ -471,5 +471,11 @@ class TensorflowBackend(Backend):
 
         return keras_layers(model, input_shape)
 
+    def lipschitz_graph(self, model, input_shape, *, layout=None):
+        """The layer graph of a Keras model (js.lipschitz)."""
+        from ._lipschitz_keras import keras_graph
+
+        return keras_graph(model, input_shape, layout)
+
 
 BACKEND = TensorflowBackend()

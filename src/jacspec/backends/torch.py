@@ -611,5 +611,15 @@ class TorchBackend(Backend):
 
         return torch_layers(model, input_shape)
 
+    def lipschitz_graph(self, model, input_shape, *, layout=None):
+        """The traced graph of a ``torch.nn.Module`` (js.lipschitz); NCHW images."""
+        from ._lipschitz_torch import torch_graph
+
+        if layout == "NHWC":
+            raise ValueError(
+                "Expected layout 'NCHW' (or None) for a torch model: torch convolutions "
+                "take channels-first images. Received layout='NHWC'.")
+        return torch_graph(model, input_shape)
+
 
 BACKEND = TorchBackend()

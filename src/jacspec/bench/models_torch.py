@@ -25,7 +25,7 @@ from torch import nn
 from .models import CNN_ARCH, cnn_input_sizes, digit_images, digits
 
 __all__ = ["describe", "mlp", "train", "trained_mlp", "design_mlp", "hessian_problem",
-           "penalty_models", "train_digits_cnn", "BasicBlock", "ResNet18"]
+           "penalty_models", "digits_cnn", "train_digits_cnn", "BasicBlock", "ResNet18"]
 
 
 def describe() -> dict[str, Any]:
@@ -136,9 +136,9 @@ def penalty_models(batch: int) -> dict[str, tuple[nn.Module, torch.Tensor]]:
     return {"MLP": (net, x), "CNN": (cnn, x.reshape(batch, 1, 8, 8))}
 
 
-def train_digits_cnn(epochs: int, seed: int = 0) -> tuple[list[torch.Tensor], float]:
+def digits_cnn(epochs: int, seed: int = 0) -> tuple[nn.Module, float]:
     """The CNN of :data:`~jacspec.bench.models.CNN_ARCH` trained on digits (batches of
-    64, shuffled): its conv kernels (OIHW) and the training accuracy."""
+    64, shuffled), in eval mode, and its training accuracy."""
     X, y = digit_images()
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
@@ -159,6 +159,12 @@ def train_digits_cnn(epochs: int, seed: int = 0) -> tuple[list[torch.Tensor], fl
             opt.step()
     with torch.no_grad():
         acc = float((net(Xt).argmax(1) == yt).float().mean())
+    return net.eval(), acc
+
+
+def train_digits_cnn(epochs: int, seed: int = 0) -> tuple[list[torch.Tensor], float]:
+    """:func:`digits_cnn`'s conv kernels (OIHW) and its training accuracy."""
+    net, acc = digits_cnn(epochs, seed)
     return [m.weight.detach() for m in net if isinstance(m, nn.Conv2d)], acc
 
 

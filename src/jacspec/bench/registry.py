@@ -35,7 +35,7 @@ BACKENDS = ("torch", "jax", "tensorflow")
 #: Where the groups stand in the table; groups not named here follow, in the order the
 #: modules register them.
 ORDER = ("overhead", "eager", "lanczos", "batched", "auto", "dense", "penalty", "peers",
-         "conv", "memory", "dataset", "dataset-memory", "density", "scaling", "load")
+         "conv", "gram", "memory", "dataset", "dataset-memory", "density", "scaling", "load")
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ def eigsh(op: Any, k: int = 1, *, which: str = "LM", method: str = "auto",
     maxiter : int, optional
         Cap on products (see :func:`jacspec.svds`).
     v0 : array, optional
-        Start vector ``batch_shape + (n,)``.
+        Start vector ``batch_shape + (n,)`` (a warm start, with a random direction
+        added as in :func:`jacspec.svds`).
     seed : int or None
         Seed of the random start and restart vectors.
     return_vectors : bool

@@ -7,6 +7,12 @@ and the next block; :func:`power_solve` runs steps until the Ritz residuals meet
 Power iteration converges at the rate ``sigma_{k+1} / sigma_k``, which is close to 1 for
 trained networks: it is offered for comparison and for very cheap steps, not chosen by
 ``method="auto"``.
+
+A warm start (``v0``, where ``Problem.mix_start``) widens the block by one random
+column, and every column must converge: any singular or eigenvector is a fixed point of
+the iteration, so a start along a lower vector (two directions that swapped since the
+last solve) would otherwise be accepted; the random column, kept orthogonal to the
+others, converges to the missed top one. The result is the block's top ``k``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ class PowerState(NamedTuple):
     (SVD) the vectors have no column axis and the values none either (``(B,)``): a
     single-vector iteration spends no operations on adding and dropping it."""
 
-    V: Array  # (B, n_in, k) orthonormal columns
+    V: Array  # (B, n_in, k) orthonormal columns (k + 1 after a warm start)
     values: Array  # (B, k) real
     left: Array | None  # (B, n_out, k) (SVD) or None
     right: Array  # (B, n_in, k)
@@ -54,9 +60,11 @@ def _orth(p: Problem, Z: Array) -> Array:
 
 def power_init(p: Problem, k: int, v0: Array | None, *, two_sided: bool, count: Any = 0,
                draw: int = 1) -> PowerState:
-    """The orthonormal start block (``v0`` as its first column; random columns from
-    draws ``draw`` and ``draw + 1``) and empty estimates, after ``count`` products."""
+    """The orthonormal start block (``v0`` as its first column, then random columns: one
+    more than ``k`` after a warm start; draws ``draw`` and ``draw + 1``) and empty
+    estimates, after ``count`` products."""
     V = p.start(v0, draw)
+    k = k + (v0 is not None and p.mix_start)
     if two_sided and k == 1:  # single vectors (see PowerState)
         zero = p.zeros((p.B,), real=True)
         return PowerState(V, zero, p.zeros((p.B, p.n_out)), V, zero, zero, count)
@@ -115,18 +123,20 @@ def eig_power_step(p: Problem, s: PowerState, tol: float, which: str,
     return PowerState(_orth(p, Z), vals, None, X, res, tol * radius, s.count + k)
 
 
-def power_solve(p: Problem, step: Callable[..., PowerState], s: PowerState,
-                maxiter: int | None, per_step: int, *, static: tuple = (), args: tuple = (),
-                warn: bool = True) -> KrylovResult:
+def power_solve(p: Problem, step: Callable[..., PowerState], s: PowerState, k: int,
+                maxiter: int | None, per_column: int, *, static: tuple = (),
+                args: tuple = (), warn: bool = True) -> KrylovResult:
     """Steps ``step(p, s, *static, *args)`` until every residual is within its bound,
     at most ``maxiter`` products (default 2000; 200 inside a trace, where they run as
-    one compiled loop). In a staged solve (``Problem.stage``) the whole loop is one
+    one compiled loop); a step takes ``per_column`` products per column of the block.
+    Returns the top ``k``. In a staged solve (``Problem.stage``) the whole loop is one
     compiled piece that stops where the plain loop would."""
+    per_step = per_column * (1 if len(s.V.shape) == 2 else int(s.V.shape[-1]))
     if maxiter is None:
         maxiter = TRACED_MAXITER if p.traced else DEFAULT_MAXITER
     if p.traced:
         s = _columns(p.loop(lambda i, c: step(p, c, *static, *args), s,
-                            max(1, maxiter // per_step), per_step))
+                            max(1, maxiter // per_step), per_step), k)
         return KrylovResult(s.values, s.left, s.right, s.residuals,
                             s.residuals <= s.bound, s.count)
     p = p.staging("power", step, static, maxiter, per_step)
@@ -141,8 +151,8 @@ def power_solve(p: Problem, step: Callable[..., PowerState], s: PowerState,
             s = step(p, s, *static, *args)
             if _stop(p, s.residuals, s.bound) or s.count - start + per_step > maxiter:
                 break
-    s = _columns(s)
     p.check_finite(s.residuals)
+    s = _columns(s, k)
     conv = s.residuals <= s.bound
     if warn and not p.backend.all_true(conv):
         warn_unconverged("Power iteration", s.count)
@@ -171,10 +181,13 @@ def _power_loop(p: Problem, step: Callable[..., PowerState], static: tuple, maxi
     return s, q
 
 
-def _columns(s: PowerState) -> PowerState:
-    """A single-vector state with the column axes of a block of one."""
+def _columns(s: PowerState, k: int) -> PowerState:
+    """The top ``k`` of the block (a single-vector state with the column axes of a block
+    of one)."""
     if len(s.values.shape) == 2:
-        return s
+        left = None if s.left is None else s.left[..., :k]
+        return PowerState(s.V[..., :k], s.values[:, :k], left, s.right[..., :k],
+                          s.residuals[:, :k], s.bound, s.count)
     return PowerState(s.V[..., None], s.values[:, None], s.left[..., None],
                       s.right[..., None], s.residuals[:, None], s.bound[:, None], s.count)
 

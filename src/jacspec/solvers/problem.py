@@ -59,6 +59,9 @@ class Problem:
     bd_rtol : float
         A remainder below this (relative to the scale) is a breakdown (an invariant
         subspace); tol-driven solves raise it to ``min(tol, 1e-2)``.
+    mix_start : bool
+        Whether a warm start gets a random direction (see :meth:`start`): the solvers
+        that take a user's ``v0``; probes (densities) are used as given.
     """
 
     op: Any
@@ -80,12 +83,13 @@ class Problem:
     bd_rtol: float
     seed: Any
     traced: bool
+    mix_start: bool = False
     staged: bool = False
     _stage: tuple | None = None
 
     @classmethod
-    def of(cls, op: LinearOperator, *, adjoint: bool = False, seed: int | None = 0
-           ) -> Problem:
+    def of(cls, op: LinearOperator, *, adjoint: bool = False, seed: int | None = 0,
+           mix_start: bool = False) -> Problem:
         """The problem of ``op`` (its adjoint where ``adjoint``); ``seed=None``: a fresh
         random seed."""
         b = op.backend_impl
@@ -103,6 +107,7 @@ class Problem:
             real_name=real_name, real_dtype=b.dtype_from_name(real_name),
             eps=float(fi.eps), tiny=float(fi.tiny) * 1e3, tiny_normal=float(fi.tiny),
             bd_rtol=float(fi.eps) ** 0.75, seed=int(seed), traced=op.traced,
+            mix_start=mix_start,
         )
 
     def with_tol(self, tol: float) -> Problem:
@@ -175,7 +180,8 @@ class Problem:
         if form is None:
             return dataclasses.replace(self, staged=False, _stage=None)
         key = (config, form[0], self.adj, self.B, self.n_in, self.n_out,
-               self.real_name, self.is_complex, str(self.device), self.bd_rtol)
+               self.real_name, self.is_complex, str(self.device), self.bd_rtol,
+               self.mix_start)
         if not self.backend.should_compile(key):
             return dataclasses.replace(self, staged=False, _stage=None)
         # what a compiled piece starts from: no arrays kept by the compiled function
@@ -248,14 +254,28 @@ class Problem:
         return self.generic((self.B, s), _COUNT_SALT * (count + 1))
 
     def start(self, v0: Array | None, draw: int = 1) -> Array:
-        """A unit start vector per sample, ``(B, n_in)`` (random where ``v0`` is zero)."""
+        """A unit start vector per sample, ``(B, n_in)``: random, or a warm start ``v0``
+        plus a random direction of the same norm (random where ``v0`` is zero).
+
+        A warm start must not cost exactness: ``v0`` may have almost no component
+        along the top vector (say it lies along the second one, as after two directions
+        swapped since the last solve), and a Krylov method then converges to a lower
+        value first. The random half gives the top vector the share of a random start
+        (up to ``1/sqrt(2)``), while ``v0`` keeps half the start along its direction.
+        Without ``mix_start``, ``v0`` as given."""
         xp = self.xp
         shape = (self.B, self.n_in)
         eager = not self.traced or self.staged
         rnd = self.random(shape, draw) if eager else self.generic(shape, _DRAW_SALT * draw)
         v = rnd
-        if v0 is not None:
+        if v0 is not None and not self.mix_start:
             v = xp.where((self.norm(v0) <= self.tiny)[:, None], rnd, v0)
+        elif v0 is not None:
+            unit = rnd / self.cast(self.norm(rnd))[:, None]
+            nrm = self.norm(v0)
+            v = xp.where((nrm <= self.tiny)[:, None], rnd,
+                         v0 / self.cast(xp.where(nrm > 0, nrm, xp.ones_like(nrm)))[:, None]
+                         + unit)
         return v / self.cast(self.norm(v))[:, None]
 
     # -- small helpers ------------------------------------------------------------------

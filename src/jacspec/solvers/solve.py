@@ -67,14 +67,16 @@ def check_budget(op: LinearOperator, k: int, method: str, maxiter: int | None, *
 
 def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: int | None,
               v0: Array | None, seed: int | None, ncv: int | None = None,
-              vectors: bool = True, u0: Array | None = None) -> KrylovResult:
+              vectors: bool = True, u0: Array | None = None, mix_start: bool = True
+              ) -> KrylovResult:
     """Batched (leading B) top-``k`` singular triplets of ``op``, no gradient. ``v0``
-    (right) or ``u0`` (left, ``batch_shape + (m,)``) start the iteration."""
+    (right) or ``u0`` (left, ``batch_shape + (m,)``) start the iteration, with a random
+    direction unless ``mix_start`` is False (see ``Problem.start``)."""
     m, n = op.shape
     if method == "dense":
         return svd_dense(Problem.of(op, seed=seed), k)
     adjoint = m < n  # iterate from the smaller side: the basis fills in min(m, n) steps
-    p = Problem.of(op, adjoint=adjoint, seed=seed)
+    p = Problem.of(op, adjoint=adjoint, seed=seed, mix_start=mix_start)
     start, count = None, 0
     if v0 is not None:
         start = v0 if op.batch_shape else v0[None]
@@ -89,7 +91,7 @@ def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: i
                            vectors=vectors, count=count)
     else:
         s = power_init(p, k, start, two_sided=True, count=count)
-        out = power_solve(p, svd_power_step, s, maxiter, 2 * k, static=(tol,))
+        out = power_solve(p, svd_power_step, s, k, maxiter, 2, static=(tol,))
     if adjoint:
         out = out._replace(left=out.right, right=out.left)
     return out
@@ -98,8 +100,9 @@ def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: i
 def solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float,
               maxiter: int | None, v0: Array | None, seed: int | None,
               ncv: int | None = None) -> KrylovResult:
-    """Batched ``k`` wanted eigenpairs of the Hermitian ``op``, no gradient."""
-    p = Problem.of(op, seed=seed)
+    """Batched ``k`` wanted eigenpairs of the Hermitian ``op``, no gradient (a start
+    ``v0`` gets a random direction: see ``Problem.start``)."""
+    p = Problem.of(op, seed=seed, mix_start=True)
     if method == "dense":
         return eig_dense(p, k, which=which)
     start = None
@@ -111,7 +114,7 @@ def solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float
 
     def run(kk, wh, tl, limit, shift=None, sign=1.0, warn=True, count=0, draw=1):
         s = power_init(p, kk, start, two_sided=False, count=count, draw=draw)
-        return power_solve(p, eig_power_step, s, limit, kk, static=(tl, wh, sign),
+        return power_solve(p, eig_power_step, s, kk, limit, 1, static=(tl, wh, sign),
                            args=(shift,), warn=warn)
 
     if which == "LM":

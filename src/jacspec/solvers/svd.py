@@ -83,7 +83,10 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
         ``num_matvecs`` is then a traced integer); with it, exactly ``maxiter`` products
         run as one compiled loop; power iteration runs ``maxiter`` (default 200).
     v0 : array, optional
-        Start vector of shape ``batch_shape + (n,)``; default: random from ``seed``.
+        Start vector of shape ``batch_shape + (n,)`` (a warm start); default: random
+        from ``seed``. A warm start never costs exactness: Lanczos starts from ``v0``
+        plus a random direction of the same norm, power iteration adds a random
+        column to its block, so that a top vector that ``v0`` misses is still found.
     seed : int or None
         Seed of the random start and restart vectors.
     return_vectors : bool
@@ -173,7 +176,7 @@ def spectral_norm(op: Any, *, method: str = "auto", tol: float | None = None,
     >>> W = torch.tensor([[3.0, 0.0], [0.0, 1.0]], requires_grad=True)
     >>> s = js.spectral_norm(js.jacobian(lambda x: W @ x, torch.ones(2)))
     >>> s.backward()
-    >>> round(float(s), 6), W.grad.abs().tolist()
+    >>> round(s.item(), 6), W.grad.abs().tolist()
     (3.0, [[1.0, 0.0], [0.0, 0.0]])
     """
     op = V.as_operator(op)
