@@ -82,16 +82,35 @@ def test_registry_lists_every_group():
         registry.register("x", "numpy")
 
 
-def test_busy_processes_spin_and_stop():
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, from ``/proc/PID/stat``."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_process_spins_only_when_on():
+    """The busy process takes CPU time while on, none while off, and ends with the
+    block."""
     import os
     import time
 
-    with timing.busy_processes(1):
-        t0, c0 = time.perf_counter(), sum(os.times()[2:4])
-        time.sleep(1.0)
-    # the child has been reaped: its CPU time is counted in the children's times
-    assert sum(os.times()[2:4]) - c0 > 0.05
-    assert time.perf_counter() - t0 >= 1.0
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("reads /proc")
+    with timing.BusyProcess() as busy:
+        pid = busy._proc.pid
+        t0 = time.perf_counter()
+        while _cpu_seconds(pid) < 0.05:  # spinning (on a loaded machine, slowly)
+            assert time.perf_counter() - t0 < 30
+            time.sleep(0.05)
+        busy.off()
+        time.sleep(0.1)
+        c0 = _cpu_seconds(pid)
+        time.sleep(0.5)
+        assert _cpu_seconds(pid) - c0 < 0.02  # stopped
+    assert busy._proc.poll() is not None  # ended
 
 
 def test_one_real_row(tmp_path, capsys):
@@ -145,15 +164,16 @@ def _tiny_scaling(batches=(2, 3)):
 
 def _check_scaling(rows, backend, batches=(2, 3)):
     names = [r["name"] for r in rows]
+    series = ["width series"] + (["batch series"] if len(batches) > 1 else [])
     assert names == [f"scaling: {k} ({backend})" for k in (
         "JVP/fwd+bwd", "VJP/fwd+bwd", "HVP/fwd+bwd", "top Hessian eigenvalue",
-        "per-sample sigma_max", "width series", "batch series")]
+        "per-sample sigma_max", *series)]
     assert all(r["ratio"] > 0 for r in rows)
     eig, sigma = rows[3]["details"], rows[4]["details"]
     # the same Krylov space from the same start: the same Ritz value
     assert eig["jacspec_value"] == pytest.approx(eig["native_value"], rel=1e-3)
     assert eig["products"] >= 1 and sigma["max_rel_diff"] < 1e-3
-    for r, axis, xs in ((rows[5], "width", [2, 4]), (rows[6], "batch", list(batches))):
+    for r, axis, xs in zip(rows[5:], ("width", "batch"), ([2, 4], list(batches))):
         pts = r["details"]["points"]
         assert r["details"]["axis"] == axis and [p[axis] for p in pts] == xs
         assert all(p["fwd_bwd_s"] > 0 and p["hvp_s"] > 0 and p["hvp_mb"] > 0 for p in pts)
@@ -174,7 +194,7 @@ def test_scaling_rows_small_torch():
 @pytest.mark.filterwarnings("ignore:Lanczos stopped")
 def test_scaling_rows_small_jax():
     pytest.importorskip("jax")
-    # two points (JAX compiles each): a batch series of one, its slope NaN
+    # two points (JAX compiles each): a batch series of one point is no row
     rows_scaling, tiny = _tiny_scaling(batches=(2,))
     _check_scaling(rows_scaling.scaling_jax(True, config=tiny), "jax", batches=(2,))
 

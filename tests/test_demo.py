@@ -49,6 +49,45 @@ def test_demo_results_and_bad_backend(autodiff_backend):
                  stream=buf)
 
 
+def test_demo_runs_on_its_threads_and_restores_them(autodiff_backend, monkeypatch):
+    """The torch demo trains and evaluates on its own intra-op thread count and gives
+    the caller's setting back afterwards (also when a run fails)."""
+    if autodiff_backend != "torch":
+        pytest.skip("torch only")
+    import io
+
+    import torch
+
+    from jacspec import demo
+    from jacspec._demo import _torch
+
+    seen = []
+    fit = _torch.Trainer.fit
+
+    def spy(self, *a, **k):
+        seen.append(torch.get_num_threads())
+        return fit(self, *a, **k)
+
+    monkeypatch.setattr(_torch.Trainer, "fit", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        demo.run("torch", quick=True, steps=2, n_test=20, num_between=2, penalties={},
+                 plot=False, progress=False, stream=io.StringIO())
+        assert seen == [_torch.THREADS] and torch.get_num_threads() == 2
+
+        def boom(self, *a, **k):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(_torch.Trainer, "fit", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            demo.run("torch", quick=True, steps=2, penalties={}, plot=False,
+                     progress=False, stream=io.StringIO())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_python_dash_m_help():
     out = subprocess.run([sys.executable, "-m", "jacspec.demo", "--help"],
                          capture_output=True, text=True, check=True).stdout

@@ -143,3 +143,16 @@ def test_bad_input():
         js.spectral_density(A, num_steps=0)
     with pytest.raises(ValueError, match="width"):
         js.spectral_density(A).density(np.linspace(0, 1, 5), width=0.0)
+
+
+@pytest.mark.parametrize("kind", ["eig", "singular"])
+def test_nan_or_inf_products_are_a_floating_point_error(backend, kind):
+    """Products that overflow (an explicit matrix) or are infinite (the derivative of
+    sqrt at 0) raise FloatingPointError, not the small factorization's error."""
+    huge = from_numpy(np.full((6, 6), 1e308), backend, "float64")
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        js.spectral_density(huge, num_probes=2, num_steps=4, kind=kind)
+    if backend != "numpy":
+        J = js.jacobian(lambda z: z**0.5, from_numpy(np.zeros(5), backend, "float64"))
+        with pytest.raises(FloatingPointError, match="NaN or Inf"):
+            js.spectral_density(J, num_probes=2, num_steps=4, kind=kind)

@@ -12,6 +12,7 @@ piece called again in one solve is not compiled again.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -254,3 +255,145 @@ def test_one_placement():
     assert mixed[0]["a"].committed and mixed[1] is placed and mixed[2] == 3
     alike = (jnp.ones(3), jnp.zeros(2))
     assert jax_backend._one_placement(alike) is alike
+
+
+# -- compiled programs are the programs f computes now -----------------------------------
+W3 = np.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.5]])
+
+
+def _spike(slope):
+    """``tanh`` whose custom JVP rule scales tangents by ``slope``: models that differ
+    only in a rule (``slope`` is a literal of the rule, not an array f closes over)."""
+
+    @jax.custom_jvp
+    def spike(z):
+        return jnp.tanh(z)
+
+    @spike.defjvp
+    def spike_jvp(p, t):
+        return spike(p[0]), slope * t[0]
+
+    return spike
+
+
+@pytest.mark.parametrize("mode", ["compiled", "plain"])
+def test_custom_jvp_rule_is_part_of_the_program(mode):
+    """Models that differ only in their derivative rule get their own products: the
+    Jacobian, its spectral norm, and the eager spectral penalty."""
+    W = jnp.asarray(W3)
+    x, X = jnp.zeros(3), jnp.zeros((2, 3))
+    for slope in (1.0, 5.0, 0.1):
+        f = functools.partial(_apply, _spike(slope), W)
+        (J, _), (s, _), (p, _) = (
+            _run(mode, functools.partial(_dense_jacobian, f, x)),
+            _run(mode, functools.partial(_norm_of_jacobian, f, x)),
+            _run(mode, functools.partial(js.penalties.spectral, f, X, tol=1e-10)))
+        np.testing.assert_allclose(np.asarray(J), slope * W3, rtol=1e-12)
+        np.testing.assert_allclose(float(s), 3.0 * slope, rtol=1e-8)
+        np.testing.assert_allclose(float(p), (3.0 * slope) ** 2, rtol=1e-8)
+
+
+def _apply(act, W, z):
+    return act(z @ W.T)
+
+
+def _dense_jacobian(f, x):
+    return js.dense(js.jacobian(f, x))
+
+
+def _norm_of_jacobian(f, x):
+    return js.spectral_norm(js.jacobian(f, x))
+
+
+def test_custom_jvp_rule_in_a_hessian():
+    """Second derivatives through a rule (and a rule that closes over an array, which
+    the compiled program reads as an argument) are those of the rule of this call."""
+    x = jnp.asarray([0.3, -0.2, 0.1])
+    for scale in (1.0, 4.0):
+        half_square = _half_square(jnp.full(3, scale))
+        H, _ = _run("compiled", functools.partial(_dense_hessian, half_square, x))
+        np.testing.assert_allclose(np.asarray(H), scale * W3.T @ W3, rtol=1e-12)
+
+
+def _half_square(c):
+    """``z**2 / 2`` whose rule scales the derivative by the array ``c``."""
+
+    @jax.custom_jvp
+    def half_square(z):
+        return 0.5 * z**2
+
+    @half_square.defjvp
+    def half_square_jvp(p, t):
+        return half_square(p[0]), c * p[0] * t[0]
+
+    return half_square
+
+
+def _dense_hessian(act, x):
+    return js.dense(js.hessian(lambda z: jnp.sum(act(z @ W3.T)), x))
+
+
+def test_programs_are_shared_where_the_structure_is():
+    """A new function of the same structure reuses the compiled program with its own
+    arrays (also through jax.nn.relu / softmax, whose rules are traced afresh at every
+    call); another rule, or another literal, is another program."""
+    rng = np.random.default_rng(3)
+    Ws = [jnp.asarray(rng.standard_normal((9, 9))) / 3 for _ in range(2)]
+    x = jnp.linspace(-1.0, 1.0, 9)
+
+    def model(z):
+        return jax.nn.softmax(Ws[1] @ jax.nn.relu(Ws[0] @ z))
+
+    def programs():
+        return {k for k in jax_backend._compiled if k[0] == "jacobian" and k[2] == (9,)}
+
+    before = programs()
+    for _ in range(3):
+        J, _ = _run("compiled", functools.partial(_dense_jacobian, lambda z: model(z), x))
+        ref = jax.jacfwd(model)(x)
+        np.testing.assert_allclose(np.asarray(J), np.asarray(ref), rtol=1e-10, atol=1e-14)
+        Ws[0] = Ws[0] * 1.5  # new parameters, same program
+    assert len(programs() - before) == 1
+    for slope in (1.0, 2.0, 1.0):
+        f = functools.partial(_apply, _spike(slope), Ws[0])
+        _run("compiled", functools.partial(_dense_jacobian, f, x))
+    for c in (2.0, 3.0):
+        _run("compiled", functools.partial(_dense_jacobian, functools.partial(jnp.multiply, c), x))
+    # one per model above; the two slope-1 rules alike; each literal its own
+    assert len(programs() - before) == 1 + 2 + 2
+
+
+def test_arrays_inside_a_jitted_helper_are_read_afresh():
+    """A helper under jax.jit closing over an array carries it inside its own jaxpr (not
+    as a constant of f's): a new array there is a new program, never the old one's."""
+    x = jnp.ones(3)
+    for scale in (1.0, 2.0, 3.0):
+        layer = jax.jit(functools.partial(jnp.matmul, scale * jnp.asarray(W3)))
+        s, _ = _run("compiled", functools.partial(_norm_of_jacobian, layer, x))
+        np.testing.assert_allclose(float(s), 3.0 * scale, rtol=1e-8)
+
+
+def test_rules_inside_loops_share_programs():
+    """jax.nn.relu / softmax inside lax.scan and fori_loop bodies: the exact Jacobian,
+    one compiled program over calls (the carries' dependence on the tangent is followed
+    through the body)."""
+    W = jnp.asarray(np.random.default_rng(5).standard_normal((5, 5))) / 3
+    x = jnp.linspace(-1.0, 1.0, 5)
+
+    def rnn(z):
+        def step(h, _):
+            h = jax.nn.relu(W @ h + z)
+            return h, jax.nn.softmax(h)
+
+        return jax.lax.scan(step, jnp.zeros(5), None, length=4)[1].sum(0)
+
+    def loop(z):
+        return jax.lax.fori_loop(0, 3, lambda i, h: jax.nn.relu(W @ h) + z, z)
+
+    for f in (rnn, loop):
+        before = set(jax_backend._compiled)
+        for _ in range(3):
+            J, _ = _run("compiled", functools.partial(_dense_jacobian, lambda z, f=f: f(z), x))
+            np.testing.assert_allclose(np.asarray(J), np.asarray(jax.jacfwd(f)(x)),
+                                       rtol=1e-10, atol=1e-14)
+        assert len([k for k in set(jax_backend._compiled) - before if k[0] == "jacobian"]) == 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jacspec as js
 
@@ -336,6 +338,9 @@ def test_single_conv_layer(backend, stride, pad):
     assert res.lower == pytest.approx(exact, rel=1e-6)
     assert res.upper == pytest.approx(exact, rel=1e-6)
     assert res.lower <= res.upper * (1 + 1e-12)
+    if backend == "torch" or not pad:  # Keras pads in its own layer, composed with the conv
+        gram = js.lipschitz(model, shape, refine_steps=0, seed=3, conv="gram")
+        assert exact * (1 - 1e-12) <= gram.upper <= 1.2 * exact
 
 
 def test_linear_network(backend):
@@ -416,7 +421,7 @@ def test_torch_structures(backend):
     assert all(torch.equal(a, b) for a, b in zip(before, net.state_dict().values()))
     na = _norm(net.a.weight.detach().numpy())
     nb = _norm(net.b.weight.detach().numpy())
-    nbn = float((net.bn.weight / torch.sqrt(net.bn.running_var + net.bn.eps)).abs().max())
+    nbn = float((net.bn.weight / torch.sqrt(net.bn.running_var + net.bn.eps)).abs().max().detach())
     assert res.upper == pytest.approx(nbn * (1 + na * nb), rel=1e-6)
     assert res.lower <= res.upper
 
@@ -464,6 +469,8 @@ def test_unsupported_layer_is_named(backend):
             js.lipschitz(nn.Linear(3, 2), (3,), data=torch.zeros(4, 5))
         with pytest.raises(ValueError, match="NCHW"):
             js.lipschitz(nn.Linear(3, 2), (3,), layout="NHWC")
+        with pytest.raises(ValueError, match="conv"):
+            js.lipschitz(nn.Linear(3, 2), (3,), conv="fantastic_four")
     else:
         import tensorflow as tf
 
@@ -472,3 +479,46 @@ def test_unsupported_layer_is_named(backend):
                                      L.LayerNormalization(name="ln"), L.Dense(2)])
         with pytest.raises(ValueError, match="'ln'.*LayerNormalization"):
             js.lipschitz(model, (3,))
+
+
+@settings(max_examples=6)
+@given(depth=st.integers(1, 3), width=st.integers(1, 5), act=st.sampled_from(
+    ["tanh", "relu", "sigmoid", "gelu"]), residual=st.booleans(), seed=st.integers(0, 99))
+def test_random_networks_sandwich(backend, depth, width, act, residual, seed):
+    """Random MLPs (float64): the true constant's witnesses — the exact Jacobian norm at
+    random points, from torch's dense Jacobian — never exceed ``upper``; ``lower`` is
+    such a witness and at least the data's; ``upper`` is at most the product of the
+    layers' norms (residual blocks as 1 + product)."""
+    if backend != "torch":
+        pytest.skip("torch models")
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+    lip = {"tanh": 1.0, "relu": 1.0, "sigmoid": 0.25, "gelu": 1.129}[act]
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.f = nn.Linear(3, width), nn.Linear(width, 3), acts[act]()
+
+        def forward(self, x):
+            y = self.b(self.f(self.a(x)))
+            return x + y if residual else y
+
+    net = nn.Sequential(*(Block() for _ in range(depth))).double().eval()
+    X = torch.randn(16, 3, dtype=torch.float64)
+    res = js.lipschitz(net, (3,), data=X, refine_steps=3, seed=seed)
+    norms = [torch.linalg.matrix_norm(m.weight.detach(), 2).item() for m in net.modules()
+             if isinstance(m, nn.Linear)]
+    product = 1.0
+    for na, nb in zip(norms[::2], norms[1::2]):
+        product *= (1 + na * lip * nb) if residual else na * lip * nb
+    probes = torch.cat([X, 3 * torch.randn(64, 3, dtype=torch.float64)])
+    witnesses = [torch.linalg.matrix_norm(torch.autograd.functional.jacobian(net, x), 2)
+                 for x in probes]
+    assert max(float(w) for w in witnesses[:16]) <= res.lower * (1 + 1e-9)
+    assert max(float(w) for w in witnesses) <= res.upper * (1 + 1e-9)
+    assert res.lower <= res.upper * (1 + 1e-12)
+    assert res.upper <= product * (1 + 1e-7)

@@ -305,3 +305,27 @@ def test_parameter_list_and_dict(torch):
     np.testing.assert_allclose(_dense(H), ref, rtol=1e-12)
     J = js.jacobian(lambda ps: torch.tanh(ps[0] @ x + ps[1]), plist)
     assert J.shape == (3, 15)
+
+
+def test_saved_outputs_are_freed_with_the_operator(torch):
+    """The guard's record of saved tensors holds no reference cycle (an output saved by
+    its own node): f's tensors go when the operator goes, without the cycle collector."""
+    import gc
+    import weakref
+
+    made = []
+
+    def f(z):
+        h = z.exp()  # exp and tanh save their outputs
+        made.append(weakref.ref(h))
+        return h.tanh()
+
+    gc.disable()
+    try:
+        J = js.jacobian(f, torch.randn(5, dtype=torch.float64))
+        J.matvec(torch.ones(5, dtype=torch.float64))
+        J.rmatvec(torch.ones(5, dtype=torch.float64))
+        del J
+        assert made[0]() is None
+    finally:
+        gc.enable()

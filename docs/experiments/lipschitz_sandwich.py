@@ -9,9 +9,9 @@ shrinks the layers' norms close it?
 Setup: the digits CNN of the Fantastic Four experiment (convs 1-16-32-32, 3x3, strides
 1, 2, 1, ReLU, dense to 10) trained three ways: no penalty; the exact spectral penalty
 (``js.penalties.spectral``, each sample's ``sigma_max(J)^2``); and the conv-bound penalty
-(``lam * sum over layers`` of ``js.penalties.conv_bound`` of each conv kernel, Gram
-iteration where ``js.conv.gram_bound`` exists, else the Fantastic Four bound, plus the
-dense layer's spectral norm). After every epoch: ``js.lipschitz(model, (64,),
+(``lam * sum over layers`` of ``js.conv.gram_bound`` of each conv at the input size it
+sees, with its stride and padding, where the library has it, else the Fantastic Four
+bound ``js.penalties.conv_bound``, plus the dense layer's spectral norm). After every epoch: ``js.lipschitz(model, (64,),
 data=validation set)``: upper, lower and their ratio. At the end: test accuracy and the
 certified accuracy at L2 radii ``eps``: the share of test points classified correctly
 with ``margin > sqrt(2) * upper * eps`` (no perturbation of norm ``eps`` can flip them),
@@ -47,14 +47,18 @@ TITLE = "Lipschitz sandwich during training"
 
 
 def conv_bound_sum(model: torch.nn.Module) -> torch.Tensor:
-    """Sum over layers of a certified bound on each layer's norm (differentiable)."""
-    out = []
+    """Sum over layers of a certified bound on each layer's norm (differentiable): the
+    Gram-iteration bound of each conv at the input size it sees, with its stride and
+    padding (else the Fantastic Four bound), the dense layer's spectral norm."""
+    out, size = [], C.IMAGE_SHAPE[1]
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             if CONV_METHOD == "gram":
-                out.append(js.penalties.conv_bound(m.weight, method="gram"))
+                out.append(js.conv.gram_bound(m.weight, (size, size), stride=m.stride,
+                                              padding=m.padding))
             else:
                 out.append(js.penalties.conv_bound(m.weight))
+            size = -(-size // m.stride[0])
         elif isinstance(m, torch.nn.Linear):
             out.append(torch.linalg.matrix_norm(m.weight, ord=2))
     return torch.stack(out).sum()

@@ -285,7 +285,7 @@ def run(
             f"jacspec demo --backend {backend} needs {backend} installed: "
             f"{install_hint(backend)}."
         )
-    from ._demo import make_trainer
+    from ._demo import make_trainer, threads
 
     steps = (30 if quick else 200) if steps is None else int(steps)
     num_between = (100 if quick else 1000) if num_between is None else int(num_between)
@@ -309,25 +309,26 @@ def run(
         f"{steps} steps",
         file=stream,
     )
-    results: list[RunResult] = []
     runs: list[tuple[str, float]] = [("plain", 0.0)] + list(pens.items())
-    for name, lam in runs:
-        t0 = time.perf_counter()
-        trainer = make_trainer(backend, weights, dtype)
-        bar = _Progress(steps, f"{backend}/{name}", progress, sys.stderr)
-        try:
-            trainer.fit(X_tr, y_tr, penalty_name=None if name == "plain" else name,
-                        lam=lam, steps=steps, lr=lr, callback=bar)
-        finally:
-            bar.close()
-        acc, slopes = _evaluate(js, trainer, X_te, y_te, num_between, seed, progress)
-        seconds = time.perf_counter() - t0
-        data = slopes.summary("data")
-        results.append(RunResult(
-            name=name, lam=lam, accuracy=acc, jac_mean=data["mean"], jac_max=data["max"],
-            slope_data=data, slope_between=slopes.summary("between"), seconds=seconds,
-            slopes=slopes,
-        ))
+    results: list[RunResult] = []
+    with threads(backend):  # the demo's thread count for its small model
+        for name, lam in runs:
+            t0 = time.perf_counter()
+            trainer = make_trainer(backend, weights, dtype)
+            bar = _Progress(steps, f"{backend}/{name}", progress, sys.stderr)
+            try:
+                trainer.fit(X_tr, y_tr, penalty_name=None if name == "plain" else name,
+                            lam=lam, steps=steps, lr=lr, callback=bar)
+            finally:
+                bar.close()
+            acc, slopes = _evaluate(js, trainer, X_te, y_te, num_between, seed, progress)
+            seconds = time.perf_counter() - t0
+            data = slopes.summary("data")
+            results.append(RunResult(
+                name=name, lam=lam, accuracy=acc, jac_mean=data["mean"], jac_max=data["max"],
+                slope_data=data, slope_between=slopes.summary("between"), seconds=seconds,
+                slopes=slopes,
+            ))
     print(format_table(results), file=stream)
     print("(|J|: per-sample Jacobian spectral norm of the logits on the test set; slope "
           "quantiles at test points and at random points between them)", file=stream)

@@ -11,11 +11,16 @@ Every trainer has the same interface::
                 lam=..., steps=..., lr=..., callback=lambda step, loss: ...)
     trainer.model      # f(x) -> logits on framework arrays (batched)
     trainer.asarray(a) # NumPy -> framework array of the trainer's dtype
+
+A module may also define ``threads()``, a context manager in which the demo runs (the
+framework's thread count for its small model; see :func:`threads`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from typing import Any
 
 MODULES = {"torch": "._torch", "jax": "._jax", "tensorflow": "._tensorflow"}
@@ -24,6 +29,15 @@ MODULES = {"torch": "._torch", "jax": "._jax", "tensorflow": "._tensorflow"}
 def make_trainer(backend: str, weights: Any, dtype: str = "float32") -> Any:
     mod = importlib.import_module(MODULES[backend], __name__)
     return mod.Trainer(weights, dtype)
+
+
+@contextlib.contextmanager
+def threads(backend: str) -> Iterator[None]:
+    """The demo's thread setting of ``backend`` while the block runs (the module's
+    ``threads()``, if it has one), restored afterwards."""
+    mod = importlib.import_module(MODULES[backend], __name__)
+    with getattr(mod, "threads", contextlib.nullcontext)():
+        yield
 
 
 def penalty(js_penalties: Any, name: str, f: Any, x: Any, per_sample_loss: Any, seed: Any) -> Any:

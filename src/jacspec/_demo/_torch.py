@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
 from .. import penalties as js_penalties
 from . import penalty
+
+#: Intra-op threads of the demo. Its operations are small (a 64-64-10 MLP on 200
+#: samples: each matmul well under a millisecond), so more threads gain nothing, while
+#: on a busy machine every operation that enters a contended thread pool waits for a
+#: time slice of the scheduler: with two other busy processes on two cores, torch's
+#: default pool made the spectral run 4-30x slower (docs/benchmarks.md, "load" rows).
+THREADS = 1
+
+
+@contextlib.contextmanager
+def threads() -> Iterator[None]:
+    """torch's intra-op threads set to :data:`THREADS` while the demo runs, restored
+    afterwards (the demo is an application; the library never changes the setting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(THREADS, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class MLP(torch.nn.Module):

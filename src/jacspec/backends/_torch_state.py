@@ -15,7 +15,7 @@ with a written tensor are copied before the snapshots go back. Train/eval modes 
 every module whose forward runs (a global forward pre-hook) and every module
 :func:`find_closure_objects` reaches. torch's global random generators are forked
 (:func:`fixed_randomness`), so that dropout draws the same masks whenever ``f`` runs
-again with the same seed and the caller's generators do not move.
+again from the same generator states and the caller's generators do not move.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -181,21 +182,25 @@ def _storage_key(t: torch.Tensor) -> Any:
 
 
 class _Saved:
-    """A tensor autograd saved while ``f`` ran (detached: autograd re-attaches the
-    history on unpacking), and its version counter then."""
+    """A tensor autograd saved while ``f`` ran, and its version counter then."""
 
     __slots__ = ("tensor", "version")
 
     def __init__(self, tensor: torch.Tensor) -> None:
-        self.tensor = tensor.detach()
+        # The tensor itself while f runs: a detach here would go through WriteGuard.
+        self.tensor = tensor
         self.version = tensor._version
 
-    def freeze(self) -> None:
-        """Hold a copy of the current value instead of the tensor itself (unless ``f``
-        wrote the tensor after saving it: unpacking then raises as autograd would)."""
-        if self.tensor._version == self.version:
-            self.tensor = self.tensor.clone()
-            self.version = self.tensor._version
+    def release(self, frozen: bool) -> None:
+        """Hold a detached alias (autograd re-attaches the history on unpacking; the
+        tensor itself would keep an output alive through its own graph) or, when
+        ``frozen``, a copy of the current value (unless ``f`` wrote the tensor after
+        saving it: unpacking then raises as autograd would)."""
+        t = self.tensor.detach()
+        if frozen and t._version == self.version:
+            t = t.clone()
+            self.version = t._version
+        self.tensor = t
 
 
 def _unpack(saved: _Saved) -> torch.Tensor:
@@ -213,7 +218,7 @@ def _unpack(saved: _Saved) -> torch.Tensor:
 class SavedTensors:
     """Every tensor autograd saves while ``f`` runs (``saved_tensors_hooks``).
 
-    :meth:`freeze` gives the graph its own copy of each saved tensor that shares memory
+    :meth:`release` gives the graph its own copy of each saved tensor that shares memory
     with a tensor ``f`` wrote in place, before those tensors get their old values back:
     the products then read the values ``f`` computed with, whatever is restored.
     """
@@ -229,13 +234,13 @@ class SavedTensors:
     def hooks(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
 
-    def freeze(self, storages: set[Any]) -> None:
-        if storages:
-            everything = None in storages  # a written tensor of unknown memory
-            for saved in self._saved:
-                key = _storage_key(saved.tensor)
-                if everything or key is None or key in storages:
-                    saved.freeze()
+    def release(self, storages: set[Any]) -> None:
+        """After ``f``: detach every saved tensor, and copy those that share memory with
+        the written tensors' ``storages`` (see :func:`_storage_key`)."""
+        everything = None in storages  # a written tensor of unknown memory
+        for saved in self._saved:
+            key = _storage_key(saved.tensor) if storages else 0
+            saved.release(everything or key is None or key in storages)
         self._saved.clear()
 
 
@@ -281,27 +286,48 @@ def _generators() -> list[torch.Generator]:
     return gens
 
 
-@contextlib.contextmanager
-def fixed_randomness(seed: int | None) -> Iterator[None]:
-    """Run the body on torch's global generators seeded with ``seed`` (as they are, when
-    ``None``); afterwards they are in the caller's state again."""
-    gens = _generators()
-    states = [g.get_state() for g in gens]
-    try:
-        if seed is not None:
-            for g in gens:
-                g.manual_seed(seed)
-        yield
-    finally:
-        for g, state in zip(gens, states):
+#: Generator states to start from: ``(generator, state)`` pairs.
+States = list[tuple[torch.Generator, torch.Tensor]]
+
+
+def generator_states() -> States:
+    """The current states of torch's global generators (reading them moves nothing)."""
+    return [(g, g.get_state()) for g in _generators()]
+
+
+class _Fork:
+    """See :func:`fixed_randomness` (a class: cheaper than a generator-based context)."""
+
+    __slots__ = ("_seed", "_start", "_saved")
+
+    def __init__(self, seed: int | None, start: States | None) -> None:
+        self._seed, self._start = seed, start
+
+    def __enter__(self) -> None:
+        self._saved = generator_states()
+        if self._start is not None:
+            for g, state in self._start:
+                g.set_state(state)
+        elif self._seed is not None:
+            for g, _ in self._saved:
+                g.manual_seed(self._seed)
+
+    def __exit__(self, *exc: Any) -> None:
+        for g, state in self._saved:
             g.set_state(state)
 
 
+def fixed_randomness(seed: int | None = None, start: States | None = None) -> _Fork:
+    """Context in which torch's global generators start from the states ``start``, or
+    are seeded with ``seed``, or else are as they are; afterwards they are in the
+    caller's state again."""
+    return _Fork(seed, start)
+
+
 def random_seed() -> int:
-    """A seed drawn from torch's global CPU generator, which is left where it was: the
-    same after the same ``torch.manual_seed``, new after the user's own draws."""
-    with fixed_randomness(None):
-        return int(torch.empty((), dtype=torch.int64).random_())
+    """A seed derived from the state of torch's global CPU generator, which does not
+    move: the same after the same ``torch.manual_seed``, new after the user's draws."""
+    return zlib.crc32(torch.default_generator.get_state().numpy().tobytes())
 
 
 class Guard:
@@ -319,10 +345,10 @@ class Guard:
 
 
 @contextlib.contextmanager
-def state_guard(f: Callable, seed: int | None) -> Iterator[Guard]:
+def state_guard(f: Callable, start: States | None) -> Iterator[Guard]:
     """Run the body (``f``'s forward) without lasting effect on the user's tensors,
     modules' train/eval modes, parameters' ``requires_grad`` flags and torch's global
-    random generators (seeded with ``seed`` inside, unless ``None``).
+    random generators (which start from ``start`` inside, unless ``None``).
 
     The autograd graph built inside keeps the values ``f`` computed with: tensors it
     saved that share memory with tensors ``f`` wrote are copied before the writes are
@@ -334,10 +360,10 @@ def state_guard(f: Callable, seed: int | None) -> Iterator[Guard]:
     hook = torch.nn.modules.module.register_module_forward_pre_hook(flags.pre_hook)
     writes, saved = WriteGuard(), SavedTensors()
     try:
-        with fixed_randomness(seed), saved.hooks(), writes:
+        with fixed_randomness(start=start), saved.hooks(), writes:
             yield Guard(writes)
     finally:
         hook.remove()
-        saved.freeze(writes.written_storages())
+        saved.release(writes.written_storages())
         writes.restore()
         flags.restore()

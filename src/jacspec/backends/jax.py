@@ -13,7 +13,6 @@ GPU: ``pip install "jax[cuda12]"``; products run on the device of ``x``.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from . import _jaxpr_structure
 from ._base import Backend, Linearization, check_input, check_output
 
 # An eager computation (a linearization, a solver's piece) runs compiled from the
@@ -312,20 +312,27 @@ class JaxBackend(Backend):
                              key=key)
 
     def _traced(self, fun, x, batched, kind):
-        """``(fun, key, compiled)`` for a concrete point: ``f`` traced once into a
-        jaxpr, ``fun`` that jaxpr as a function (so that ``f`` runs once), ``key`` its
-        structure, and the linearization by the compiled :class:`_Program` of that
-        structure once it has been seen ``COMPILE_AFTER`` times (else None). ``(fun,
-        None, None)`` where ``f`` does not trace to one floating array (the plain path
-        then reports what is wrong) or closes over traced values (inside a user's
-        transformation)."""
+        """``(fun, key, compiled)`` for a concrete point: the linearization by the
+        compiled :class:`_Program` of ``f``'s tangent program (:func:`_tangent_program`)
+        once its structure has been seen ``COMPILE_AFTER`` times (else None), and
+        ``key``, that structure.
+
+        ``f`` runs (is traced) at every call, so the program always is the one ``f``
+        computes now; a compiled program is reused only for a tangent program of equal
+        structure (:mod:`._jaxpr_structure`), derivative rules included, since they are
+        traced into it; the arrays it reads are arguments. ``(fun, None, None)`` where
+        ``f`` does not trace to one floating array (the plain path then reports what is
+        wrong) or closes over traced values (inside a user's transformation).
+        """
         if self.is_traced(x):
             return fun, None, None
-        try:  # a fresh function: make_jaxpr caches traces by function (and its constants)
-            closed, shape = jax.make_jaxpr(lambda t: fun(t), return_shape=True)(x)
+        try:  # a fresh function: make_jaxpr caches traces by function
+            closed, (shape, _) = jax.make_jaxpr(
+                functools.partial(_tangent_program, fun, kind), return_shape=True)(x, x)
+            consts = list(closed.consts)
+            structure = _jaxpr_structure.structure(closed.jaxpr, (False, True))
         except Exception:  # the plain path raises the user-facing error
             return fun, None, None
-        consts = list(closed.consts)
         bshape = (int(x.shape[0]),) if batched else ()
         if (any(self.is_traced(c) for c in consts) or not isinstance(
                 shape, jax.ShapeDtypeStruct)
@@ -334,19 +341,16 @@ class JaxBackend(Backend):
                 or (kind == "hessian" and tuple(shape.shape) != bshape and not (
                     not batched and int(np.prod(shape.shape)) == 1))):
             return fun, None, None
-        out_tree = jax.tree_util.tree_structure(shape)
-        jaxpr = closed.jaxpr
-        text = hashlib.sha256(str(jaxpr).encode()).hexdigest()  # the whole structure
-        key = (kind, batched, text, tuple(x.shape), self.dtype_name(x.dtype))
+        key = (kind, batched, tuple(x.shape), self.dtype_name(x.dtype), structure)
         if _sighting(key) < COMPILE_AFTER:
-            return functools.partial(_call, jaxpr, out_tree, consts), key, None
+            return fun, key, None
         program = _compiled.get(key)
         if program is None:
-            program = _Program(jaxpr, out_tree, x, shape, bshape, kind, key)
-        _remember(_compiled, key, program)
+            program = _Program(closed.jaxpr, x, shape, bshape, kind, key)
+        _remember(_compiled, program.key, program)
         y, lin_fn = program.lin(consts, x)
         check_output(self, y, bshape[0] if batched else None, what="f")
-        return fun, key, program.linearization(y, (lin_fn,))
+        return fun, program.key, program.linearization(y, (lin_fn,))
 
     def should_compile(self, key: Hashable) -> bool:
         """From the ``COMPILE_AFTER``-th sighting of ``key`` on."""
@@ -450,31 +454,44 @@ class JaxBackend(Backend):
                                tuple(input_hw))
 
 
-def _call(jaxpr, out_tree, consts, x):
-    """A traced function again, from its jaxpr, the arrays it closed over given."""
-    return jax.tree_util.tree_unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, consts, x))
+def _tangent_program(fun, kind, x, v):
+    """``(y, J v)`` (``kind="jacobian"``) or ``(y, H v)`` (``"hessian"``) at ``(x, v)``:
+    the program the compiled linearizations of :class:`_Program` are built from, derivative
+    rules (``jax.custom_jvp``) traced into it."""
+    if kind == "hessian":
+        def total(t):
+            y = fun(t)
+            return jnp.sum(y), y
+
+        (_, y), (hv, _) = jax.jvp(jax.grad(total, has_aux=True), (x,), (v,))
+        return y, hv
+    return jax.jvp(fun, (x,), (v,))
 
 
 class _Program:
-    """The compiled linearization and products of one traced structure (a jaxpr). The
-    arrays ``f`` closes over are arguments, not constants: a later call with new values
-    of them (new parameters) computes with those. The products take the linearization
-    (a ``jax.tree_util.Partial`` of its residuals, whose structure this compilation
-    fixes) as an argument too, so that a compiled solve can pass it along."""
+    """The compiled linearization and products of one tangent program (a jaxpr of
+    :func:`_tangent_program`, the cache key its structure). The program is built from
+    that jaxpr alone and the arrays it reads (``f``'s parameters, a rule's constants)
+    are arguments, not constants, so a later call whose tangent program has the same
+    structure computes with its own values. The products take the linearization (a
+    ``jax.tree_util.Partial`` of its residuals, whose structure this compilation fixes)
+    as an argument too, so that a compiled solve can pass it along."""
 
-    def __init__(self, jaxpr, out_tree, x, out, bshape, kind, key):
+    def __init__(self, jaxpr, x, out, bshape, kind, key):
         in_shape, out_shape = tuple(x.shape), tuple(out.shape)
         spec = jax.ShapeDtypeStruct(in_shape, x.dtype)
-        fun = functools.partial(_call, jaxpr, out_tree)
         n = Backend.sizes(in_shape[len(bshape):])
         m = n if kind == "hessian" else Backend.sizes(out_shape[len(bshape):])
         self.key, self.n, self.m, self.bshape = key, n, m, bshape
 
         def lin(consts, x):
-            if kind == "hessian":
-                grad_fn = jax.grad(lambda t: jnp.sum(fun(consts, t)))
-                return fun(consts, x), jax.linearize(grad_fn, x)[1]
-            return jax.linearize(lambda t: fun(consts, t), x)
+            def tangent(v):
+                y, t = jax.core.eval_jaxpr(jaxpr, consts, x, v)
+                return t, y
+
+            # linear in v: the value at 0 (unused, compiled away) costs nothing
+            _, lin_fn, y = jax.linearize(tangent, jnp.zeros_like(x), has_aux=True)
+            return y, lin_fn
 
         def mm(jvp_fn, V, grad):
             return _apply_cols(jvp_fn, V, in_shape, bshape, m, grad)

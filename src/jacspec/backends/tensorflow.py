@@ -6,7 +6,8 @@ second persistent tape (built once, on first use), so both reuse the forward pas
 Hessian-vector products are reverse-over-reverse on a retained gradient. The array
 namespace is the shim in :mod:`jacspec.backends._tf_namespace`. ``f`` runs inside
 ``keras.StatelessScope`` (see :func:`run_without_side_effects`): Keras models keep their
-variables (BatchNorm moving statistics) however ``f`` reaches them.
+variables (BatchNorm moving statistics) however ``f`` reaches them, and plain
+``tf.Variable`` writes are written back (:mod:`._tf_state`).
 
 GPU: ``pip install "tensorflow[and-cuda]"``; products run on the device of ``x``.
 """
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from . import _tf_namespace
-from ._base import Backend, Linearization, check_input, check_output, find_closure_objects
+from . import _tf_namespace, _tf_state
+from ._base import Backend, Linearization, check_input, check_output
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -46,28 +47,6 @@ def _solvers_not_converted() -> None:
 _solvers_not_converted()
 
 
-def _is_keras_layer(obj: Any) -> bool:
-    keras = sys.modules.get("keras")
-    layer = getattr(getattr(keras, "layers", None), "Layer", None)
-    return layer is not None and isinstance(obj, layer)
-
-
-@contextlib.contextmanager
-def _restore_layers(f: Callable) -> Iterator[None]:
-    """Restore the non-trainable variables of Keras layers ``f`` reaches (Keras 2, which
-    has no ``StatelessScope``)."""
-    saved = [
-        (v, tf.identity(v))
-        for layer in find_closure_objects(f, _is_keras_layer)
-        for v in getattr(layer, "non_trainable_variables", [])
-    ]
-    try:
-        yield
-    finally:
-        for v, value in saved:
-            v.assign(value)
-
-
 def _stateless_scope() -> Any:
     """Keras 3's ``StatelessScope`` (captures variable assignments instead of applying
     them), or None where Keras 3 is not in use."""
@@ -86,24 +65,26 @@ def _created_in_scope() -> bool:
 
 
 def run_without_side_effects(f: Callable, run: Callable[[], Any]) -> Any:
-    """``run()`` (which calls ``f``) without lasting effect on Keras variables.
+    """``run()`` (which calls ``f``) without lasting effect on the user's variables.
 
     With Keras 3, ``run`` executes inside ``keras.StatelessScope``, so BatchNorm moving
-    statistics (any variable assignment) never reach the variables, however ``f``
+    statistics (any Keras variable assignment) never reach the variables, however ``f``
     reaches the model. A first call that builds the model runs twice: the variables it
-    creates are initialized when the scope closes, and the second run uses them.
+    creates are initialized when the scope closes, and the second run uses them. Plain
+    ``tf.Variable`` writes (``tf.Module`` state, Keras 2 layers) are written back
+    afterwards (:func:`._tf_state.writes_undone`).
     """
     scope = _stateless_scope()
-    if scope is None:
-        with _restore_layers(f):
+    with _tf_state.writes_undone():
+        if scope is None:
             return run()
-    for _attempt in range(2):
-        with scope():
-            out = run()
-            again = _created_in_scope()
-        if not again:
-            break
-    return out
+        for _attempt in range(2):
+            with scope():
+                out = run()
+                again = _created_in_scope()
+            if not again:
+                break
+        return out
 
 
 def _is_keras_variable(x: Any) -> bool:

@@ -28,7 +28,14 @@ import numpy as np
 import torch
 
 from ._base import Backend, Linearization, check_input, check_output
-from ._torch_state import Guard, fixed_randomness, random_seed, state_guard
+from ._torch_state import (
+    Guard,
+    States,
+    fixed_randomness,
+    generator_states,
+    random_seed,
+    state_guard,
+)
 
 
 def _outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
@@ -62,12 +69,12 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _forward_mode(f: Callable, seed: int | None) -> Iterator[Guard]:
+def _forward_mode(f: Callable, start: States | None) -> Iterator[Guard]:
     """Where ``f``'s forward runs: autograd on, the user's state protected, torch's
-    random generators seeded with ``seed`` (see :func:`state_guard`), and a clear error
-    for parameters created in inference mode (autograd cannot use them)."""
+    random generators starting from ``start`` (see :func:`state_guard`), and a clear
+    error for parameters created in inference mode (autograd cannot use them)."""
     try:
-        with _outside_inference_mode(), torch.enable_grad(), state_guard(f, seed) as guard:
+        with _outside_inference_mode(), torch.enable_grad(), state_guard(f, start) as guard:
             yield guard
     except RuntimeError as err:
         if "Inference tensors cannot be saved for backward" not in str(err):
@@ -374,7 +381,7 @@ class TorchBackend(Backend):
     def linearize(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
-        seed = random_seed()
+        start = generator_states()  # every run of f draws what this one would
 
         def forward() -> None:
             # The graph is retained for every product. If the user backpropagates through
@@ -382,7 +389,7 @@ class TorchBackend(Backend):
             # the next product then runs this again (at the current parameter values,
             # with the same random draws).
             st.clear()
-            with _forward_mode(f, seed) as guard:
+            with _forward_mode(f, start) as guard:
                 st["y"] = guard.result(f(arg))
 
         forward()
@@ -479,10 +486,10 @@ class TorchBackend(Backend):
     def linearize_gradient(self, f, x, *, batched):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
-        seed = random_seed()
+        start = generator_states()  # every run of f draws what this one would
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
-            with _forward_mode(f, seed) as guard:
+            with _forward_mode(f, start) as guard:
                 y = guard.result(f(arg))
             with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y

@@ -8,7 +8,7 @@ from .registry import Row, register
 from .timing import run_fresh
 
 
-@register("memory", "torch")
+@register("memory", "torch", quick=False)
 def memory_torch(quick: bool) -> list[Row]:
     """Peak memory of Lanczos vs the model's saved activations, in a fresh subprocess."""
     d = run_fresh("jacspec.bench.memory_probe", ["lanczos"])

@@ -15,8 +15,10 @@ torch.Size([5, 10])
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -24,13 +26,31 @@ from torch import nn
 
 from .models import CNN_ARCH, cnn_input_sizes, digit_images, digits
 
-__all__ = ["describe", "mlp", "train", "trained_mlp", "design_mlp", "hessian_problem",
-           "penalty_models", "digits_cnn", "train_digits_cnn", "BasicBlock", "ResNet18"]
+__all__ = ["describe", "threads", "mlp", "train", "trained_mlp", "design_mlp",
+           "hessian_problem", "penalty_models", "digits_cnn", "train_digits_cnn", "BasicBlock",
+           "ResNet18"]
 
 
 def describe() -> dict[str, Any]:
     """The framework's part of the bench's configuration."""
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu"}
+
+
+@contextlib.contextmanager
+def threads() -> Iterator[None]:
+    """torch's intra-op threads while the bench runs, restored afterwards: torch's
+    default on a quiet machine, one thread where the machine is busy when the bench
+    starts (a 1-minute load average of at least half the cores). On a busy machine each
+    operation split over threads waits for the thread that lost its core, a scheduler's
+    time slice: the rows then time mostly the waiting (see the "load" rows), and both
+    sides of a ratio run on the same setting either way."""
+    before = torch.get_num_threads()
+    if os.getloadavg()[0] >= (os.cpu_count() or 1) / 2:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def mlp(sizes: Sequence[int], dtype: torch.dtype = torch.float32, seed: int = 0,

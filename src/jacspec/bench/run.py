@@ -3,6 +3,7 @@ table and the JSON file."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -25,6 +26,11 @@ PEERS = {"curvlinops": "curvlinops-for-pytorch", "hessian_eigenthings": "hessian
          "pyhessian": "pyhessian", "matfree": "matfree"}
 
 
+def _models(backend: str) -> Any:
+    """The backend's models module (``models_torch``, ...): it imports the framework."""
+    return importlib.import_module(f"{__package__}.models_{backend}")
+
+
 def configuration(backend: str, quick: bool) -> dict[str, Any]:
     """Backend, versions, device, threads and machine of this run."""
     import numpy as np
@@ -42,7 +48,7 @@ def configuration(backend: str, quick: bool) -> dict[str, Any]:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
     }
-    cfg.update(importlib.import_module(f"{__package__}.models_{backend}").describe())
+    cfg.update(_models(backend).describe())
     for peer, dist in PEERS.items():
         try:
             cfg[peer] = version(dist)
@@ -126,16 +132,19 @@ def main(backend: str | None = None, quick: bool = False,
         print(f"jacspec bench: backend {backend!r} is not benchmarked "
               f"(supported: {', '.join(BACKENDS)}).", file=sys.stderr)
         return 2
-    config = configuration(backends[0], quick)
-    for b in backends[1:]:
-        config.update({k: v for k, v in configuration(b, quick).items() if k not in config})
-    config["backend"] = "+".join(backends)
-    print("jacspec bench — configuration")
-    for k, v in config.items():
-        print(f"  {k}: {v}")
-    print(flush=True)
-    todo = [(b, g) for b in backends for g in groups(b, quick, only)]
-    rows = _run_groups(todo, quick)
+    with contextlib.ExitStack() as stack:
+        for b in backends:  # the backend's own setting for the bench (threads), if any
+            stack.enter_context(getattr(_models(b), "threads", contextlib.nullcontext)())
+        config = configuration(backends[0], quick)
+        for b in backends[1:]:
+            config.update({k: v for k, v in configuration(b, quick).items()
+                           if k not in config})
+        config["backend"] = "+".join(backends)
+        print("jacspec bench — configuration")
+        for k, v in config.items():
+            print(f"  {k}: {v}")
+        print(flush=True)
+        rows = _run_groups([(b, g) for b in backends for g in groups(b, quick, only)], quick)
     seconds = time.perf_counter() - t0
     print()
     print(format_table(rows))

@@ -19,18 +19,18 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["median_time", "interleaved_times", "paired_times", "loop_time", "ms", "repetitions",
-           "run_fresh", "reset_peak_rss", "peak_rss_mb", "busy_processes"]
+           "run_fresh", "reset_peak_rss", "peak_rss_mb", "BusyProcess", "loaded_times"]
 
 Sync = Callable[[Any], Any]
 
@@ -52,11 +52,13 @@ def median_time(fn: Callable[[], Any], reps: int, sync: Sync | None = None) -> f
 
 
 def interleaved_times(fns: dict[str, Callable[[], Any]], reps: int,
-                      sync: Sync | None = None) -> dict[str, float]:
+                      sync: Sync | None = None, *,
+                      seconds: Callable[[Any], float] | None = None) -> dict[str, float]:
     """Median wall time of each function, run in turn (``reps`` rounds after one
     warm-up round, the order rotating from round to round): a slow spell of a shared
     machine, or the cache state one function leaves to the next, then hits every side
-    alike."""
+    alike. ``seconds``: read each call's time from its output instead (a phase of the
+    call's work that it timed itself)."""
     ts: dict[str, list[float]] = {k: [] for k in fns}
     items = list(fns.items())
     for i in range(reps + 1):
@@ -67,7 +69,7 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], reps: int,
             if sync is not None:
                 sync(out)
             if i:
-                ts[k].append(time.perf_counter() - t0)
+                ts[k].append(time.perf_counter() - t0 if seconds is None else seconds(out))
     return {k: statistics.median(v) for k, v in ts.items()}
 
 
@@ -144,28 +146,46 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------------------- load
 
 
-@contextlib.contextmanager
-def busy_processes(n: int = 1) -> Iterator[None]:
-    """``n`` other processes spinning on a core each while the block runs: the machine
-    loaded as by a second user's job."""
-    procs = [subprocess.Popen([sys.executable, "-m", "jacspec.bench.timing", "spin"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(n)]
-    try:
+class BusyProcess:
+    """A second process spinning on a core: the machine loaded as by another user's job.
+    ``on()`` lets it run, ``off()`` stops it (``SIGSTOP``), so that quiet and loaded
+    timings can alternate round by round; ``close()`` ends it. A context manager."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-S", "-c", "while True: pass"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.2)  # started and spinning
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
+
+    def on(self) -> None:
+        self._proc.send_signal(signal.SIGCONT)
+
+    def off(self) -> None:
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+    def __enter__(self) -> BusyProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _spin() -> None:  # pragma: no cover - runs in the busy child process
-    x = 0
-    while True:
-        x += 1
+def loaded_times(fn: Callable[[], Any], reps: int, sync: Sync | None = None, *,
+                 seconds: Callable[[Any], float] | None = None) -> dict[str, float]:
+    """Median time of ``fn`` on the machine as it is (``"quiet"``) and with a
+    :class:`BusyProcess` running (``"loaded"``), the two in turn (see
+    :func:`interleaved_times`, also for ``seconds``)."""
+    with BusyProcess() as busy:
+        def quiet() -> Any:
+            busy.off()
+            return fn()
 
+        def loaded() -> Any:
+            busy.on()
+            return fn()
 
-if __name__ == "__main__" and sys.argv[1:] == ["spin"]:  # pragma: no cover
-    _spin()
+        return interleaved_times({"quiet": quiet, "loaded": loaded}, reps, sync,
+                                 seconds=seconds)

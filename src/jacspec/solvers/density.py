@@ -139,17 +139,25 @@ def _quadrature(p: Problem, steps: int, kind: str, v0: Array, count: Any
     if kind == "eig":
         s = init(p, v0, steps, two_sided=False, count=count)
         s = decompose(p, lanczos_step, s, steps, 1)
-        theta, S = xp.linalg.eigh(lanczos_matrix(p, s))
+        theta, S = xp.linalg.eigh(_finite(p, lanczos_matrix(p, s)))
         first = S[:, 0, :]
     else:
         s = init(p, v0, steps, two_sided=True, count=count)
         full = steps == p.n_in  # the last step of a full basis takes one product
         s = decompose(p, gkl_step, s, steps - full, 2)
         s = gkl_step(p, s) if full else s
-        svd = xp.linalg.svd(gkl_matrix(p, s))
+        svd = xp.linalg.svd(_finite(p, gkl_matrix(p, s)))
         theta, first = svd.S, p.conj(svd.Vh[:, :, 0])  # right vectors' first entries
     weights = xp.real(p.conj(first) * first) if p.is_complex else first * first
     return theta, weights, s.count
+
+
+def _finite(p: Problem, M: Array) -> Array:
+    """``M``, the projected matrix, after the eager check that the products were finite
+    (NaN/Inf would otherwise surface as the framework's factorization error; inside a
+    compiled piece they reach the nodes, which are checked after)."""
+    p.check_finite(M)
+    return M
 
 
 def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind: str = "eig",
