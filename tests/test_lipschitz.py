@@ -155,8 +155,8 @@ def _nnx_model(s: dict):
               (net.c3.kernel, s["w3"].transpose(2, 3, 1, 0)), (net.c3.bias, s["b3"]),
               (net.bn.scale, s["gamma"]), (net.bn.bias, s["beta"]), (net.bn.mean, s["mean"]),
               (net.bn.var, s["var"]), (net.fc.kernel, s["W"].T), (net.fc.bias, s["bW"])]
-    for var, value in values:
-        var[...] = jnp.asarray(value)
+    for var, value in values:  # (batch statistics are float32 in NNX)
+        var[...] = jnp.asarray(value, dtype=var[...].dtype)
     return net
 
 

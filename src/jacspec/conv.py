@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import validate as V
 from .backends import FLOAT_DTYPES, Backend, infer_backend, model_backend
 from .operators import LinearOperator
 
@@ -331,13 +332,13 @@ def _envelope(b: Backend, M: Array, norm: _Norm, factor: float = 1.0,
     (the envelope theorem; ``M`` unscaled). The value is rounded up into ``M``'s dtype,
     so that a certified bound stays one in the array returned."""
     from ._rounding import UNIT, round_up, times_pow2
+    from .solvers.svd import envelope
 
-    xp = b.xp
-    g = factor * xp.sum(norm.left * xp.matmul(M, norm.right))
     value = times_pow2(factor * norm.value * (1 + 4 * UNIT["float64"]), e)
     if norm.certified:
         value = round_up(value, b.dtype_name(M.dtype))
-    return g + b.stop_gradient(value - g)
+    Mtu = b.xp.matmul(b.xp.matrix_transpose(M), norm.left)[:, 0]
+    return envelope(b, factor * Mtu, norm.right[:, 0], value)
 
 
 #: Residual tolerance of the first, rough Lanczos estimates of the four norms.
@@ -605,7 +606,7 @@ def fantastic_four(weight: Array, *, layout: str | None = None,
     [9.0, 3.0, 3.0, 3.0, 3.0]
     """
     b, w = _weight(weight, layout)
-    return _oihw_fantastic_four(b, w, _check_tol(tol))
+    return _oihw_fantastic_four(b, w, V.check_tol(tol))
 
 
 #: Without ``input_size``, the frequency grid has this many points per kernel tap
@@ -766,15 +767,6 @@ def _times_pow2(b: Backend, x: Array, e: Any) -> Array:
     two = xp.asarray(2.0, dtype=x.dtype, device=b.device(x))
     return (x * two ** xp.astype(e1, x.dtype)) * two ** xp.astype(e - e1, x.dtype)
 
-
-def _check_tol(tol: Any) -> float | None:
-    if tol is None:
-        return None
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
-        raise TypeError(f"Expected tol to be a positive float or None. Received {tol!r}.")
-    if not 0 < float(tol) < 1:
-        raise ValueError(f"Expected 0 < tol < 1 (a relative accuracy). Received tol={tol!r}.")
-    return float(tol)
 
 
 def miyato(weight: Array, *, layout: str | None = None) -> Array:

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from . import validate as V
 from ._progress import progress
 from .backends import Backend, backend_of
-from .derivatives import _check_callable, _point
 from .operators import LinearOperator, half_eps, in_16_bits, solver_dtype
 
 __all__ = ["DatasetOperator", "dataset_hessian", "ggn"]
@@ -290,11 +290,11 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
     """Validate, differentiate the first batch once (a non-scalar loss fails here, before
     any product), and wrap the adapter's per-batch product: the Hessian of ``f`` when
     ``loss`` is None, else the GGN of ``loss`` after ``f``."""
-    _check_callable(f)
+    V.check_callable(f)
     if loss is not None:
-        _check_callable(loss)
+        V.check_callable(loss, "loss")
     _check_flags(distributed, group, progress)
-    backend, params = _point(params)
+    backend, params = V.point(params)
     if distributed:
         group = backend.distributed_group(group)
         data = backend.distributed_data(data, group=group)

@@ -5,67 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .backends import Backend, backend_of, collection_leaves, infer_backend, plain_collection
+from . import validate as V
 from .operators import LinearizationOperator, LinearOperator
 
 __all__ = ["jacobian", "hessian"]
-
-
-def _autodiff_backend(x: Any) -> tuple[Backend, Any]:
-    """The backend of ``x`` (an array or a parameter collection)."""
-    b = backend_of(x)
-    if b is None and not isinstance(x, (str, bytes)):
-        x = _materialize(x)
-        leaves = collection_leaves(x)
-        if leaves and all(backend_of(v) is not None for v in leaves):
-            b = infer_backend(*leaves, what="the parameters in x")
-    if b is None:
-        raise TypeError(
-            "Expected x to be an array of torch, jax or tensorflow (numpy has no autodiff)"
-            + ", or a non-empty collection of such arrays"
-            + f". Received {type(x).__module__}.{type(x).__qualname__}."
-        )
-    if not b.has_autodiff:
-        raise TypeError(
-            "Expected x to be a torch, jax or tensorflow array: NumPy has no automatic "
-            "differentiation, so js.jacobian / js.hessian cannot differentiate f. Received a "
-            "numpy array. Convert x (and f) to one of torch, jax or tensorflow, or pass an "
-            "explicit matrix to js.aslinearoperator."
-        )
-    return b, x
-
-
-def _point(x: Any) -> tuple[Backend, Any]:
-    """The backend of ``x``, an array or a parameter collection (materialized)."""
-    backend, x = _autodiff_backend(x)
-    if not backend.is_array(x) and not backend.is_param_collection(x):
-        raise TypeError(
-            "Expected x to be an array or a collection (list, tuple, dict) of "
-            f"{backend.name} arrays. Received {type(x).__name__}."
-        )
-    return backend, x
-
-
-def _is_iterator(x: Any) -> bool:
-    return hasattr(x, "__next__") and hasattr(x, "__iter__")
-
-
-def _materialize(x: Any) -> Any:
-    """``named_parameters()`` iterators and lists of ``(name, tensor)`` become dicts, a
-    framework's parameter container (torch ``ParameterList``) its list or dict."""
-    x = plain_collection(x)
-    if _is_iterator(x):
-        x = list(x)
-    if isinstance(x, list) and x and all(
-        isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], str) for t in x
-    ):
-        return dict(x)
-    return x
-
-
-def _check_callable(f: Any) -> None:
-    if not callable(f):
-        raise TypeError(f"Expected f to be callable. Received {type(f).__name__}.")
 
 
 def jacobian(f: Callable, x: Any, *, batched: bool = False, dtype: Any = None
@@ -137,8 +80,8 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False, dtype: Any = None
     >>> tuple(js.dense(Jp @ Jp.T).shape)  # the empirical NTK, (samples x outputs)^2
     (8, 8)
     """
-    _check_callable(f)
-    backend, x = _point(x)
+    V.check_callable(f)
+    backend, x = V.point(x)
     lin = backend.linearize(f, x, batched=bool(batched))
     return LinearizationOperator(lin, x, backend, kind="jacobian", dtype=dtype)
 
@@ -266,8 +209,8 @@ def hessian(
             "Expected distributed, group and progress only with data= (dataset "
             "operators). Received them without data."
         )
-    _check_callable(f)
-    backend, x = _point(x)
+    V.check_callable(f)
+    backend, x = V.point(x)
     lin = backend.hessian_linearization(f, x, batched=bool(batched), hvp=hvp)
     return LinearizationOperator(lin, x, backend, kind="hessian", dtype=dtype)
 

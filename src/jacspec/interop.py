@@ -95,7 +95,7 @@ def dense(op: LinearOperator) -> Any:
     """
     op = _as_operator(op)
     M = materialize(op, grad=True)
-    b = op._backend
+    b = op.backend_impl
     if not b.is_traced(M) and not b.all_finite(M):
         raise FloatingPointError(f"Materializing {op!r} produced NaN or Inf.")
     return M
@@ -127,7 +127,7 @@ def to_scipy(op: LinearOperator) -> Any:
             "Expected an unbatched operator for to_scipy (batch_shape ()). "
             f"Received batch_shape {op.batch_shape}; index the batch first."
         )
-    b = op._backend
+    b = op.backend_impl
     out_dtype = np.complex128 if op.is_complex else np.float64
 
     def apply(V: np.ndarray, adjoint: bool) -> np.ndarray:

@@ -107,7 +107,14 @@ class LinearOperator:
     # -- metadata --------------------------------------------------------------------
     @property
     def backend(self) -> str:
+        """The framework's name: ``"numpy"``, ``"torch"``, ``"jax"`` or ``"tensorflow"``."""
         return self._backend.name
+
+    @property
+    def backend_impl(self) -> Backend:
+        """The :class:`~jacspec.backends.Backend` adapter of the operator's framework:
+        what jacspec's solvers and extensions ask for arrays, products and loops."""
+        return self._backend
 
     @property
     def xp(self) -> Any:
@@ -168,7 +175,7 @@ class LinearOperator:
 
     def _staged_form(self) -> tuple[Hashable, Any, Callable[[Any], LinearOperator]] | None:
         """``(key, state, rebuild)`` where the products are one program on some arrays
-        (compiled pieces of an eager solve, ``Context.stage_solve``): ``key`` the
+        (compiled pieces of an eager solve, ``Problem.staging``): ``key`` the
         program's structure, ``state`` the arrays, ``rebuild(state)`` the same operator on
         other (traced) arrays. ``rebuild`` keeps none of this operator's arrays: compiled
         functions are cached by key. None where the operator cannot tell."""
@@ -317,7 +324,7 @@ class _AdjointOperator(LinearOperator):
         super().__init__(
             (op.shape[1], op.shape[0]),
             dtype=op.dtype,
-            backend=op._backend,
+            backend=op.backend_impl,
             device=op.device,
             batch_shape=op.batch_shape,
         )
@@ -341,7 +348,7 @@ class _BroadcastOperator(LinearOperator):
     """An unbatched operator applied to every member of a batch of vectors."""
 
     def __init__(self, op: LinearOperator, batch_shape: tuple[int, ...]) -> None:
-        super().__init__(op.shape, dtype=op.dtype, backend=op._backend, device=op.device,
+        super().__init__(op.shape, dtype=op.dtype, backend=op.backend_impl, device=op.device,
                          batch_shape=batch_shape)
         self.op = op
 
@@ -370,8 +377,8 @@ class _SumOperator(LinearOperator):
                 f"Expected operators of the same shape to add. Received {a.shape} and {b.shape}."
             )
         batch = _broadcast_batch(a.batch_shape, b.batch_shape)
-        super().__init__(a.shape, dtype=_result_dtype(a._backend, a.dtype, b.dtype),
-                         backend=a._backend, device=a.device, batch_shape=batch)
+        super().__init__(a.shape, dtype=_result_dtype(a.backend_impl, a.dtype, b.dtype),
+                         backend=a.backend_impl, device=a.device, batch_shape=batch)
         self.a, self.b, self.sign = _lift(a, batch), _lift(b, batch), sign
 
     @property
@@ -404,9 +411,9 @@ class _ScaledOperator(LinearOperator):
                 )
         dtype = op.dtype
         if isinstance(c, complex) and not op.is_complex:
-            name = "complex128" if op._backend.dtype_name(op.dtype) == "float64" else "complex64"
-            dtype = op._backend.dtype_from_name(name)
-        super().__init__(op.shape, dtype=dtype, backend=op._backend, device=op.device,
+            name = "complex128" if op.backend_impl.dtype_name(op.dtype) == "float64" else "complex64"
+            dtype = op.backend_impl.dtype_from_name(name)
+        super().__init__(op.shape, dtype=dtype, backend=op.backend_impl, device=op.device,
                          batch_shape=op.batch_shape)
         self.op, self.c = op, c
 
@@ -440,8 +447,8 @@ class _ProductOperator(LinearOperator):
             )
         batch = _broadcast_batch(a.batch_shape, b.batch_shape)
         super().__init__((a.shape[0], b.shape[1]),
-                         dtype=_result_dtype(a._backend, a.dtype, b.dtype),
-                         backend=a._backend, device=a.device, batch_shape=batch)
+                         dtype=_result_dtype(a.backend_impl, a.dtype, b.dtype),
+                         backend=a.backend_impl, device=a.device, batch_shape=batch)
         self.a, self.b = _lift(a, batch), _lift(b, batch)
 
     def _mm(self, V, *, adjoint=False, grad=False):
@@ -693,7 +700,7 @@ def rowsum_diagonal(op: LinearOperator) -> LinearOperator:
         ones = xp.ones(op.batch_shape + (n, 1), dtype=op.dtype, device=op.device)
         return op._mm(ones, grad=grad)[..., 0]
 
-    D = DiagonalOperator(rowsums, size=n, dtype=op.dtype, backend=op._backend,
+    D = DiagonalOperator(rowsums, size=n, dtype=op.dtype, backend=op.backend_impl,
                          device=op.device, batch_shape=op.batch_shape)
     D.source = op  # its values come from op's products (and are traced where they are)
     return D

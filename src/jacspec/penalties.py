@@ -30,11 +30,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import validate as V
-from .backends import Backend, backend_of
+from .backends import Backend
 from .derivatives import hessian, jacobian
 from .interop import materialize
 from .operators import LinearOperator, rowsum_diagonal
 from .solvers.solve import check_budget, resolve_method, solve_svd
+from .solvers.svd import envelope
 
 __all__ = ["spectral", "frobenius", "gradient_norm", "conv_bound"]
 
@@ -45,26 +46,8 @@ DERIVATIVES = ("jacobian", "hessian")
 
 
 def _check_x(x: Any, what: str = "x") -> Backend:
-    b = backend_of(x)
-    if b is None:
-        raise TypeError(
-            f"Expected {what} to be a torch, jax or tensorflow array. "
-            f"Received {type(x).__module__}.{type(x).__qualname__}."
-        )
-    if not b.has_autodiff:
-        raise TypeError(
-            f"Expected {what} to be a torch, jax or tensorflow array: penalties are "
-            "differentiated by the framework's autodiff, and NumPy has none. Received a "
-            "numpy array."
-        )
-    if len(x.shape) == 0:
-        raise ValueError(
-            f"Expected {what} with a leading batch axis, shape (B, ...). Received shape ()."
-        )
-    if int(x.shape[0]) == 0:
-        raise ValueError(
-            f"Expected a non-empty batch. Received {what} of shape {tuple(x.shape)}."
-        )
+    b, _ = V.autodiff_backend(x, what, why="penalties cannot be differentiated")
+    V.batch(x, what)
     return b
 
 
@@ -204,8 +187,7 @@ def spectral(
     method = V.choice(method, V.METHODS, "method")
     maxiter = V.check_maxiter(maxiter)
     seed = V.check_seed(seed)
-    if not callable(f):
-        raise TypeError(f"Expected f to be callable. Received {type(f).__name__}.")
+    V.check_callable(f)
     b = _check_x(x)
     xp = b.xp
 
@@ -235,13 +217,8 @@ def spectral(
     w = op._mm(u[..., None], adjoint=True, grad=True)[..., 0]  # (B, n): (A - A0)^T u
     if squared:
         per_sample = xp.sum(w * w, axis=-1)
-    else:
-        # ||w|| written as <w, w_hat> with w_hat = w / ||w|| held constant: the same value
-        # and gradient, but no NaN gradient where w = 0 (e.g. a symmetric A, "transpose").
-        w_hat = b.stop_gradient(w)
-        nrm = xp.linalg.vector_norm(w_hat, axis=-1)
-        w_hat = w_hat / xp.where(nrm > 0, nrm, xp.ones_like(nrm))[:, None]
-        per_sample = xp.sum(w * w_hat, axis=-1)
+    else:  # no NaN gradient where w = 0 (e.g. a symmetric A, "transpose")
+        per_sample = envelope(b, w)
     value = _finite(b, xp.mean(per_sample), "js.penalties.spectral")
     return (value, u) if return_vectors else value
 
@@ -299,8 +276,7 @@ def frobenius(
     >>> float(js.penalties.frobenius(lambda z: z @ W.T, torch.ones(3, 2), num_projections=None))
     25.0
     """
-    if not callable(f):
-        raise TypeError(f"Expected f to be callable. Received {type(f).__name__}.")
+    V.check_callable(f)
     b = _check_x(x)
     if num_projections is not None:
         num_projections = V.check_positive_int(num_projections, "num_projections")
@@ -355,14 +331,8 @@ def gradient_norm(loss_fn: Callable, x: Array) -> Array:
     >>> float(js.penalties.gradient_norm(lambda z: (z**2).sum(dim=1), x))  # mean of |2 x_i|^2
     28.0
     """
-    if not callable(loss_fn):
-        raise TypeError(f"Expected loss_fn to be callable. Received {type(loss_fn).__name__}.")
-    b = backend_of(x)
-    if b is None or not b.has_autodiff:
-        raise TypeError(
-            "Expected x to be a torch, jax or tensorflow array (NumPy has no autodiff). "
-            f"Received {type(x).__module__}.{type(x).__qualname__}."
-        )
+    V.check_callable(loss_fn, "loss_fn")
+    b, _ = V.autodiff_backend(x, why="the gradient norm cannot be differentiated")
     xp = b.xp
     if len(x.shape) >= 1 and int(x.shape[0]) == 0:
         raise ValueError(f"Expected a non-empty x. Received shape {tuple(x.shape)}.")

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from . import validate as V
 from ._progress import progress as progress_display
-from .backends import Backend, backend_of
+from .backends import Backend
 from .derivatives import jacobian
 
 __all__ = ["slope", "SlopeResult", "QUANTILE_LEVELS"]
@@ -231,26 +232,9 @@ def slope(
     >>> round(float(res.mean), 4)
     3.0
     """
-    if not callable(f):
-        raise TypeError(f"Expected f to be callable. Received {type(f).__name__}.")
-    b = backend_of(X)
-    if b is None:
-        raise TypeError(
-            "Expected X to be a torch, jax or tensorflow array. "
-            f"Received {type(X).__module__}.{type(X).__qualname__}."
-        )
-    if not b.has_autodiff:
-        raise TypeError(
-            "Expected X to be a torch, jax or tensorflow array: the slope needs the "
-            "framework's autodiff for Jacobians, and NumPy has none. Received a numpy array."
-        )
-    if len(X.shape) == 0:
-        raise ValueError("Expected X with a leading batch axis, shape (N, ...). Received shape ().")
-    N = int(X.shape[0])
-    if N == 0:
-        raise ValueError(
-            f"Expected a non-empty X (at least one data point). Received shape {tuple(X.shape)}."
-        )
+    V.check_callable(f)
+    b, _ = V.autodiff_backend(X, "X", why="the slope has no Jacobians")
+    N = V.batch(X, "X", axis_name="N")
     if isinstance(num_between, bool) or not isinstance(num_between, int) or num_between < 0:
         raise ValueError(f"Expected num_between to be an integer >= 0. Received {num_between!r}.")
     if num_between > 0 and N < 2:

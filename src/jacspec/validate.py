@@ -1,4 +1,11 @@
-"""Argument checks shared by the public functions (run before any product)."""
+"""Argument checks of the public functions: each public function validates its
+arguments in one step, here, before any product (as SciPy's ``_iv`` functions do); a
+check that several functions share is written once.
+
+Errors follow SPEC's rules: ``TypeError`` for a wrong kind of object (a NumPy array
+where autodiff is needed, a non-array, a non-callable), ``ValueError`` for shapes,
+sizes and values.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import Backend, backend_of, collection_leaves, infer_backend, plain_collection
 from .operators import LinearOperator
 
 METHODS = ("auto", "dense", "lanczos", "power")
@@ -54,7 +62,7 @@ def check_k(k: Any, op: LinearOperator) -> int:
 
 
 def real_dtype_name(op: LinearOperator) -> str:
-    name = op._backend.dtype_name(op.dtype)
+    name = op.backend_impl.dtype_name(op.dtype)
     return {"complex64": "float32", "complex128": "float64"}.get(name, name)
 
 
@@ -64,14 +72,16 @@ def default_tol(op: LinearOperator) -> float:
     return max(float(np.sqrt(np.finfo(real_dtype_name(op)).eps)), 8.0 * op.product_eps)
 
 
-def check_tol(tol: Any, op: LinearOperator) -> float:
+def check_tol(tol: Any, op: LinearOperator | None = None) -> float | None:
+    """A relative accuracy: a real ``0 < tol < 1``; ``None`` is the default
+    ``sqrt(eps)`` of ``op``'s dtype (stays ``None`` without ``op``)."""
     if tol is None:
-        return default_tol(op)
+        return None if op is None else default_tol(op)
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
         raise TypeError(f"Expected tol to be a positive float or None. Received {tol!r}.")
     tol = float(tol)
-    if not tol > 0 or not np.isfinite(tol):
-        raise ValueError(f"Expected tol > 0 (a relative accuracy). Received tol={tol!r}.")
+    if not 0 < tol < 1:
+        raise ValueError(f"Expected 0 < tol < 1 (a relative accuracy). Received tol={tol!r}.")
     return tol
 
 
@@ -141,3 +151,78 @@ def check_common(op: LinearOperator, k: int, tol: Any, maxiter: Any, seed: Any, 
     if ncv is not None:
         ncv = check_positive_int(ncv, "ncv", minimum=k + 1)
     return k, tol, maxiter, seed, v0, ncv
+
+
+# ------------------------------------------------------------- points of autodiff
+
+
+def check_callable(f: Any, name: str = "f") -> None:
+    if not callable(f):
+        raise TypeError(f"Expected {name} to be callable. Received {type(f).__name__}.")
+
+
+def autodiff_backend(x: Any, what: str = "x", *, why: str = "",
+                     collections: bool = False) -> tuple[Backend, Any]:
+    """The backend of ``x``, an array of a framework with automatic differentiation
+    (torch, jax, tensorflow), and ``x`` itself (with ``collections``: also a non-empty
+    parameter collection of such arrays, ``named_parameters()`` materialized). ``why``:
+    what needs the autodiff, for the message about NumPy."""
+    b = backend_of(x)
+    if b is None and collections and not isinstance(x, (str, bytes)):
+        x = _materialize(x)
+        leaves = collection_leaves(x)
+        if leaves and all(backend_of(v) is not None for v in leaves):
+            b = infer_backend(*leaves, what=f"the parameters in {what}")
+    if b is None:
+        kinds = ", or a non-empty collection of such arrays" if collections else ""
+        raise TypeError(
+            f"Expected {what} to be an array of torch, jax or tensorflow{kinds}. "
+            f"Received {type(x).__module__}.{type(x).__qualname__}."
+        )
+    if not b.has_autodiff:
+        raise TypeError(
+            f"Expected {what} to be a torch, jax or tensorflow array: NumPy has no "
+            f"automatic differentiation{', so ' + why if why else ''}. Received a numpy "
+            "array."
+        )
+    return b, x
+
+
+def point(x: Any) -> tuple[Backend, Any]:
+    """The backend of the point ``x`` of a Jacobian or Hessian (an array or a parameter
+    collection, materialized) and ``x``."""
+    b, x = autodiff_backend(
+        x, why="js.jacobian / js.hessian cannot differentiate f. Convert x (and f) to "
+        "one of torch, jax or tensorflow, or pass an explicit matrix to "
+        "js.aslinearoperator", collections=True)
+    if not b.is_array(x) and not b.is_param_collection(x):
+        raise TypeError(
+            "Expected x to be an array or a collection (list, tuple, dict) of "
+            f"{b.name} arrays. Received {type(x).__name__}."
+        )
+    return b, x
+
+
+def batch(x: Any, what: str = "x", *, axis_name: str = "B") -> int:
+    """The size of ``x``'s leading batch axis, which must exist and be non-empty."""
+    if len(x.shape) == 0:
+        raise ValueError(f"Expected {what} with a leading batch axis, shape ({axis_name}, "
+                         "...). Received shape ().")
+    n = int(x.shape[0])
+    if n == 0:
+        raise ValueError(f"Expected a non-empty batch. Received {what} of shape "
+                         f"{tuple(x.shape)}.")
+    return n
+
+
+def _materialize(x: Any) -> Any:
+    """``named_parameters()`` iterators and lists of ``(name, tensor)`` become dicts, a
+    framework's parameter container (torch ``ParameterList``) its list or dict."""
+    x = plain_collection(x)
+    if hasattr(x, "__next__") and hasattr(x, "__iter__"):
+        x = list(x)
+    if isinstance(x, list) and x and all(
+        isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], str) for t in x
+    ):
+        return dict(x)
+    return x

@@ -250,6 +250,24 @@ def _grad(outputs, inputs, grad_outputs, *, create_graph: bool, batched: bool):
     )
 
 
+def _hvp(grads, leaves: list[torch.Tensor], lay: _Layout, V: torch.Tensor,
+         like: torch.Tensor, *, create_graph: bool = False, retain_graph: bool = True
+         ) -> torch.Tensor:
+    """Hessian-vector products by double backward: ``H V`` from ``grads``, the
+    gradients (taken with ``create_graph``) of a scalar with respect to ``leaves``. ``V``
+    is one vector ``bshape + (n,)`` or ``k`` columns ``bshape + (n, k)`` (one batched
+    backward); leaves the gradient does not reach give zeros."""
+    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    if not live:
+        return torch.zeros(V.shape, dtype=like.dtype, device=like.device)
+    single = V.ndim == len(lay.bshape) + 1
+    parts = lay.split(V) if single else lay.split_cols(V)
+    res = torch.autograd.grad([grads[i] for i in live], leaves, [parts[i] for i in live],
+                              retain_graph=retain_graph, create_graph=create_graph,
+                              allow_unused=True, is_grads_batched=not single)
+    return lay.join(res, like) if single else lay.join_cols(res, int(V.shape[-1]), like)
+
+
 class _SolverLinalg:
     """``array_api_compat.torch.linalg`` with ``vector_norm`` bound to torch directly."""
 
@@ -576,42 +594,22 @@ class TorchBackend(Backend):
         check_scalar_output(tuple(y.shape), bshape)
         lay = _Layout(leaves, bshape)
         n = lay.n
-        grads = st["grads"]
-        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         differentiable = _differentiable(y, leaves, values_in)
 
-        def hvp_vec(v: torch.Tensor, grad: bool) -> torch.Tensor:
-            """``H v`` for single vectors ``bshape + (n,)``, no reshape where the shapes
-            already agree (the Krylov solvers' steps)."""
-            if not live:
-                return torch.zeros(bshape + (n,), dtype=y.dtype, device=y.device)
-            parts = lay.split(v)
-            res = _retry_freed(
-                lambda: _grad([st["grads"][i] for i in live], leaves,
-                              [parts[i] for i in live], create_graph=grad, batched=False),
-                forward,
-            )
-            return lay.join(res, y)
+        def hvp(V: torch.Tensor, grad: bool) -> torch.Tensor:
+            return _retry_freed(
+                lambda: _hvp(st["grads"], leaves, lay, V, y, create_graph=grad), forward)
 
         @_autograd_on
         def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
             grad = grad and differentiable and torch.is_grad_enabled()
-            k = V.shape[-1]
-            if k == 1:
-                return hvp_vec(V[..., 0], grad)[..., None]
-            if not live:
-                return torch.zeros(bshape + (n, k), dtype=y.dtype, device=y.device)
-            parts = lay.split_cols(V)
-            res = _retry_freed(
-                lambda: _grad([st["grads"][i] for i in live], leaves,
-                              [parts[i] for i in live], create_graph=grad, batched=True),
-                forward,
-            )
-            return lay.join_cols(res, k, y)
+            if V.shape[-1] == 1:  # a single vector: no batched backward
+                return hvp(V[..., 0], grad)[..., None]
+            return hvp(V, grad)
 
         @_autograd_on
         def mv(v: torch.Tensor) -> torch.Tensor:  # single vectors, no gradient
-            return hvp_vec(v, False)
+            return hvp(v, False)
 
         return Linearization(y=y, n=n, m=n, batch_shape=bshape, mm=mm, rmm=mm, mv=mv,
                              rmv=mv)
@@ -629,18 +627,9 @@ class TorchBackend(Backend):
             with _forward_mode(f, None) as guard, _math_kernels():
                 y = guard.result(f(arg, batch))
                 grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
-            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-            k = V.shape[-1]
-            if not live:
-                return torch.zeros_like(V)
-            if k == 1:
-                parts = lay.split(V[:, 0])
-            else:
-                parts = lay.split_cols(V)
-            res = torch.autograd.grad([grads[i] for i in live], leaves,
-                                      [parts[i] for i in live], allow_unused=True,
-                                      is_grads_batched=k > 1)
-            return lay.join(res, V)[:, None] if k == 1 else lay.join_cols(res, k, V)
+            if V.shape[-1] == 1:
+                return _hvp(grads, leaves, lay, V[:, 0], V, retain_graph=False)[:, None]
+            return _hvp(grads, leaves, lay, V, V, retain_graph=False)
 
         return prod
 

@@ -60,9 +60,9 @@ def digits_cnn_torch(quick: bool) -> list[Row]:
 def resnet_torch(quick: bool) -> list[Row]:
     import torch
 
-    from .models_torch import ResNet18
-
     import jacspec as js
+
+    from .models_torch import ResNet18
 
     torch.manual_seed(0)
     net = ResNet18(width=64).eval()

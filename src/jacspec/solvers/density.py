@@ -25,9 +25,8 @@ import numpy as np
 
 from .. import validate as V
 from ..backends import Backend, backend_of
-from .context import Context
-from .driver import GKL, LANCZOS, min_products
 from .krylov import decompose, gkl_step, init, lanczos_step
+from .problem import Problem
 from .ritz import gkl_matrix, lanczos_matrix
 
 __all__ = ["SpectralDensity", "spectral_density"]
@@ -120,43 +119,45 @@ class SpectralDensity:
         return ax
 
 
-def _probes(ctx: Context, count: int) -> list[Array]:
-    """``count`` unit probes ``(B, n_in)``, orthonormal within groups of ``n_in``."""
-    xp, n = ctx.xp, ctx.n_in
+def _probes(p: Problem, count: int) -> list[Array]:
+    """``count`` unit probes ``(B, n_in)``, orthonormal within groups of ``n_in`` (a
+    draw of the seed each)."""
+    xp, n = p.xp, p.n_in
     out: list[Array] = []
     while len(out) < count:
         g = min(n, count - len(out))
-        Q = xp.linalg.qr(ctx.random((ctx.B, n, g))).Q  # (B, n, g)
+        Q = xp.linalg.qr(p.random((p.B, n, g), 1 + len(out) // n)).Q  # (B, n, g)
         out += [Q[:, :, i] for i in range(g)]
     return out
 
 
-def _quadrature(ctx: Context, v0: Array, steps: int, kind: str) -> tuple[Array, Array]:
-    """Nodes and weights ``(B, steps)`` of one probe."""
-    xp = ctx.xp
+def _quadrature(p: Problem, steps: int, kind: str, v0: Array, count: Any
+                ) -> tuple[Array, Array, Any]:
+    """Nodes and weights ``(B, steps)`` of one probe, and the product count after it
+    (``count`` before): a piece of an eager solve (``Problem.stage``)."""
+    xp = p.xp
     if kind == "eig":
-        s = decompose(ctx, lanczos_step, init(ctx, v0, steps, two_sided=False), steps, 1)
-        theta, S = xp.linalg.eigh(_finite(ctx, lanczos_matrix(ctx, s)))
+        s = init(p, v0, steps, two_sided=False, count=count)
+        s = decompose(p, lanczos_step, s, steps, 1)
+        theta, S = xp.linalg.eigh(_finite(p, lanczos_matrix(p, s)))
         first = S[:, 0, :]
     else:
-        s = decompose(ctx, gkl_step, init(ctx, v0, steps, two_sided=True), steps, 2)
-        svd = xp.linalg.svd(_finite(ctx, gkl_matrix(ctx, s)))
-        theta, first = svd.S, ctx.conj(svd.Vh[:, :, 0])  # right vectors' first entries
-    weights = xp.real(ctx.conj(first) * first) if ctx.is_complex else first * first
-    return theta, weights
+        s = init(p, v0, steps, two_sided=True, count=count)
+        full = steps == p.n_in  # the last step of a full basis takes one product
+        s = decompose(p, gkl_step, s, steps - full, 2)
+        s = gkl_step(p, s) if full else s
+        svd = xp.linalg.svd(_finite(p, gkl_matrix(p, s)))
+        theta, first = svd.S, p.conj(svd.Vh[:, :, 0])  # right vectors' first entries
+    weights = xp.real(p.conj(first) * first) if p.is_complex else first * first
+    return theta, weights, s.count
 
 
-def _finite(ctx: Context, M: Array) -> Array:
+def _finite(p: Problem, M: Array) -> Array:
     """``M``, the projected matrix, after the eager check that the products were finite
     (NaN/Inf would otherwise surface as the framework's factorization error; inside a
     compiled piece they reach the nodes, which are checked after)."""
-    ctx.check_finite(M)
+    p.check_finite(M)
     return M
-
-
-def _quadrature_at(ctx: Context, steps: int, kind: str, v0: Array) -> tuple[Array, Array]:
-    """:func:`_quadrature` as a piece of an eager solve (``Context.stage``)."""
-    return _quadrature(ctx, v0, steps, kind)
 
 
 def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind: str = "eig",
@@ -211,21 +212,20 @@ def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind:
     probes = V.check_positive_int(num_probes, "num_probes")
     steps = V.check_positive_int(num_steps, "num_steps")
     seed = V.check_seed(seed)
-    ctx = Context(op, seed=seed)
-    steps = min(steps, ctx.n_in)
-    with op._backend.no_grad():
-        ctx.stage_solve("density", kind, steps)
-        quadrature = ctx.stage("quadrature", _quadrature_at, steps, kind)
-        runs = []
-        for v in _probes(ctx, probes):
-            runs.append(quadrature(v))
-            if ctx.staged:  # a compiled piece counts on a copy: count what plain steps do
-                ctx.count += min_products(LANCZOS if kind == "eig" else GKL, steps, ctx.n_in)
-    xp = ctx.xp
+    p = Problem.of(op, seed=seed)
+    steps = min(steps, p.n_in)
+    with op.backend_impl.no_grad():
+        p = p.staging("density", kind, steps)
+        quadrature = p.stage("quadrature", _quadrature, steps, kind)
+        runs, count = [], p.counter(0)
+        for v in _probes(p, probes):
+            *run, count = quadrature(v, count)
+            runs.append(run)
+    xp = p.xp
     nodes = xp.stack([r[0] for r in runs], axis=1)  # (B, P, S)
     weights = xp.stack([r[1] for r in runs], axis=1)
-    ctx.check_finite(nodes, "spectral density")
+    p.check_finite(nodes, "spectral density")
     if not op.batch_shape:
         nodes, weights = nodes[0], weights[0]
-    b = op._backend
-    return SpectralDensity(b.stop_gradient(nodes), b.stop_gradient(weights), kind, ctx.n_in, b)
+    b = op.backend_impl
+    return SpectralDensity(b.stop_gradient(nodes), b.stop_gradient(weights), kind, p.n_in, b)

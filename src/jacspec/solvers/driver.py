@@ -12,12 +12,12 @@ host read is possible: a fixed budget of steps runs (:func:`run_budget`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import ritz
-from .context import Context, warn_unconverged
-from .krylov import KrylovState, decompose, gkl_step, init, lanczos_step
+from .krylov import Krylov, KrylovState, decompose, init
+from .problem import Problem, warn_unconverged
+from .ritz import KrylovResult
 
 Array = Any
 
@@ -36,30 +36,6 @@ PROBES = 8
 TRUE_RESIDUAL_MARGIN = 10.0
 
 
-class KrylovResult(NamedTuple):
-    """Top Ritz values/vectors of a batch of problems (arrays with a leading B)."""
-
-    values: Array  # (B, k) real
-    left: Array  # (B, n_out, k) (GKL) or None
-    right: Array  # (B, n_in, k)
-    residuals: Array  # (B, k) real
-    converged: Array  # (B, k) bool
-    num_matvecs: int
-
-
-class Krylov(NamedTuple):
-    """A decomposition as the driver sees it."""
-
-    name: str
-    step: Callable[[Context, KrylovState], KrylovState]
-    per_step: int  # products a step
-    two_sided: bool
-
-
-GKL = Krylov("Golub-Kahan-Lanczos", gkl_step, 2, True)
-LANCZOS = Krylov("Lanczos", lanczos_step, 1, False)
-
-
 def basis_sizes(r: int, k: int, ncv: int | None, steps: int | None = None
                 ) -> tuple[int, int, int]:
     """``(jmin, jmax, keep)``: the smallest basis that may be accepted, the basis size
@@ -75,42 +51,34 @@ def basis_sizes(r: int, k: int, ncv: int | None, steps: int | None = None
     return jmin, jmax, keep
 
 
-def min_products(alg: Krylov, k: int, r: int) -> int:
-    """Products that produce ``k`` Ritz values: ``k`` steps (GKL's last step of a full
-    basis takes one product)."""
-    return k * alg.per_step - (1 if alg.two_sided and k == r else 0)
-
-
-def krylov_solve(ctx: Context, alg: Krylov, k: int, *, tol: float, maxiter: int | None,
+def krylov_solve(p: Problem, alg: Krylov, k: int, *, tol: float, maxiter: int | None,
                  v0: Array | None = None, ncv: int | None = None, which: str = "LM",
-                 vectors: bool = True) -> KrylovResult:
+                 vectors: bool = True, count: int = 0) -> KrylovResult:
     """The top ``k`` singular triplets (GKL; iterate from the smaller side) or wanted
-    eigenpairs (Lanczos) of ``ctx``'s operator, to relative accuracy ``tol``."""
-    r = ctx.n_in
-    # A coupling below tol (relative) is an invariant subspace to the requested
-    # accuracy: treated as a breakdown, so that other copies of a repeated value show.
-    ctx.bd_rtol = max(ctx.eps ** 0.75, min(tol, 1e-2))
-    if ctx.traced and maxiter is None:  # to tol under the framework's while loop
+    eigenpairs (Lanczos) of ``p``'s operator, to relative accuracy ``tol``, after
+    ``count`` products (those that made ``v0``)."""
+    r = p.n_in
+    p = p.with_tol(tol)
+    if p.traced and maxiter is None:  # to tol under the framework's while loop
         jmin, jmax, keep = basis_sizes(r, k, ncv)
-        s = run_to_tol(ctx, alg, init(ctx, v0, jmax, two_sided=alg.two_sided), k, tol,
+        s = run_to_tol(p, alg, init(p, v0, jmax, two_sided=alg.two_sided, count=count), k, tol,
                        which, jmin, keep)
-        return finish(ctx, alg, s, k, tol, which, jmin, vectors)
-    if ctx.traced:
+        return finish(p, alg, s, k, tol, which, jmin, vectors)
+    if p.traced:
         steps = (maxiter + alg.per_step - 1) // alg.per_step
         jmin, jmax, keep = basis_sizes(r, k, ncv, steps)
-        s = run_budget(ctx, alg, init(ctx, v0, jmax, two_sided=alg.two_sided), maxiter,
+        s = run_budget(p, alg, init(p, v0, jmax, two_sided=alg.two_sided, count=count), maxiter,
                        keep, which)
-        return finish(ctx, alg, s, k, tol, which, jmin, vectors)
+        return finish(p, alg, s, k, tol, which, jmin, vectors)
     jmin, jmax, keep = basis_sizes(r, k, ncv)
     limit = maxiter if maxiter is not None else max(DEFAULT_MAXITER, alg.per_step * r)
-    ctx.stage_solve("krylov", alg, k, tol, which, jmax, vectors)
-    steps = _Steps(ctx, alg, ctx.stage("init", _init, jmax, alg.two_sided)(v0)._replace(j=0))
-    ctx.draws = 1  # the start vector's draw (taken inside the piece where staged)
+    p = p.staging("krylov", alg, k, tol, which, jmax, vectors)
+    steps = _Steps(p, alg, p.stage("init", _init, jmax, alg.two_sided)(v0, count)._replace(j=0))
     sched = _Schedule(tol)
-    verify = _Verify(ctx, k)
+    verify = _Verify(p, k)
     jcheck = min(r, jmin + FIRST_CHECK_DELAY)
     since, found = 0, None
-    while steps.j < r and not (steps.j and ctx.count + _cost(alg, steps.j, r) > limit):
+    while steps.j < r and not (steps.j and steps.count + _cost(alg, steps.j, r) > limit):
         steps.step()
         since += 1
         if steps.j == r:
@@ -118,48 +86,54 @@ def krylov_solve(ctx: Context, alg: Krylov, k: int, *, tol: float, maxiter: int 
         if steps.j >= jmin and ((steps.j >= jcheck and since >= sched.gap)
                                 or steps.j == jmax):
             since = 0
-            checked = _check(ctx, alg, steps.state(), k, tol, which, sched)
+            checked = _check(p, alg, steps.state(), k, tol, which, sched)
             if checked is not None and verify.accept(checked[1]):
                 found = checked[0]
                 break
             steps.force(verify.take())
         if steps.j == jmax:
             steps.restart(keep, which)
-    return finish(ctx, alg, steps.state(), k, tol, which, jmin, vectors, found)
+    return finish(p, alg, steps.state(), k, tol, which, jmin, vectors, found)
 
 
 class _Steps:
     """The driver's steps: taken one at a time, or, in a staged solve (see
-    ``Context.stage``), as one compiled run of the steps between two of the driver's
-    decisions (which depend on host counters only)."""
+    ``Problem.stage``), as one compiled run of the steps between two of the driver's
+    decisions (which depend on host counters only: the row and the product count)."""
 
-    def __init__(self, ctx: Context, alg: Krylov, s: KrylovState) -> None:
-        self.ctx, self.alg, self.s, self.pending = ctx, alg, s, 0
+    def __init__(self, p: Problem, alg: Krylov, s: KrylovState) -> None:
+        self.p, self.alg, self.s, self.pending = p, alg, s, 0
 
     @property
     def j(self) -> int:
         return self.s.j + self.pending
 
+    @property
+    def count(self) -> int:
+        """Products taken so far, those of the steps not yet run included (a compiled
+        piece's count is read from the device once)."""
+        if not isinstance(self.s.count, int):
+            self.s = self.s._replace(count=self.p.host_int(self.s.count))
+        return self.s.count + self.pending * self.alg.per_step
+
     def step(self) -> None:
-        ctx, alg = self.ctx, self.alg
-        if not ctx.staged:
-            self.s = alg.step(ctx, self.s)
-        elif alg.two_sided and self.j + 1 >= ctx.n_in:  # the last step takes one product
+        p, alg = self.p, self.alg
+        if not p.staged:
+            self.s = alg.step(p, self.s)
+        elif alg.two_sided and self.j + 1 >= p.n_in:  # the last step takes one product
             s = self.state()
-            out = ctx.stage("last_step", _step_at, alg, s.j)(s._replace(j=None))
-            self.s, ctx.count = out._replace(j=s.j + 1), ctx.count + 1
+            out = p.stage("last_step", _step_at, alg, s.j)(s._replace(j=None))
+            self.s = out._replace(j=s.j + 1)
         else:
             self.pending += 1
-            ctx.count += alg.per_step
 
     def state(self) -> KrylovState:
         """The state after the steps taken so far."""
         if self.pending:
             s, n = self.s, self.pending
-            force = s.force if s.force is not None else self.ctx.zeros(
-                (self.ctx.B,), real=True) > 0
-            out = self.ctx.stage("steps", _run_steps, self.alg)(
-                s._replace(force=force), n, self.ctx.count - n * self.alg.per_step)
+            force = s.force if s.force is not None else self.p.zeros(
+                (self.p.B,), real=True) > 0
+            out = self.p.stage("steps", _run_steps, self.alg)(s._replace(force=force), n)
             self.s, self.pending = out._replace(j=s.j + n, force=None), 0
         return self.s
 
@@ -168,89 +142,82 @@ class _Steps:
 
     def restart(self, keep: int, which: str) -> None:
         s = self.state()
-        self.s = self.ctx.stage("restart", _restart_at, self.alg, keep, which, s.j)(
+        self.s = self.p.stage("restart", _restart_at, self.alg, keep, which, s.j)(
             s._replace(j=None))._replace(j=keep)
 
 
-def _init(ctx: Context, jmax: int, two_sided: bool, v0: Array | None) -> KrylovState:
-    return init(ctx, v0, jmax, two_sided=two_sided)._replace(j=None)
+def _init(p: Problem, jmax: int, two_sided: bool, v0: Array | None, count: Any
+          ) -> KrylovState:
+    return init(p, v0, jmax, two_sided=two_sided, count=count)._replace(j=None)
 
 
-def _step_at(ctx: Context, alg: Krylov, j: int, s: KrylovState) -> KrylovState:
+def _step_at(p: Problem, alg: Krylov, j: int, s: KrylovState) -> KrylovState:
     """One step at the host-known row ``j`` (a compiled piece)."""
-    return alg.step(ctx, s._replace(j=j))._replace(j=None)
+    return alg.step(p, s._replace(j=j))._replace(j=None)
 
 
-def _restart_at(ctx: Context, alg: Krylov, keep: int, which: str, j: int, s: KrylovState
+def _restart_at(p: Problem, alg: Krylov, keep: int, which: str, j: int, s: KrylovState
                 ) -> KrylovState:
-    return _restart(ctx, alg, s._replace(j=j), keep, which)._replace(j=None)
+    return _restart(p, alg, s._replace(j=j), keep, which)._replace(j=None)
 
 
-def _run_steps(ctx: Context, alg: Krylov, s: KrylovState, n: Any, count: Any
-               ) -> KrylovState:
-    """``n`` steps (a traced count) under :meth:`Context.loop`, the check restart
-    ``s.force`` applied to the first: a compiled piece of an eager solve. The product
-    count (``count`` before the first step) salts the restart directions as the plain
-    steps' does."""
-    j0, ctx.count = s.j, count
+def _run_steps(p: Problem, alg: Krylov, s: KrylovState, n: Any) -> KrylovState:
+    """``n`` steps (a traced count) under :meth:`Problem.loop`, the check restart
+    ``s.force`` applied to the first: a compiled piece of an eager solve."""
+    j0 = s.j
 
     def body(i: Any, c: KrylovState) -> KrylovState:
         first = c._replace(j=j0 + i, force=c.force & (i == 0))
-        return alg.step(ctx, first)._replace(j=None, force=c.force)
+        return alg.step(p, first)._replace(j=None, force=c.force)
 
-    return ctx.loop(body, s._replace(j=None), n, alg.per_step)
+    return p.loop(body, s._replace(j=None), n, alg.per_step)
 
 
 def _cost(alg: Krylov, j: int, r: int) -> int:
     return 1 if alg.two_sided and j + 1 >= r else alg.per_step
 
 
-def _restart(ctx: Context, alg: Krylov, s: KrylovState, keep: int, which: str
+def _restart(p: Problem, alg: Krylov, s: KrylovState, keep: int, which: str
              ) -> KrylovState:
     if alg.two_sided:
-        return ritz.gkl_restart(ctx, s, keep)
-    return ritz.lanczos_restart(ctx, s, keep, which)
+        return ritz.gkl_restart(p, s, keep)
+    return ritz.lanczos_restart(p, s, keep, which)
 
 
-def run_budget(ctx: Context, alg: Krylov, s: KrylovState, limit: int, keep: int,
+def run_budget(p: Problem, alg: Krylov, s: KrylovState, limit: int, keep: int,
                which: str) -> KrylovState:
     """Steps while ``limit`` products last (at least one step), with thick restarts:
     the fixed-budget path of traced solves. The full restart cycles after the first
     are alike: one compiled loop runs them (:func:`_cycles`), so that the program
     does not grow with the budget."""
-    r, jmax = ctx.n_in, int(s.C.shape[-1])
-    while s.j < r and not (s.j and ctx.count + _cost(alg, s.j, r) > limit):
+    r, jmax = p.n_in, int(s.C.shape[-1])
+    while s.j < r and not (s.j and s.count + _cost(alg, s.j, r) > limit):
         uniform = min(jmax, r - 1 if alg.two_sided else r) - s.j  # same-cost steps left
         if s.j == keep and uniform == jmax - keep:
-            s = _cycles(ctx, alg, s, (limit - ctx.count) // (uniform * alg.per_step),
-                        which)
-            if ctx.count + _cost(alg, s.j, r) > limit:
+            s = _cycles(p, alg, s, (limit - s.count) // (uniform * alg.per_step), which)
+            if s.count + _cost(alg, s.j, r) > limit:
                 break
-        n = min(uniform, (limit - ctx.count) // alg.per_step) if uniform > 0 else 1
-        s = decompose(ctx, alg.step, s, max(n, 1), alg.per_step)
+        n = min(uniform, (limit - s.count) // alg.per_step) if uniform > 0 else 1
+        s = decompose(p, alg.step, s, max(n, 1), alg.per_step)
         if s.j == jmax and s.j < r:
-            s = _restart(ctx, alg, s, keep, which)
+            s = _restart(p, alg, s, keep, which)
     return s
 
 
-def _cycles(ctx: Context, alg: Krylov, s: KrylovState, n: int, which: str
+def _cycles(p: Problem, alg: Krylov, s: KrylovState, n: int, which: str
             ) -> KrylovState:
     """``n`` restart cycles of a traced fixed budget: steps from the kept rows to a full
-    basis, then a thick restart, under one :meth:`Context.loop`. Each cycle salts its
-    restart directions with its index (the body is traced once)."""
-    keep, jmax, seed = s.j, int(s.C.shape[-1]), ctx.seed
+    basis, then a thick restart, under one :meth:`Problem.loop` (each cycle's restart
+    directions are salted by its product count)."""
+    keep, jmax = s.j, int(s.C.shape[-1])
     if n <= 0:
         return s
 
     def body(i: Any, c: KrylovState) -> KrylovState:
-        ctx.seed = seed + 9973 * (i + 1)
-        c = decompose(ctx, alg.step, c._replace(j=keep), jmax - keep, alg.per_step)
-        return _restart(ctx, alg, c, keep, which)._replace(j=None)
+        c = decompose(p, alg.step, c._replace(j=keep), jmax - keep, alg.per_step)
+        return _restart(p, alg, c, keep, which)._replace(j=None)
 
-    try:
-        out = ctx.loop(body, s._replace(j=None), n, (jmax - keep) * alg.per_step)
-    finally:
-        ctx.seed = seed
+    out = p.loop(body, s._replace(j=None), n, (jmax - keep) * alg.per_step)
     return out._replace(j=keep)
 
 
@@ -259,254 +226,255 @@ def _cycles(ctx: Context, alg: Krylov, s: KrylovState, n: int, which: str
 TRACED_CHECK_EVERY = 4
 
 
-def run_to_tol(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
+def run_to_tol(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
                jmin: int, keep: int) -> KrylovState:
     """Traced, tol-driven: one step per iteration of ``Backend.while_loop`` (no host
     read), a device-side convergence test every ``TRACED_CHECK_EVERY`` steps, thick
     restarts under ``Backend.cond``; at most ``DEFAULT_MAXITER`` products. The product
-    count (``ctx.count``) becomes a traced integer."""
-    xp, b = ctx.xp, ctx.backend
+    count becomes a traced integer (a function of the steps taken)."""
+    xp, b = p.xp, p.backend
     jmax = int(s.C.shape[-1])
-    names = [f for f in s._fields if f not in ("j", "force") and getattr(s, f) is not None]
+    names = [f for f in s._fields
+             if f not in ("j", "count", "force") and getattr(s, f) is not None]
     max_steps = max(DEFAULT_MAXITER // alg.per_step, jmax)
-    count = ctx.count
+    count = s.count
 
     def unpack(c: tuple) -> KrylovState:
-        return s._replace(j=c[0], force=None, **dict(zip(names, c[3:])))
+        return s._replace(j=c[0], count=count + alg.per_step * c[1], force=None,
+                          **dict(zip(names, c[3:])))
 
     def pack(st: KrylovState, n: Any, done: Any) -> tuple:
         return (st.j, n, done) + tuple(getattr(st, f) for f in names)
 
     def converged(st: KrylovState) -> Array:
-        S, X, _, ref = _extract(ctx, alg, st, k, which, _small(ctx, alg, st))
-        res = ritz.last_row_residuals(ctx, X, st.j, st.beta)
-        ok = (res <= tol * ref) & (fresh_ok(ctx, st, k) | (st.j >= ctx.n_in))
+        S, X, _, ref = _extract(p, alg, st, k, which, _small(p, alg, st))
+        res = ritz.last_row_residuals(p, X, st.j, st.beta)
+        ok = (res <= tol * ref) & (fresh_ok(p, st, k) | (st.j >= p.n_in))
         return xp.all(ok) & (st.j >= jmin)
 
     def body(c: tuple) -> tuple:
-        st, n = alg.step(ctx, unpack(c)), c[1] + 1
+        st, n = alg.step(p, unpack(c)), c[1] + 1
         due = ((n % TRACED_CHECK_EVERY) == 0) | (st.j >= jmax)
         done = b.cond(due & (st.j >= jmin), lambda: converged(st), lambda: c[2])
         full = (st.j >= jmax) & ~done
-        st = unpack(b.cond(full, lambda: pack(_restart(ctx, alg, st, keep, which)._replace(
+        st = unpack(b.cond(full, lambda: pack(_restart(p, alg, st, keep, which)._replace(
             j=st.j * 0 + keep), n, done), lambda: pack(st, n, done)))
         return pack(st, n, done)
 
-    zero = xp.arange(1, device=ctx.device)[0] * 0  # the index dtype of arange
+    zero = xp.arange(1, device=p.device)[0] * 0  # the index dtype of arange
     out = b.while_loop(lambda c: ~c[2] & (c[1] < max_steps), body,
                        pack(s._replace(j=zero), zero, zero > 0))
-    ctx.count = count + alg.per_step * out[1]
     return unpack(out)
 
 
-def fresh_ok(ctx: Context, s: KrylovState, k: int) -> Array:
+def fresh_ok(p: Problem, s: KrylovState, k: int) -> Array:
     """``(B, 1)``: problems whose breakdown-free run is long enough to accept: after a
     breakdown (which hides other copies of a repeated value) ``min(room, 2k + 1)``
     vectors must follow, ``room`` the dimension left."""
-    xp = ctx.xp
-    room = ctx.n_in - s.fresh_from
+    xp = p.xp
+    room = p.n_in - s.fresh_from
     need = xp.minimum(room, xp.zeros_like(room) + (2 * k + 1))
-    return ((ctx.real(s.j) - s.fresh_from) >= need)[:, None]
+    return ((p.real(s.j) - s.fresh_from) >= need)[:, None]
 
 
-def _small(ctx: Context, alg: Krylov, s: KrylovState) -> Array:
-    return ritz.gkl_matrix(ctx, s) if alg.two_sided else ritz.lanczos_matrix(ctx, s)
+def _small(p: Problem, alg: Krylov, s: KrylovState) -> Array:
+    return ritz.gkl_matrix(p, s) if alg.two_sided else ritz.lanczos_matrix(p, s)
 
 
-def _extract(ctx: Context, alg: Krylov, s: KrylovState, k: int, which: str, M: Array):
+def _extract(p: Problem, alg: Krylov, s: KrylovState, k: int, which: str, M: Array):
     """``(values, left coords, right coords, reference of tol)`` of the small problem."""
-    xp = ctx.xp
+    xp = p.xp
     if alg.two_sided:
-        S, X, Y = ritz.svd_ritz(ctx, M, s.j, k)
+        S, X, Y = ritz.svd_ritz(p, M, s.j, k)
         return S, X, Y, xp.max(S, axis=-1, keepdims=True)
-    vals, Y, radius = ritz.eig_ritz(ctx, M, s.j, which, k)
+    vals, Y, radius = ritz.eig_ritz(p, M, s.j, which, k)
     return vals, Y, Y, radius
 
 
-def _check(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
+def _check(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
            sched: _Schedule):
     """A convergence check: ``(ritz, converged flags (B, k))``, or ``None`` where a
     cheaper screen (``k = 1``) already shows an unconverged problem. The schedule learns
     the convergence rate from either."""
-    if not ctx.sliced:  # fixed-width buffers: one piece, then the host reads
+    if not p.sliced:  # fixed-width buffers: one piece, then the host reads
         jmax = int(s.C.shape[-1])
-        flag, found, q, conv = ctx.stage("check", _check_arrays, alg, k, tol, which,
-                                         s.j if s.j == jmax else None)(
+        flag, found, q, conv = p.stage("check", _check_arrays, alg, k, tol, which,
+                                       s.j if s.j == jmax else None)(
             s._replace(force=None))
-        ctx.raise_unless(flag)
-        sched.observe(s.j, ctx.backend.to_float(q))
+        p.raise_unless(flag)
+        sched.observe(s.j, p.backend.to_float(q))
         return found, conv
-    ok = fresh_ok(ctx, s, k)
-    M = _small(ctx, alg, s)
+    ok = fresh_ok(p, s, k)
+    M = _small(p, alg, s)
     X = None
     if k == 1 and s.j < int(s.C.shape[-1]):
-        worst, X = _screen(ctx, alg, s, M, tol, which, ok)
+        worst, X = _screen(p, alg, s, M, tol, which, ok)
         if worst > 1:
             sched.observe(s.j, worst)
             return None
-    ctx.check_finite(M)
+    p.check_finite(M)
     if X is not None:  # GKL, k = 1: the screen's eigenvectors give the triplet
-        S, Xk, Y = ritz.top_triplet(ctx, M, X)
+        S, Xk, Y = ritz.top_triplet(p, M, X)
         found = (S, Xk, Y, S)
     else:
-        found = _extract(ctx, alg, s, k, which, M)
-    res = ritz.last_row_residuals(ctx, found[1], s.j, s.beta)
+        found = _extract(p, alg, s, k, which, M)
+    res = ritz.last_row_residuals(p, found[1], s.j, s.beta)
     ref = tol * found[3]
-    sched.observe(s.j, ritz.worst_ratio(ctx, res, ref))
+    sched.observe(s.j, ritz.worst_ratio(p, res, ref))
     return found, (res <= ref) & ok
 
 
-def _check_arrays(ctx: Context, alg: Krylov, k: int, tol: float, which: str,
+def _check_arrays(p: Problem, alg: Krylov, k: int, tol: float, which: str,
                   full: int | None, s: KrylovState):
     """The check of a fixed-width state: ``(finite flag, Ritz extraction, worst
     residual ratio, converged flags)``, no host read (``full``: the basis size where the
     basis is full, so that the filled block is factored as the plain path does)."""
     if full is not None:
         s = s._replace(j=full)
-    ok = fresh_ok(ctx, s, k)
-    M = _small(ctx, alg, s)
-    flag = ctx.finite_flag(M)
-    found = _extract(ctx, alg, s, k, which, M)
-    res = ritz.last_row_residuals(ctx, found[1], s.j, s.beta)
+    ok = fresh_ok(p, s, k)
+    M = _small(p, alg, s)
+    flag = p.finite_flag(M)
+    found = _extract(p, alg, s, k, which, M)
+    res = ritz.last_row_residuals(p, found[1], s.j, s.beta)
     ref = tol * found[3]
-    return flag, found, ritz.max_ratio(ctx, res, ref), (res <= ref) & ok
+    return flag, found, ritz.max_ratio(p, res, ref), (res <= ref) & ok
 
 
-def _screen(ctx: Context, alg: Krylov, s: KrylovState, M: Array, tol: float, which: str,
+def _screen(p: Problem, alg: Krylov, s: KrylovState, M: Array, tol: float, which: str,
             ok: Array) -> tuple[float, Array | None]:
     """The worst ``residual / (tol * scale)`` as one host read (``inf`` where a problem
     may not stop yet): of a few probe problems first in a large batch, where one
     unconverged problem is enough to go on. Also the screen's eigenvectors (GKL)."""
-    rows = _probe_rows(ctx, s)
+    rows = _probe_rows(p, s)
     worst, X = math.inf, None
     for sub in ([rows] if rows is not None else []) + [None]:
         Ms, beta, oks = (M, s.beta, ok) if sub is None else (
-            _rows(ctx, M, sub), _rows(ctx, s.beta, sub), _rows(ctx, ok, sub))
+            _rows(p, M, sub), _rows(p, s.beta, sub), _rows(p, ok, sub))
         try:
             if alg.two_sided:
-                res, ref, X = ritz.svd_screen(ctx, Ms, beta, 1, tol)
+                res, ref, X = ritz.svd_screen(p, Ms, beta, 1, tol)
                 mask = None
             else:
-                res, ref, mask = ritz.eig_screen(ctx, Ms, beta, which, tol)
+                res, ref, mask = ritz.eig_screen(p, Ms, beta, which, tol)
         except Exception:
-            ctx.check_finite(M)  # NaN/Inf reported as such
+            p.check_finite(M)  # NaN/Inf reported as such
             raise
-        inf = ctx.xp.zeros_like(res) + math.inf
-        res = ctx.xp.where(oks, res, inf)
-        worst = ritz.finite_or_raise(ctx, ritz.worst_ratio(ctx, res, ref, mask), M)
+        inf = p.xp.zeros_like(res) + math.inf
+        res = p.xp.where(oks, res, inf)
+        worst = ritz.finite_or_raise(p, ritz.worst_ratio(p, res, ref, mask), M)
         if worst > 1:
             break
     return worst, X
 
 
-def _probe_rows(ctx: Context, s: KrylovState) -> Array | None:
+def _probe_rows(p: Problem, s: KrylovState) -> Array | None:
     """In a batch of more than ``2 * PROBES`` problems, the ``PROBES`` with the largest
     coupling relative to their scale (the coupling bounds the residual from above)."""
-    if ctx.B <= 2 * PROBES:
+    if p.B <= 2 * PROBES:
         return None
-    key = s.beta / (s.scale + ctx.tiny_normal)
-    return ctx.xp.argsort(key, descending=True)[:PROBES]
+    key = s.beta / (s.scale + p.tiny_normal)
+    return p.xp.argsort(key, descending=True)[:PROBES]
 
 
-def _rows(ctx: Context, x: Array, rows: Array) -> Array:
-    return ctx.xp.take(x, rows, axis=0)
+def _rows(p: Problem, x: Array, rows: Array) -> Array:
+    return p.xp.take(x, rows, axis=0)
 
 
-def finish(ctx: Context, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
+def finish(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
            jmin: int, vectors: bool, found: Any = None) -> KrylovResult:
     """The result of a decomposition: Ritz values, vectors, residuals, converged flags
     (and, outside a trace, the maxiter warning)."""
-    xp = ctx.xp
-    r = ctx.n_in
+    xp = p.xp
+    r = p.n_in
     exact = isinstance(s.j, int) and s.j == r
-    if exact and alg.two_sided and not vectors and ctx.sliced:
+    if exact and alg.two_sided and not vectors and p.sliced:
         # The basis spans the smaller side: residuals are 0; only values are wanted.
-        M = _small(ctx, alg, s)
-        ctx.check_finite(M)
-        if k == 1:  # sqrt(lambda_max(M M^H)): eigvalsh of small stacks is cheaper (CPU)
-            lam = xp.linalg.eigvalsh(xp.matmul(M, ctx.H(M)))[:, -1:]
-            S = xp.sqrt(xp.maximum(lam, xp.zeros_like(lam)))
+        M = _small(p, alg, s)
+        p.check_finite(M)
+        if k == 1:  # eigvalsh of small stacks is cheaper than svdvals (CPU)
+            lam, _, scale = ritz.gram_eigh(p, M, vectors=False)
+            S = ritz.top_value(p, lam, scale)
         else:
             S = xp.linalg.svdvals(M)[:, :k]
         zero = xp.zeros_like(S)
-        return KrylovResult(S, None, None, zero, zero <= 0, ctx.count)
-    true_check = not ctx.traced and _rounding_may_reach(ctx, tol)
+        return KrylovResult(S, None, None, zero, zero <= 0, p.host_int(s.count))
+    true_check = not p.traced and _rounding_may_reach(p, tol)
     j = s.j
     facts = (not isinstance(j, int), exact, isinstance(j, int) and j < jmin,
-             j if ctx.staged and j == int(s.C.shape[-1]) else None)
-    out, flag, short = ctx.stage("finish", _finish_arrays, alg, k, tol, which, jmin, facts,
-                                 true_check)(s._replace(force=None), found)
-    ctx.raise_unless(flag)
-    if ctx.staged and true_check:
-        ctx.count += k  # the true residuals' products, taken inside the piece
-    why = "dtype" if short is not None and ctx.backend.any_true(short) else "maxiter"
-    if not ctx.traced and not ctx.backend.all_true(out.converged):
-        warn_unconverged(alg.name, ctx.count, why)
-    return out._replace(num_matvecs=ctx.count)
+             j if p.staged and j == int(s.C.shape[-1]) else None)
+    out, flag, short = p.stage("finish", _finish_arrays, alg, k, tol, which, jmin, facts,
+                               true_check)(s._replace(force=None), found)
+    p.raise_unless(flag)
+    count = p.host_int(out.num_matvecs)
+    why = "dtype" if short is not None and p.backend.any_true(short) else "maxiter"
+    if not p.traced and not p.backend.all_true(out.converged):
+        warn_unconverged(alg.name, count, why)
+    return out._replace(num_matvecs=count)
 
 
-def _finish_arrays(ctx: Context, alg: Krylov, k: int, tol: float, which: str, jmin: int,
+def _finish_arrays(p: Problem, alg: Krylov, k: int, tol: float, which: str, jmin: int,
                    facts: tuple, true_check: bool, s: KrylovState, found: Any):
     """The result's arrays, no host read: ``(result, finite flag, values short of tol
     by the dtype's rounding or None)``. ``facts``: whether the step count is traced
     (a user's trace), whether the basis spans the space, whether it is below ``jmin``,
     and the basis size where a staged basis is full."""
-    xp = ctx.xp
+    xp = p.xp
     traced_j, exact, below, full = facts
     if full is not None:
         s = s._replace(j=full)
     flag = None
     if found is None:
-        M = _small(ctx, alg, s)
-        flag = ctx.finite_flag(M)
-        found = _extract(ctx, alg, s, k, which, M)
+        M = _small(p, alg, s)
+        flag = p.finite_flag(M)
+        found = _extract(p, alg, s, k, which, M)
     vals, X, Y, ref = found
-    res = ritz.last_row_residuals(ctx, X, s.j, s.beta)
+    res = ritz.last_row_residuals(p, X, s.j, s.beta)
     conv = res <= tol * ref
     if traced_j:  # a traced step count (see run_to_tol)
-        conv = conv & (fresh_ok(ctx, s, k) | (s.j >= ctx.n_in)) & (s.j >= jmin)
+        conv = conv & (fresh_ok(p, s, k) | (s.j >= p.n_in)) & (s.j >= jmin)
     elif not exact:
-        conv = conv & fresh_ok(ctx, s, k)
+        conv = conv & fresh_ok(p, s, k)
     if below:
         conv = conv & (res < 0)
-    V = s.V[:, :s.j] if ctx.sliced else s.V
-    right = _unit_columns(ctx, xp.matmul(xp.matrix_transpose(V), Y))
+    V = s.V[:, :s.j] if p.sliced else s.V
+    right = _unit_columns(p, xp.matmul(xp.matrix_transpose(V), Y))
     left = None
     if alg.two_sided:
-        Us = s.U[:, :s.j] if ctx.sliced else s.U
-        left = _unit_columns(ctx, xp.matmul(xp.matrix_transpose(Us), X))
-    short = None
+        Us = s.U[:, :s.j] if p.sliced else s.U
+        left = _unit_columns(p, xp.matmul(xp.matrix_transpose(Us), X))
+    short, count = None, s.count
     if true_check:
-        true, flag = _true_residuals(ctx, alg, vals, left, right, flag)
+        true, flag = _true_residuals(p, alg, vals, left, right, flag)
+        count = count + k
         res = xp.maximum(res, true)
         short = ~(true <= tol * ref) & conv
         conv = conv & ~short
-    return KrylovResult(vals, left, right, res, conv, None), flag, short
+    return KrylovResult(vals, left, right, res, conv, count), flag, short
 
 
-def _unit_columns(ctx: Context, X: Array) -> Array:
+def _unit_columns(p: Problem, X: Array) -> Array:
     """Columns scaled to unit norm (rounding in long bases leaves them off by up to
     ``sqrt(size) * eps``); zero columns stay zero."""
-    xp = ctx.xp
+    xp = p.xp
     nrm = xp.linalg.vector_norm(X, axis=-2)
-    return X / ctx.cast(xp.where(nrm > 0, nrm, xp.ones_like(nrm)))[:, None, :]
+    return X / p.cast(xp.where(nrm > 0, nrm, xp.ones_like(nrm)))[:, None, :]
 
 
-def _rounding_may_reach(ctx: Context, tol: float) -> bool:
-    size = max(ctx.n_in, ctx.n_out)
-    return tol < TRUE_RESIDUAL_MARGIN * math.sqrt(size) * ctx.eps
+def _rounding_may_reach(p: Problem, tol: float) -> bool:
+    size = max(p.n_in, p.n_out)
+    return tol < TRUE_RESIDUAL_MARGIN * math.sqrt(size) * p.eps
 
 
-def _true_residuals(ctx: Context, alg: Krylov, vals: Array, left: Array | None,
+def _true_residuals(p: Problem, alg: Krylov, vals: Array, left: Array | None,
                     right: Array, flag: Array | None) -> tuple[Array, Array | None]:
     """``||A^H u - sigma v||`` (GKL) or ``||A x - lambda x||`` (Lanczos) of the returned
     vectors, from ``k`` more products (and ``flag`` with their finiteness)."""
-    xp = ctx.xp
+    xp = p.xp
     if alg.two_sided:
-        R = ctx.mm(left, adjoint=True) - right * ctx.cast(vals)[:, None, :]
+        R = p.mm(left, adjoint=True) - right * p.cast(vals)[:, None, :]
     else:
-        R = ctx.mm(right) - right * ctx.cast(vals)[:, None, :]
-    return xp.linalg.vector_norm(R, axis=-2), ctx.finite_flag(R, flag)
+        R = p.mm(right) - right * p.cast(vals)[:, None, :]
+    return xp.linalg.vector_norm(R, axis=-2), p.finite_flag(R, flag)
 
 
 class _Schedule:
@@ -547,15 +515,15 @@ class _Verify:
     check (the top value is found whatever its multiplicity).
     """
 
-    def __init__(self, ctx: Context, k: int) -> None:
-        self.ctx = ctx
+    def __init__(self, p: Problem, k: int) -> None:
+        self.p = p
         self.on = k > 1
-        self.done = ctx.zeros((ctx.B,), real=True) > 0 if self.on else None
+        self.done = p.zeros((p.B,), real=True) > 0 if self.on else None
         self.force: Array | None = None
 
     def accept(self, ok: Array) -> bool:
         """Given per-value flags ``(B, k)``, whether the solver may stop now."""
-        xp, b = self.ctx.xp, self.ctx.backend
+        xp, b = self.p.xp, self.p.backend
         ready = xp.all(ok, axis=-1)
         if not self.on:
             return b.all_true(ready)

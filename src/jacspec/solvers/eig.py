@@ -99,7 +99,7 @@ def eigsh(op: Any, k: int = 1, *, which: str = "LM", method: str = "auto",
     k, tol, maxiter, seed, v0, ncv = V.check_common(op, k, tol, maxiter, seed, v0, ncv)
     method = resolve_method(method, op, k, hermitian=True)
     check_budget(op, k, method, maxiter, which=which)
-    with op._backend.no_grad():
+    with op.backend_impl.no_grad():
         out = solve_eig(op, k, which=which, method=method, tol=tol, maxiter=maxiter,
                         v0=v0, seed=seed, ncv=ncv)
     return EighResult(

@@ -1,8 +1,10 @@
 """Krylov decompositions as steps: Golub–Kahan–Lanczos (GKL) and symmetric Lanczos.
 
-A decomposition is an explicit state (:class:`KrylovState`, fixed-width buffers) and a
-pure step function: ``gkl_step(ctx, state)`` / ``lanczos_step(ctx, state)`` add one
-basis vector (one or two products) to every problem of the batch. :func:`decompose`
+A decomposition is an explicit state (:class:`KrylovState`, fixed-width buffers and the
+product count) and a pure step function: ``gkl_step(problem, state)`` /
+``lanczos_step(problem, state)`` add one basis vector (one or two products) to every
+problem of the batch. :class:`Krylov` names a decomposition for the driver
+(:data:`GKL`, :data:`LANCZOS`), with its cost (:func:`min_products`). :func:`decompose`
 runs a number of steps under the backend's loop primitive (``Backend.fori_loop``: a
 Python loop by default, ``lax.fori_loop`` in JAX, where the body is traced once).
 Everything adaptive (convergence checks, thick restarts, warnings) lives in
@@ -26,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .context import Context
+from .problem import Problem
 
 Array = Any
 
@@ -56,6 +58,9 @@ class KrylovState(NamedTuple):
         ``(B,)``: the row where the current breakdown-free run of each problem began.
     last_break : array
         ``(B,)``: the last row that a breakdown restart wrote (``-2`` if none).
+    count : int or array
+        Products taken so far, per sample (an array inside compiled code); breakdown
+        restart directions are seeded by it.
     force : array or None
         ``(B,)`` bool: problems to restart at the next step (check restarts).
     """
@@ -69,121 +74,146 @@ class KrylovState(NamedTuple):
     scale: Array
     fresh_from: Array
     last_break: Array
+    count: Any
     force: Array | None = None
 
 
-def init(ctx: Context, v0: Array | None, jmax: int, *, two_sided: bool) -> KrylovState:
-    """An empty decomposition with start vector ``v0`` (``(B, n_in)``; random if None)."""
-    B = ctx.B
-    zeros = ctx.zeros((B,), real=True)
+def init(p: Problem, v0: Array | None, jmax: int, *, two_sided: bool, count: Any = 0
+         ) -> KrylovState:
+    """An empty decomposition with start vector ``v0`` (``(B, n_in)``; random if None),
+    after ``count`` products."""
+    B = p.B
+    zeros = p.zeros((B,), real=True)
     return KrylovState(
         j=0,
-        V=ctx.zeros((B, jmax, ctx.n_in)),
-        U=ctx.zeros((B, jmax, ctx.n_out)) if two_sided else None,
-        C=ctx.zeros((B, jmax, jmax)),
-        v=ctx.start(v0),
+        V=p.zeros((B, jmax, p.n_in)),
+        U=p.zeros((B, jmax, p.n_out)) if two_sided else None,
+        C=p.zeros((B, jmax, jmax)),
+        v=p.start(v0),
         beta=zeros,
         scale=zeros,
         fresh_from=zeros,
         last_break=zeros - 2,
+        count=count,
     )
 
 
-def gkl_step(ctx: Context, s: KrylovState) -> KrylovState:
+def gkl_step(p: Problem, s: KrylovState) -> KrylovState:
     """One Golub–Kahan–Lanczos step: ``A v`` against the left basis (row ``j`` of ``C``
     and of ``U``), then ``A^H u`` against the right basis (the next ``v``, ``beta``).
     The last step of a full basis takes no adjoint product."""
-    j = s.j
-    V = ctx.backend.set_row(s.V, j, s.v)
-    u, c, alpha, scale, bd_u = orthogonalize(ctx, s.U, j, ctx.mv(s.v), s.scale, j)
-    U = ctx.backend.set_row(s.U, j, u)
-    C = _put_coefs(ctx, s.C, j, c, alpha)
-    if isinstance(j, int) and j + 1 >= ctx.n_in:  # the basis is full: A V = U M exactly
-        return s._replace(j=j + 1, V=V, U=U, C=C, beta=ctx.zeros((ctx.B,), real=True),
-                          scale=scale, force=None)
-    w = ctx.mv(u, adjoint=True)
+    j, count = s.j, s.count + 1
+    V = p.backend.set_row(s.V, j, s.v)
+    u, c, alpha, scale, bd_u = orthogonalize(p, s.U, j, p.mv(s.v), s.scale, count)
+    U = p.backend.set_row(s.U, j, u)
+    C = _put_coefs(p, s.C, j, c, alpha)
+    if isinstance(j, int) and j + 1 >= p.n_in:  # the basis is full: A V = U M exactly
+        return s._replace(j=j + 1, V=V, U=U, C=C, beta=p.zeros((p.B,), real=True),
+                          scale=scale, count=count, force=None)
+    w, count = p.mv(u, adjoint=True), count + 1
     # The scale is ||A v|| (u-steps); ||A^H u|| adds nothing a breakdown is judged by.
-    v, _, beta, scale, bd_v = orthogonalize(ctx, V, j + 1, w, scale, j, force=s.force,
+    v, _, beta, scale, bd_v = orthogonalize(p, V, j + 1, w, scale, count, force=s.force,
                                             track=False, coefs=False)
-    fresh_from, last_break = _note_breakdowns(ctx, s, bd_v, j + 1, bd_u)
-    return KrylovState(j + 1, V, U, C, v, beta, scale, fresh_from, last_break)
+    fresh_from, last_break = _note_breakdowns(p, s, bd_v, j + 1, bd_u)
+    return KrylovState(j + 1, V, U, C, v, beta, scale, fresh_from, last_break, count)
 
 
-def lanczos_step(ctx: Context, s: KrylovState) -> KrylovState:
+def lanczos_step(p: Problem, s: KrylovState) -> KrylovState:
     """One symmetric Lanczos step: ``A v`` against the basis including ``v`` itself
     (row ``j`` of ``C``), the remainder is the next ``v``."""
-    j = s.j
-    V = ctx.backend.set_row(s.V, j, s.v)
-    q, c, beta, scale, bd = orthogonalize(ctx, V, j + 1, ctx.mv(s.v), s.scale, j,
+    j, count = s.j, s.count + 1
+    V = p.backend.set_row(s.V, j, s.v)
+    q, c, beta, scale, bd = orthogonalize(p, V, j + 1, p.mv(s.v), s.scale, count,
                                           force=s.force)
-    C = _put_coefs(ctx, s.C, j, c, None)
-    fresh_from, last_break = _note_breakdowns(ctx, s, bd, j + 1, None)
-    return KrylovState(j + 1, V, None, C, q, beta, scale, fresh_from, last_break)
+    C = _put_coefs(p, s.C, j, c, None)
+    fresh_from, last_break = _note_breakdowns(p, s, bd, j + 1, None)
+    return KrylovState(j + 1, V, None, C, q, beta, scale, fresh_from, last_break, count)
 
 
-def decompose(ctx: Context, step: Callable[[Context, KrylovState], KrylovState],
+class Krylov(NamedTuple):
+    """A decomposition as the driver sees it: its name (in warnings), step, products a
+    step, and whether it builds a left basis too."""
+
+    name: str
+    step: Callable[[Problem, KrylovState], KrylovState]
+    per_step: int
+    two_sided: bool
+
+
+GKL = Krylov("Golub-Kahan-Lanczos", gkl_step, 2, True)
+LANCZOS = Krylov("Lanczos", lanczos_step, 1, False)
+
+
+def min_products(alg: Krylov, k: int, r: int) -> int:
+    """Products that produce ``k`` Ritz values of an operator whose smaller side is
+    ``r``: ``k`` steps (GKL's last step of a full basis takes one product)."""
+    return k * alg.per_step - (1 if alg.two_sided and k == r else 0)
+
+
+def decompose(p: Problem, step: Callable[[Problem, KrylovState], KrylovState],
               s: KrylovState, num_steps: int, per_step: int) -> KrylovState:
     """``num_steps`` steps of ``step`` (``per_step`` products each) under
-    :meth:`Context.loop`: one compiled loop inside a trace."""
+    :meth:`Problem.loop`: one compiled loop inside a trace."""
     if num_steps <= 0:
         return s
     j0 = s.j
 
     def body(i: Any, c: KrylovState) -> KrylovState:
         # a compiled loop carries no Python step count: j comes from the loop index
-        return step(ctx, c._replace(j=j0 + i))._replace(j=None)
+        return step(p, c._replace(j=j0 + i))._replace(j=None)
 
-    out = ctx.loop(body, s._replace(j=None, force=s.force if not ctx.traced else None),
-                   num_steps, per_step)
+    out = p.loop(body, s._replace(j=None, force=s.force if not p.traced else None),
+                 num_steps, per_step)
     return out._replace(j=j0 + num_steps)
 
 
 # ------------------------------------------------------------------ orthogonalization
 
 
-def orthogonalize(ctx: Context, Q: Array, j: Any, w: Array, scale: Array, step: Any, *,
+def orthogonalize(p: Problem, Q: Array, j: Any, w: Array, scale: Array, count: Any, *,
                   force: Array | None = None, track: bool = True, coefs: bool = True):
     """``w`` (B, s) orthogonalized against rows ``[0, j)`` of ``Q`` (B, jmax, s).
 
     Classical Gram–Schmidt, twice. Where the remainder is at rounding level relative to
     ``scale`` (a breakdown: ``w`` lies in the span of the basis) or ``force`` says so, a
-    random vector orthogonalized against the basis replaces it and the coupling is 0.
+    random vector orthogonalized against the basis replaces it and the coupling is 0
+    (seeded by ``count``, the products taken so far).
     Returns ``(q, coefs, coupling, scale, broke)``; ``broke`` is ``None`` where no
     problem broke down outside a trace (then nothing needs masking); ``coefs`` is
     ``None`` unless asked for.
     """
-    xp, b = ctx.xp, ctx.backend
-    rows = Q[:, :j] if ctx.sliced else Q
+    xp, b = p.xp, p.backend
+    rows = Q[:, :j] if p.sliced else Q
     if track:
-        scale = xp.maximum(scale, ctx.norm(w))
-    w, c = _project_out(ctx, rows, w, coefs)
-    nrm = ctx.norm(w)
-    bd = nrm * (1.0 / ctx.bd_rtol) <= scale
+        scale = xp.maximum(scale, p.norm(w))
+    w, c = _project_out(p, rows, w, coefs)
+    nrm = p.norm(w)
+    bd = nrm * (1.0 / p.bd_rtol) <= scale
     if force is not None:
         bd = bd | force
 
     def keep():
-        return w / ctx.cast(nrm)[:, None], nrm, bd if ctx.traced else None
+        return w / p.cast(nrm)[:, None], nrm, bd if p.traced else None
 
     def repair():
-        r, _ = _project_out(ctx, rows, ctx.restart_vector(int(w.shape[-1]), step))
+        r, _ = _project_out(p, rows, p.restart_vector(int(w.shape[-1]), count))
         q = xp.where(bd[:, None], r, w)
-        n2 = ctx.norm(q)
-        q = q / ctx.cast(xp.where(n2 > 0, n2, xp.ones_like(n2)))[:, None]
+        n2 = p.norm(q)
+        q = q / p.cast(xp.where(n2 > 0, n2, xp.ones_like(n2)))[:, None]
         return q, xp.where(bd, xp.zeros_like(nrm), nrm), bd
 
     q, coupling, broke = b.cond(xp.any(bd), repair, keep)
     return q, c, coupling, scale, broke
 
 
-def _project_out(ctx: Context, rows: Array, w: Array, coefs: bool = False
+def _project_out(p: Problem, rows: Array, w: Array, coefs: bool = False
                  ) -> tuple[Array, Array | None]:
     """``(w - rows^H c, c)`` with ``c`` the coefficients of ``w`` along the rows, CGS2
     (``c`` is ``None`` unless ``coefs``)."""
-    b = ctx.backend
+    b = p.backend
     if int(rows.shape[-2]) == 0:
-        return w, ctx.zeros((ctx.B, 0)) if coefs else None
-    RH = ctx.H(rows)
+        return w, p.zeros((p.B, 0)) if coefs else None
+    RH = p.H(rows)
     w = w[:, None, :]
     c1 = b.row_coefs(w, rows, RH)
     w = b.sub_matmul(w, c1, rows)
@@ -192,29 +222,29 @@ def _project_out(ctx: Context, rows: Array, w: Array, coefs: bool = False
     return w[:, 0], (c1 + c2)[:, 0] if coefs else None
 
 
-def _put_coefs(ctx: Context, C: Array, j: Any, c: Array, alpha: Array | None) -> Array:
+def _put_coefs(p: Problem, C: Array, j: Any, c: Array, alpha: Array | None) -> Array:
     """Row ``j`` of ``C``: the coefficients ``c`` (and, for GKL, ``alpha`` at ``j``)."""
-    b, xp = ctx.backend, ctx.xp
+    b, xp = p.backend, p.xp
     jmax = int(C.shape[-1])
     if int(c.shape[-1]) < jmax:  # the filled part only (sliced): write pieces
         C = b.set_row(C, j, c)
-        return C if alpha is None else b.set_row(C, j, ctx.cast(alpha)[:, None], start=j)
+        return C if alpha is None else b.set_row(C, j, p.cast(alpha)[:, None], start=j)
     if alpha is not None:
-        hot = xp.astype(xp.arange(jmax, device=ctx.device) == j, ctx.real_dtype)
-        c = c + ctx.cast(alpha[:, None] * hot)
+        hot = xp.astype(xp.arange(jmax, device=p.device) == j, p.real_dtype)
+        c = c + p.cast(alpha[:, None] * hot)
     return b.set_row(C, j, c)
 
 
-def _note_breakdowns(ctx: Context, s: KrylovState, bd: Array | None, row: Any,
+def _note_breakdowns(p: Problem, s: KrylovState, bd: Array | None, row: Any,
                      other: Array | None) -> tuple[Array, Array]:
     """Track where each problem's breakdown-free run began. A breakdown at ``row``
     (the restart vector's row) starts a new run unless the previous row was one too (a
     null space being swept) or the other half-step broke down as well (``other``)."""
     if bd is None:
         return s.fresh_from, s.last_break
-    row = ctx.real(row)
+    row = p.real(row)
     new_run = bd & (s.last_break != row - 1)
     if other is not None:
         new_run = new_run & ~other
-    here = ctx.xp.zeros_like(s.fresh_from) + row
-    return (ctx.xp.where(new_run, here, s.fresh_from), ctx.xp.where(bd, here, s.last_break))
+    here = p.xp.zeros_like(s.fresh_from) + row
+    return (p.xp.where(new_run, here, s.fresh_from), p.xp.where(bd, here, s.last_break))

@@ -8,11 +8,11 @@ Power iteration converges at the rate ``sigma_{k+1} / sigma_k``, which is close 
 trained networks: it is offered for comparison and for very cheap steps, not chosen by
 ``method="auto"``.
 
-A warm start (``v0``, where ``Context.mix_start``) widens the block by one random
-column, and every column must converge: any singular or eigenvector is a fixed point of the iteration, so a start
-along a lower vector (two directions that swapped since the last solve) would otherwise
-be accepted; the random column, kept orthogonal to the others, converges to the missed
-top one. The result is the block's top ``k``.
+A warm start (``v0``, where ``Problem.mix_start``) widens the block by one random
+column, and every column must converge: any singular or eigenvector is a fixed point of
+the iteration, so a start along a lower vector (two directions that swapped since the
+last solve) would otherwise be accepted; the random column, kept orthogonal to the
+others, converges to the missed top one. The result is the block's top ``k``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .context import Context, warn_unconverged
-from .driver import KrylovResult
-from .ritz import eig_ritz
+from .problem import Problem, warn_unconverged
+from .ritz import KrylovResult, eig_ritz
 
 Array = Any
 
@@ -42,129 +41,134 @@ class PowerState(NamedTuple):
     right: Array  # (B, n_in, k)
     residuals: Array  # (B, k) real
     bound: Array  # (B, 1): tol times the largest estimate
+    count: Any  # products taken so far, per sample
 
 
-def _colnorm(ctx: Context, Z: Array) -> Array:
-    return ctx.xp.linalg.vector_norm(Z, axis=-2)
+def _colnorm(p: Problem, Z: Array) -> Array:
+    return p.xp.linalg.vector_norm(Z, axis=-2)
 
 
-def _unit(ctx: Context, Z: Array) -> Array:
+def _unit(p: Problem, Z: Array) -> Array:
     """Columns over their norms plus the smallest normal number: a zero column stays
     zero, and norms above ``2^24`` (float32) times that number are unchanged."""
-    return Z / ctx.cast(_colnorm(ctx, Z) + ctx.tiny_normal)[:, None, :]
+    return Z / p.cast(_colnorm(p, Z) + p.tiny_normal)[:, None, :]
 
 
-def _orth(ctx: Context, Z: Array) -> Array:
-    return _unit(ctx, Z) if int(Z.shape[-1]) == 1 else ctx.xp.linalg.qr(Z).Q
+def _orth(p: Problem, Z: Array) -> Array:
+    return _unit(p, Z) if int(Z.shape[-1]) == 1 else p.xp.linalg.qr(Z).Q
 
 
-def power_init(ctx: Context, k: int, v0: Array | None, *, two_sided: bool) -> PowerState:
+def power_init(p: Problem, k: int, v0: Array | None, *, two_sided: bool, count: Any = 0,
+               draw: int = 1) -> PowerState:
     """The orthonormal start block (``v0`` as its first column, then random columns: one
-    more than ``k`` after a warm start) and empty estimates."""
-    V = ctx.start(v0)
-    k = k + (v0 is not None and ctx.mix_start)
+    more than ``k`` after a warm start; draws ``draw`` and ``draw + 1``) and empty
+    estimates, after ``count`` products."""
+    V = p.start(v0, draw)
+    k = k + (v0 is not None and p.mix_start)
     if two_sided and k == 1:  # single vectors (see PowerState)
-        zero = ctx.zeros((ctx.B,), real=True)
-        return PowerState(V, zero, ctx.zeros((ctx.B, ctx.n_out)), V, zero, zero)
+        zero = p.zeros((p.B,), real=True)
+        return PowerState(V, zero, p.zeros((p.B, p.n_out)), V, zero, zero, count)
     V = V[..., None]
     if k > 1:
-        V = _orth(ctx, ctx.xp.concat([V, ctx.random((ctx.B, ctx.n_in, k - 1))], axis=-1))
-    zeros = ctx.zeros((ctx.B, k), real=True)
-    left = ctx.zeros((ctx.B, ctx.n_out, k)) if two_sided else None
-    return PowerState(V, zeros, left, V, zeros, zeros[:, :1])
+        rest = p.random((p.B, p.n_in, k - 1), draw + 1)
+        V = _orth(p, p.xp.concat([V, rest], axis=-1))
+    zeros = p.zeros((p.B, k), real=True)
+    left = p.zeros((p.B, p.n_out, k)) if two_sided else None
+    return PowerState(V, zeros, left, V, zeros, zeros[:, :1], count)
 
 
-def svd_power_step(ctx: Context, s: PowerState, tol: float) -> PowerState:
+def svd_power_step(p: Problem, s: PowerState, tol: float) -> PowerState:
     """``W = A V``, its thin SVD ``U S Y^H`` (``k = 1``: a norm), ``Z = A^H U``; the
     residuals ``||Z - V Y S||``; the next block is ``Z`` orthonormalized."""
-    xp = ctx.xp
+    xp = p.xp
     V = s.V
     if len(V.shape) == 2:  # k = 1: single vectors (see PowerState)
-        w = ctx.mv(V)
-        S = ctx.norm(w)
-        U = w / ctx.cast(S + ctx.tiny_normal)[:, None]
-        z = ctx.mv(U, adjoint=True)  # = A^H u ~ s v
-        res = ctx.norm(z - V * ctx.cast(S)[:, None])
-        v = z / ctx.cast(ctx.norm(z) + ctx.tiny_normal)[:, None]
-        return PowerState(v, S, U, V, res, tol * S)
-    W = ctx.mm(V)
-    ctx.check_finite(W)  # before LAPACK sees it
+        w = p.mv(V)
+        S = p.norm(w)
+        U = w / p.cast(S + p.tiny_normal)[:, None]
+        z = p.mv(U, adjoint=True)  # = A^H u ~ s v
+        res = p.norm(z - V * p.cast(S)[:, None])
+        v = z / p.cast(p.norm(z) + p.tiny_normal)[:, None]
+        return PowerState(v, S, U, V, res, tol * S, s.count + 2)
+    W = p.mm(V)
+    p.check_finite(W)  # before LAPACK sees it
     U, S, Yh = xp.linalg.svd(W, full_matrices=False)
-    Z = ctx.mm(U, adjoint=True)
-    Vr = xp.matmul(V, ctx.H(Yh))
-    res = _colnorm(ctx, Z - Vr * ctx.cast(S)[:, None, :])
-    return PowerState(_orth(ctx, Z), S, U, Vr, res, tol * S[:, :1])
+    Z = p.mm(U, adjoint=True)
+    Vr = xp.matmul(V, p.H(Yh))
+    res = _colnorm(p, Z - Vr * p.cast(S)[:, None, :])
+    k = int(V.shape[-1])
+    return PowerState(_orth(p, Z), S, U, Vr, res, tol * S[:, :1], s.count + 2 * k)
 
 
-def eig_power_step(ctx: Context, s: PowerState, tol: float, which: str,
+def eig_power_step(p: Problem, s: PowerState, tol: float, which: str,
                    sign: float = 1.0, shift: Array | None = None) -> PowerState:
     """Subspace iteration on ``sign * A + shift I`` (``shift`` per problem); the Ritz
     values are those of ``A`` itself, selected by ``which``."""
-    xp = ctx.xp
+    xp = p.xp
     V = s.V
-    W = ctx.mm(V)
+    W = p.mm(V)
     k = int(V.shape[-1])
     if k == 1:  # the Rayleigh quotient; no eigh of a 1 x 1 matrix
-        vals = xp.real(xp.sum(ctx.conj(V[..., 0]) * W[..., 0], axis=-1))[:, None]
+        vals = xp.real(xp.sum(p.conj(V[..., 0]) * W[..., 0], axis=-1))[:, None]
         X, WX, radius = V, W, xp.abs(vals)
     else:
-        ctx.check_finite(W)
-        T = xp.matmul(ctx.H(V), W)
-        vals, S, radius = eig_ritz(ctx, (T + ctx.H(T)) / 2, k, which, k)
+        p.check_finite(W)
+        T = xp.matmul(p.H(V), W)
+        vals, S, radius = eig_ritz(p, (T + p.H(T)) / 2, k, which, k)
         X, WX = xp.matmul(V, S), xp.matmul(W, S)
-    res = _colnorm(ctx, WX - X * ctx.cast(vals)[:, None, :])
+    res = _colnorm(p, WX - X * p.cast(vals)[:, None, :])
     Z = W if sign == 1.0 else -W
     if shift is not None:
-        Z = Z + ctx.cast(shift)[:, None, None] * V
-    return PowerState(_orth(ctx, Z), vals, None, X, res, tol * radius)
+        Z = Z + p.cast(shift)[:, None, None] * V
+    return PowerState(_orth(p, Z), vals, None, X, res, tol * radius, s.count + k)
 
 
-def power_solve(ctx: Context, step: Callable[..., PowerState], s: PowerState, k: int,
+def power_solve(p: Problem, step: Callable[..., PowerState], s: PowerState, k: int,
                 maxiter: int | None, per_column: int, *, static: tuple = (),
                 args: tuple = (), warn: bool = True) -> KrylovResult:
-    """Steps ``step(ctx, s, *static, *args)`` until every residual is within its bound,
+    """Steps ``step(p, s, *static, *args)`` until every residual is within its bound,
     at most ``maxiter`` products (default 2000; 200 inside a trace, where they run as
     one compiled loop); a step takes ``per_column`` products per column of the block.
-    Returns the top ``k``. In a staged solve (``Context.stage``) the whole loop is one
+    Returns the top ``k``. In a staged solve (``Problem.stage``) the whole loop is one
     compiled piece that stops where the plain loop would."""
     per_step = per_column * (1 if len(s.V.shape) == 2 else int(s.V.shape[-1]))
     if maxiter is None:
-        maxiter = TRACED_MAXITER if ctx.traced else DEFAULT_MAXITER
-    if ctx.traced:
-        s = _columns(ctx.loop(lambda i, c: step(ctx, c, *static, *args), s,
-                              max(1, maxiter // per_step), per_step), k)
+        maxiter = TRACED_MAXITER if p.traced else DEFAULT_MAXITER
+    if p.traced:
+        s = _columns(p.loop(lambda i, c: step(p, c, *static, *args), s,
+                            max(1, maxiter // per_step), per_step), k)
         return KrylovResult(s.values, s.left, s.right, s.residuals,
-                            s.residuals <= s.bound, ctx.count)
-    ctx.stage_solve("power", step, static, maxiter, per_step)
-    if ctx.staged:
-        s, n, q = ctx.stage("power", _power_loop, step, static, maxiter, per_step)(s, args)
-        ctx.count += per_step * int(ctx.backend.to_float(n))
-        if not math.isfinite(ctx.backend.to_float(q)):
-            ctx.check_finite(s.residuals)
+                            s.residuals <= s.bound, s.count)
+    p = p.staging("power", step, static, maxiter, per_step)
+    if p.staged:
+        s, q = p.stage("power", _power_loop, step, static, maxiter, per_step)(s, args)
+        if not math.isfinite(p.backend.to_float(q)):
+            p.check_finite(s.residuals)
+        s = s._replace(count=p.host_int(s.count))
     else:
-        start = ctx.count
+        start = s.count
         while True:
-            s = step(ctx, s, *static, *args)
-            if _stop(ctx, s.residuals, s.bound) or ctx.count - start + per_step > maxiter:
+            s = step(p, s, *static, *args)
+            if _stop(p, s.residuals, s.bound) or s.count - start + per_step > maxiter:
                 break
-    ctx.check_finite(s.residuals)
+    p.check_finite(s.residuals)
     s = _columns(s, k)
     conv = s.residuals <= s.bound
-    if warn and not ctx.backend.all_true(conv):
-        warn_unconverged("Power iteration", ctx.count)
-    return KrylovResult(s.values, s.left, s.right, s.residuals, conv, ctx.count)
+    if warn and not p.backend.all_true(conv):
+        warn_unconverged("Power iteration", s.count)
+    return KrylovResult(s.values, s.left, s.right, s.residuals, conv, s.count)
 
 
-def _power_loop(ctx: Context, step: Callable[..., PowerState], static: tuple, maxiter: int,
+def _power_loop(p: Problem, step: Callable[..., PowerState], static: tuple, maxiter: int,
                 per_step: int, s: PowerState, args: tuple):
     """The plain loop of :func:`power_solve` as one compiled piece: steps until the
     plain loop's stop (every residual within its bound, non-finite residuals, or the
-    product budget). Returns ``(state, steps, max(residual - bound))``."""
-    xp = ctx.xp
+    product budget). Returns ``(state, max(residual - bound))``."""
+    xp = p.xp
     room = maxiter // per_step  # steps the budget allows (at least one runs)
 
     def body(c: tuple) -> tuple:
-        st, n = step(ctx, c[0], *static, *args), c[1] + 1
+        st, n = step(p, c[0], *static, *args), c[1] + 1
         return st, n, xp.max(st.residuals - st.bound)
 
     def more(c: tuple) -> Any:
@@ -172,8 +176,9 @@ def _power_loop(ctx: Context, step: Callable[..., PowerState], static: tuple, ma
         stop = (q <= 0) | (~xp.isfinite(q) & ~xp.all(xp.isfinite(c[0].residuals)))
         return (c[1] == 0) | (~stop & (c[1] < room))
 
-    zero = xp.arange(1, device=ctx.device)[0] * 0
-    return ctx.backend.while_loop(more, body, (s, zero, xp.max(s.residuals - s.bound)))
+    zero = xp.arange(1, device=p.device)[0] * 0
+    s, _, q = p.backend.while_loop(more, body, (s, zero, xp.max(s.residuals - s.bound)))
+    return s, q
 
 
 def _columns(s: PowerState, k: int) -> PowerState:
@@ -182,15 +187,15 @@ def _columns(s: PowerState, k: int) -> PowerState:
     if len(s.values.shape) == 2:
         left = None if s.left is None else s.left[..., :k]
         return PowerState(s.V[..., :k], s.values[:, :k], left, s.right[..., :k],
-                          s.residuals[:, :k], s.bound)
+                          s.residuals[:, :k], s.bound, s.count)
     return PowerState(s.V[..., None], s.values[:, None], s.left[..., None],
-                      s.right[..., None], s.residuals[:, None], s.bound[:, None])
+                      s.right[..., None], s.residuals[:, None], s.bound[:, None], s.count)
 
 
-def _stop(ctx: Context, res: Array, bound: Array) -> bool:
+def _stop(p: Problem, res: Array, bound: Array) -> bool:
     """Whether every residual is within its bound (one host read); NaN/Inf in a product
     reaches the residuals and is reported."""
-    q = ctx.backend.to_float(ctx.xp.max(res - bound))
+    q = p.backend.to_float(p.xp.max(res - bound))
     if not math.isfinite(q):
-        ctx.check_finite(res)
+        p.check_finite(res)
     return q <= 0

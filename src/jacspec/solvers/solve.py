@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..operators import LinearOperator
-from .context import Context
 from .dense import eig_dense, svd_dense
-from .driver import GKL, LANCZOS, KrylovResult, krylov_solve, min_products
+from .driver import krylov_solve
+from .krylov import GKL, LANCZOS, min_products
 from .power import eig_power_step, power_init, power_solve, svd_power_step
+from .problem import Problem
+from .ritz import KrylovResult
 
 Array = Any
 
@@ -69,28 +71,27 @@ def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: i
               ) -> KrylovResult:
     """Batched (leading B) top-``k`` singular triplets of ``op``, no gradient. ``v0``
     (right) or ``u0`` (left, ``batch_shape + (m,)``) start the iteration, with a random
-    direction unless ``mix_start`` is False (see ``Context.start``)."""
+    direction unless ``mix_start`` is False (see ``Problem.start``)."""
     m, n = op.shape
     if method == "dense":
-        return svd_dense(Context(op, seed=seed), k)
+        return svd_dense(Problem.of(op, seed=seed), k)
     adjoint = m < n  # iterate from the smaller side: the basis fills in min(m, n) steps
-    ctx = Context(op, adjoint=adjoint, seed=seed)
-    ctx.mix_start = mix_start
-    start = None
+    p = Problem.of(op, adjoint=adjoint, seed=seed, mix_start=mix_start)
+    start, count = None, 0
     if v0 is not None:
         start = v0 if op.batch_shape else v0[None]
         if adjoint:
-            start = ctx.mv(start, adjoint=True)  # A v0 in R^m
+            start, count = p.mv(start, adjoint=True), 1  # A v0 in R^m
     elif u0 is not None:
         start = u0 if op.batch_shape else u0[None]
         if not adjoint:
-            start = ctx.mv(start, adjoint=True)  # A^H u0 in R^n
+            start, count = p.mv(start, adjoint=True), 1  # A^H u0 in R^n
     if method == "lanczos":
-        out = krylov_solve(ctx, GKL, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv,
-                           vectors=vectors)
+        out = krylov_solve(p, GKL, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv,
+                           vectors=vectors, count=count)
     else:
-        s = power_init(ctx, k, start, two_sided=True)
-        out = power_solve(ctx, svd_power_step, s, k, maxiter, 2, static=(tol,))
+        s = power_init(p, k, start, two_sided=True, count=count)
+        out = power_solve(p, svd_power_step, s, k, maxiter, 2, static=(tol,))
     if adjoint:
         out = out._replace(left=out.right, right=out.left)
     return out
@@ -100,21 +101,20 @@ def solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float
               maxiter: int | None, v0: Array | None, seed: int | None,
               ncv: int | None = None) -> KrylovResult:
     """Batched ``k`` wanted eigenpairs of the Hermitian ``op``, no gradient (a start
-    ``v0`` gets a random direction: see ``Context.start``)."""
-    ctx = Context(op, seed=seed)
-    ctx.mix_start = True
+    ``v0`` gets a random direction: see ``Problem.start``)."""
+    p = Problem.of(op, seed=seed, mix_start=True)
     if method == "dense":
-        return eig_dense(ctx, k, which=which)
+        return eig_dense(p, k, which=which)
     start = None
     if v0 is not None:
         start = v0 if op.batch_shape else v0[None]
     if method == "lanczos":
-        return krylov_solve(ctx, LANCZOS, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv,
+        return krylov_solve(p, LANCZOS, k, tol=tol, maxiter=maxiter, v0=start, ncv=ncv,
                             which=which)
 
-    def run(kk, wh, tl, limit, shift=None, sign=1.0, warn=True):
-        s = power_init(ctx, kk, start, two_sided=False)
-        return power_solve(ctx, eig_power_step, s, kk, limit, 1, static=(tl, wh, sign),
+    def run(kk, wh, tl, limit, shift=None, sign=1.0, warn=True, count=0, draw=1):
+        s = power_init(p, kk, start, two_sided=False, count=count, draw=draw)
+        return power_solve(p, eig_power_step, s, kk, limit, 1, static=(tl, wh, sign),
                            args=(shift,), warn=warn)
 
     if which == "LM":
@@ -122,6 +122,7 @@ def solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float
     # LA / SA: iterate on +-A + rho I, rho an estimate of the spectral radius, so that the
     # wanted end of the spectrum dominates.
     est = run(1, "LM", 1e-2, None if maxiter is None else maxiter - k, warn=False)
-    rho = ctx.xp.abs(est.values[:, 0]) * 1.1
-    rest = None if maxiter is None else max(maxiter - ctx.count, k)
-    return run(k, which, tol, rest, rho, 1.0 if which == "LA" else -1.0)
+    rho = p.xp.abs(est.values[:, 0]) * 1.1
+    rest = None if maxiter is None else max(maxiter - est.num_matvecs, k)
+    return run(k, which, tol, rest, rho, 1.0 if which == "LA" else -1.0,
+               count=est.num_matvecs, draw=2)

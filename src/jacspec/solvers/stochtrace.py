@@ -10,61 +10,62 @@ from typing import Any
 
 from .. import validate as V
 from ..interop import materialize
-from .context import Context
+from .problem import Problem
 
 Array = Any
 
 
-def _probes(ctx: Context, size: int, p: int, kind: str) -> Array:
-    """``(B, size, p)`` probes with ``E[z z^H] = I``: Rademacher or standard normal."""
-    xp = ctx.xp
-    G = ctx.random((ctx.B, size, p))
+def _probes(pr: Problem, size: int, p: int, kind: str, draw: int) -> Array:
+    """``(B, size, p)`` probes with ``E[z z^H] = I``: Rademacher or standard normal
+    (the ``draw``-th draw of the seed)."""
+    xp = pr.xp
+    G = pr.random((pr.B, size, p), draw)
     if kind == "gaussian":
         return G
-    if ctx.is_complex:
+    if pr.is_complex:
         G = xp.real(G)
     one = xp.ones_like(G)
     Z = xp.where(G >= 0, one, -one)
-    return ctx.cast(Z)
+    return pr.cast(Z)
 
 
-def _apply(ctx: Context, V_: Array, *, adjoint: bool = False) -> Array:
+def _apply(pr: Problem, V_: Array, *, adjoint: bool = False) -> Array:
     """Differentiable product of the (batch-of-one) operator with ``(B, size, p)``."""
-    op = ctx.op
-    if ctx.batched:
+    op = pr.op
+    if pr.batched:
         return op._mm(V_, adjoint=adjoint, grad=True)
     return op._mm(V_[0], adjoint=adjoint, grad=True)[None]
 
 
-def _colsum_dot(ctx: Context, Z: Array, AZ: Array) -> Array:
+def _colsum_dot(pr: Problem, Z: Array, AZ: Array) -> Array:
     """``sum_j z_j^H A z_j`` per sample, (B,)."""
-    xp = ctx.xp
-    return xp.sum(xp.sum(ctx.conj(Z) * AZ, axis=-1), axis=-1)
+    xp = pr.xp
+    return xp.sum(xp.sum(pr.conj(Z) * AZ, axis=-1), axis=-1)
 
 
-def hutchinson(ctx: Context, p: int, kind: str) -> Array:
-    Z = _probes(ctx, ctx.n_in, p, kind)
-    return _colsum_dot(ctx, Z, _apply(ctx, Z)) / p
+def hutchinson(pr: Problem, p: int, kind: str) -> Array:
+    Z = _probes(pr, pr.n_in, p, kind, 1)
+    return _colsum_dot(pr, Z, _apply(pr, Z)) / p
 
 
-def hutchpp(ctx: Context, p: int, kind: str) -> Array:
+def hutchpp(pr: Problem, p: int, kind: str) -> Array:
     """Hutch++ (Meyer, Musco, Musco, Woodruff 2021): exact trace on a sketched range,
     Hutchinson on the deflated rest; ``p`` products in total (``p // 3`` for the sketch,
     ``p // 3`` for the range, the rest for the probes)."""
-    xp = ctx.xp
+    xp = pr.xp
     s = p // 3
     g = p - 2 * s
-    b = ctx.backend
-    S = _probes(ctx, ctx.n_in, s, kind)
+    b = pr.backend
+    S = _probes(pr, pr.n_in, s, kind, 1)
     with b.no_grad():
-        AS = b.stop_gradient(ctx.op._mm(S if ctx.batched else S[0], grad=False))
-    if not ctx.batched:
+        AS = b.stop_gradient(pr.op._mm(S if pr.batched else S[0], grad=False))
+    if not pr.batched:
         AS = AS[None]
     Q = b.stop_gradient(xp.linalg.qr(AS).Q)  # (B, n, s)
-    t_range = _colsum_dot(ctx, Q, _apply(ctx, Q))
-    G = _probes(ctx, ctx.n_in, g, kind)
-    G = G - xp.matmul(Q, xp.matmul(ctx.H(Q), G))
-    t_rest = _colsum_dot(ctx, G, _apply(ctx, G)) / g
+    t_range = _colsum_dot(pr, Q, _apply(pr, Q))
+    G = _probes(pr, pr.n_in, g, kind, 2)
+    G = G - xp.matmul(Q, xp.matmul(pr.H(Q), G))
+    t_rest = _colsum_dot(pr, G, _apply(pr, G)) / g
     return t_range + t_rest
 
 
@@ -111,9 +112,9 @@ def trace(op: Any, *, num_probes: int = 30, method: str = "hutch++", seed: int |
     probes = V.choice(probes, V.PROBES, "probes")
     seed = V.check_seed(seed)
     p = V.check_positive_int(num_probes, "num_probes", minimum=3 if method == "hutch++" else 1)
-    ctx = Context(op, seed=seed)
-    out = hutchpp(ctx, p, probes) if method == "hutch++" else hutchinson(ctx, p, probes)
-    ctx.check_finite(out)
+    pr = Problem.of(op, seed=seed)
+    out = hutchpp(pr, p, probes) if method == "hutch++" else hutchinson(pr, p, probes)
+    pr.check_finite(out)
     return out if op.batch_shape else out[0]
 
 
@@ -151,19 +152,19 @@ def frobenius_norm(op: Any, *, num_probes: int | None = None, seed: int | None =
     V.check_nonempty(op)
     seed = V.check_seed(seed)
     xp = op.xp
-    ctx = Context(op, seed=seed)
+    pr = Problem.of(op, seed=seed)
     if num_probes is None:
         M = materialize(op, grad=True)
-        if not op._backend.is_traced(M) and not op._backend.all_finite(M):
+        if not op.backend_impl.is_traced(M) and not op.backend_impl.all_finite(M):
             raise FloatingPointError(f"Materializing {op!r} produced NaN or Inf.")
-        sq = xp.real(ctx.conj(M) * M)
+        sq = xp.real(pr.conj(M) * M)
         return xp.sqrt(xp.sum(xp.sum(sq, axis=-1), axis=-1))
     p = V.check_positive_int(num_probes, "num_probes")
     m = op.shape[0]
-    G = ctx.random((ctx.B, m, p))
-    G = G / ctx.cast(xp.linalg.vector_norm(G, axis=-2, keepdims=True))
-    R = _apply(ctx, G, adjoint=True)  # (B, n, p)
-    sq = xp.sum(xp.sum(xp.real(ctx.conj(R) * R), axis=-1), axis=-1) * (m / p)
-    ctx.check_finite(sq)
+    G = pr.random((pr.B, m, p))
+    G = G / pr.cast(xp.linalg.vector_norm(G, axis=-2, keepdims=True))
+    R = _apply(pr, G, adjoint=True)  # (B, n, p)
+    sq = xp.sum(xp.sum(xp.real(pr.conj(R) * R), axis=-1), axis=-1) * (m / p)
+    pr.check_finite(sq)
     out = xp.sqrt(sq)
     return out if op.batch_shape else out[0]

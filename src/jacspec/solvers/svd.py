@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .. import validate as V
+from ..backends import Backend
 from ..operators import LinearOperator
 from .solve import check_budget, resolve_method, solve_eig, solve_svd
 
@@ -131,7 +132,7 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
     k, tol, maxiter, seed, v0, ncv = V.check_common(op, k, tol, maxiter, seed, v0, ncv)
     method = resolve_method(method, op, k, hermitian=False)
     check_budget(op, k, method, maxiter)
-    with op._backend.no_grad():
+    with op.backend_impl.no_grad():
         out = solve_svd(op, k, method=method, tol=tol, maxiter=maxiter, v0=v0, seed=seed,
                         ncv=ncv, vectors=return_vectors)
     return SVDResult(
@@ -184,7 +185,7 @@ def spectral_norm(op: Any, *, method: str = "auto", tol: float | None = None,
     tol = V.check_tol(tol, op)
     maxiter = V.check_maxiter(maxiter)
     seed = V.check_seed(seed)
-    b, xp = op._backend, op.xp
+    b, xp = op.backend_impl, op.xp
     batched = bool(op.batch_shape)
     method = resolve_method(method, op, 1, hermitian=op.is_hermitian)
     check_budget(op, 1, method, maxiter, which="LM" if op.is_hermitian else None)
@@ -202,13 +203,32 @@ def spectral_norm(op: Any, *, method: str = "auto", tol: float | None = None,
             out = solve_svd(op, 1, method=method, tol=tol, maxiter=maxiter, v0=None,
                             seed=seed)
             u, v = out.left[..., 0], out.right[..., 0]
-    u = b.stop_gradient(u)
-    v = b.stop_gradient(v)
     if not batched:
         u, v = u[0], v[0]
     # u^H A v through the adjoint product (A^H u)^H v: reverse mode, the cheaper
     # product with gradients recorded in every framework.
-    Ahu = op._mm(u[..., None], adjoint=True, grad=True)[..., 0]
-    if op.is_complex:
+    u = b.stop_gradient(u)
+    return envelope(b, op._mm(u[..., None], adjoint=True, grad=True)[..., 0], v)
+
+
+def envelope(b: Backend, Ahu: Array, v: Array | None = None, value: Array | None = None
+             ) -> Array:
+    """The top singular value ``sigma = Re(u^H A v)`` of an operator ``A``, with the
+    gradient of ``sigma`` (the envelope theorem: ``u v^H`` for a matrix), from
+    ``Ahu = A^H u`` (taken with gradients) for its top left singular vector ``u`` held
+    constant; the last axis is the vector's.
+
+    ``v``: the right singular vector (held constant); ``None``: ``A^H u / ||A^H u||``,
+    the exact partner of ``u`` (no NaN gradient where ``A^H u = 0``). ``value``: the
+    value to return instead (a certified bound), with the same gradient.
+    """
+    xp = b.xp
+    if v is None:
+        w = b.stop_gradient(Ahu)
+        nrm = xp.linalg.vector_norm(w, axis=-1, keepdims=True)
+        v = w / xp.where(nrm > 0, nrm, xp.ones_like(nrm))
+    v = b.stop_gradient(v)
+    if b.dtype_name(Ahu.dtype).startswith("complex"):
         Ahu = xp.conj(Ahu)
-    return xp.real(xp.sum(Ahu * v, axis=-1))
+    sigma = xp.real(xp.sum(Ahu * v, axis=-1))
+    return sigma if value is None else sigma + b.stop_gradient(value - sigma)

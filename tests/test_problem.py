@@ -1,0 +1,95 @@
+"""The solvers' product count: carried in the step states, it is the number of products
+the operator took (``num_matvecs``), for every method, start and batch, in every backend;
+a Problem is never written to."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+
+import jacspec as js
+from _helpers import from_numpy
+from jacspec.operators import LinearOperator
+from jacspec.solvers.problem import Problem
+
+
+class _Counted(LinearOperator):
+    """``inner`` with a tally of the products taken (a column of a block counts once)."""
+
+    def __init__(self, inner: LinearOperator) -> None:
+        super().__init__(inner.shape, dtype=inner.dtype, backend=inner.backend_impl,
+                         device=inner.device, batch_shape=inner.batch_shape)
+        self.inner, self.products = inner, 0
+
+    @property
+    def is_hermitian(self) -> bool:
+        return self.inner.is_hermitian
+
+    def _mm(self, V, *, adjoint=False, grad=False):
+        self.products += int(V.shape[-1])
+        return self.inner._mm(V, adjoint=adjoint, grad=grad)
+
+    def _mv(self, v, *, adjoint=False):
+        self.products += 1
+        return self.inner._mv(v, adjoint=adjoint)
+
+
+def _op(backend: str, A: np.ndarray) -> _Counted:
+    return _Counted(js.aslinearoperator(from_numpy(A, backend, "float64")))
+
+
+def _spectrum_matrix(m: int, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    r = min(m, n)
+    U = np.linalg.qr(rng.standard_normal((m, r)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    return (U * 0.9 ** np.arange(r)) @ V.T
+
+
+@pytest.mark.parametrize("method,k,maxiter", [("lanczos", 1, None), ("lanczos", 3, None),
+                                              ("lanczos", 2, 9), ("power", 2, None),
+                                              ("dense", 2, None)])
+@pytest.mark.parametrize("shape", [(60, 40), (30, 50)])
+def test_svds_counts_the_products_taken(backend, method, k, maxiter, shape):
+    """Wide operators iterate on the adjoint; a ``v0`` there costs one product more."""
+    A = _spectrum_matrix(*shape)
+    for v0 in (None, np.ones(shape[1])):
+        op = _op(backend, A)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # maxiter stops short
+            res = js.svds(op, k=k, method=method, maxiter=maxiter, tol=1e-8,
+                          v0=None if v0 is None else from_numpy(v0, backend, "float64"))
+        assert res.num_matvecs == op.products
+
+
+@pytest.mark.parametrize("method,which", [("lanczos", "LM"), ("lanczos", "SA"),
+                                          ("power", "LM"), ("power", "LA")])
+def test_eigsh_counts_the_products_taken(backend, method, which):
+    """``LA`` / ``SA`` power iteration runs twice (a spectral radius estimate first):
+    both runs count."""
+    rng = np.random.default_rng(1)
+    Q = np.linalg.qr(rng.standard_normal((40, 40)))[0]
+    A = (Q * np.linspace(-3.0, 5.0, 40)) @ Q.T
+    op = _op(backend, A)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = js.eigsh(op, k=2, which=which, method=method, tol=1e-6, maxiter=400)
+    assert res.num_matvecs == op.products
+
+
+def test_batched_svds_counts_once_per_product(backend):
+    """A batched product advances all problems: it counts once."""
+    A = np.stack([_spectrum_matrix(30, 20, s) for s in range(3)])
+    op = _op(backend, A)
+    res = js.svds(op, k=2, method="lanczos")
+    assert res.num_matvecs == op.products
+
+
+def test_a_problem_is_never_written_to(backend):
+    p = Problem.of(js.aslinearoperator(from_numpy(np.eye(3), backend, "float64")))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.seed = 1  # type: ignore[misc]
+    assert p.with_tol(1e-3).bd_rtol == 1e-3 and p.bd_rtol < 1e-3
