@@ -206,7 +206,7 @@ def test_torch_distributed_needs_a_process_group():
 
 def _run(cmd: list[str], env: dict) -> str:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **env}
-    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=120,
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
