@@ -280,7 +280,7 @@ def _linear(backend, W, x):
             Wt.grad = None
             s = js.spectral_norm(js.jacobian(lambda z: Wt @ z, torch.tensor(x)), method=method)
             s.backward()
-            out.append((float(s), Wt.grad.numpy().copy()))
+            out.append((float(s.detach()), Wt.grad.numpy().copy()))
         return out
     if backend == "jax":
         import jax

@@ -28,6 +28,7 @@ from __future__ import annotations
 import cmath
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -350,6 +351,16 @@ def _loss_hessian_product(loss: Callable) -> Callable:
     return closed if kind is not None else autodiff
 
 
+@contextlib.contextmanager
+def _quiet_forward_mode() -> Iterator[None]:
+    """torch's forward mode scripts a helper with the deprecated ``torch.jit.script`` on
+    first use; that warning is torch's own business, not the caller's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated",
+                                category=DeprecationWarning)
+        yield
+
+
 class TorchBackend(Backend):
     name = "torch"
     module_name = "torch"
@@ -650,7 +661,8 @@ class TorchBackend(Backend):
             import torch.autograd.forward_ad as fwad
 
             # every column draws what the first does (the batch's dropout masks)
-            with _forward_mode(f, start) as guard, _math_kernels(), fwad.dual_level():
+            with _forward_mode(f, start) as guard, _math_kernels(), _quiet_forward_mode(), \
+                    fwad.dual_level():
                 duals = [fwad.make_dual(leaf, t) for leaf, t in zip(leaves, lay.split(v))]
                 z, zt = fwad.unpack_dual(guard.result(f(_with_leaves(arg, duals), inputs)))
             if zt is None:
