@@ -349,7 +349,11 @@ def test_fantastic_four_certified_at_every_scale(backend, ff_route):
         bound = float(to_numpy(js.conv.fantastic_four(wb, tol=1e-3).bound))
         exact = _scaled_exact(w.astype(np.float64), scale)
         assert np.isfinite(bound)
-        assert exact <= bound <= exact * (1 + 1e-3) * (1 + 1e-6)
+        assert exact <= bound
+        # Entries in the subnormal range carry few significant bits (and XLA/TF CPU
+        # kernels flush them to zero), so the rounding slack of the bound grows there.
+        subnormal = np.abs(w.astype(np.float64) * scale).min() < np.finfo(dtype).tiny
+        assert bound <= exact * (1 + 1e-3) * (1 + (1e-2 if subnormal else 1e-6))
 
     run()
 
