@@ -333,7 +333,7 @@ def _mlp_norm(backend, W1, W2, x, method):
         s = js.spectral_norm(js.jacobian(lambda z: torch.tensor(W2) @ torch.tanh(W1t @ z), xt),
                              method=method)
         s.backward()
-        return float(s), xt.grad.numpy(), W1t.grad.numpy()
+        return float(s.detach()), xt.grad.numpy(), W1t.grad.numpy()
     if backend == "jax":
         import jax
         import jax.numpy as jnp
