@@ -498,7 +498,7 @@ class ConvOperator(LinearOperator):
 
     def _staged_form(self):
         return self._array_form("weight", (
-            "conv", tuple(self.weight.shape), self._backend.dtype_name(self.dtype),
+            "conv", tuple(self.weight.shape), self.backend_impl.dtype_name(self.dtype),
             self.input_hw, self.output_hw, self.stride, self.pads, self.circular))
 
     def _images(self, V: Array, c: int, hw: tuple[int, int]) -> Array:
@@ -513,7 +513,7 @@ class ConvOperator(LinearOperator):
         return xp.reshape(xp.permute_dims(X, perm), (-1, k))
 
     def _mm(self, V, *, adjoint=False, grad=False):
-        b, xp = self._backend, self.xp
+        b, xp = self.backend_impl, self.xp
         w = self.weight if grad else b.stop_gradient(self.weight)
         co, ci = int(w.shape[0]), int(w.shape[1])
         zero = ((0, 0), (0, 0))

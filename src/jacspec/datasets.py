@@ -188,9 +188,9 @@ class DatasetOperator(LinearOperator):
         seen = 0
         # The data's own random draws (a shuffling DataLoader's) leave the caller's
         # generators as they were.
-        with self._backend.fixed_randomness(None):
+        with self.backend_impl.fixed_randomness(None):
             for i, batch in enumerate(self._data):
-                pieces = (self._backend.distributed_parts(batch, group=self._group)
+                pieces = (self.backend_impl.distributed_parts(batch, group=self._group)
                           if self._distributed else [batch])
                 s = _signature(pieces[0])
                 if s != self._summary.signature:
@@ -221,7 +221,7 @@ class DatasetOperator(LinearOperator):
         """``weight * product(batch, V)``, None for an empty batch; a distributed batch
         goes through the adapter (which may run its pieces on their replicas)."""
         if self._distributed:
-            return self._backend.distributed_product(self._batch_product, batch, V,
+            return self.backend_impl.distributed_product(self._batch_product, batch, V,
                                                      self._weight, group=self._group)
         weight = self._weight(batch)
         return self._batch_product(batch, V) * weight if weight else None
@@ -232,7 +232,7 @@ class DatasetOperator(LinearOperator):
                        enabled=self._progress)
         try:
             for i, batch in enumerate(self._batches()):
-                with self._backend.fixed_randomness(self._batch_seed(i)):
+                with self.backend_impl.fixed_randomness(self._batch_seed(i)):
                     part = self._weighted_product(batch, V)
                 if part is not None:
                     if total is None:
@@ -243,7 +243,7 @@ class DatasetOperator(LinearOperator):
         finally:
             bar.close()
         if self._distributed:
-            total = self._backend.distributed_sum(total, group=self._group)
+            total = self.backend_impl.distributed_sum(total, group=self._group)
         return total if total.dtype == self.dtype else self.xp.astype(total, self.dtype)
 
     def _batch_product(self, batch: Any, V: Array) -> Array:
