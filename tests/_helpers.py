@@ -1,7 +1,7 @@
 """Backend-agnostic helpers for the test suite.
 
 Import them in test modules with ``from _helpers import from_numpy, to_numpy, rtol_for``
-(pytest puts ``tests/`` on ``sys.path``; ``tests/`` has no ``__init__.py``).
+(``pythonpath`` in pyproject.toml puts ``tests/`` on ``sys.path``).
 
 Nothing here imports a framework at module level: each framework is imported only when
 an array of it is built or converted.

@@ -55,7 +55,7 @@ framework's models module, time sides in turn with :mod:`jacspec.bench.timing`, 
 minutes per backend), and add the group's name to
 :data:`~jacspec.bench.registry.ORDER` where it should stand in the table (otherwise it
 comes last). Test the reference of a new row against jacspec on a tiny case in
-``tests/test_bench_<topic>.py``, without timed assertions.
+``tests/bench/test_<topic>_rows.py``, without timed assertions.
 """
 
 from __future__ import annotations

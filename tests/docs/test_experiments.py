@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "docs" / "experiments"
 # Every script (the helper modules start with an underscore); each lists its BACKENDS.
 SCRIPTS = sorted(p.stem for p in EXPERIMENTS.glob("[a-z]*.py"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 _SECTION = re.compile(r"^### (.+?)\n(.*?)(?=^##)", re.S | re.M)
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
