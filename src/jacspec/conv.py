@@ -442,8 +442,8 @@ class ConvOperator(LinearOperator):
 def _make_operator(b: Backend, w: Array, input_size: Any, stride: Any, padding: Any,
                    layout_hint: str, wrap: bool = False) -> ConvOperator:
     kernel_hw = (int(w.shape[2]), int(w.shape[3]))
-    hw, st, pads, circ, out = V.conv_geometry(kernel_hw, input_size, stride, padding, layout_hint,
-                                        wrap)
+    hw, st, pads, circ, out = V.conv_geometry(kernel_hw, input_size, stride, padding,
+                                              layout_hint, wrap)
     return ConvOperator(w, b, hw, st, pads, circ, out)
 
 
@@ -599,14 +599,14 @@ def gram_bound(weight: Array, input_size: Any = None, *, stride: Any = 1,
     if input_size is None:
         st = V.pair(stride, "stride", minimum=1)
         _, _, _, circ, _ = V.conv_geometry((kh, kw), (kh + 8 * st[0], kw + 8 * st[1]), st,
-                                     padding, _hint(b, layout))
+                                           padding, _hint(b, layout))
         K = gi.polyphase(b, w, (1, 1) if circ else st)
         taps = (int(K.shape[2]), int(K.shape[3]))
         grid = tuple(GRID_PER_TAP * (t - 1) if t > 1 else 1 for t in taps)
         factor = gi.grid_factor(taps, grid)
     else:
         hw, st, pads, circ, out = V.conv_geometry((kh, kw), input_size, stride, padding,
-                                            _hint(b, layout))
+                                                  _hint(b, layout))
         phases, grid = [], []
         for n, s, (lo, hi), o in zip(hw, st, pads, out):
             if circ:

@@ -10,7 +10,7 @@ from . import validate
 from .backends import backend_of, host_backend
 from .operators import DenseOperator, LinearOperator, ScipyOperator
 
-__all__ = ["aslinearoperator", "as_operator", "dense", "to_scipy", "materialize"]
+__all__ = ["aslinearoperator", "dense", "to_scipy", "materialize"]
 
 
 def aslinearoperator(A: Any) -> LinearOperator:
