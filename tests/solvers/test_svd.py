@@ -1,4 +1,5 @@
-"""Spectral solvers (svds, eigsh, spectral_norm) against dense NumPy/SciPy references."""
+"""``svds`` and ``spectral_norm`` (solvers/svd.py) against dense NumPy references: hard
+spectra, batches, complex operators, bad input, and the gradient of the norm."""
 
 from __future__ import annotations
 
@@ -11,59 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jacspec as js
-from _helpers import from_numpy, rtol_for, to_numpy
-
-SPECTRA = ["random", "repeated", "clustered", "rankdef", "zero", "ones", "wide"]
-
-
-def make_matrix(m: int, n: int, kind: str, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    r = min(m, n)
-    if kind == "zero":
-        return np.zeros((m, n))
-    if kind == "ones":
-        return np.ones((m, n))
-    if kind == "random":
-        return rng.standard_normal((m, n))
-    U = np.linalg.qr(rng.standard_normal((m, r)))[0]
-    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
-    s = np.sort(rng.uniform(0.1, 1.0, r))[::-1]
-    if kind == "repeated":
-        s[: min(3, r)] = 2.0
-    elif kind == "clustered":
-        s[: min(3, r)] = 2.0 + 1e-6 * np.arange(min(3, r))[::-1]
-    elif kind == "rankdef":
-        s[max(1, r // 2):] = 0.0
-    elif kind == "wide":
-        s = np.logspace(0, -10, r)
-    return (U * s) @ V.T
-
-
-def check_svd(A, res, k, dtype, *, vectors=True):
-    s_ref = np.linalg.svd(A, compute_uv=False)
-    scale = np.maximum(s_ref[..., :1], 1e-300)
-    vals = to_numpy(res.values)
-    assert vals.shape == A.shape[:-2] + (k,)
-    assert np.all(np.isfinite(vals))
-    tol = 20 * rtol_for(dtype)
-    assert np.all(np.abs(vals - s_ref[..., :k]) <= tol * scale + 1e-300), (vals, s_ref)
-    if vectors:
-        L, R = to_numpy(res.left), to_numpy(res.right)
-        eye = np.eye(k)
-        np.testing.assert_allclose(np.swapaxes(L.conj(), -1, -2) @ L, np.broadcast_to(eye, L.shape[:-2] + (k, k)), atol=tol)
-        np.testing.assert_allclose(np.swapaxes(R.conj(), -1, -2) @ R, np.broadcast_to(eye, R.shape[:-2] + (k, k)), atol=tol)
-        err = np.abs(A @ R - L * vals[..., None, :]).max(axis=(-2, -1))
-        assert np.all(err <= tol * scale[..., 0] * 10 + 1e-300)
-
-
-def examples(backend: str) -> int:
-    """Hypothesis examples per backend: JAX eager compiles every new shape and TF eager
-    is slow, so they get fewer (the "ci" profile gives 15 to the others)."""
-    return {"jax": 5, "tensorflow": 6}.get(backend, settings().max_examples)
+from _helpers import (
+    SPECTRA,
+    check_svd,
+    from_numpy,
+    make_matrix,
+    solver_examples,
+    to_numpy,
+)
 
 
 def test_svds_matches_numpy(backend):
-    @settings(max_examples=examples(backend))
+    @settings(max_examples=solver_examples(backend))
     @given(
         m=st.integers(1, 14),
         n=st.integers(1, 14),
@@ -93,18 +53,6 @@ def test_lanczos_restarts_and_clusters(backend, kind):
     res = js.svds(from_numpy(A, backend), k=3, method="lanczos", ncv=10, return_vectors=True)
     assert bool(np.all(to_numpy(res.converged)))
     check_svd(A, res, 3, "float64")
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_power_matches_numpy(backend, dtype):
-    rng = np.random.default_rng(1)
-    U = np.linalg.qr(rng.standard_normal((20, 12)))[0]
-    V = np.linalg.qr(rng.standard_normal((12, 12)))[0]
-    s = np.array([4.0, 2.0, 1.0] + [0.5] * 9)
-    A = ((U * s) @ V.T).astype(dtype).astype(np.float64)
-    res = js.svds(from_numpy(A, backend, dtype), k=2, method="power", return_vectors=True)
-    assert bool(np.all(to_numpy(res.converged)))
-    check_svd(A, res, 2, dtype)
 
 
 def test_batched_matches_per_sample(backend, dtype):
@@ -138,67 +86,6 @@ def test_complex(backend):
     np.testing.assert_allclose(X.conj().T @ X, np.eye(2), atol=1e-10)
 
 
-def _eig_ref(w, which, k):
-    if which == "LA":
-        return np.sort(w)[::-1][:k]
-    if which == "SA":
-        return np.sort(w)[:k]
-    return w[np.argsort(-np.abs(w), kind="stable")][:k]
-
-
-def test_eigsh_matches_scipy(backend):
-    @settings(max_examples=examples(backend))
-    @given(
-        n=st.integers(1, 14),
-        kind=st.sampled_from(["random", "repeated", "clustered", "rankdef", "zero", "ones"]),
-        which=st.sampled_from(["LM", "LA", "SA"]),
-        dtype=st.sampled_from(["float32", "float64"]),
-        method=st.sampled_from(["lanczos", "dense"]),
-        data=st.data(),
-    )
-    def run(n, kind, which, dtype, method, data):
-        A = make_matrix(n, n, kind, seed=n)
-        if kind in ("repeated", "clustered", "rankdef"):
-            Q = np.linalg.qr(np.random.default_rng(n).standard_normal((n, n)))[0]
-            d = np.linalg.svd(A, compute_uv=False) * np.where(np.arange(n) % 2, -1.0, 1.0)
-            if kind != "rankdef":
-                d[: min(3, n)] = np.abs(d[: min(3, n)])
-            A = (Q * d) @ Q.T
-        A = (A + A.T) / 2
-        A = A.astype(dtype).astype(np.float64)
-        k = data.draw(st.integers(1, n))
-        w = scipy.linalg.eigh(A, eigvals_only=True)
-        res = js.eigsh(from_numpy(A, backend, dtype), k=k, which=which, method=method,
-                       return_vectors=True)
-        vals = to_numpy(res.values)
-        scale = max(np.abs(w).max(), 1e-300)
-        tol = 20 * rtol_for(dtype)
-        ref = _eig_ref(w, which, k)
-        vals_cmp = vals
-        if which == "LM":  # ties in magnitude may come in either order
-            np.testing.assert_allclose(np.abs(vals_cmp), np.abs(ref), atol=tol * scale + 1e-300)
-        else:
-            np.testing.assert_allclose(vals_cmp, ref, atol=tol * scale + 1e-300)
-        X = to_numpy(res.vectors)
-        np.testing.assert_allclose(X.T @ X, np.eye(k), atol=tol)
-        np.testing.assert_allclose(A @ X, X * vals, atol=10 * tol * scale + 1e-300)
-
-    run()
-
-
-@pytest.mark.parametrize("which", ["LM", "LA", "SA"])
-def test_eigsh_power_and_batched(backend, which):
-    rng = np.random.default_rng(5)
-    Q = np.linalg.qr(rng.standard_normal((3, 10, 10)))[0]
-    d = np.array([5.0, -4.0, 2.0, 1.0, 0.5, -0.5, 0.2, 0.1, -0.1, 0.0])
-    A = (Q * d) @ np.swapaxes(Q, -1, -2)
-    for method in ["power", "lanczos", "dense"]:
-        res = js.eigsh(from_numpy(A, backend), k=2, which=which, method=method)
-        ref = _eig_ref(d, which, 2)
-        np.testing.assert_allclose(to_numpy(res.values), np.broadcast_to(ref, (3, 2)),
-                                   atol=1e-6)
-
-
 def test_zero_operator_every_method(backend):
     Z = from_numpy(np.zeros((2, 6, 4)), backend)
     for method in ["lanczos", "dense", "power"]:
@@ -210,21 +97,6 @@ def test_zero_operator_every_method(backend):
         assert np.all(to_numpy(s) == 0.0)
         e = js.eigsh(from_numpy(np.zeros((5, 5)), backend), k=2, method=method)
         assert np.all(to_numpy(e.values) == 0.0)
-
-
-def test_maxiter_warns(backend):
-    A = make_matrix(80, 70, "clustered", seed=7)
-    with pytest.warns(RuntimeWarning, match="maxiter"):
-        res = js.svds(from_numpy(A, backend), k=2, method="lanczos", maxiter=6)
-    assert not bool(np.all(to_numpy(res.converged)))
-    assert res.num_matvecs <= 6
-    with pytest.warns(RuntimeWarning, match="maxiter"):
-        res = js.svds(from_numpy(A, backend), k=1, method="power", maxiter=10)
-    assert not bool(np.all(to_numpy(res.converged)))
-    with pytest.warns(RuntimeWarning, match="maxiter"):
-        res = js.eigsh(from_numpy(A[:70] + A[:70].T, backend), k=2, method="lanczos",
-                       maxiter=5)
-    assert res.num_matvecs <= 5
 
 
 def test_bad_input(backend):
@@ -471,180 +343,3 @@ def test_lanczos_finds_every_copy_of_a_repeated_top_value(backend, k):
     np.testing.assert_allclose(X.T @ X, np.eye(k), atol=1e-7)
 
 
-def test_jax_jit_krylov_hard_cases(backend):
-    """Inside ``jax.jit`` the Krylov loops run a fixed budget with hash-based restart
-    vectors and in-place buffer writes: breakdowns (rank deficiency, the zero map,
-    repeated values) must still give the dense answer, batched and unbatched."""
-    if backend != "jax":
-        pytest.skip("jax.jit only")
-    import jax
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(11)
-    B, m, n = 3, 9, 7
-    A = rng.standard_normal((B, m, n))
-    A[0] = np.outer(rng.standard_normal(m), rng.standard_normal(n))  # rank 1
-    A[1] = 0.0  # the zero map
-    U, _, Vt = np.linalg.svd(rng.standard_normal((m, n)), full_matrices=False)
-    A[2] = (U * np.array([3.0, 3.0, 3.0, 1.0, 0.5, 1e-3, 0.0])) @ Vt  # repeated top
-    Aj = jnp.asarray(A)
-
-    def f(x):
-        return jnp.einsum("bmn,bn->bm", Aj, x)
-
-    x = jnp.asarray(rng.standard_normal((B, n)))
-    ref = np.linalg.svd(A, compute_uv=False)[:, :3]
-    out = jax.jit(lambda x: js.svds(js.jacobian(f, x, batched=True), k=3,
-                                    method="lanczos").values)(x)
-    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-10)
-    # a budget smaller than the basis (the basis shrinks to it): still a lower bound
-    # that has converged for the well-separated top value of the random sample
-    C = rng.standard_normal((30, 20))
-    g = jax.jit(lambda z: js.svds(js.jacobian(lambda y: jnp.asarray(C) @ y, z), k=1,
-                                  method="lanczos", maxiter=30).values)
-    top = float(np.linalg.svd(C, compute_uv=False)[0])
-    val = float(g(jnp.asarray(rng.standard_normal(20)))[0])
-    assert val <= top * (1 + 1e-12) and val > 0.9 * top
-    # Hessian with a repeated top eigenvalue (three copies), full budget
-    S = np.diag([5.0, 5.0, 5.0, 2.0, -1.0, 0.0])
-    Q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
-    H = Q @ S @ Q.T
-    h = jax.jit(lambda z: js.eigsh(js.hessian(lambda y: 0.5 * y @ jnp.asarray(H) @ y, z),
-                                   k=3, method="lanczos").values)
-    np.testing.assert_allclose(np.asarray(h(jnp.zeros(6))), [5.0, 5.0, 5.0], atol=1e-10)
-
-
-def test_jax_jit_compiled_steps_with_thick_restarts(backend):
-    """Inside ``jax.jit`` the steps between thick restarts run as one ``lax.fori_loop``:
-    with a small ``ncv`` and a budget of several restarts (about 7 and 14), GKL and
-    Lanczos still reach the dense answer, and the product count is the budget (counted
-    per compiled step, not per trace)."""
-    if backend != "jax":
-        pytest.skip("jax.jit only")
-    import jax
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(5)
-    C = rng.standard_normal((40, 30))
-    C[:, 0] = C[:, 1]  # rank deficient: a breakdown once the basis spans the range
-    ref = np.linalg.svd(C, compute_uv=False)
-    counts = []
-
-    def top_sv(z):
-        r = js.svds(js.jacobian(lambda y: jnp.asarray(C) @ y, z), k=2, method="lanczos",
-                    ncv=8, maxiter=80)
-        counts.append(r.num_matvecs)
-        return r.values
-
-    out = jax.jit(top_sv)(jnp.asarray(rng.standard_normal(30)))
-    np.testing.assert_allclose(np.asarray(out), ref[:2], rtol=1e-9)
-    assert counts == [80]
-    S = np.concatenate([[4.0, 4.0], np.linspace(-3.0, 3.0, 18)])
-    Q, _ = np.linalg.qr(rng.standard_normal((20, 20)))
-    H = (Q * S) @ Q.T
-
-    def top_ev(z):
-        r = js.eigsh(js.hessian(lambda y: 0.5 * y @ jnp.asarray(H) @ y, z), k=2,
-                     method="lanczos", ncv=7, maxiter=60)
-        counts.append(r.num_matvecs)
-        return r.values
-
-    np.testing.assert_allclose(np.asarray(jax.jit(top_ev)(jnp.zeros(20))), [4.0, 4.0],
-                               atol=1e-9)
-    assert counts[-1] == 60
-
-
-def test_jax_jit_program_does_not_grow_with_the_budget(backend):
-    """Under ``jax.jit`` a fixed budget's restart cycles run as one compiled loop: the
-    traced program (top-level equations) is about the same for 40 products (no cycle
-    after the first restart) and 400 (about 60 cycles)."""
-    if backend != "jax":
-        pytest.skip("jax.jit only")
-    import jax
-    import jax.numpy as jnp
-
-    C = jnp.asarray(np.random.default_rng(5).standard_normal((40, 30)))
-
-    def size(maxiter):
-        def top_sv(z):
-            J = js.jacobian(lambda y: C @ y, z)
-            return js.svds(J, k=2, method="lanczos", ncv=8, maxiter=maxiter).values
-
-        return len(jax.make_jaxpr(top_sv)(jnp.ones(30)).jaxpr.eqns)
-
-    assert size(400) <= size(40) + 5
-
-
-def test_jax_jit_breakdowns_inside_restart_cycles(backend):
-    """Rank 3 with a basis of 6: every cycle of a traced budget breaks down and draws
-    restart directions (salted per cycle); GKL and Lanczos still give the dense values."""
-    if backend != "jax":
-        pytest.skip("jax.jit only")
-    import jax
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(3)
-    A = rng.standard_normal((20, 3)) @ rng.standard_normal((3, 15))
-    Aj, Sj = jnp.asarray(A), jnp.asarray(A.T @ A)
-    sv = jax.jit(lambda z: js.svds(js.jacobian(lambda y: Aj @ y, z), k=2, method="lanczos",
-                                   ncv=6, maxiter=70).values)(jnp.ones(15))
-    ev = jax.jit(lambda z: js.eigsh(js.hessian(lambda y: 0.5 * y @ Sj @ y, z), k=2,
-                                    method="lanczos", ncv=6, maxiter=50).values)(jnp.ones(15))
-    ref = np.linalg.svd(A, compute_uv=False)[:2]
-    np.testing.assert_allclose(np.asarray(sv), ref, rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(ev), ref**2, rtol=1e-10)
-
-
-def test_large_batch_screens(backend):
-    """A batch larger than the probe set of the eager convergence screens
-    (``driver.PROBES``), with samples that break down (the zero map, rank one) beside
-    slowly converging ones (near-repeated top values): every sample converges to the
-    dense answer, GKL and Lanczos, within one basis of products."""
-    from jacspec.solvers.driver import PROBES
-
-    rng = np.random.default_rng(8)
-    B, m, n = 3 * PROBES, 40, 30
-    A = rng.standard_normal((B, m, n))
-    A[0] = 0.0
-    A[1] = np.outer(rng.standard_normal(m), rng.standard_normal(n))
-    for b in range(2, B, 3):  # top two singular values 1 % apart
-        U, s, Vt = np.linalg.svd(A[b], full_matrices=False)
-        s[1] = 0.99 * s[0]
-        A[b] = (U * s) @ Vt
-    ref = np.linalg.svd(A, compute_uv=False)[:, 0]
-    r = js.svds(from_numpy(A, backend), method="lanczos", tol=1e-10)
-    assert bool(np.all(to_numpy(r.converged))) and r.num_matvecs <= 2 * n
-    np.testing.assert_allclose(to_numpy(r.values)[:, 0], ref, rtol=1e-9, atol=1e-12)
-    S = np.einsum("bmi,bmj->bij", A, A)
-    e = js.eigsh(from_numpy(S, backend), method="lanczos", tol=1e-10)
-    assert bool(np.all(to_numpy(e.converged))) and e.num_matvecs <= n
-    np.testing.assert_allclose(to_numpy(e.values)[:, 0], ref**2, rtol=1e-9, atol=1e-12)
-
-
-def test_tiny_restart_basis_still_checks(backend):
-    """With ``ncv`` below the first scheduled check (2k + 1 + FIRST_CHECK_DELAY), the
-    check at every thick restart still runs: the solve converges to the dense answer
-    instead of running to ``maxiter``."""
-    rng = np.random.default_rng(21)
-    A = rng.standard_normal((60, 50))
-    ref = np.linalg.svd(A, compute_uv=False)
-    evals = np.linalg.eigvalsh(A.T @ A)[::-1]
-    for k, ncv in ((1, 4), (2, 6)):
-        r = js.svds(from_numpy(A, backend), k=k, method="lanczos", ncv=ncv, tol=1e-8)
-        assert bool(np.all(to_numpy(r.converged))) and r.num_matvecs < 400
-        np.testing.assert_allclose(to_numpy(r.values), ref[:k], rtol=1e-7)
-        e = js.eigsh(from_numpy(A.T @ A, backend), k=k, method="lanczos", ncv=ncv,
-                     tol=1e-8)
-        assert bool(np.all(to_numpy(e.converged))) and e.num_matvecs < 200
-        np.testing.assert_allclose(to_numpy(e.values), evals[:k], rtol=1e-7)
-
-
-def test_unconverged_warning_points_at_the_call(backend):
-    """The maxiter warning names the user's line, not a line inside jacspec."""
-    A = np.random.default_rng(2).standard_normal((30, 20))
-    for method in ("power", "lanczos"):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            js.svds(from_numpy(A, backend), method=method, maxiter=4, tol=1e-14)
-        hits = [w for w in caught if issubclass(w.category, RuntimeWarning)]
-        assert hits and all(w.filename == __file__ for w in hits), method
