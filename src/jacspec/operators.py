@@ -120,6 +120,11 @@ class LinearOperator:
         """Whether the operator is known to equal its adjoint (Hessians, real diagonals)."""
         return False
 
+    #: How the operator's vectors are split across processes (a
+    #: :class:`~jacspec.backends.Sharding`: each process holds its parameters' shards),
+    #: or None where every process holds whole vectors.
+    sharding: Any = None
+
     @property
     def traced(self) -> bool:
         """Whether the operator holds traced values (inside ``jax.jit`` or

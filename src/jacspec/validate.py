@@ -45,6 +45,7 @@ class Operator(Protocol):
     batch_shape: tuple[int, ...]
     dtype: Any
     product_eps: float
+    sharding: Any
 
     @property
     def backend(self) -> str: ...
@@ -265,7 +266,8 @@ def density_unbatched(nodes: Any) -> None:
 
 def vector(op: Operator, v: Any, size: int, *, block: bool) -> Any:
     """``v``, a vector ``batch_shape + (size,)`` (a block ``batch_shape + (size, k)``
-    with ``block``) of ``op``'s framework, in ``op``'s dtype."""
+    with ``block``) of ``op``'s framework, in ``op``'s dtype; of a sharded operator,
+    this process's part of one."""
     b = backend_of(v)
     if b is None:
         raise TypeError(
@@ -278,6 +280,8 @@ def vector(op: Operator, v: Any, size: int, *, block: bool) -> Any:
             f"Received a {b.name} array; arrays from {op.backend} and {b.name} "
             "cannot be mixed."
         )
+    if op.sharding is not None:
+        size = op.sharding.local_n
     shape = tuple(int(s) for s in v.shape)
     batch_shape = op.batch_shape
     if block:
