@@ -9,7 +9,7 @@ default kernel) against one training step, side by side in one run.
   time and relative error.
 * ``transformer-memory``: the peak memory of each product over one training step's —
   torch: the rise of peak RSS in a fresh subprocess per measurement (after a warm-up
-  step, so that both sides count the same start-up); JAX: the temporary buffers of the
+  run of the same measurement, so that no side counts start-up allocations); JAX: the temporary buffers of the
   compiled program (``compiled.memory_analysis()``) — and a dataset product (several
   batches) over the one-batch product.
 * ``transformer-peers`` (torch): the top Hessian and GGN eigenvalues against curvlinops
@@ -23,6 +23,7 @@ default kernel) against one training step, side by side in one run.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -160,20 +161,27 @@ def _torch_memory(mode: str, size: tuple[int, ...]) -> float:
     one, tokens = c["data"][:1], c["data"][0][0]
     data = c["data"] if mode.endswith("_dataset") else one
     v = torch.randn(c["n"])
-    c["step"]()  # start-up allocations (thread pools, kernels) on both sides alike
-    c["model"].zero_grad(set_to_none=True)
+
+    def run() -> None:
+        if mode == "step":
+            c["step"]()
+        elif mode.startswith("HVP"):
+            js.hessian(c["batch_loss"], c["params"], data=data) @ v
+        elif mode.startswith("GGN"):
+            js.ggn(c["logits"], torch.nn.functional.cross_entropy, c["params"],
+                   data=data) @ v
+        else:
+            J = js.jacobian(lambda p: c["logits"](p, tokens), c["params"])
+            if mode == "JVP":
+                J @ v
+            else:
+                J.T @ torch.randn(J.shape[0])
+        c["model"].zero_grad(set_to_none=True)
+
+    run()  # start-up allocations (imports, thread pools, kernels), then measured anew
+    gc.collect()
     r0 = reset_peak_rss()
-    if mode == "step":
-        c["step"]()
-    elif mode.startswith("HVP"):
-        js.hessian(c["batch_loss"], c["params"], data=data) @ v
-    elif mode.startswith("GGN"):
-        js.ggn(c["logits"], torch.nn.functional.cross_entropy, c["params"], data=data) @ v
-    elif mode == "JVP":
-        js.jacobian(lambda p: c["logits"](p, tokens), c["params"]) @ v
-    elif mode == "VJP":
-        J = js.jacobian(lambda p: c["logits"](p, tokens), c["params"])
-        J.T @ torch.randn(J.shape[0])
+    run()
     return peak_rss_mb() - r0
 
 
@@ -213,7 +221,7 @@ def transformer_memory_torch(quick: bool, *, size: tuple[int, ...] | None = None
     vocab, d, layers, heads, context, batch = size
     n = _torch_case(size)["n"]
     cfg = (f"{_describe(size, n)}: rise of peak RSS above the RSS before (fresh "
-           "subprocess each, after one warm-up training step; VmHWM reset through "
+           "subprocess each, after one warm-up run of the same measurement; VmHWM reset through "
            "/proc/self/clear_refs) during the construction and one product of each "
            "operator (HVP and GGN through data=: one batch, or "
            f"{DATASET_BATCHES} batches) vs during one forward and backward pass")
