@@ -16,6 +16,7 @@ GPU: ``pip install "tensorflow[and-cuda]"``; products run on the device of ``x``
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -152,6 +153,25 @@ class _Layout:
         return cols[0] if len(cols) == 1 else tf.concat(cols, axis=-1)
 
 
+@functools.lru_cache(maxsize=4096)
+def _eager_bounds(lead: tuple[int, ...], j: int, start: int, stop: int
+                  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    rank = len(lead) + 2
+    return (tf.constant([0] * len(lead) + [j, start], tf.int64),
+            tf.constant(list(lead) + [j + 1, stop], tf.int64),
+            tf.constant([1] * rank, tf.int64))
+
+
+def _slice_bounds(lead: tuple[int, ...], j: int, start: int, stop: int, eager: bool
+                  ) -> tuple[Any, Any, Any]:
+    """``(begin, end, strides)`` of row ``j``, columns ``[start, stop)`` of a stack of
+    matrices: eagerly, tensors made once per row (converting Python lists costs more
+    than the update itself); in a graph, lists (constants of that graph)."""
+    if eager:
+        return _eager_bounds(lead, j, start, stop)
+    return [0] * len(lead) + [j, start], list(lead) + [j + 1, stop], [1] * (len(lead) + 2)
+
+
 def _with_leaves(x: Any, shifted: list) -> Any:
     """``x``'s structure holding ``shifted``; variables stay the objects passed (Keras
     variables included), having been shifted in place."""
@@ -257,8 +277,8 @@ class TensorflowBackend(Backend):
                              tf.constant([stop], tf.int64)], axis=0)
             strides = tf.ones((len(lead) + 2,), tf.int64)
         else:
-            begin, end = [0] * len(lead) + [int(j), start], lead + [int(j) + 1, stop]
-            strides = [1] * (len(lead) + 2)
+            begin, end, strides = _slice_bounds(tuple(lead), int(j), start, stop,
+                                                tf.executing_eagerly())
         return tf.raw_ops.TensorStridedSliceUpdate(input=X, begin=begin, end=end,
                                                    strides=strides,
                                                    value=tf.expand_dims(x, -2))

@@ -286,8 +286,9 @@ class _SolverLinalg:
 class _SolverNamespace:
     """``array_api_compat.torch`` with a few hot functions bound to torch directly.
 
-    The compat wrappers of ``matmul``, ``where``, ``maximum``, ``minimum`` and
-    ``linalg.vector_norm`` resolve type promotion on every call (a
+    The compat wrappers of ``matmul``, ``where``, ``maximum``, ``minimum``,
+    ``matrix_transpose``, ``expand_dims``, ``squeeze`` and ``linalg.vector_norm`` resolve
+    type promotion or check their arguments on every call (a
     sizeable part of a Krylov step on small problems). Inside the solvers all arrays
     already share one dtype and device, so torch's own functions give the same results."""
 
@@ -304,6 +305,18 @@ class _SolverNamespace:
     maximum = staticmethod(torch.maximum)
     minimum = staticmethod(torch.minimum)
     linalg = _SolverLinalg()
+
+    @staticmethod
+    def expand_dims(x, /, *, axis=0):
+        return torch.unsqueeze(x, axis)
+
+    @staticmethod
+    def squeeze(x, /, axis):
+        return torch.squeeze(x, axis)
+
+    @staticmethod
+    def matrix_transpose(x, /):
+        return x.mT
 
     def __getattr__(self, name: str) -> Any:  # the rest of the namespace, cached
         value = getattr(xp_torch, name)

@@ -193,7 +193,7 @@ def orthogonalize(p: Problem, Q: Array, j: Any, w: Array, scale: Array, count: A
         bd = bd | force
 
     def keep():
-        return w / p.cast(nrm)[:, None], nrm, bd if p.traced else None
+        return p.scaled(w, nrm), nrm, bd if p.traced else None
 
     def repair():
         r, _ = _project_out(p, rows, p.restart_vector(int(w.shape[-1]), count))
@@ -214,12 +214,12 @@ def _project_out(p: Problem, rows: Array, w: Array, coefs: bool = False
     if int(rows.shape[-2]) == 0:
         return w, p.zeros((p.B, 0)) if coefs else None
     RH = p.H(rows)
-    w = w[:, None, :]
+    w = p.column(w)
     c1 = p.row_coefs(w, rows, RH)
     w = b.sub_matmul(w, c1, rows)
     c2 = p.row_coefs(w, rows, RH)
     w = b.sub_matmul(w, c2, rows)
-    return w[:, 0], (c1 + c2)[:, 0] if coefs else None
+    return p.xp.squeeze(w, axis=1), p.xp.squeeze(c1 + c2, axis=1) if coefs else None
 
 
 def _put_coefs(p: Problem, C: Array, j: Any, c: Array, alpha: Array | None) -> Array:
@@ -228,7 +228,7 @@ def _put_coefs(p: Problem, C: Array, j: Any, c: Array, alpha: Array | None) -> A
     jmax = int(C.shape[-1])
     if int(c.shape[-1]) < jmax:  # the filled part only (sliced): write pieces
         C = b.set_row(C, j, c)
-        return C if alpha is None else b.set_row(C, j, p.cast(alpha)[:, None], start=j)
+        return C if alpha is None else b.set_row(C, j, p.column(p.cast(alpha)), start=j)
     if alpha is not None:
         hot = xp.astype(xp.arange(jmax, device=p.device) == j, p.real_dtype)
         c = c + p.cast(alpha[:, None] * hot)

@@ -85,10 +85,10 @@ def svd_power_step(p: Problem, s: PowerState, tol: float) -> PowerState:
     if len(V.shape) == 2:  # k = 1: single vectors (see PowerState)
         w = p.mv(V)
         S = p.norm(w)
-        U = w / p.cast(S + p.tiny_normal)[:, None]
+        U = p.scaled(w, S + p.tiny_normal)
         z = p.mv(U, adjoint=True)  # = A^H u ~ s v
-        res = p.norm(z - V * p.cast(S)[:, None])
-        v = z / p.cast(p.norm(z) + p.tiny_normal)[:, None]
+        res = p.norm(z - V * p.column(p.cast(S)))
+        v = p.scaled(z, p.norm(z) + p.tiny_normal)
         return PowerState(v, S, U, V, res, tol * S, s.count + 2)
     W = p.mm(V)
     p.check_finite(W)  # before LAPACK sees it

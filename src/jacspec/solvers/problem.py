@@ -324,6 +324,15 @@ class Problem:
             return self.xp.linalg.vector_norm(w, axis=-1)
         return self.xp.sqrt(self.shard_sum(self._sq(w, -1)))
 
+    def column(self, x: Array, axis: int = 1) -> Array:
+        """``x`` with a new axis of size one at ``axis`` (``(B,) -> (B, 1)``): one call,
+        where an index expression costs several operations in eager TensorFlow."""
+        return self.xp.expand_dims(x, axis=axis)
+
+    def scaled(self, w: Array, nrm: Array) -> Array:
+        """The rows of ``w`` ``(B, s)`` divided by ``nrm`` ``(B,)``."""
+        return w / self.column(self.cast(nrm))
+
     def col_norms(self, X: Array) -> Array:
         """The norms of the columns of ``X`` ``(B, n, k)`` (over all processes' parts)."""
         if self.shard_sum is None:
