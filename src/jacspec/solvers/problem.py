@@ -62,6 +62,10 @@ class Problem:
     mix_start : bool
         Whether a warm start gets a random direction (see :meth:`start`): the solvers
         that take a user's ``v0``; probes (densities) are used as given.
+    vectors : device
+        The operator's ``device``, where its vectors live (``device`` is that of the
+        small arrays; they differ where the vectors are split across devices:
+        ``Backend.placement``).
     """
 
     op: Any
@@ -84,6 +88,7 @@ class Problem:
     seed: Any
     traced: bool
     mix_start: bool = False
+    vectors: Any = None
     staged: bool = False
     _stage: tuple | None = None
 
@@ -103,7 +108,8 @@ class Problem:
             op=op, adj=adjoint, backend=b, xp=b.solver_xp, batched=bool(op.batch_shape),
             B=op.batch_shape[0] if op.batch_shape else 1,
             n_in=m if adjoint else n, n_out=n if adjoint else m,
-            dtype=op.dtype, device=op.device, is_complex=name.startswith("complex"),
+            dtype=op.dtype, device=b.placement(op.device, 0, None), vectors=op.device,
+            is_complex=name.startswith("complex"),
             real_name=real_name, real_dtype=b.dtype_from_name(real_name),
             eps=float(fi.eps), tiny=float(fi.tiny) * 1e3, tiny_normal=float(fi.tiny),
             bd_rtol=float(fi.eps) ** 0.75, seed=int(seed), traced=op.traced,
@@ -231,9 +237,18 @@ class Problem:
             salt = self.xp.astype(salt, self.xp.uint32)
         return (self.seed + salt) % _PRIME
 
-    def random(self, shape: tuple[int, ...], draw: int = 1) -> Array:
-        """Standard normal samples of the op's dtype: the ``draw``-th draw of the seed."""
-        return self.backend.normal(tuple(shape), dtype=self.dtype, device=self.device,
+    def placed(self, ndim: int, axis: int | None) -> Any:
+        """Where an ``ndim``-dimensional array goes whose ``axis`` runs along the
+        operator's vectors (None: a small array), split like them where they are."""
+        if axis is None:
+            return self.device
+        return self.backend.placement(self.vectors, ndim, axis % ndim)
+
+    def random(self, shape: tuple[int, ...], draw: int = 1, axis: int = -1) -> Array:
+        """Standard normal samples of the op's dtype whose ``axis`` runs along the
+        vectors: the ``draw``-th draw of the seed."""
+        return self.backend.normal(tuple(shape), dtype=self.dtype,
+                                   device=self.placed(len(shape), axis),
                                    seed=self._salted(_DRAW_SALT * draw))
 
     def generic(self, shape: tuple[int, ...], salt: Any) -> Array:
@@ -244,8 +259,8 @@ class Problem:
         if self.traced and not self.staged:
             return self.backend.hash_uniform(tuple(shape), dtype=self.dtype,
                                              seed=self.seed + salt)
-        return self.backend.normal(tuple(shape), dtype=self.dtype, device=self.device,
-                                   seed=self._salted(salt))
+        return self.backend.normal(tuple(shape), dtype=self.dtype,
+                                   device=self.placed(len(shape), -1), seed=self._salted(salt))
 
     def restart_vector(self, s: int, count: Any) -> Array:
         """A generic ``(B, s)`` direction for a breakdown restart after ``count``
@@ -278,6 +293,11 @@ class Problem:
                          + unit)
         return v / self.cast(self.norm(v))[:, None]
 
+    def orthonormal(self, Y: Array) -> Array:
+        """An orthonormal basis ``Q`` (from a QR) of the columns of ``Y`` ``(B, n, k)``,
+        laid out like the vectors."""
+        return self.backend.keep_placement(self.xp.linalg.qr(Y).Q, self.placed(3, -2))
+
     # -- small helpers ------------------------------------------------------------------
     def cast(self, x: Array) -> Array:
         """A real array cast to the op's (possibly complex) dtype."""
@@ -293,9 +313,11 @@ class Problem:
     def norm(self, w: Array) -> Array:
         return self.xp.linalg.vector_norm(w, axis=-1)
 
-    def zeros(self, shape: tuple[int, ...], real: bool = False) -> Array:
+    def zeros(self, shape: tuple[int, ...], real: bool = False, axis: int | None = None
+              ) -> Array:
+        """Zeros; ``axis``: the one running along the vectors, if any (:meth:`placed`)."""
         return self.xp.zeros(shape, dtype=self.real_dtype if real else self.dtype,
-                             device=self.device)
+                             device=self.placed(len(shape), axis))
 
     def real(self, j: Any) -> Any:
         """A step count as a real scalar (a traced integer is cast: some frameworks do not

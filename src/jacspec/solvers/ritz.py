@@ -245,7 +245,7 @@ def _shrink(p: Problem, X: Array, basis: Array, jmax: int) -> Array:
     """New basis rows ``X^T basis`` (keep of them), zero rows up to ``jmax``."""
     xp = p.xp
     rows = xp.matmul(xp.matrix_transpose(X), basis)
-    pad = p.zeros((p.B, jmax - int(X.shape[-1]), int(basis.shape[-1])))
+    pad = p.zeros((p.B, jmax - int(X.shape[-1]), int(basis.shape[-1])), axis=-1)
     return xp.concat([rows, pad], axis=-2)
 
 
