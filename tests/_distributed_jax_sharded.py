@@ -102,7 +102,7 @@ def main() -> None:
         H._mm = products.products
         v = jnp.asarray(rng.standard_normal(n))
         expected = np.asarray(H1 @ v)
-        for out in (H @ v, jax.jit(lambda u: H @ u)(v),
+        for out in (H @ v, jax.jit(lambda u, op=H: op @ u)(v),
                     H @ jax.device_put(v, NamedSharding(mesh, P("model")))):
             split_over_model(out, n, 0)
             np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-12, atol=1e-14)

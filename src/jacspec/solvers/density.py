@@ -122,7 +122,7 @@ class SpectralDensity:
 def _probes(p: Problem, count: int) -> list[Array]:
     """``count`` unit probes ``(B, n_in)``, orthonormal within groups of ``n_in`` (a
     draw of the seed each)."""
-    xp, n = p.xp, p.n_in
+    n = p.n_in
     out: list[Array] = []
     while len(out) < count:
         g = min(n, count - len(out))
