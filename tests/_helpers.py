@@ -195,6 +195,63 @@ def from_numpy(a: Any, backend: str, dtype: Any = None, *, device: Any = None) -
     raise ValueError(f"Expected a backend among {ALL_BACKENDS}. Received {backend!r}.")
 
 
+# ---------------------------------------------------------------- solver references
+
+# Kinds of spectra for ``make_matrix``: the hard cases every solver must handle.
+SPECTRA = ["random", "repeated", "clustered", "rankdef", "zero", "ones", "wide"]
+
+
+def make_matrix(m: int, n: int, kind: str, seed: int) -> np.ndarray:
+    """An ``(m, n)`` float64 matrix with a spectrum of the given kind (``SPECTRA``)."""
+    rng = np.random.default_rng(seed)
+    r = min(m, n)
+    if kind == "zero":
+        return np.zeros((m, n))
+    if kind == "ones":
+        return np.ones((m, n))
+    if kind == "random":
+        return rng.standard_normal((m, n))
+    U = np.linalg.qr(rng.standard_normal((m, r)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    s = np.sort(rng.uniform(0.1, 1.0, r))[::-1]
+    if kind == "repeated":
+        s[: min(3, r)] = 2.0
+    elif kind == "clustered":
+        s[: min(3, r)] = 2.0 + 1e-6 * np.arange(min(3, r))[::-1]
+    elif kind == "rankdef":
+        s[max(1, r // 2):] = 0.0
+    elif kind == "wide":
+        s = np.logspace(0, -10, r)
+    return (U * s) @ V.T
+
+
+def check_svd(A, res, k, dtype, *, vectors=True):
+    """``res`` (an ``svds`` result) holds the top ``k`` singular triplets of ``A``: values
+    against NumPy, orthonormal vectors, small residuals ``A R - L diag(s)``."""
+    s_ref = np.linalg.svd(A, compute_uv=False)
+    scale = np.maximum(s_ref[..., :1], 1e-300)
+    vals = to_numpy(res.values)
+    assert vals.shape == A.shape[:-2] + (k,)
+    assert np.all(np.isfinite(vals))
+    tol = 20 * rtol_for(dtype)
+    assert np.all(np.abs(vals - s_ref[..., :k]) <= tol * scale + 1e-300), (vals, s_ref)
+    if vectors:
+        L, R = to_numpy(res.left), to_numpy(res.right)
+        eye = np.eye(k)
+        np.testing.assert_allclose(np.swapaxes(L.conj(), -1, -2) @ L, np.broadcast_to(eye, L.shape[:-2] + (k, k)), atol=tol)
+        np.testing.assert_allclose(np.swapaxes(R.conj(), -1, -2) @ R, np.broadcast_to(eye, R.shape[:-2] + (k, k)), atol=tol)
+        err = np.abs(A @ R - L * vals[..., None, :]).max(axis=(-2, -1))
+        assert np.all(err <= tol * scale[..., 0] * 10 + 1e-300)
+
+
+def solver_examples(backend: str) -> int:
+    """Hypothesis examples per backend: JAX eager compiles every new shape and TF eager
+    is slow, so they get fewer (the "ci" profile gives 15 to the others)."""
+    from hypothesis import settings
+
+    return {"jax": 5, "tensorflow": 6}.get(backend, settings().max_examples)
+
+
 # ------------------------------------------------------------------------------- GPU
 
 _GPU_CACHE: dict[str, bool] = {}

@@ -7,7 +7,8 @@ solve both ways (``COMPILE_AFTER`` set very high: plain; 1: compiled at once) an
 values, product counts, converged flags and warnings, on operators drawn by hypothesis
 with fixed shapes (one compilation per configuration), and check that a function
 closing over arrays that are later replaced computes with the new ones, and that a
-piece called again in one solve is not compiled again.
+piece called again in one solve is not compiled again. Also: a Jacobian built inside
+``jax.jit`` gives its products and their gradient.
 """
 
 from __future__ import annotations
@@ -397,6 +398,22 @@ def test_rules_inside_loops_share_programs():
             np.testing.assert_allclose(np.asarray(J), np.asarray(jax.jacfwd(f)(x)),
                                        rtol=1e-10, atol=1e-14)
         assert len([k for k in set(jax_backend._compiled) - before if k[0] == "jacobian"]) == 1
+
+
+def test_jacobian_under_jit_and_grad():
+    """A Jacobian built inside ``jax.jit`` gives its products and their gradient."""
+    W = jnp.asarray(np.random.default_rng(0).standard_normal((3, 2)))
+
+    @jax.jit
+    def product(W, x, v):
+        return js.jacobian(lambda z: jnp.tanh(W @ z), x).matvec(v)
+
+    x, v = jnp.ones(2), jnp.asarray([1.0, -1.0])
+    ref = (1 - jnp.tanh(W @ x) ** 2) * (W @ v)
+    np.testing.assert_allclose(np.asarray(product(W, x, v)), np.asarray(ref), rtol=1e-12)
+    g = jax.grad(lambda W: product(W, x, v).sum())(W)
+    g_ref = jax.grad(lambda W: ((1 - jnp.tanh(W @ x) ** 2) * (W @ v)).sum())(W)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-12)
 
 
 def test_parameters_on_a_mesh():

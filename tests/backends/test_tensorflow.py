@@ -1,6 +1,7 @@
 """TensorFlow adapter internals the solvers rely on: row writes into work buffers (eager,
 and with a traced row index inside ``tf.function``) and the single-vector products,
-against NumPy and the dense Jacobian."""
+against NumPy and the dense Jacobian; AutoGraph and the solvers; Keras 3 variables as the
+parameters of a Hessian."""
 
 from __future__ import annotations
 
@@ -112,3 +113,34 @@ def test_tf_function_converts_user_code_not_solvers():
     except ImportError:  # pragma: no cover - another TensorFlow layout
         return
     assert conversion.is_allowlisted(svd.svds)
+
+
+def test_keras_variables_are_tensorflow_arrays():
+    """Keras 3 variables (not ``tf.Variable``) as the parameters of a Hessian and of a
+    penalty."""
+    import tensorflow as tf
+
+    import jacspec as js
+
+    keras = tf.keras
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(1)])
+    X = tf.random.stateless_normal((5, 3), seed=[0, 1])
+    params = model.trainable_variables  # Keras 3 variables, not tf.Variable instances
+    H = js.hessian(lambda vs: tf.reduce_mean(model(X) ** 2), params)
+    n = sum(int(np.prod(v.shape)) for v in params)
+    assert H.shape == (n, n)
+    D = js.dense(H).numpy()
+    # reference: nested tapes over the tf.Variables behind the Keras variables
+    tvars = [v.value for v in params]
+    with tf.GradientTape(persistent=True) as t2:
+        with tf.GradientTape() as t1:
+            loss = tf.reduce_mean(model(X) ** 2)
+        g = tf.concat([tf.reshape(gi, [-1]) for gi in t1.gradient(loss, tvars)], 0)
+    rows = t2.jacobian(g, tvars, experimental_use_pfor=False)
+    ref = np.concatenate([r.numpy().reshape(n, -1) for r in rows], axis=1)
+    np.testing.assert_allclose(D, ref, rtol=1e-4, atol=1e-6)
+    kernel = model.layers[0].kernel
+    with tf.GradientTape() as tape:
+        s = js.conv.miyato(tf.reshape(kernel, (1, 1, 3, 4)))
+    assert tape.gradient(s, kernel) is not None

@@ -1,0 +1,169 @@
+"""The adaptive driver (solvers/driver.py): convergence checks and screens, thick
+restarts, fixed budgets (``run_budget``) and the unconverged warning."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import jacspec as js
+from _helpers import from_numpy, make_matrix, to_numpy
+
+
+def test_maxiter_warns(backend):
+    A = make_matrix(80, 70, "clustered", seed=7)
+    with pytest.warns(RuntimeWarning, match="maxiter"):
+        res = js.svds(from_numpy(A, backend), k=2, method="lanczos", maxiter=6)
+    assert not bool(np.all(to_numpy(res.converged)))
+    assert res.num_matvecs <= 6
+    with pytest.warns(RuntimeWarning, match="maxiter"):
+        res = js.svds(from_numpy(A, backend), k=1, method="power", maxiter=10)
+    assert not bool(np.all(to_numpy(res.converged)))
+    with pytest.warns(RuntimeWarning, match="maxiter"):
+        res = js.eigsh(from_numpy(A[:70] + A[:70].T, backend), k=2, method="lanczos",
+                       maxiter=5)
+    assert res.num_matvecs <= 5
+
+
+
+def test_large_batch_screens(backend):
+    """A batch larger than the probe set of the eager convergence screens
+    (``driver.PROBES``), with samples that break down (the zero map, rank one) beside
+    slowly converging ones (near-repeated top values): every sample converges to the
+    dense answer, GKL and Lanczos, within one basis of products."""
+    from jacspec.solvers.driver import PROBES
+
+    rng = np.random.default_rng(8)
+    B, m, n = 3 * PROBES, 40, 30
+    A = rng.standard_normal((B, m, n))
+    A[0] = 0.0
+    A[1] = np.outer(rng.standard_normal(m), rng.standard_normal(n))
+    for b in range(2, B, 3):  # top two singular values 1 % apart
+        U, s, Vt = np.linalg.svd(A[b], full_matrices=False)
+        s[1] = 0.99 * s[0]
+        A[b] = (U * s) @ Vt
+    ref = np.linalg.svd(A, compute_uv=False)[:, 0]
+    r = js.svds(from_numpy(A, backend), method="lanczos", tol=1e-10)
+    assert bool(np.all(to_numpy(r.converged))) and r.num_matvecs <= 2 * n
+    np.testing.assert_allclose(to_numpy(r.values)[:, 0], ref, rtol=1e-9, atol=1e-12)
+    S = np.einsum("bmi,bmj->bij", A, A)
+    e = js.eigsh(from_numpy(S, backend), method="lanczos", tol=1e-10)
+    assert bool(np.all(to_numpy(e.converged))) and e.num_matvecs <= n
+    np.testing.assert_allclose(to_numpy(e.values)[:, 0], ref**2, rtol=1e-9, atol=1e-12)
+
+
+
+def test_tiny_restart_basis_still_checks(backend):
+    """With ``ncv`` below the first scheduled check (2k + 1 + FIRST_CHECK_DELAY), the
+    check at every thick restart still runs: the solve converges to the dense answer
+    instead of running to ``maxiter``."""
+    rng = np.random.default_rng(21)
+    A = rng.standard_normal((60, 50))
+    ref = np.linalg.svd(A, compute_uv=False)
+    evals = np.linalg.eigvalsh(A.T @ A)[::-1]
+    for k, ncv in ((1, 4), (2, 6)):
+        r = js.svds(from_numpy(A, backend), k=k, method="lanczos", ncv=ncv, tol=1e-8)
+        assert bool(np.all(to_numpy(r.converged))) and r.num_matvecs < 400
+        np.testing.assert_allclose(to_numpy(r.values), ref[:k], rtol=1e-7)
+        e = js.eigsh(from_numpy(A.T @ A, backend), k=k, method="lanczos", ncv=ncv,
+                     tol=1e-8)
+        assert bool(np.all(to_numpy(e.converged))) and e.num_matvecs < 200
+        np.testing.assert_allclose(to_numpy(e.values), evals[:k], rtol=1e-7)
+
+
+
+def test_unconverged_warning_points_at_the_call(backend):
+    """The maxiter warning names the user's line, not a line inside jacspec."""
+    A = np.random.default_rng(2).standard_normal((30, 20))
+    for method in ("power", "lanczos"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            js.svds(from_numpy(A, backend), method=method, maxiter=4, tol=1e-14)
+        hits = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert hits and all(w.filename == __file__ for w in hits), method
+
+
+
+def test_jax_jit_compiled_steps_with_thick_restarts(backend):
+    """Inside ``jax.jit`` the steps between thick restarts run as one ``lax.fori_loop``:
+    with a small ``ncv`` and a budget of several restarts (about 7 and 14), GKL and
+    Lanczos still reach the dense answer, and the product count is the budget (counted
+    per compiled step, not per trace)."""
+    if backend != "jax":
+        pytest.skip("jax.jit only")
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(5)
+    C = rng.standard_normal((40, 30))
+    C[:, 0] = C[:, 1]  # rank deficient: a breakdown once the basis spans the range
+    ref = np.linalg.svd(C, compute_uv=False)
+    counts = []
+
+    def top_sv(z):
+        r = js.svds(js.jacobian(lambda y: jnp.asarray(C) @ y, z), k=2, method="lanczos",
+                    ncv=8, maxiter=80)
+        counts.append(r.num_matvecs)
+        return r.values
+
+    out = jax.jit(top_sv)(jnp.asarray(rng.standard_normal(30)))
+    np.testing.assert_allclose(np.asarray(out), ref[:2], rtol=1e-9)
+    assert counts == [80]
+    S = np.concatenate([[4.0, 4.0], np.linspace(-3.0, 3.0, 18)])
+    Q, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    H = (Q * S) @ Q.T
+
+    def top_ev(z):
+        r = js.eigsh(js.hessian(lambda y: 0.5 * y @ jnp.asarray(H) @ y, z), k=2,
+                     method="lanczos", ncv=7, maxiter=60)
+        counts.append(r.num_matvecs)
+        return r.values
+
+    np.testing.assert_allclose(np.asarray(jax.jit(top_ev)(jnp.zeros(20))), [4.0, 4.0],
+                               atol=1e-9)
+    assert counts[-1] == 60
+
+
+
+def test_jax_jit_program_does_not_grow_with_the_budget(backend):
+    """Under ``jax.jit`` a fixed budget's restart cycles run as one compiled loop: the
+    traced program (top-level equations) is about the same for 40 products (no cycle
+    after the first restart) and 400 (about 60 cycles)."""
+    if backend != "jax":
+        pytest.skip("jax.jit only")
+    import jax
+    import jax.numpy as jnp
+
+    C = jnp.asarray(np.random.default_rng(5).standard_normal((40, 30)))
+
+    def size(maxiter):
+        def top_sv(z):
+            J = js.jacobian(lambda y: C @ y, z)
+            return js.svds(J, k=2, method="lanczos", ncv=8, maxiter=maxiter).values
+
+        return len(jax.make_jaxpr(top_sv)(jnp.ones(30)).jaxpr.eqns)
+
+    assert size(400) <= size(40) + 5
+
+
+
+def test_jax_jit_breakdowns_inside_restart_cycles(backend):
+    """Rank 3 with a basis of 6: every cycle of a traced budget breaks down and draws
+    restart directions (salted per cycle); GKL and Lanczos still give the dense values."""
+    if backend != "jax":
+        pytest.skip("jax.jit only")
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((20, 3)) @ rng.standard_normal((3, 15))
+    Aj, Sj = jnp.asarray(A), jnp.asarray(A.T @ A)
+    sv = jax.jit(lambda z: js.svds(js.jacobian(lambda y: Aj @ y, z), k=2, method="lanczos",
+                                   ncv=6, maxiter=70).values)(jnp.ones(15))
+    ev = jax.jit(lambda z: js.eigsh(js.hessian(lambda y: 0.5 * y @ Sj @ y, z), k=2,
+                                    method="lanczos", ncv=6, maxiter=50).values)(jnp.ones(15))
+    ref = np.linalg.svd(A, compute_uv=False)[:2]
+    np.testing.assert_allclose(np.asarray(sv), ref, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(ev), ref**2, rtol=1e-10)
