@@ -6,8 +6,9 @@ batches over its ``data`` axis: the dataset Hessian and GGN with ``distributed=T
 must equal the single-device operators (dense matrices, top eigenvalues, a trace
 estimate, a spectral density's moments, float64), and every vector a solver hands to
 the operator, every product and every returned vector must be split over the
-``model`` axis (each device holds half of it, never the whole). Prints ``devices=4``
-and ``OK``.
+``model`` axis (each device holds half of it, never the whole). Parameters split over
+both axes split the vectors in quarters; a parameter count that the model axis does not
+divide leaves the vectors whole, with a warning. Prints ``devices=4`` and ``OK``.
 """
 
 from __future__ import annotations
@@ -107,17 +108,28 @@ def main() -> None:
             split_over_model(out, n, 0)
             np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-12, atol=1e-14)
 
-    # a vector length the model axis does not divide: said, and replicated
+    # fully sharded (W1 over both axes): the vectors split over both, a quarter each
+    full = {**sharded, "W1": jax.device_put(single["W1"], NamedSharding(mesh, P("data", "model")))}
+    H = js.hessian(batch_loss, full, data=data, distributed=True)
+    assert H.device == NamedSharding(mesh, P(("data", "model"))), H.device
+    out = js.dense(H)
+    assert {s.data.shape for s in out.addressable_shards} == {(n // 4, n)}, out.sharding
+    plain = js.dense(js.hessian(batch_loss, single, data=data))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(plain), rtol=1e-12, atol=1e-14)
+
+    # a vector length the model axis does not divide: said, and the vectors whole
     odd1 = {**single, "W2": single["W2"][:, :3], "b2": jnp.zeros(3)}  # 67 parameters
     odd = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in odd1.items()}
     cut = [(x, t[:, :3]) for x, t in data]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         H = js.hessian(batch_loss, odd, data=cut, distributed=True)
-    assert any("cannot be split evenly" in str(w.message) for w in caught), caught
-    np.testing.assert_allclose(
-        np.asarray(js.dense(H)),
-        np.asarray(js.dense(js.hessian(batch_loss, odd1, data=cut))), rtol=1e-12, atol=1e-14)
+    said = [str(w.message) for w in caught]
+    assert sum("cannot be split evenly" in m for m in said) == 1, said
+    dense = np.asarray(js.dense(js.hessian(batch_loss, odd1, data=cut)))
+    np.testing.assert_allclose(np.asarray(js.dense(H)), dense, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(js.eigsh(H, k=1, which="LA", tol=1e-7).values),
+                               np.linalg.eigvalsh(dense)[-1:], rtol=1e-6)
     print("OK")
 
 

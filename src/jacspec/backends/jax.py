@@ -145,12 +145,13 @@ def _axis_names(entry) -> tuple:
     return ()
 
 
-def _vector_sharding(params):
+def _vector_sharding(params, *, warn: bool = False):
     """How the flat vectors of an operator on ``params`` are split: for parameters split
     over the axes of one mesh by ``NamedSharding``s, a ``NamedSharding`` of the vectors
     over those axes (all of them where their devices divide the vector's length, else
-    the leading ones that do, else none: replicated, with a warning); None for
-    parameters on one device or replicated (the vectors then live on one device)."""
+    the leading ones that do); None where no axis divides it (said if ``warn``: the
+    vectors are then whole, as for replicated parameters), and for parameters on one
+    device or replicated."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     leaves = jax.tree_util.tree_leaves(params)
@@ -166,12 +167,13 @@ def _vector_sharding(params):
     split = list(axes)
     while split and n % Backend.sizes(tuple(mesh.shape[a] for a in split)):
         split.pop()
-    if split != axes:
+    if warn and split != axes:
         warnings.warn(
             f"jacspec: the {n} parameters cannot be split evenly over the mesh axes "
-            f"{tuple(axes)} of the parameters; the operator's vectors are split over "
-            f"{tuple(split)} only (replicated over the rest).", stacklevel=3)
-    return NamedSharding(mesh, PartitionSpec(tuple(split) if split else None))
+            f"{tuple(axes)} they are sharded over; the operator's vectors are "
+            + (f"split over {tuple(split)} only." if split else
+               "not split (each device holds them whole)."), RuntimeWarning, stacklevel=5)
+    return NamedSharding(mesh, PartitionSpec(tuple(split))) if split else None
 
 
 def _flat_maps(params, layout):
@@ -533,7 +535,7 @@ class JaxBackend(Backend):
     def vector_device(self, params, y):
         """For parameters split over a mesh, the flat vectors' ``NamedSharding``
         (:func:`_vector_sharding`); else ``y``'s device."""
-        vectors = _vector_sharding(params)
+        vectors = _vector_sharding(params, warn=True)
         return vectors if vectors is not None else self.device(y)
 
     def placement(self, device, ndim, axis):
