@@ -149,9 +149,8 @@ def _vector_sharding(params, *, warn: bool = False):
     """How the flat vectors of an operator on ``params`` are split: for parameters split
     over the axes of one mesh by ``NamedSharding``s, a ``NamedSharding`` of the vectors
     over those axes (all of them where their devices divide the vector's length, else
-    the leading ones that do); None where no axis divides it (said if ``warn``: the
-    vectors are then whole, as for replicated parameters), and for parameters on one
-    device or replicated."""
+    the leading ones that do, said if ``warn``); None for parameters on one device or
+    replicated. A ValueError where no axis divides the length."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     leaves = jax.tree_util.tree_leaves(params)
@@ -167,13 +166,18 @@ def _vector_sharding(params, *, warn: bool = False):
     split = list(axes)
     while split and n % Backend.sizes(tuple(mesh.shape[a] for a in split)):
         split.pop()
+    if not split:
+        raise ValueError(
+            f"Expected the number of parameters to be a multiple of the device count of "
+            f"the first mesh axis they are sharded over ({axes[0]!r}: "
+            f"{mesh.shape[axes[0]]}), so that the operator's vectors split evenly. "
+            f"Received {n} parameters; pad one parameter by a few entries.")
     if warn and split != axes:
         warnings.warn(
             f"jacspec: the {n} parameters cannot be split evenly over the mesh axes "
-            f"{tuple(axes)} they are sharded over; the operator's vectors are "
-            + (f"split over {tuple(split)} only." if split else
-               "not split (each device holds them whole)."), RuntimeWarning, stacklevel=5)
-    return NamedSharding(mesh, PartitionSpec(tuple(split))) if split else None
+            f"{tuple(axes)} they are sharded over; the operator's vectors are split over "
+            f"{tuple(split)} only.", RuntimeWarning, stacklevel=5)
+    return NamedSharding(mesh, PartitionSpec(tuple(split)))
 
 
 def _flat_maps(params, layout):
