@@ -1,15 +1,22 @@
-"""The adaptive driver (solvers/driver.py): convergence checks and screens, thick
-restarts, fixed budgets (``run_budget``) and the unconverged warning."""
+"""The adaptive driver (solvers/driver.py): basis sizes, fixed budgets (``run_budget``:
+thick restarts, restart cycles, also under ``jax.jit``), the product count carried in
+the states, convergence checks and screens, the acceptance rule after a breakdown and
+the unconverged warning."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import jacspec as js
 from _helpers import from_numpy, make_matrix, to_numpy
+from jacspec.solvers import driver, krylov
+from jacspec.solvers.problem import Problem
 
 
 def test_maxiter_warns(backend):
@@ -167,3 +174,107 @@ def test_jax_jit_breakdowns_inside_restart_cycles(backend):
     ref = np.linalg.svd(A, compute_uv=False)[:2]
     np.testing.assert_allclose(np.asarray(sv), ref, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(ev), ref**2, rtol=1e-10)
+
+
+# ------------------------------------------------------------ units of the driver
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Counted(Problem):
+    """A problem that also tallies the products it is asked for (one per single-vector
+    product, ``k`` per block of ``k``): the count the states carry must be this."""
+
+    tally: list = dataclasses.field(default_factory=lambda: [0])
+
+    def mv(self, v, *, adjoint=False):
+        self.tally[0] += 1
+        return super().mv(v, adjoint=adjoint)
+
+    def mm(self, V, *, adjoint=False):
+        self.tally[0] += int(V.shape[-1])
+        return super().mm(V, adjoint=adjoint)
+
+
+def _counted(A: np.ndarray, backend: str, monkeypatch) -> _Counted:
+    """The counting problem of ``A``, with every step run as it is (a compiled piece
+    would tally its products once, when traced)."""
+    p = Problem.of(js.aslinearoperator(from_numpy(A, backend)))
+    monkeypatch.setattr(p.backend, "should_compile", lambda key: False)
+    return _Counted(**{f.name: getattr(p, f.name) for f in dataclasses.fields(Problem)})
+
+
+@given(r=st.integers(1, 60), k=st.integers(1, 8), ncv=st.none() | st.integers(1, 70),
+       steps=st.none() | st.integers(1, 100))
+def test_basis_sizes(r, k, ncv, steps):
+    """``jmin <= jmax <= r``; a restart keeps fewer vectors than the basis holds and at
+    least ``k`` (whenever the basis can fill before spanning the space); a fixed budget
+    of ``steps`` shrinks the default basis to ``steps + 1``."""
+    k = min(k, r)
+    jmin, jmax, keep = driver.basis_sizes(r, k, ncv, steps)
+    assert jmin == min(r, 2 * k + 1)
+    assert jmin <= jmax <= r and keep < jmax
+    if jmax < r:
+        assert keep >= k and jmax > jmin
+    if ncv is None and steps is not None:
+        assert jmax <= max(jmin + 1, steps + 1)
+
+
+ALGS = [(krylov.GKL, "LM"), (krylov.LANCZOS, "LA")]
+C_, N_, NCV = 40, 30, 8
+
+
+def _operator(alg) -> np.ndarray:
+    A = make_matrix(C_, N_, "random", seed=5)
+    return A if alg.two_sided else A.T @ A
+
+
+@pytest.mark.parametrize(("alg", "which"), ALGS)
+def test_run_budget_counts_and_restarts(backend, monkeypatch, alg, which):
+    """A fixed budget (thick restarts every few steps, then whole restart cycles): the
+    count in the state is the products taken, within the budget (one step at least,
+    the products before the start included), and enough cycles reach the dense top
+    values."""
+    A = _operator(alg)
+    p = _counted(A, backend, monkeypatch)
+    k = 2
+    _, jmax, keep = driver.basis_sizes(N_, k, NCV)
+    for start, limit in ((0, 1), (0, 7), (3, 40), (0, 81), (0, 400)):
+        p.tally[0] = 0
+        s = krylov.init(p, None, jmax, two_sided=alg.two_sided, count=start)
+        s = driver.run_budget(p, alg, s, limit, keep, which)
+        assert s.count == start + p.tally[0]
+        assert s.count <= max(limit, start + alg.per_step)
+        assert s.count > limit - alg.per_step
+    res = driver.finish(p, alg, s, k, 1e-8, which, 2 * k + 1, True)
+    ref = (np.linalg.svd(A, compute_uv=False) if alg.two_sided
+           else np.linalg.eigvalsh(A)[::-1])[:k]
+    np.testing.assert_allclose(to_numpy(res.values)[0], ref, rtol=1e-8)
+    assert res.num_matvecs == 400 and bool(np.all(to_numpy(res.converged)))
+
+
+@pytest.mark.parametrize(("alg", "which"), ALGS)
+def test_krylov_solve_counts_what_it_takes(backend, monkeypatch, alg, which):
+    """To ``tol`` with thick restarts and checks: ``num_matvecs`` is the products the
+    solve took (after ``count`` products spent before it); with ``maxiter``, at most
+    that and a warning."""
+    A = _operator(alg)
+    p = _counted(A, backend, monkeypatch)
+    res = driver.krylov_solve(p, alg, 2, tol=1e-8, maxiter=None, ncv=NCV, which=which,
+                              count=5)
+    assert bool(np.all(to_numpy(res.converged)))
+    assert res.num_matvecs == 5 + p.tally[0]
+    assert res.num_matvecs > 2 * NCV * alg.per_step  # restarts happened
+    p.tally[0] = 0
+    with pytest.warns(RuntimeWarning, match="maxiter"):
+        res = driver.krylov_solve(p, alg, 2, tol=1e-8, maxiter=15, ncv=NCV, which=which)
+    assert res.num_matvecs == p.tally[0] and 15 - alg.per_step < res.num_matvecs <= 15
+
+
+def test_fresh_ok(backend):
+    """After a breakdown at row ``f``, a problem may be accepted once ``min(room,
+    2k + 1)`` rows follow (``room``: the dimension left after ``f``)."""
+    p = Problem.of(js.aslinearoperator(from_numpy(np.zeros((3, 10, 10)), backend)))
+    s = krylov.init(p, None, 10, two_sided=False)
+    s = s._replace(fresh_from=from_numpy(np.array([0.0, 3.0, 8.0]), backend))
+    ok = [to_numpy(driver.fresh_ok(p, s._replace(j=j), 2))[:, 0].tolist() for j in (7, 10)]
+    assert ok == [[True, False, False], [True, True, True]]
