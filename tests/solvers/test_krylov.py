@@ -203,6 +203,25 @@ def _steps_from(p: Problem, alg, s: KrylovState, n: int) -> KrylovState:
     return s
 
 
+def test_lanczos_sweeps_a_null_space(backend, dtype):
+    """A rank-two matrix from a start in its range: every step after the second breaks
+    down (the fresh directions lie in the null space). One run of breakdowns: the
+    problem's breakdown-free run still begins at row 2 (``fresh_from``) while
+    ``last_break`` follows the rows; the basis stays orthonormal."""
+    rng = np.random.default_rng(7)
+    Q = np.linalg.qr(rng.standard_normal((N_, N_)))[0]
+    A = (Q[:, :2] * [2.0, -1.0]) @ Q[:, :2].T
+    p = _problem(A, backend, dtype)
+    s = _steps(p, krylov.LANCZOS, 5, from_numpy((Q[:, 0] + Q[:, 1])[None], backend, dtype))
+    assert float(to_numpy(s.beta)[0]) == 0.0
+    np.testing.assert_array_equal(to_numpy(s.fresh_from), [2.0])
+    np.testing.assert_array_equal(to_numpy(s.last_break), [5.0])
+    _orthonormal(to_numpy(s.V)[0, :5], 100 * p.eps)
+    T = to_numpy(ritz.lanczos_matrix(p, s))[0][:5, :5]
+    np.testing.assert_allclose(np.linalg.eigvalsh(T), [-1.0, 0.0, 0.0, 0.0, 2.0],
+                               atol=100 * p.eps)
+
+
 def test_gkl_breakdown_on_an_invariant_subspace(backend, dtype):
     """GKL from a start in the span of two right singular vectors: the adjoint half of
     the second step finds nothing new (``beta`` 0 at row 2), then a fresh direction."""
