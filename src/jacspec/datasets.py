@@ -7,7 +7,10 @@ per-batch product (:meth:`Backend.batch_hessian_product` /
 the operator is the mean over all samples and memory stays that of one batch. With
 ``distributed=True`` each process streams its own shard and the adapter's collective
 (:meth:`Backend.distributed_sum`) adds the shards' partial sums, so every process holds
-the operator of the union of the shards.
+the operator of the union of the shards. Where the parameters themselves are sharded
+across processes (:meth:`Backend.sharded_product`: torch FSDP2), the adapter's product
+already sums over processes and returns this process's part of the result: the
+operator's vectors are sharded like the parameters (:attr:`DatasetOperator.sharding`).
 
 The data is read once when the operator is built, to count the samples and check that
 every batch has one structure; the first batch is also differentiated once, so that a
@@ -27,7 +30,7 @@ import numpy as np
 
 from . import validate as V
 from ._progress import progress
-from .backends import Backend, backend_of
+from .backends import Backend, ShardedProduct, backend_of
 from .operators import LinearOperator, half_eps, in_16_bits, solver_dtype
 
 __all__ = ["DatasetOperator", "dataset_hessian", "ggn"]
@@ -147,6 +150,9 @@ class DatasetOperator(LinearOperator):
     num_samples : int
         The number of samples the mean runs over (over all processes when
         ``distributed``).
+    sharding : Sharding or None
+        With sharded parameters, how the vectors are split across processes: products
+        take and return this process's part, ``(sharding.local_n, k)``.
     """
 
     def __init__(
@@ -164,6 +170,7 @@ class DatasetOperator(LinearOperator):
         progress: bool = False,
         name: str = "dataset",
         solver_dtype: Any = None,
+        sharded: ShardedProduct | None = None,
     ) -> None:
         super().__init__((n, n), dtype=dtype if solver_dtype is None else solver_dtype,
                          backend=backend, device=device)
@@ -172,6 +179,8 @@ class DatasetOperator(LinearOperator):
         self._product, self._data, self._summary = product, data, summary
         self._distributed, self._group = distributed, group
         self._progress, self._name = progress, name
+        self._sharded = sharded
+        self.sharding = None if sharded is None else sharded.sharding
         self._seed = backend.random_seed()
         local = summary.num_samples
         self.num_samples = (
@@ -220,6 +229,8 @@ class DatasetOperator(LinearOperator):
     def _weighted_product(self, batch: Any, V: Array) -> Array | None:
         """``weight * product(batch, V)``, None for an empty batch; a distributed batch
         goes through the adapter (which may run its pieces on their replicas)."""
+        if self._sharded is not None:  # every process runs every batch (collectives)
+            return self._sharded.product(batch, V, self._weight(batch))
         if self._distributed:
             return self.backend_impl.distributed_product(self._batch_product, batch, V,
                                                      self._weight, group=self._group)
@@ -227,6 +238,13 @@ class DatasetOperator(LinearOperator):
         return self._batch_product(batch, V) * weight if weight else None
 
     def _mm(self, V, *, adjoint=False, grad=False):
+        if self.sharding is not None and int(V.shape[-2]) != self.sharding.local_n:
+            raise ValueError(
+                f"Expected this process's part of the vectors, ({self.sharding.local_n}, "
+                "k): the operator's vectors are sharded across processes like the "
+                f"parameters. Received shape {tuple(V.shape)} (js.dense and the "
+                "dense methods would gather the whole operator; use the Krylov solvers)."
+            )
         total = None
         bar = progress(self._summary.num_batches, desc=self._name, unit="batch",
                        enabled=self._progress)
@@ -242,7 +260,7 @@ class DatasetOperator(LinearOperator):
                 bar.update(1)
         finally:
             bar.close()
-        if self._distributed:
+        if self._distributed and self._sharded is None:
             total = self.backend_impl.distributed_sum(total, group=self._group)
         return total if total.dtype == self.dtype else self.xp.astype(total, self.dtype)
 
@@ -302,6 +320,15 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
         summary = scan(data, (lambda b: backend.distributed_parts(b, group=group))
                        if distributed else None)
     first = summary.first
+    sharded = (backend.sharded_product(f, loss, params, summary, hvp=hvp, group=group)
+               if distributed else None)
+    if sharded is not None:
+        return DatasetOperator(sharded.product, data, summary, n=sharded.n,
+                               dtype=sharded.dtype, backend=backend, device=sharded.device,
+                               distributed=True, group=group, progress=progress,
+                               name="hessian" if loss is None else "ggn",
+                               solver_dtype=solver_dtype(backend, (sharded.dtype,), dtype),
+                               sharded=sharded)
     if loss is None:
         with _naming("f(params, batch)"):
             lin = backend.gradient_oracle(lambda p: f(p, first), params, batched=False)

@@ -130,6 +130,11 @@ class LinearOperator:
         """Whether the operator is known to equal its adjoint (Hessians, real diagonals)."""
         return False
 
+    #: How the operator's vectors are split across processes (a
+    #: :class:`~jacspec.backends.Sharding`: each process holds its parameters' shards),
+    #: or None where every process holds whole vectors.
+    sharding: Any = None
+
     @property
     def traced(self) -> bool:
         """Whether the operator holds traced values (inside ``jax.jit`` or
@@ -209,6 +214,8 @@ class LinearOperator:
                 f"Received a {b.name} array; arrays from {self.backend} and {b.name} "
                 "cannot be mixed."
             )
+        if self.sharding is not None:  # this process's part of a sharded vector
+            size = self.sharding.local_n
         shape = tuple(int(s) for s in v.shape)
         if block:
             ok = len(shape) == len(self.batch_shape) + 2 and shape[:-1] == self.batch_shape + (size,)

@@ -23,9 +23,13 @@ PAGES = {
     "tutorials/lipschitz.md": "torch",
     "tutorials/jax.md": "jax",
     "tutorials/curvature.md": None,
+    "tutorials/transformer.md": None,
 }
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _IMPORT = re.compile(r"^import (torch|jax|tensorflow)\b", re.M)
+# Libraries beyond the framework (test extras): a page's data, a block's model library.
+_NEEDS = {"tutorials/slope.md": "sklearn", "tutorials/curvature.md": "sklearn"}
+_MODEL_LIBRARIES = re.compile(r"^import (transformers|flax|equinox)\b", re.M)
 
 
 def _blocks(page: str) -> list[str]:
@@ -33,7 +37,8 @@ def _blocks(page: str) -> list[str]:
 
 
 CASES = [(page, i) for page in PAGES for i in range(len(_blocks(page)))]
-SLOW_PAGES = ("tutorials/curvature.md", "tutorials/slope.md")  # training runs, datasets
+SLOW_PAGES = ("tutorials/curvature.md", "tutorials/slope.md",  # training runs, datasets
+              "tutorials/transformer.md")
 
 
 @pytest.mark.parametrize(("page", "index"), [
@@ -45,8 +50,10 @@ def test_tutorial_block_runs(autodiff_backend, page, index, tmp_path, monkeypatc
     framework = PAGES[page] or _IMPORT.search(code).group(1)
     if framework != autodiff_backend:
         pytest.skip(f"{page}#{index} is run in the {framework} session")
-    if page.endswith(("slope.md", "curvature.md")):
-        pytest.importorskip("sklearn")
+    if page in _NEEDS:
+        pytest.importorskip(_NEEDS[page])
+    for library in _MODEL_LIBRARIES.findall(code):
+        pytest.importorskip(library)
     exec(compile(code, f"{page}#{index}", "exec"), {"__name__": "__docs__"})
 
 

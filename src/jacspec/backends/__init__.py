@@ -17,7 +17,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ._base import COMPLEX_DTYPES, FLOAT_DTYPES, HALF_DTYPES, HALF_EPS, Backend, Linearization
+from ._base import (
+    COMPLEX_DTYPES,
+    FLOAT_DTYPES,
+    HALF_DTYPES,
+    HALF_EPS,
+    Backend,
+    Linearization,
+    ShardedProduct,
+    Sharding,
+)
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -26,6 +35,8 @@ __all__ = [
     "COMPLEX_DTYPES",
     "Backend",
     "Linearization",
+    "Sharding",
+    "ShardedProduct",
     "BACKEND_NAMES",
     "get_backend",
     "backend_of",

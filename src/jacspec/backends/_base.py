@@ -495,6 +495,16 @@ class Backend:
         receives the same array)."""
         raise NotImplementedError(self._no_distributed_message())
 
+    def sharded_product(self, f: Callable, loss: Callable | None, params: Any,
+                        summary: Any, *, hvp: str, group: Any) -> ShardedProduct | None:
+        """The per-batch product of a ``distributed=True`` dataset operator whose
+        ``params`` are sharded across processes (torch FSDP2), or None where every
+        process holds all parameters (the default: products are summed by
+        :meth:`distributed_sum`). ``loss`` is None for the Hessian of ``f``, else the
+        GGN of ``loss`` after ``f``; ``summary`` is the data's
+        :class:`~jacspec.datasets.DataSummary` (its first batch is checked here)."""
+        return None
+
     def _no_distributed_message(self) -> str:
         return (
             f"Expected a backend with a collective for distributed=True (torch with "
@@ -502,6 +512,53 @@ class Backend:
             f"tf.distribute.Strategy). Received {self.name}, which "
             "jacspec does not distribute; run it in one process (distributed=False)."
         )
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How the vectors of an operator are split across processes.
+
+    Attributes
+    ----------
+    local_n : int
+        The entries of a vector this process holds (its shards of the parameters).
+    rank : int
+        This process's index in the group.
+    sum : callable
+        ``sum(x)``: the sum over the processes of an array of partial reductions (inner
+        products, squared norms); every process receives the same array.
+    """
+
+    local_n: int
+    rank: int
+    sum: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class ShardedProduct:
+    """A dataset operator's product on sharded parameters (see
+    :meth:`Backend.sharded_product`).
+
+    Attributes
+    ----------
+    n : int
+        The number of parameters over all processes.
+    dtype, device
+        Those of the products.
+    sharding : Sharding
+        How vectors are split.
+    product : callable
+        ``product(batch, V, weight)``: ``weight`` times one batch's operator on the
+        local parts ``V`` ``(local_n, k)``, summed over the processes (each process
+        passes its own batch and weight; every process must call it for every batch),
+        as local parts ``(local_n, k)``.
+    """
+
+    n: int
+    dtype: Any
+    device: Any
+    sharding: Sharding
+    product: Callable[[Any, Any, float], Any]
 
 
 @dataclass

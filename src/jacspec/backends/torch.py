@@ -759,6 +759,18 @@ class TorchBackend(Backend):
         dist.all_reduce(out, group=group)
         return out
 
+    def sharded_product(self, f, loss, params, summary, *, hvp, group):
+        """Parameters sharded by FSDP2 (``DTensor``s): finite-difference products from
+        FSDP's own forward and backward passes (see ``_torch_distributed``)."""
+        from . import _torch_distributed as fsdp
+
+        values = fsdp.sharded_values(params)
+        if values is None:
+            return None
+        self._check_distributed()
+        return fsdp.sharded_product(f, loss, params, values, summary, hvp=hvp, group=group,
+                                    loss_hessian=_loss_hessian_product)
+
     def _collective_device(self, group) -> Any:
         """Where a collective's buffers live: the current CUDA device under NCCL."""
         import torch.distributed as dist

@@ -35,7 +35,8 @@ BACKENDS = ("torch", "jax", "tensorflow")
 #: Where the groups stand in the table; groups not named here follow, in the order the
 #: modules register them.
 ORDER = ("overhead", "eager", "lanczos", "batched", "auto", "dense", "penalty", "peers",
-         "conv", "gram", "memory", "dataset", "dataset-memory", "density", "scaling", "load")
+         "conv", "gram", "memory", "dataset", "dataset-memory", "density", "distributed",
+         "scaling", "load")
 
 
 @dataclass(frozen=True)

@@ -122,11 +122,11 @@ class SpectralDensity:
 def _probes(p: Problem, count: int) -> list[Array]:
     """``count`` unit probes ``(B, n_in)``, orthonormal within groups of ``n_in`` (a
     draw of the seed each)."""
-    xp, n = p.xp, p.n_in
+    n = p.n_in
     out: list[Array] = []
     while len(out) < count:
         g = min(n, count - len(out))
-        Q = xp.linalg.qr(p.random((p.B, n, g), 1 + len(out) // n)).Q  # (B, n, g)
+        Q = p.orthonormal(p.random((p.B, p.local_in, g), 1 + len(out) // n))  # (B, n, g)
         out += [Q[:, :, i] for i in range(g)]
     return out
 

@@ -456,7 +456,7 @@ def _unit_columns(p: Problem, X: Array) -> Array:
     """Columns scaled to unit norm (rounding in long bases leaves them off by up to
     ``sqrt(size) * eps``); zero columns stay zero."""
     xp = p.xp
-    nrm = xp.linalg.vector_norm(X, axis=-2)
+    nrm = p.col_norms(X)
     return X / p.cast(xp.where(nrm > 0, nrm, xp.ones_like(nrm)))[:, None, :]
 
 
@@ -474,7 +474,7 @@ def _true_residuals(p: Problem, alg: Krylov, vals: Array, left: Array | None,
         R = p.mm(left, adjoint=True) - right * p.cast(vals)[:, None, :]
     else:
         R = p.mm(right) - right * p.cast(vals)[:, None, :]
-    return xp.linalg.vector_norm(R, axis=-2), p.finite_flag(R, flag)
+    return p.col_norms(R), p.finite_flag(R, flag)
 
 
 class _Schedule:

@@ -18,7 +18,7 @@ needs no special bookkeeping: the kept Ritz vectors become the basis, their Ritz
 the diagonal, and the next steps' coefficients fill in the coupling (an arrowhead).
 
 Bases are stored as rows ``(B, jmax, s)`` and projected with row-vector products
-(``Backend.row_coefs`` / ``Backend.sub_matmul``): several times faster on CPU than
+(``Problem.row_coefs`` / ``Backend.sub_matmul``): several times faster on CPU than
 batched matrix-vector products with the vector on the right. Outside a trace, where the
 framework allows changing shapes, a step works on the filled rows only (a view).
 """
@@ -86,8 +86,8 @@ def init(p: Problem, v0: Array | None, jmax: int, *, two_sided: bool, count: Any
     zeros = p.zeros((B,), real=True)
     return KrylovState(
         j=0,
-        V=p.zeros((B, jmax, p.n_in)),
-        U=p.zeros((B, jmax, p.n_out)) if two_sided else None,
+        V=p.zeros((B, jmax, p.local_in)),
+        U=p.zeros((B, jmax, p.local_out)) if two_sided else None,
         C=p.zeros((B, jmax, jmax)),
         v=p.start(v0),
         beta=zeros,
@@ -215,9 +215,9 @@ def _project_out(p: Problem, rows: Array, w: Array, coefs: bool = False
         return w, p.zeros((p.B, 0)) if coefs else None
     RH = p.H(rows)
     w = w[:, None, :]
-    c1 = b.row_coefs(w, rows, RH)
+    c1 = p.row_coefs(w, rows, RH)
     w = b.sub_matmul(w, c1, rows)
-    c2 = b.row_coefs(w, rows, RH)
+    c2 = p.row_coefs(w, rows, RH)
     w = b.sub_matmul(w, c2, rows)
     return w[:, 0], (c1 + c2)[:, 0] if coefs else None
 

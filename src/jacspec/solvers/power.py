@@ -45,7 +45,7 @@ class PowerState(NamedTuple):
 
 
 def _colnorm(p: Problem, Z: Array) -> Array:
-    return p.xp.linalg.vector_norm(Z, axis=-2)
+    return p.col_norms(Z)
 
 
 def _unit(p: Problem, Z: Array) -> Array:
@@ -55,7 +55,7 @@ def _unit(p: Problem, Z: Array) -> Array:
 
 
 def _orth(p: Problem, Z: Array) -> Array:
-    return _unit(p, Z) if int(Z.shape[-1]) == 1 else p.xp.linalg.qr(Z).Q
+    return _unit(p, Z) if int(Z.shape[-1]) == 1 else p.orthonormal(Z)
 
 
 def power_init(p: Problem, k: int, v0: Array | None, *, two_sided: bool, count: Any = 0,
@@ -70,7 +70,7 @@ def power_init(p: Problem, k: int, v0: Array | None, *, two_sided: bool, count: 
         return PowerState(V, zero, p.zeros((p.B, p.n_out)), V, zero, zero, count)
     V = V[..., None]
     if k > 1:
-        rest = p.random((p.B, p.n_in, k - 1), draw + 1)
+        rest = p.random((p.B, p.local_in, k - 1), draw + 1)
         V = _orth(p, p.xp.concat([V, rest], axis=-1))
     zeros = p.zeros((p.B, k), real=True)
     left = p.zeros((p.B, p.n_out, k)) if two_sided else None
@@ -109,11 +109,11 @@ def eig_power_step(p: Problem, s: PowerState, tol: float, which: str,
     W = p.mm(V)
     k = int(V.shape[-1])
     if k == 1:  # the Rayleigh quotient; no eigh of a 1 x 1 matrix
-        vals = xp.real(xp.sum(p.conj(V[..., 0]) * W[..., 0], axis=-1))[:, None]
+        vals = xp.real(p.dot_sum(V, W))[:, None]
         X, WX, radius = V, W, xp.abs(vals)
     else:
         p.check_finite(W)
-        T = xp.matmul(p.H(V), W)
+        T = p.gram(V, W)
         vals, S, radius = eig_ritz(p, (T + p.H(T)) / 2, k, which, k)
         X, WX = xp.matmul(V, S), xp.matmul(W, S)
     res = _colnorm(p, WX - X * p.cast(vals)[:, None, :])

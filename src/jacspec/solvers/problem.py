@@ -12,6 +12,15 @@ mutates, and a compiled piece of an eager solve draws what the plain path draws.
 
 Every solver works on a leading batch axis ``B`` (an unbatched operator is a batch of
 one), so one product per step advances all ``B`` problems.
+
+An operator whose vectors are sharded across processes (``LinearOperator.sharding``:
+parameters sharded by the framework's distributed engine) gives each process its part of
+every vector, ``local_in`` entries; the solvers then take every reduction over the
+vectors' entries (inner products, norms, Gram matrices) through the Problem
+(:meth:`Problem.norm`, :meth:`Problem.row_coefs`, :meth:`Problem.gram`,
+:meth:`Problem.col_norms`, :meth:`Problem.orthonormal`), which sums the processes'
+partial reductions with the sharding's collective, so every process takes the same
+decisions.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PRIME = 2**31 - 1  # seeds are reduced modulo this prime
 _DRAW_SALT = 7919  # a draw number's salt of the seed
 _COUNT_SALT = 104729  # a product count's salt of the seed (restart directions)
+_RANK_SALT = 1299709  # a process's salt of the seed (its part of a sharded vector)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,6 +72,14 @@ class Problem:
     mix_start : bool
         Whether a warm start gets a random direction (see :meth:`start`): the solvers
         that take a user's ``v0``; probes (densities) are used as given.
+    local_in, local_out : int
+        The entries of a vector this process holds: ``n_in``, ``n_out`` unless the
+        operator's vectors are sharded across processes.
+    shard_sum : callable or None
+        The sum over processes of partial reductions (every process receives the same
+        array), for sharded vectors; None otherwise.
+    shard_rank : int
+        This process's index among those sharing the vectors (salts its random draws).
     """
 
     op: Any
@@ -86,6 +104,10 @@ class Problem:
     mix_start: bool = False
     staged: bool = False
     _stage: tuple | None = None
+    local_in: int = 0
+    local_out: int = 0
+    shard_sum: Callable[[Array], Array] | None = None
+    shard_rank: int = 0
 
     @classmethod
     def of(cls, op: LinearOperator, *, adjoint: bool = False, seed: int | None = 0,
@@ -99,6 +121,8 @@ class Problem:
         fi = np.finfo(real_name)
         if seed is None:
             seed = int(np.random.default_rng().integers(_PRIME))
+        sh = op.sharding
+        local_m, local_n = (m, n) if sh is None else (sh.local_n, sh.local_n)
         return cls(
             op=op, adj=adjoint, backend=b, xp=b.solver_xp, batched=bool(op.batch_shape),
             B=op.batch_shape[0] if op.batch_shape else 1,
@@ -107,7 +131,9 @@ class Problem:
             real_name=real_name, real_dtype=b.dtype_from_name(real_name),
             eps=float(fi.eps), tiny=float(fi.tiny) * 1e3, tiny_normal=float(fi.tiny),
             bd_rtol=float(fi.eps) ** 0.75, seed=int(seed), traced=op.traced,
-            mix_start=mix_start,
+            mix_start=mix_start, local_in=local_m if adjoint else local_n,
+            local_out=local_n if adjoint else local_m,
+            shard_sum=None if sh is None else sh.sum, shard_rank=0 if sh is None else sh.rank,
         )
 
     def with_tol(self, tol: float) -> Problem:
@@ -229,6 +255,8 @@ class Problem:
     def _salted(self, salt: Any) -> Any:
         if not isinstance(salt, int):  # a traced count in a compiled piece
             salt = self.xp.astype(salt, self.xp.uint32)
+        if self.shard_rank:  # each process draws its own part of a sharded vector
+            salt = salt + _RANK_SALT * self.shard_rank
         return (self.seed + salt) % _PRIME
 
     def random(self, shape: tuple[int, ...], draw: int = 1) -> Array:
@@ -264,7 +292,7 @@ class Problem:
         (up to ``1/sqrt(2)``), while ``v0`` keeps half the start along its direction.
         Without ``mix_start``, ``v0`` as given."""
         xp = self.xp
-        shape = (self.B, self.n_in)
+        shape = (self.B, self.local_in)
         eager = not self.traced or self.staged
         rnd = self.random(shape, draw) if eager else self.generic(shape, _DRAW_SALT * draw)
         v = rnd
@@ -291,7 +319,50 @@ class Problem:
         return self.conj(self.xp.matrix_transpose(X))
 
     def norm(self, w: Array) -> Array:
-        return self.xp.linalg.vector_norm(w, axis=-1)
+        """The norms of vectors along the last axis (over all processes' parts)."""
+        if self.shard_sum is None:
+            return self.xp.linalg.vector_norm(w, axis=-1)
+        return self.xp.sqrt(self.shard_sum(self._sq(w, -1)))
+
+    def col_norms(self, X: Array) -> Array:
+        """The norms of the columns of ``X`` ``(B, n, k)`` (over all processes' parts)."""
+        if self.shard_sum is None:
+            return self.xp.linalg.vector_norm(X, axis=-2)
+        return self.xp.sqrt(self.shard_sum(self._sq(X, -2)))
+
+    def _sq(self, X: Array, axis: int) -> Array:
+        xp = self.xp
+        return xp.sum(xp.real(self.conj(X) * X), axis=axis)
+
+    def row_coefs(self, W: Array, Q: Array, QH: Array) -> Array:
+        """``W @ QH`` (``Backend.row_coefs``: the coefficients of the rows of ``W`` along
+        the rows of ``Q``), summed over processes for sharded vectors."""
+        c = self.backend.row_coefs(W, Q, QH)
+        return c if self.shard_sum is None else self.shard_sum(c)
+
+    def gram(self, X: Array, Y: Array) -> Array:
+        """``X^H Y`` for column blocks ``(B, n, k)``, ``(B, n, l)`` (over all processes'
+        parts)."""
+        G = self.xp.matmul(self.H(X), Y)
+        return G if self.shard_sum is None else self.shard_sum(G)
+
+    def dot_sum(self, X: Array, Y: Array) -> Array:
+        """``sum_j x_j^H y_j`` over the columns of ``(B, n, k)`` blocks, ``(B,)``."""
+        xp = self.xp
+        s = xp.sum(xp.sum(self.conj(X) * Y, axis=-1), axis=-1)
+        return s if self.shard_sum is None else self.shard_sum(s)
+
+    def orthonormal(self, X: Array) -> Array:
+        """An orthonormal basis ``Q`` ``(B, n, k)`` of the columns of ``X`` (full column
+        rank): the Q of a QR factorization; for sharded vectors CholeskyQR2 (Cholesky
+        factors of the summed Gram matrix, twice), which never gathers a vector."""
+        xp = self.xp
+        if self.shard_sum is None:
+            return xp.linalg.qr(X).Q
+        for _ in range(2):
+            R = self.H(xp.linalg.cholesky(self.gram(X, X)))  # upper: X^H X = R^H R
+            X = self.H(xp.linalg.solve(self.H(R), self.H(X)))  # X R^-1
+        return X
 
     def zeros(self, shape: tuple[int, ...], real: bool = False) -> Array:
         return self.xp.zeros(shape, dtype=self.real_dtype if real else self.dtype,

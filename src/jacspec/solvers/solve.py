@@ -34,6 +34,13 @@ def auto_is_dense(shape: tuple[int, int], k: int, products_per_step: int) -> boo
 
 
 def resolve_method(method: str, op: LinearOperator, k: int, *, hermitian: bool) -> str:
+    if op.sharding is not None:  # vectors sharded across processes: never materialized
+        if method == "dense":
+            raise ValueError(
+                "Expected method 'lanczos' or 'power' for an operator whose vectors are "
+                "sharded across processes (method='dense' would gather the whole "
+                "operator). Received method='dense'.")
+        return "lanczos" if method == "auto" else method
     if method != "auto":
         return method
     return "dense" if auto_is_dense(op.shape, k, 1 if hermitian else 2) else "lanczos"

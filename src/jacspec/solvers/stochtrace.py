@@ -39,12 +39,11 @@ def _apply(pr: Problem, V_: Array, *, adjoint: bool = False) -> Array:
 
 def _colsum_dot(pr: Problem, Z: Array, AZ: Array) -> Array:
     """``sum_j z_j^H A z_j`` per sample, (B,)."""
-    xp = pr.xp
-    return xp.sum(xp.sum(pr.conj(Z) * AZ, axis=-1), axis=-1)
+    return pr.dot_sum(Z, AZ)
 
 
 def hutchinson(pr: Problem, p: int, kind: str) -> Array:
-    Z = _probes(pr, pr.n_in, p, kind, 1)
+    Z = _probes(pr, pr.local_in, p, kind, 1)
     return _colsum_dot(pr, Z, _apply(pr, Z)) / p
 
 
@@ -56,15 +55,15 @@ def hutchpp(pr: Problem, p: int, kind: str) -> Array:
     s = p // 3
     g = p - 2 * s
     b = pr.backend
-    S = _probes(pr, pr.n_in, s, kind, 1)
+    S = _probes(pr, pr.local_in, s, kind, 1)
     with b.no_grad():
         AS = b.stop_gradient(pr.op._mm(S if pr.batched else S[0], grad=False))
     if not pr.batched:
         AS = AS[None]
-    Q = b.stop_gradient(xp.linalg.qr(AS).Q)  # (B, n, s)
+    Q = b.stop_gradient(pr.orthonormal(AS))  # (B, n, s)
     t_range = _colsum_dot(pr, Q, _apply(pr, Q))
-    G = _probes(pr, pr.n_in, g, kind, 2)
-    G = G - xp.matmul(Q, xp.matmul(pr.H(Q), G))
+    G = _probes(pr, pr.local_in, g, kind, 2)
+    G = G - xp.matmul(Q, pr.gram(Q, G))
     t_rest = _colsum_dot(pr, G, _apply(pr, G)) / g
     return t_range + t_rest
 
