@@ -5,7 +5,6 @@ the unconverged warning."""
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import numpy as np
@@ -14,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jacspec as js
-from _helpers import from_numpy, make_matrix, to_numpy
+from _helpers import counting_problem, from_numpy, make_matrix, to_numpy
 from jacspec.solvers import driver, krylov
 from jacspec.solvers.problem import Problem
 
@@ -32,7 +31,6 @@ def test_maxiter_warns(backend):
         res = js.eigsh(from_numpy(A[:70] + A[:70].T, backend), k=2, method="lanczos",
                        maxiter=5)
     assert res.num_matvecs <= 5
-
 
 
 def test_large_batch_screens(backend):
@@ -61,7 +59,6 @@ def test_large_batch_screens(backend):
     np.testing.assert_allclose(to_numpy(e.values)[:, 0], ref**2, rtol=1e-9, atol=1e-12)
 
 
-
 def test_tiny_restart_basis_still_checks(backend):
     """With ``ncv`` below the first scheduled check (2k + 1 + FIRST_CHECK_DELAY), the
     check at every thick restart still runs: the solve converges to the dense answer
@@ -80,7 +77,6 @@ def test_tiny_restart_basis_still_checks(backend):
         np.testing.assert_allclose(to_numpy(e.values), evals[:k], rtol=1e-7)
 
 
-
 def test_unconverged_warning_points_at_the_call(backend):
     """The maxiter warning names the user's line, not a line inside jacspec."""
     A = np.random.default_rng(2).standard_normal((30, 20))
@@ -90,7 +86,6 @@ def test_unconverged_warning_points_at_the_call(backend):
             js.svds(from_numpy(A, backend), method=method, maxiter=4, tol=1e-14)
         hits = [w for w in caught if issubclass(w.category, RuntimeWarning)]
         assert hits and all(w.filename == __file__ for w in hits), method
-
 
 
 def test_jax_jit_compiled_steps_with_thick_restarts(backend):
@@ -133,7 +128,6 @@ def test_jax_jit_compiled_steps_with_thick_restarts(backend):
     assert counts[-1] == 60
 
 
-
 def test_jax_jit_program_does_not_grow_with_the_budget(backend):
     """Under ``jax.jit`` a fixed budget's restart cycles run as one compiled loop: the
     traced program (top-level equations) is about the same for 40 products (no cycle
@@ -153,7 +147,6 @@ def test_jax_jit_program_does_not_grow_with_the_budget(backend):
         return len(jax.make_jaxpr(top_sv)(jnp.ones(30)).jaxpr.eqns)
 
     assert size(400) <= size(40) + 5
-
 
 
 def test_jax_jit_breakdowns_inside_restart_cycles(backend):
@@ -177,30 +170,6 @@ def test_jax_jit_breakdowns_inside_restart_cycles(backend):
 
 
 # ------------------------------------------------------------ units of the driver
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Counted(Problem):
-    """A problem that also tallies the products it is asked for (one per single-vector
-    product, ``k`` per block of ``k``): the count the states carry must be this."""
-
-    tally: list = dataclasses.field(default_factory=lambda: [0])
-
-    def mv(self, v, *, adjoint=False):
-        self.tally[0] += 1
-        return super().mv(v, adjoint=adjoint)
-
-    def mm(self, V, *, adjoint=False):
-        self.tally[0] += int(V.shape[-1])
-        return super().mm(V, adjoint=adjoint)
-
-
-def _counted(A: np.ndarray, backend: str, monkeypatch) -> _Counted:
-    """The counting problem of ``A``, with every step run as it is (a compiled piece
-    would tally its products once, when traced)."""
-    p = Problem.of(js.aslinearoperator(from_numpy(A, backend)))
-    monkeypatch.setattr(p.backend, "should_compile", lambda key: False)
-    return _Counted(**{f.name: getattr(p, f.name) for f in dataclasses.fields(Problem)})
 
 
 @given(r=st.integers(1, 60), k=st.integers(1, 8), ncv=st.none() | st.integers(1, 70),
@@ -235,7 +204,7 @@ def test_run_budget_counts_and_restarts(backend, monkeypatch, alg, which):
     the products before the start included), and enough cycles reach the dense top
     values."""
     A = _operator(alg)
-    p = _counted(A, backend, monkeypatch)
+    p = counting_problem(A, backend, monkeypatch)
     k = 2
     _, jmax, keep = driver.basis_sizes(N_, k, NCV)
     for start, limit in ((0, 1), (0, 7), (3, 40), (0, 81), (0, 400)):
@@ -258,7 +227,7 @@ def test_krylov_solve_counts_what_it_takes(backend, monkeypatch, alg, which):
     solve took (after ``count`` products spent before it); with ``maxiter``, at most
     that and a warning."""
     A = _operator(alg)
-    p = _counted(A, backend, monkeypatch)
+    p = counting_problem(A, backend, monkeypatch)
     res = driver.krylov_solve(p, alg, 2, tol=1e-8, maxiter=None, ncv=NCV, which=which,
                               count=5)
     assert bool(np.all(to_numpy(res.converged)))
