@@ -280,6 +280,24 @@ def counting_problem(A: Any, backend: str, monkeypatch: Any, **kwargs: Any) -> A
     return Counted(**{f.name: getattr(p, f.name) for f in dataclasses.fields(Problem)})
 
 
+def row_writes(dtypes: tuple[str, ...] = ("float32", "float64")) -> Any:
+    """A hypothesis strategy of row writes into a solver work buffer (``Backend.set_row``):
+    ``(lead, J, W, j, start, t, dtype)``, i.e. ``X[..., j, start:start + t] = x`` with
+    ``X`` of shape ``lead + (J, W)``."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def case(draw: Any) -> tuple:
+        lead = draw(st.lists(st.integers(1, 3), max_size=2))
+        J, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+        j = draw(st.integers(0, J - 1))
+        start = draw(st.integers(0, W - 1))
+        t = draw(st.integers(1, W - start))
+        return tuple(lead), J, W, j, start, t, draw(st.sampled_from(dtypes))
+
+    return case()
+
+
 # ------------------------------------------------------------------------------- GPU
 
 _GPU_CACHE: dict[str, bool] = {}

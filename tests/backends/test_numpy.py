@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jacspec as js
-from _helpers import selected_backends
+from _helpers import row_writes, selected_backends
 from jacspec.backends.numpy import BACKEND
 
 pytestmark = pytest.mark.skipif("numpy" not in selected_backends(),
@@ -112,17 +112,7 @@ def test_no_autodiff_is_a_clear_error():
         BACKEND.distributed_sum(np.ones(2), group=None)
 
 
-@st.composite
-def _row_writes(draw):
-    lead = draw(st.lists(st.integers(1, 3), max_size=2))
-    J, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))
-    j = draw(st.integers(0, J - 1))
-    start = draw(st.integers(0, W - 1))
-    t = draw(st.integers(1, W - start))
-    return tuple(lead), J, W, j, start, t, draw(st.sampled_from(DTYPES))
-
-
-@given(case=_row_writes())
+@given(case=row_writes(tuple(DTYPES)))
 def test_set_row_matches_numpy(case):
     """The default row write: ``X[..., j, start:start + t] = x`` where those entries are
     zero (the contract: solver buffers fill rows that are zero), a new array (the buffer
