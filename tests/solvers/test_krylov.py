@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jacspec as js
@@ -64,6 +64,8 @@ def test_jax_jit_krylov_hard_cases(backend):
 # Fixed shapes (JAX compiles each new shape once); hypothesis draws the spectra and seeds.
 M_, N_ = 9, 7
 KINDS = st.sampled_from(["random", "clustered", "rankdef", "zero"])
+# Each example checks every step of a full basis: a few examples are enough.
+STEP_EXAMPLES = min(8, settings().max_examples)
 
 
 def _problem(A: np.ndarray, backend: str, dtype: str) -> Problem:
@@ -103,6 +105,7 @@ def _matrix(kind: str, seed: int, m: int, n: int) -> np.ndarray:
     return A / max(np.abs(A).max(), 1.0)  # entries of order one: float32 keeps its bits
 
 
+@settings(max_examples=STEP_EXAMPLES)
 @given(kind=KINDS, seed=st.integers(0, 2**16))
 def test_gkl_steps_give_u_h_a_v(backend, dtype, kind, seed):
     """After every Golub–Kahan–Lanczos step: both bases orthonormal, ``M = U^H A V``
@@ -130,6 +133,7 @@ def test_gkl_steps_give_u_h_a_v(backend, dtype, kind, seed):
         assert np.abs(off).max() <= rel
 
 
+@settings(max_examples=STEP_EXAMPLES)
 @given(kind=KINDS, seed=st.integers(0, 2**16))
 def test_lanczos_steps_give_q_h_a_q(backend, dtype, kind, seed):
     """After every Lanczos step: the basis orthonormal, ``T = Q^H A Q``, ``A Q = Q T +

@@ -91,10 +91,9 @@ def _padded(M: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("k", [1, 2])
-@pytest.mark.parametrize("padded", [False, True])
-@given(kind=KINDS, seed=st.integers(0, 2**16))
-def test_svd_ritz(backend, dtype, k, padded, kind, seed):
+@given(kind=KINDS, seed=st.integers(0, 2**16), k=st.sampled_from([1, 2]),
+       padded=st.booleans())
+def test_svd_ritz(backend, dtype, kind, seed, k, padded):
     """The top ``k`` singular values and vectors of the filled ``J x J`` block, whether
     given as itself or inside a larger buffer (then the vectors are zero outside it)."""
     J, size = C, C + 2
@@ -122,10 +121,9 @@ def _order(w: np.ndarray, which: str) -> np.ndarray:
     return w[np.argsort(key, kind="stable")]
 
 
-@pytest.mark.parametrize("which", ["LM", "LA", "SA"])
-@pytest.mark.parametrize("padded", [False, True])
-@given(kind=KINDS, seed=st.integers(0, 2**16))
-def test_eig_ritz(backend, dtype, which, padded, kind, seed):
+@given(kind=KINDS, seed=st.integers(0, 2**16), which=st.sampled_from(["LM", "LA", "SA"]),
+       padded=st.booleans())
+def test_eig_ritz(backend, dtype, kind, seed, which, padded):
     """The ``k`` wanted eigenvalues of the filled block, ordered by ``which``, their
     orthonormal vectors (zero outside the block), and the spectral radius of the block."""
     J, k, size = C, 2, C + 2
