@@ -72,15 +72,15 @@ def _problem(A: np.ndarray, backend: str, dtype: str) -> Problem:
     return Problem.of(js.aslinearoperator(from_numpy(A, backend, dtype)))
 
 
-def _start(p: Problem, v0: np.ndarray | None, backend: str, dtype: str):
-    return None if v0 is None else from_numpy(np.atleast_2d(v0), backend, dtype)
-
-
-def _steps(p: Problem, alg, n: int, v0=None, jmax: int | None = None) -> KrylovState:
-    s = krylov.init(p, v0, jmax or p.n_in, two_sided=alg.two_sided)
+def _advance(p: Problem, alg, s: KrylovState, n: int) -> KrylovState:
     for _ in range(n):
         s = alg.step(p, s)
     return s
+
+
+def _steps(p: Problem, alg, n: int, v0=None) -> KrylovState:
+    """``n`` steps from ``v0`` (random if None) into a basis of the full size."""
+    return _advance(p, alg, krylov.init(p, v0, p.n_in, two_sided=alg.two_sided), n)
 
 
 def _rows(s: KrylovState, j: int):
@@ -194,17 +194,11 @@ def test_lanczos_breakdown_on_an_invariant_subspace(backend, dtype):
     T = to_numpy(ritz.lanczos_matrix(p, s))[0][:2, :2]
     np.testing.assert_allclose(np.linalg.eigvalsh(T), np.sort(d[:2]), rtol=100 * p.eps)
     # the steps go on from the fresh direction: the basis stays orthonormal, T = Q^H A Q
-    s = _steps_from(p, krylov.LANCZOS, s, N_ - 2)
+    s = _advance(p, krylov.LANCZOS, s, N_ - 2)
     Q = to_numpy(s.V)[0]
     _orthonormal(Q, 100 * p.eps)
     T = to_numpy(ritz.lanczos_matrix(p, s))[0]
     np.testing.assert_allclose(np.linalg.eigvalsh(T), np.sort(d), atol=1e3 * p.eps)
-
-
-def _steps_from(p: Problem, alg, s: KrylovState, n: int) -> KrylovState:
-    for _ in range(n):
-        s = alg.step(p, s)
-    return s
 
 
 def test_lanczos_sweeps_a_null_space(backend, dtype):
@@ -253,7 +247,7 @@ def test_decompose_is_the_steps_and_counts_products(backend):
     for alg in (krylov.GKL, krylov.LANCZOS):
         q = p if alg.two_sided else _problem(A.T @ A, backend, "float64")
         s0 = krylov.init(q, None, 5, two_sided=alg.two_sided, count=3)
-        by_hand = _steps_from(q, alg, s0, 4)
+        by_hand = _advance(q, alg, s0, 4)
         s = krylov.decompose(q, alg.step, s0, 4, alg.per_step)
         assert s.j == 4 and by_hand.j == 4
         assert int(q.host_int(s.count)) == int(q.host_int(by_hand.count)) == 3 + 4 * alg.per_step
