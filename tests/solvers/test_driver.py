@@ -192,8 +192,13 @@ ALGS = [(krylov.GKL, "LM"), (krylov.LANCZOS, "LA")]
 C_, N_, NCV = 24, 16, 6
 
 
-def _operator(alg) -> np.ndarray:
+def _operator(alg, decay: float | None = None) -> np.ndarray:
+    """A random ``(C_, N_)`` matrix (``decay``: with singular values ``decay**i``), or
+    its Gram matrix for Lanczos."""
     A = make_matrix(C_, N_, "random", seed=5)
+    if decay is not None:
+        U, _, Vt = np.linalg.svd(A, full_matrices=False)
+        A = (U * decay ** np.arange(N_)) @ Vt
     return A if alg.two_sided else A.T @ A
 
 
@@ -203,11 +208,11 @@ def test_run_budget_counts_and_restarts(backend, monkeypatch, alg, which):
     count in the state is the products taken, within the budget (one step at least,
     the products before the start included), and enough cycles reach the dense top
     values."""
-    A = _operator(alg)
+    A = _operator(alg, decay=0.7)  # fast convergence: a short budget reaches it
     p = counting_problem(A, backend, monkeypatch)
     k = 2
     _, jmax, keep = driver.basis_sizes(N_, k, NCV)
-    for start, limit in ((0, 1), (0, 7), (3, 30), (0, 61), (0, 200)):
+    for start, limit in ((0, 1), (0, 7), (3, 30), (0, 61)):
         p.tally[0] = 0
         s = krylov.init(p, None, jmax, two_sided=alg.two_sided, count=start)
         s = driver.run_budget(p, alg, s, limit, keep, which)
@@ -220,7 +225,8 @@ def test_run_budget_counts_and_restarts(backend, monkeypatch, alg, which):
     ref = (np.linalg.svd(A, compute_uv=False) if alg.two_sided
            else np.linalg.eigvalsh(A)[::-1])[:k]
     np.testing.assert_allclose(to_numpy(res.values)[0], ref, rtol=1e-8)
-    assert res.num_matvecs == 200 and np.all(to_numpy(res.residuals) <= 1e-8 * ref[0])
+    assert res.num_matvecs == 61 - (61 % alg.per_step) and np.all(
+        to_numpy(res.residuals) <= 1e-8 * ref[0])
 
 
 @pytest.mark.parametrize(("alg", "which"), ALGS)
