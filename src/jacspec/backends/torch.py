@@ -44,6 +44,7 @@ from ._base import (
     check_output,
     check_scalar_output,
 )
+from ._torch_distributed import refuse_sharded
 from ._torch_state import (
     Guard,
     States,
@@ -474,6 +475,7 @@ class TorchBackend(Backend):
         values = list(x.values()) if isinstance(x, dict) else list(x)
         for v in values:
             check_input(self, v, batched=False, what="each parameter")
+        refuse_sharded(values)
         leaves = [_leaf(v) for v in values]
         if isinstance(x, dict):
             return values, leaves, dict(zip(x.keys(), leaves))
@@ -645,10 +647,12 @@ class TorchBackend(Backend):
         return prod
 
     def batch_ggn_product(self, f, loss, params):
-        """``J^T H J V`` of one batch, a column at a time: one forward pass carrying
-        the tangent ``J v`` (forward-mode AD) while it records the graph, the loss's
-        output Hessian on ``J v`` (closed form for the common losses, else autodiff of
-        the loss alone), and one backward pass — about a training step's memory, no
+        """``J^T H J V`` of one batch: per column, a forward pass carrying the tangent
+        ``J v`` (forward-mode AD, nothing recorded, the math attention kernel), the
+        loss's output Hessian on it (closed form for the common losses, else autodiff
+        of the loss alone); then one forward pass recording the graph (the caller's
+        kernels) and one backward pass per column through it. The graph holds a
+        training step's activations and no tangent: about a training step's memory, no
         second derivative of the model. Where the model has no forward mode, the base
         class's route (double backward)."""
         _, leaves, arg = self._point(params, batched=False)
@@ -657,20 +661,23 @@ class TorchBackend(Backend):
         base = super().batch_ggn_product(f, loss, params)
         forward_mode = [True]  # emptied where an operation has no forward mode
 
-        def column(inputs, targets, v, start):
+        def tangent(inputs, v, start):
             import torch.autograd.forward_ad as fwad
 
-            # every column draws what the first does (the batch's dropout masks)
-            with _forward_mode(f, start) as guard, _math_kernels(), _quiet_forward_mode(), \
-                    fwad.dual_level():
-                duals = [fwad.make_dual(leaf, t) for leaf, t in zip(leaves, lay.split(v))]
-                z, zt = fwad.unpack_dual(guard.result(f(_with_leaves(arg, duals), inputs)))
-            if zt is None:
-                return torch.zeros_like(v)
-            hz = loss_hvp(z.detach(), zt.detach(), targets)
+            # every pass draws what the first does (the batch's dropout masks)
+            with _forward_mode(f, start) as guard, torch.no_grad(), _math_kernels(), \
+                    _quiet_forward_mode(), fwad.dual_level():
+                duals = [fwad.make_dual(leaf.detach(), t)
+                         for leaf, t in zip(leaves, lay.split(v))]
+                return fwad.unpack_dual(guard.result(f(_with_leaves(arg, duals), inputs)))
+
+        def vjps(inputs, HZ, start, V):
+            with _forward_mode(f, start) as guard:
+                z = guard.result(f(arg, inputs))
             with _outside_inference_mode(), torch.enable_grad():
-                gs = torch.autograd.grad(z, leaves, hz, allow_unused=True)
-            return lay.join(gs, v)
+                return [lay.join(torch.autograd.grad(z, leaves, hz, allow_unused=True,
+                                                     retain_graph=j < len(HZ) - 1), V[:, j])
+                        for j, hz in enumerate(HZ)]
 
         def prod(batch, V):
             if not forward_mode:
@@ -678,13 +685,18 @@ class TorchBackend(Backend):
             inputs, targets = batch
             try:
                 start = generator_states()
-                cols = [column(inputs, targets, V[:, j], start) for j in range(V.shape[-1])]
+                pairs = [tangent(inputs, V[:, j], start) for j in range(V.shape[-1])]
             except (RuntimeError, NotImplementedError) as err:
                 if not _missing_derivative(err):
                     raise
                 forward_mode.clear()
                 return base(batch, V)
-            return torch.stack(cols, dim=-1)
+            z = pairs[0][0]
+            if all(zt is None for _, zt in pairs):
+                return torch.zeros_like(V)
+            HZ = [torch.zeros_like(z) if zt is None else loss_hvp(z, zt, targets)
+                  for _, zt in pairs]
+            return torch.stack(vjps(inputs, HZ, start, V), dim=-1)
 
         return prod
 

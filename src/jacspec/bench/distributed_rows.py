@@ -21,7 +21,7 @@ from .registry import Row, register
 from .timing import run_fresh
 
 #: The MLP's hidden width and depth, the samples and the batches per process.
-CASE = (2048, 3, 2048, 2)
+CASE = (1024, 12, 256, 2)
 PROCESSES = 2
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from .models import CNN_ARCH, digit_images, digits
 
 __all__ = ["describe", "mlp", "penalty_models", "train_digits_cnn", "resnet18_init",
-           "resnet18_apply", "STAGES"]
+           "resnet18_apply", "STAGES", "gpt_init", "gpt_apply"]
 
 Params = dict[str, Any]
 
@@ -215,3 +215,54 @@ def resnet18_apply(params: Params, x: jax.Array) -> jax.Array:
     for blk, stride in zip(params["blocks"], _strides()):
         h = _block(blk, h, stride)
     return jnp.mean(h, axis=(1, 2)) @ params["fc"]["w"] + params["fc"]["b"]
+
+
+def _dense_init(key: jax.Array, a: int, b: int) -> dict[str, jax.Array]:
+    return {"w": jax.random.normal(key, (a, b), jnp.float32) / np.sqrt(a),
+            "b": jnp.zeros(b, jnp.float32)}
+
+
+def _norm_init(d: int) -> dict[str, jax.Array]:
+    return {"scale": jnp.ones(d, jnp.float32), "bias": jnp.zeros(d, jnp.float32)}
+
+
+def gpt_init(vocab: int, d: int, layers: int, heads: int, context: int, seed: int = 0
+             ) -> Params:
+    """Parameters of the GPT-style decoder of :class:`jacspec.bench.models_torch.GPT`
+    (float32); ``heads`` is kept in them as a static shape: the query-key-value kernel
+    is ``(d, 3, heads, d // heads)``."""
+    keys = iter(jax.random.split(jax.random.key(seed), 4 + 4 * layers))
+    blocks = []
+    for _ in range(layers):
+        qkv = _dense_init(next(keys), d, 3 * d)
+        blocks.append({"ln1": _norm_init(d), "ln2": _norm_init(d),
+                       "qkv": {"w": qkv["w"].reshape(d, 3, heads, d // heads),
+                               "b": qkv["b"].reshape(3, heads, d // heads)},
+                       "proj": _dense_init(next(keys), d, d),
+                       "fc": _dense_init(next(keys), d, 4 * d),
+                       "out": _dense_init(next(keys), 4 * d, d)})
+    return {"wte": jax.random.normal(next(keys), (vocab, d), jnp.float32),
+            "wpe": jax.random.normal(next(keys), (context, d), jnp.float32),
+            "blocks": blocks, "ln": _norm_init(d), "head": _dense_init(next(keys), d, vocab)}
+
+
+def _layer_norm(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+    mu = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.var(x, axis=-1, keepdims=True)
+    return (x - mu) / jnp.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+def gpt_apply(params: Params, tokens: jax.Array) -> jax.Array:
+    """``tokens (B, T) -> logits (B * T, vocab)`` of the decoder of :func:`gpt_init`,
+    attention by ``jax.nn.dot_product_attention`` (causal)."""
+    B, T = tokens.shape
+    h = params["wte"][tokens] + params["wpe"][:T]
+    for p in params["blocks"]:
+        qkv = jnp.einsum("btd,dshk->sbthk", _layer_norm(h, p["ln1"]), p["qkv"]["w"])
+        q, k, v = qkv + p["qkv"]["b"][:, None, None]
+        a = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(B, T, -1)
+        h = h + a @ p["proj"]["w"] + p["proj"]["b"]
+        m = jax.nn.gelu(_layer_norm(h, p["ln2"]) @ p["fc"]["w"] + p["fc"]["b"])
+        h = h + m @ p["out"]["w"] + p["out"]["b"]
+    z = _layer_norm(h, params["ln"]) @ params["head"]["w"] + params["head"]["b"]
+    return z.reshape(B * T, -1)

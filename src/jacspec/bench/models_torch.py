@@ -28,7 +28,7 @@ from .models import CNN_ARCH, cnn_input_sizes, digit_images, digits
 
 __all__ = ["describe", "threads", "mlp", "train", "trained_mlp", "design_mlp",
            "hessian_problem", "penalty_models", "digits_cnn", "train_digits_cnn", "BasicBlock",
-           "ResNet18"]
+           "ResNet18", "GPT", "token_batches"]
 
 
 def describe() -> dict[str, Any]:
@@ -225,3 +225,58 @@ class ResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(torch.relu(self.bn1(self.conv1(x))))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+class _DecoderBlock(nn.Module):
+    """Pre-norm causal self-attention (``F.scaled_dot_product_attention``, torch's
+    default fused kernel) and a GELU MLP, each with a residual connection."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        B, T, D = h.shape
+        q, k, v = (t.reshape(B, T, self.heads, D // self.heads).transpose(1, 2)
+                   for t in self.qkv(self.ln1(h)).split(D, dim=-1))
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + self.proj(a.transpose(1, 2).reshape(B, T, D))
+        return h + self.out(nn.functional.gelu(self.fc(self.ln2(h))))
+
+
+class GPT(nn.Module):
+    """A GPT-style decoder: token and position embeddings, ``layers`` pre-norm blocks
+    of ``heads``-head causal attention and a 4x GELU MLP, a final norm and a linear
+    head. ``forward(tokens (B, T)) -> logits (B * T, vocab)``, one row per predicted
+    token (so that ``F.cross_entropy`` takes them as they are).
+
+    >>> GPT(vocab=16, d=8, layers=1, heads=2, context=4)(torch.zeros(3, 4, dtype=torch.long)).shape
+    torch.Size([12, 16])
+    """
+
+    def __init__(self, vocab: int, d: int, layers: int, heads: int, context: int,
+                 seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.vocab = vocab
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(context, d)
+        self.blocks = nn.ModuleList([_DecoderBlock(d, heads) for _ in range(layers)])
+        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.ln(h)).reshape(-1, self.vocab)
+
+
+def token_batches(vocab: int, context: int, batch: int, count: int, seed: int = 0
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` batches of random token sequences and their next tokens, flat
+    (``GPT``'s rows): ``(tokens (batch, context), targets (batch * context,))``."""
+    g = torch.Generator().manual_seed(seed)
+    seqs = torch.randint(0, vocab, (count, batch, context + 1), generator=g)
+    return [(s[:, :-1], s[:, 1:].reshape(-1)) for s in seqs]

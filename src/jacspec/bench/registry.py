@@ -36,7 +36,7 @@ BACKENDS = ("torch", "jax", "tensorflow")
 #: modules register them.
 ORDER = ("overhead", "eager", "lanczos", "batched", "auto", "dense", "penalty", "peers",
          "conv", "gram", "memory", "dataset", "dataset-memory", "density", "distributed",
-         "scaling", "load")
+         "transformer", "transformer-memory", "transformer-peers", "scaling", "load")
 
 
 @dataclass(frozen=True)
