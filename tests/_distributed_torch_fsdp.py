@@ -73,6 +73,12 @@ def main(out: Path) -> None:
     H = js.hessian(batch_loss, params, data=shard, distributed=True)
     G = js.ggn(apply, loss, params, data=shard, distributed=True)
     local_n = H.sharding.local_n
+    _expect(NotImplementedError, "autodiff", lambda: js.hessian(
+        batch_loss, params, data=shard, distributed=True, hvp="autodiff"))
+    _expect(ValueError, "same number of batches", lambda: js.hessian(
+        batch_loss, params, data=shard[:rank + 1], distributed=True))
+    _expect(ValueError, "sharded", lambda: js.dense(H))
+    _expect(ValueError, "distributed=True", lambda: js.hessian(batch_loss, params, data=shard))
     assert local_n < H.shape[0] and G.sharding.local_n == local_n
 
     # where each of this rank's entries sits in the flat vector of all parameters
@@ -120,6 +126,15 @@ def main(out: Path) -> None:
         np.savez(out / "fsdp.npz", **results, **_reference(reference, data, gathered, v))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _expect(kind, text, run) -> None:
+    try:
+        run()
+    except kind as err:
+        assert text in str(err), err
+    else:
+        raise AssertionError(f"expected {kind.__name__}")
 
 
 def _reference(model, data, gathered, v) -> dict:

@@ -54,7 +54,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import validate as V
-from .backends import FLOAT_DTYPES, Backend, infer_backend, model_backend
+from .backends import Backend, infer_backend, model_backend
 from .operators import LinearOperator
 
 __all__ = [
@@ -87,112 +87,15 @@ class ConvBounds(NamedTuple):
     u: Array
 
 
-# --------------------------------------------------------------------------- checks
+# --------------------------------------------------------------------------- kernel
 
 
 def _weight(weight: Any, layout: str | None, what: str = "weight") -> tuple[Backend, Array]:
     """The backend and the kernel in OIHW, after validation."""
-    b = infer_backend(weight, what=what)
-    shape = tuple(int(s) for s in weight.shape)
-    if len(shape) != 4:
-        raise ValueError(
-            "Expected a 4-D conv weight (c_out, c_in, h, w) in layout OIHW or (h, w, c_in, "
-            f"c_out) in layout HWIO. Received a {what} of shape {shape}."
-        )
-    name = b.dtype_name(weight.dtype)
-    if name not in FLOAT_DTYPES:
-        raise TypeError(f"Expected a {what} of dtype float32 or float64. Received dtype {name}.")
-    if layout is None:
-        layout = b.conv_layout
-    if not isinstance(layout, str) or sorted(layout.upper()) != sorted("OIHW"):
-        raise ValueError(
-            "Expected layout to be an arrangement of the letters O, I, H, W such as 'OIHW' "
-            f"or 'HWIO', for a 4-D {what}. Received layout={layout!r} for a {what} of "
-            f"shape {shape}."
-        )
-    layout = layout.upper()
-    if any(s == 0 for s in shape):
-        raise ValueError(f"Expected a non-empty {what}. Received shape {shape}.")
-    xp = b.xp
-    weight = b.read(weight)
-    if not b.is_traced(weight) and not b.all_finite(weight):
-        raise FloatingPointError(f"The {what} contains NaN or Inf.")
+    b, weight, layout = V.conv_weight(weight, layout, what)
     if layout != "OIHW":
-        weight = xp.permute_dims(weight, tuple(layout.index(c) for c in "OIHW"))
+        weight = b.xp.permute_dims(weight, tuple(layout.index(c) for c in "OIHW"))
     return b, weight
-
-
-def _pair(v: Any, what: str, *, minimum: int) -> tuple[int, int]:
-    def is_int(a: Any) -> bool:
-        return isinstance(a, int) and not isinstance(a, bool)
-
-    vals = (v, v) if is_int(v) else v
-    ok = isinstance(vals, (tuple, list)) and len(vals) == 2 and all(is_int(a) for a in vals)
-    if not ok or min(vals) < minimum:
-        raise ValueError(
-            f"Expected {what} to be an integer >= {minimum} or a pair of them. Received {v!r}."
-        )
-    return int(vals[0]), int(vals[1])
-
-
-def _same(size: int, k: int, s: int) -> tuple[int, int]:
-    out = -(-size // s)
-    total = max((out - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
-
-
-def _geometry(kernel_hw: tuple[int, int], input_size: Any, stride: Any, padding: Any,
-              layout_hint: str, wrap: bool = False) -> tuple[tuple[int, int], tuple[int, int],
-                                         tuple[tuple[int, int], tuple[int, int]], bool,
-                                         tuple[int, int]]:
-    """Validated (input_hw, stride, pads, circular, output_hw)."""
-    hw = _pair(input_size, "input_size (H, W)", minimum=1)
-    st = _pair(stride, "stride", minimum=1)
-    kh, kw = kernel_hw
-    circular = False
-    if isinstance(padding, str):
-        p = padding.lower()
-        if p in ("same", "circular"):
-            pads = (_same(hw[0], kh, st[0]), _same(hw[1], kw, st[1]))
-            circular = p == "circular"
-        elif p == "valid":
-            pads = ((0, 0), (0, 0))
-        else:
-            raise ValueError(
-                "Expected padding 'same', 'valid', 'circular', an integer, a pair or "
-                f"((top, bottom), (left, right)). Received padding={padding!r}."
-            )
-    else:
-        try:
-            if isinstance(padding, (int,)) and not isinstance(padding, bool):
-                pads = ((padding, padding), (padding, padding))
-            elif len(padding) == 2 and all(isinstance(q, int) for q in padding):
-                pads = ((padding[0], padding[0]), (padding[1], padding[1]))
-            else:
-                pads = tuple((int(q[0]), int(q[1])) for q in padding)
-                if len(pads) != 2:
-                    raise ValueError
-            pads = tuple((int(a), int(c)) for a, c in pads)
-        except (TypeError, ValueError, IndexError):
-            raise ValueError(
-                "Expected padding 'same', 'valid', 'circular', an integer, a pair or "
-                f"((top, bottom), (left, right)). Received padding={padding!r}."
-            ) from None
-        if min(min(q) for q in pads) < 0:
-            raise ValueError(f"Expected non-negative padding. Received padding={padding!r}.")
-        circular = wrap  # explicit amounts with wrap-around (torch padding_mode="circular")
-    hp = hw[0] + pads[0][0] + pads[0][1]
-    wp = hw[1] + pads[1][0] + pads[1][1]
-    too_wide = circular and (kh > hw[0] or kw > hw[1] or max(pads[0]) > hw[0]
-                             or max(pads[1]) > hw[1])
-    if hp < kh or wp < kw or too_wide:
-        raise ValueError(
-            f"Expected an input at least as large as the kernel ({kh}, {kw}) after padding "
-            f"{padding!r}. Received input_size {hw} (padded to {(hp, wp)}); check input_size "
-            f"and layout ({layout_hint})."
-        )
-    out = ((hp - kh) // st[0] + 1, (wp - kw) // st[1] + 1)
-    return hw, st, pads, circular, out  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------ helpers
@@ -539,8 +442,8 @@ class ConvOperator(LinearOperator):
 def _make_operator(b: Backend, w: Array, input_size: Any, stride: Any, padding: Any,
                    layout_hint: str, wrap: bool = False) -> ConvOperator:
     kernel_hw = (int(w.shape[2]), int(w.shape[3]))
-    hw, st, pads, circ, out = _geometry(kernel_hw, input_size, stride, padding, layout_hint,
-                                        wrap)
+    hw, st, pads, circ, out = V.conv_geometry(kernel_hw, input_size, stride, padding,
+                                              layout_hint, wrap)
     return ConvOperator(w, b, hw, st, pads, circ, out)
 
 
@@ -690,23 +593,20 @@ def gram_bound(weight: Array, input_size: Any = None, *, stride: Any = 1,
     from . import _gram_iteration as gi
 
     b, w = _weight(weight, layout)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(
-            f"Expected iterations to be an integer >= 0. Received iterations={iterations!r}."
-        )
+    iterations = V.gram_iterations(iterations)
     kh, kw = int(w.shape[2]), int(w.shape[3])
     factor = 1.0
     if input_size is None:
-        st = _pair(stride, "stride", minimum=1)
-        _, _, _, circ, _ = _geometry((kh, kw), (kh + 8 * st[0], kw + 8 * st[1]), st,
-                                     padding, _hint(b, layout))
+        st = V.pair(stride, "stride", minimum=1)
+        _, _, _, circ, _ = V.conv_geometry((kh, kw), (kh + 8 * st[0], kw + 8 * st[1]), st,
+                                           padding, _hint(b, layout))
         K = gi.polyphase(b, w, (1, 1) if circ else st)
         taps = (int(K.shape[2]), int(K.shape[3]))
         grid = tuple(GRID_PER_TAP * (t - 1) if t > 1 else 1 for t in taps)
         factor = gi.grid_factor(taps, grid)
     else:
-        hw, st, pads, circ, out = _geometry((kh, kw), input_size, stride, padding,
-                                            _hint(b, layout))
+        hw, st, pads, circ, out = V.conv_geometry((kh, kw), input_size, stride, padding,
+                                                  _hint(b, layout))
         phases, grid = [], []
         for n, s, (lo, hi), o in zip(hw, st, pads, out):
             if circ:
@@ -822,7 +722,7 @@ def circular_singular_values(weight: Array, input_size: Any, *,
     """
     b, w = _weight(weight, layout)
     kh, kw = int(w.shape[2]), int(w.shape[3])
-    hw, _, _, _, _ = _geometry((kh, kw), input_size, 1, "circular", _hint(b, layout))
+    hw, _, _, _, _ = V.conv_geometry((kh, kw), input_size, 1, "circular", _hint(b, layout))
     return _circular_values(b.xp, w, hw[0], hw[1])
 
 
@@ -1034,24 +934,9 @@ def layer_report(model: Any, input_shape: Any, *, tol: float | None = None) -> L
     True
     """
     b = model_backend(model)
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except TypeError:
-        raise ValueError(
-            f"Expected input_shape to be a tuple of ints. Received {input_shape!r}."
-        ) from None
-    if not shape or min(shape) < 1:
-        raise ValueError(
-            "Expected input_shape to be the non-empty shape of one sample (no batch axis). "
-            f"Received {input_shape!r}."
-        )
-    layers = b.conv_layers(model, shape)
-    if not layers:
-        raise ValueError(
-            "Expected a model with at least one conv (Conv2d/Conv2D) or dense "
-            f"(Linear/Dense) layer. Received a {type(model).__name__} with none, on "
-            f"input_shape {shape}."
-        )
+    shape = V.sample_shape(input_shape)
+    tol = V.check_tol(tol)
+    layers = V.conv_layers(b.conv_layers(model, shape), model, shape)
     xp = b.xp
     rows = LayerReport()
     product = 1.0

@@ -21,117 +21,19 @@ silent reweighting.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from . import validate as V
 from ._progress import progress
-from .backends import Backend, ShardedProduct, backend_of
+from .backends import Backend, ShardedProduct
 from .operators import LinearOperator, half_eps, in_16_bits, solver_dtype
 
 __all__ = ["DatasetOperator", "dataset_hessian", "ggn"]
 
 Array = Any
-
-
-# ------------------------------------------------------------------------ the data
-
-
-def _check_reiterable(data: Any) -> None:
-    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
-        raise TypeError(
-            "Expected data to be a re-iterable collection of batches (a list, a "
-            "torch DataLoader, a tf.data.Dataset). Received "
-            f"{type(data).__module__}.{type(data).__qualname__}."
-        )
-    if isinstance(data, Iterator) or iter(data) is data:
-        raise TypeError(
-            "Expected data to be re-iterable: every product streams the whole dataset "
-            f"again. Received a one-shot {type(data).__qualname__} (a generator or "
-            "iterator); pass a list of batches, a DataLoader, a tf.data.Dataset, or an "
-            "object whose __iter__ starts a new pass."
-        )
-
-
-def _signature(batch: Any) -> Any:
-    """The structure of a batch: containers, keys, and the rank of each array."""
-    if isinstance(batch, dict):
-        return ("dict", tuple((k, _signature(v)) for k, v in batch.items()))
-    if isinstance(batch, (list, tuple)):
-        return ("sequence", tuple(_signature(v) for v in batch))
-    if backend_of(batch) is not None:
-        return ("array", len(batch.shape))
-    return ("object", type(batch).__qualname__)
-
-
-def _first_array(batch: Any) -> Any:
-    if isinstance(batch, dict):
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)):
-        for v in batch:
-            a = _first_array(v)
-            if a is not None:
-                return a
-        return None
-    return batch if backend_of(batch) is not None else None
-
-
-def batch_size(batch: Any) -> int:
-    """The number of samples of a batch: the leading axis of its first array."""
-    a = _first_array(batch)
-    if a is None or len(a.shape) == 0:
-        raise ValueError(
-            "Expected each batch to be an array or a (nested) tuple, list or dict of "
-            "arrays whose first array has a leading batch axis. Received a batch of "
-            f"structure {_signature(batch)}."
-        )
-    return int(a.shape[0])
-
-
-@dataclass(frozen=True)
-class DataSummary:
-    """What one pass over the data found: its first batch, structure and size."""
-
-    first: Any
-    signature: Any
-    num_batches: int
-    num_samples: int
-
-
-def _structure_error(index: int, got: Any, expected: Any) -> ValueError:
-    return ValueError(
-        "Expected every batch to have the structure of the first one "
-        f"{expected}. Received batch {index} of structure {got}."
-    )
-
-
-def scan(data: Any, parts: Callable[[Any], list] | None = None) -> DataSummary:
-    """Check ``data`` (re-iterable, non-empty, batches of one structure) in one pass.
-
-    ``parts(batch)`` lists the pieces of a batch that this process holds (a
-    distributed batch's per-replica values); by default a batch is one piece.
-    """
-    _check_reiterable(data)
-    first, sig, num_batches, num_samples = None, None, 0, 0
-    for i, batch in enumerate(data):
-        pieces = parts(batch) if parts is not None else [batch]
-        s = _signature(pieces[0])
-        if i == 0:
-            first, sig = pieces[0], s
-        elif s != sig:
-            raise _structure_error(i, s, sig)
-        num_samples += sum(batch_size(p) for p in pieces)
-        num_batches += 1
-    if num_batches == 0 or num_samples == 0:
-        raise ValueError(
-            "Expected a non-empty dataset. Received "
-            + ("no batches." if num_batches == 0 else f"{num_batches} batches of 0 samples.")
-        )
-    return DataSummary(first, sig, num_batches, num_samples)
 
 
 # ------------------------------------------------------------------------ the operator
@@ -159,7 +61,7 @@ class DatasetOperator(LinearOperator):
         self,
         product: Callable[[Any, Array], Array],
         data: Any,
-        summary: DataSummary,
+        summary: V.DataSummary,
         *,
         n: int,
         dtype: Any,
@@ -201,10 +103,10 @@ class DatasetOperator(LinearOperator):
             for i, batch in enumerate(self._data):
                 pieces = (self.backend_impl.distributed_parts(batch, group=self._group)
                           if self._distributed else [batch])
-                s = _signature(pieces[0])
+                s = V.signature(pieces[0])
                 if s != self._summary.signature:
-                    raise _structure_error(i, s, self._summary.signature)
-                seen += sum(batch_size(p) for p in pieces)  # as ``scan`` counts them
+                    raise V.structure_error(i, s, self._summary.signature)
+                seen += sum(V.batch_size(p) for p in pieces)  # as ``V.scan`` counts them
                 yield batch
         if seen != self._summary.num_samples:
             raise ValueError(
@@ -224,7 +126,7 @@ class DatasetOperator(LinearOperator):
 
     def _weight(self, batch: Any) -> float:
         """A batch's (or a replica's piece of it) share of the mean."""
-        return batch_size(batch) / self.num_samples
+        return V.batch_size(batch) / self.num_samples
 
     def _weighted_product(self, batch: Any, V: Array) -> Array | None:
         """``weight * product(batch, V)``, None for an empty batch; a distributed batch
@@ -274,32 +176,9 @@ class DatasetOperator(LinearOperator):
 # ------------------------------------------------------------------------ public API
 
 
-def _check_flags(distributed: Any, group: Any, progress: Any) -> None:
-    if not isinstance(distributed, bool):
-        raise TypeError(f"Expected distributed to be a bool. Received {distributed!r}.")
-    if not isinstance(progress, bool):
-        raise TypeError(f"Expected progress to be a bool. Received {progress!r}.")
-    if group is not None and not distributed:
-        raise ValueError("Expected group only with distributed=True. Received distributed=False.")
-
-
 def dataset_hessian(f: Callable, params: Any, data: Any, **options: Any) -> DatasetOperator:
     """The Hessian of the mean loss over a dataset (see :func:`jacspec.hessian`)."""
     return _build(f, None, params, data, **options)
-
-
-@contextlib.contextmanager
-def _naming(what: str) -> Iterator[None]:
-    """Re-raise a non-scalar loss's ValueError naming the user's function."""
-    try:
-        yield
-    except ValueError as err:
-        if "scalar" not in str(err):
-            raise
-        received = "Received" + str(err).split("Received", 1)[-1]
-        raise ValueError(
-            f"Expected {what} to return a scalar, the mean loss of the batch. {received}"
-        ) from err
 
 
 def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
@@ -308,16 +187,13 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
     """Validate, differentiate the first batch once (a non-scalar loss fails here, before
     any product), and wrap the adapter's per-batch product: the Hessian of ``f`` when
     ``loss`` is None, else the GGN of ``loss`` after ``f``."""
-    V.check_callable(f)
-    if loss is not None:
-        V.check_callable(loss, "loss")
-    _check_flags(distributed, group, progress)
-    backend, params = V.point(params)
+    backend, params = V.dataset(f, loss, params, distributed=distributed, group=group,
+                                progress=progress)
     if distributed:
         group = backend.distributed_group(group, params)
         data = backend.distributed_data(data, group=group)
     with backend.fixed_randomness(None):  # a shuffling DataLoader draws on iteration
-        summary = scan(data, (lambda b: backend.distributed_parts(b, group=group))
+        summary = V.scan(data, (lambda b: backend.distributed_parts(b, group=group))
                        if distributed else None)
     first = summary.first
     sharded = (backend.sharded_product(f, loss, params, summary, hvp=hvp, group=group)
@@ -330,19 +206,14 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
                                solver_dtype=solver_dtype(backend, (sharded.dtype,), dtype),
                                sharded=sharded)
     if loss is None:
-        with _naming("f(params, batch)"):
+        with V.scalar_loss("f(params, batch)"):
             lin = backend.gradient_oracle(lambda p: f(p, first), params, batched=False)
         product = backend.batch_product(f, params, hvp=hvp)
     else:
-        if not (isinstance(first, (tuple, list)) and len(first) == 2):
-            raise ValueError(
-                "Expected data to yield (inputs, targets) pairs for js.ggn. Received "
-                f"batches of structure {summary.signature}."
-            )
-        inputs, targets = first
+        inputs, targets = V.ggn_batch(summary)
         lin = backend.linearize(lambda p: f(p, inputs), params, batched=False)
         z = backend.stop_gradient(lin.y)
-        with _naming("loss(outputs, targets)"):
+        with V.scalar_loss("loss(outputs, targets)"):
             backend.linearize_gradient(lambda o: loss(o, targets), z, batched=False)
         product = backend.batch_ggn_product(f, loss, params)
     return DatasetOperator(product, data, summary, n=lin.n, dtype=lin.y.dtype,

@@ -80,8 +80,7 @@ def jacobian(f: Callable, x: Any, *, batched: bool = False, dtype: Any = None
     >>> tuple(js.dense(Jp @ Jp.T).shape)  # the empirical NTK, (samples x outputs)^2
     (8, 8)
     """
-    V.check_callable(f)
-    backend, x = V.point(x)
+    backend, x = V.derivative(f, x)
     lin = backend.linearize(f, x, batched=bool(batched))
     return LinearizationOperator(lin, x, backend, kind="jacobian", dtype=dtype)
 
@@ -193,35 +192,13 @@ def hessian(
     >>> torch.allclose(js.dense(Hfd), torch.tensor([[6.0, 0.0], [0.0, 12.0]]), rtol=1e-3)
     True
     """
-    check_hvp(hvp)
+    V.hessian_options(batched=batched, data=data, distributed=distributed, group=group,
+                      progress=progress, hvp=hvp)
     if data is not None:
         from .datasets import dataset_hessian
 
-        if batched:
-            raise ValueError(
-                "Expected batched=False with data=: a dataset Hessian is the Hessian of "
-                "the mean loss over all samples. Received batched=True."
-            )
         return dataset_hessian(f, x, data, distributed=distributed, group=group,
                                progress=progress, hvp=hvp, dtype=dtype)
-    if distributed or group is not None or progress:
-        raise ValueError(
-            "Expected distributed, group and progress only with data= (dataset "
-            "operators). Received them without data."
-        )
-    V.check_callable(f)
-    backend, x = V.point(x)
+    backend, x = V.derivative(f, x)
     lin = backend.hessian_linearization(f, x, batched=bool(batched), hvp=hvp)
     return LinearizationOperator(lin, x, backend, kind="hessian", dtype=dtype)
-
-
-HVP_ROUTES = ("auto", "autodiff", "finite_difference")
-
-
-def check_hvp(hvp: Any) -> None:
-    """``hvp`` names a route of Hessian products."""
-    if not isinstance(hvp, str) or hvp not in HVP_ROUTES:
-        raise ValueError(
-            "Expected hvp to be one of 'auto', 'autodiff', 'finite_difference'. "
-            f"Received {hvp!r}."
-        )

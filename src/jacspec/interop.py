@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from . import validate
 from .backends import backend_of, host_backend
 from .operators import DenseOperator, LinearOperator, ScipyOperator
 
@@ -51,13 +52,24 @@ def aslinearoperator(A: Any) -> LinearOperator:
     )
 
 
-def _as_operator(op: Any, name: str = "op") -> LinearOperator:
+def as_operator(op: Any) -> LinearOperator:
+    """``op`` itself, or an explicit array wrapped by :func:`aslinearoperator` (the
+    solvers' ``op`` argument)."""
     if isinstance(op, LinearOperator):
         return op
-    raise TypeError(
-        f"Expected {name} to be a js.LinearOperator (see js.aslinearoperator). "
-        f"Received {type(op).__module__}.{type(op).__qualname__}."
-    )
+    try:
+        return aslinearoperator(op)
+    except TypeError:
+        raise TypeError(
+            "Expected op to be a js.LinearOperator (from js.jacobian, js.hessian or "
+            "js.aslinearoperator) or an explicit 2-D/3-D array. "
+            f"Received {type(op).__module__}.{type(op).__qualname__}."
+        ) from None
+
+
+def _as_operator(op: Any) -> LinearOperator:
+    validate.instance(op, LinearOperator, "op", "a js.LinearOperator (see js.aslinearoperator)")
+    return op
 
 
 def materialize(op: LinearOperator, *, grad: bool = False) -> Any:
@@ -122,11 +134,7 @@ def to_scipy(op: LinearOperator) -> Any:
     import scipy.sparse.linalg as spla
 
     op = _as_operator(op)
-    if op.batch_shape:
-        raise ValueError(
-            "Expected an unbatched operator for to_scipy (batch_shape ()). "
-            f"Received batch_shape {op.batch_shape}; index the batch first."
-        )
+    validate.unbatched(op, "to_scipy")
     b = op.backend_impl
     out_dtype = np.complex128 if op.is_complex else np.float64
 

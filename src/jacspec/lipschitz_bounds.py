@@ -32,12 +32,12 @@ and its modes are restored afterwards.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import validate as V
 from .backends import Backend, model_backend
 from .backends._graph import ModelGraph, Node
 
@@ -288,30 +288,14 @@ def _batches(b: Backend, data: Any, shape: tuple[int, ...], graph: ModelGraph,
                        seed=seed)
         return
     items = [data] if b.is_array(data) else data
-    try:
-        iterator = iter(items)
-    except TypeError:
-        raise TypeError(
-            "Expected data to be a batch of inputs, or an iterable of batches or of "
-            f"(inputs, targets) pairs. Received {type(data).__name__}.") from None
     count = 0
-    for item in iterator:
+    for item in V.lipschitz_data(items, data):
         if isinstance(item, (tuple, list)) and item and b.is_array(item[0]):
             item = item[0]
-        if not b.is_array(item):
-            raise TypeError(
-                f"Expected each batch of data to be a {b.name} array (or an (inputs, "
-                f"targets) pair). Received {type(item).__name__}.")
-        got = tuple(int(s) for s in item.shape[1:])
-        if got != shape or int(item.shape[0]) == 0:
-            raise ValueError(
-                f"Expected batches of data of shape (B, {', '.join(map(str, shape))}) "
-                f"with B >= 1, matching input_shape {shape}. Received shape "
-                f"{tuple(int(s) for s in item.shape)}.")
+        V.lipschitz_batch(b, item, shape)
         count += 1
         yield item
-    if not count:
-        raise ValueError("Expected data with at least one batch. Received an empty iterable.")
+    V.lipschitz_count(count)
 
 
 def _top(f: Any, X: Array) -> Any:
@@ -412,31 +396,6 @@ def _lower(b: Backend, graph: ModelGraph, data: Any, shape: tuple[int, ...],
 # ----------------------------------------------------------------------------- public
 
 
-def _check(input_shape: Any, refine_steps: Any, layout: Any, seed: Any, conv: Any
-           ) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except TypeError:
-        raise ValueError(
-            f"Expected input_shape to be a tuple of ints. Received {input_shape!r}.") from None
-    if not shape or min(shape) < 1:
-        raise ValueError(
-            "Expected input_shape to be the non-empty shape of one sample (no batch axis). "
-            f"Received {input_shape!r}.")
-    if isinstance(refine_steps, bool) or not isinstance(refine_steps, numbers.Integral) \
-            or refine_steps < 0:
-        raise ValueError(f"Expected refine_steps to be an int >= 0. Received {refine_steps!r}.")
-    if layout not in (None, "NCHW", "NHWC"):
-        raise ValueError(
-            f"Expected layout None, 'NCHW' or 'NHWC' (the image layout of input_shape). "
-            f"Received {layout!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"Expected seed to be an int. Received {seed!r}.")
-    if conv not in ("exact", "gram"):
-        raise ValueError(f"Expected conv 'exact' or 'gram'. Received conv={conv!r}.")
-    return shape
-
-
 def lipschitz(model: Any, input_shape: Any, *, data: Any = None, refine_steps: int = 20,
               layout: str | None = None, seed: int = 0, conv: str = "exact"
               ) -> LipschitzBounds:
@@ -503,7 +462,7 @@ def lipschitz(model: Any, input_shape: Any, *, data: Any = None, refine_steps: i
     ['dense', 'tanh', 'dense']
     """
     b = model_backend(model)
-    shape = _check(input_shape, refine_steps, layout, seed, conv)
+    shape = V.lipschitz(input_shape, refine_steps, layout, seed, conv)
     with b.lipschitz_graph(model, shape, layout=layout) as graph:
         upper, table = _Upper(b, graph, conv).bound()
         lower, argmax = _lower(b, graph, data, shape, int(refine_steps), int(seed))

@@ -18,7 +18,8 @@ import copy
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .backends import COMPLEX_DTYPES, FLOAT_DTYPES, HALF_DTYPES, HALF_EPS, Backend, backend_of
+from . import validate
+from .backends import COMPLEX_DTYPES, HALF_DTYPES, HALF_EPS, Backend, backend_of
 
 __all__ = [
     "LinearOperator",
@@ -30,17 +31,6 @@ __all__ = [
 ]
 
 Array = Any
-
-
-def _broadcast_batch(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    if a == b or not b:
-        return a
-    if not a:
-        return b
-    raise ValueError(
-        f"Expected operators with the same batch shape (or one unbatched). "
-        f"Received batch shapes {a} and {b}."
-    )
 
 
 def _result_dtype(backend: Backend, d1: Any, d2: Any) -> Any:
@@ -201,39 +191,6 @@ class LinearOperator:
         return key, getattr(self, name), rebuild
 
     # -- public products ----------------------------------------------------------------
-    def _check_vector(self, v: Array, size: int, *, block: bool) -> Array:
-        b = backend_of(v)
-        if b is None:
-            raise TypeError(
-                f"Expected a {self.backend} array. Received "
-                f"{type(v).__module__}.{type(v).__qualname__}."
-            )
-        if b.name != self.backend:
-            raise TypeError(
-                f"Expected a {self.backend} array for a {self.backend} operator. "
-                f"Received a {b.name} array; arrays from {self.backend} and {b.name} "
-                "cannot be mixed."
-            )
-        if self.sharding is not None:  # this process's part of a sharded vector
-            size = self.sharding.local_n
-        shape = tuple(int(s) for s in v.shape)
-        if block:
-            ok = len(shape) == len(self.batch_shape) + 2 and shape[:-1] == self.batch_shape + (size,)
-            expected = f"{self.batch_shape + (size,) + ('k',)}".replace("'k'", "k")
-        else:
-            ok = shape == self.batch_shape + (size,)
-            expected = f"{self.batch_shape + (size,)}"
-        if not ok:
-            raise ValueError(f"Expected an array of shape {expected}. Received {shape}.")
-        name = self._backend.dtype_name(v.dtype)
-        if name not in FLOAT_DTYPES + COMPLEX_DTYPES + HALF_DTYPES:
-            raise TypeError(
-                f"Expected a floating-point array. Received dtype {name}."
-            )
-        if name != self._backend.dtype_name(self.dtype):
-            v = self.xp.astype(v, self.dtype)
-        return v
-
     def _checked(self, out: Array) -> Array:
         b = self._backend
         if not b.is_traced(out) and not b.all_finite(out):
@@ -244,22 +201,22 @@ class LinearOperator:
 
     def matvec(self, v: Array) -> Array:
         """``A v`` for ``v`` of shape ``batch_shape + (n,)``."""
-        v = self._check_vector(v, self.shape[1], block=False)
+        v = validate.vector(self, v, self.shape[1], block=False)
         return self._checked(self._mm(v[..., None], grad=True)[..., 0])
 
     def rmatvec(self, u: Array) -> Array:
         """The adjoint product ``A^H u`` for ``u`` of shape ``batch_shape + (m,)``."""
-        u = self._check_vector(u, self.shape[0], block=False)
+        u = validate.vector(self, u, self.shape[0], block=False)
         return self._checked(self._mm(u[..., None], adjoint=True, grad=True)[..., 0])
 
     def matmat(self, V: Array) -> Array:
         """``A V`` for ``V`` of shape ``batch_shape + (n, k)``."""
-        V = self._check_vector(V, self.shape[1], block=True)
+        V = validate.vector(self, V, self.shape[1], block=True)
         return self._checked(self._mm(V, grad=True))
 
     def rmatmat(self, U: Array) -> Array:
         """``A^H U`` for ``U`` of shape ``batch_shape + (m, k)``."""
-        U = self._check_vector(U, self.shape[0], block=True)
+        U = validate.vector(self, U, self.shape[0], block=True)
         return self._checked(self._mm(U, adjoint=True, grad=True))
 
     # -- algebra -------------------------------------------------------------------------
@@ -318,14 +275,6 @@ class LinearOperator:
         return _ScaledOperator(self, 1 / c)
 
 
-def _check_compatible(a: LinearOperator, b: LinearOperator) -> None:
-    if a.backend != b.backend:
-        raise TypeError(
-            f"Expected operators from a single framework. Received {a.backend} and "
-            f"{b.backend} operators in one expression."
-        )
-
-
 class _AdjointOperator(LinearOperator):
     def __init__(self, op: LinearOperator) -> None:
         super().__init__(
@@ -378,12 +327,7 @@ def _lift(op: LinearOperator, batch_shape: tuple[int, ...]) -> LinearOperator:
 
 class _SumOperator(LinearOperator):
     def __init__(self, a: LinearOperator, b: LinearOperator, *, sign: int) -> None:
-        _check_compatible(a, b)
-        if a.shape != b.shape:
-            raise ValueError(
-                f"Expected operators of the same shape to add. Received {a.shape} and {b.shape}."
-            )
-        batch = _broadcast_batch(a.batch_shape, b.batch_shape)
+        batch = validate.operator_sum(a, b)
         super().__init__(a.shape, dtype=_result_dtype(a.backend_impl, a.dtype, b.dtype),
                          backend=a.backend_impl, device=a.device, batch_shape=batch)
         self.a, self.b, self.sign = _lift(a, batch), _lift(b, batch), sign
@@ -400,22 +344,7 @@ class _SumOperator(LinearOperator):
 
 class _ScaledOperator(LinearOperator):
     def __init__(self, op: LinearOperator, c: Any) -> None:
-        if isinstance(c, (int, float, complex)):
-            pass
-        else:
-            b = backend_of(c)
-            if b is None or len(getattr(c, "shape", ())) != 0:
-                raise TypeError(
-                    "Expected a scalar (a Python number or a 0-d array) to scale an operator. "
-                    f"Received {type(c).__name__}"
-                    + (f" of shape {tuple(c.shape)}" if hasattr(c, "shape") else "")
-                    + "."
-                )
-            if b.name != op.backend:
-                raise TypeError(
-                    f"Expected a {op.backend} scalar for a {op.backend} operator. "
-                    f"Received a {b.name} array."
-                )
+        validate.scale(op, c)
         dtype = op.dtype
         if isinstance(c, complex) and not op.is_complex:
             name = "complex128" if op.backend_impl.dtype_name(op.dtype) == "float64" else "complex64"
@@ -446,13 +375,7 @@ class _ProductOperator(LinearOperator):
     """Composition ``a @ b``: apply ``b`` first."""
 
     def __init__(self, a: LinearOperator, b: LinearOperator) -> None:
-        _check_compatible(a, b)
-        if a.shape[1] != b.shape[0]:
-            raise ValueError(
-                f"Expected inner sizes to agree for a @ b: a.shape[1] == b.shape[0]. "
-                f"Received shapes {a.shape} and {b.shape}."
-            )
-        batch = _broadcast_batch(a.batch_shape, b.batch_shape)
+        batch = validate.operator_product(a, b)
         super().__init__((a.shape[0], b.shape[1]),
                          dtype=_result_dtype(a.backend_impl, a.dtype, b.dtype),
                          backend=a.backend_impl, device=a.device, batch_shape=batch)
@@ -468,20 +391,7 @@ class DenseOperator(LinearOperator):
     """An explicit matrix ``(m, n)`` or batch of matrices ``(B, m, n)``."""
 
     def __init__(self, A: Array, backend: Backend) -> None:
-        shape = tuple(int(s) for s in A.shape)
-        if len(shape) not in (2, 3):
-            raise ValueError(
-                "Expected a 2-D matrix (m, n) or a 3-D batch of matrices (B, m, n). "
-                f"Received an array of shape {shape}."
-            )
-        name = backend.dtype_name(A.dtype)
-        if name not in FLOAT_DTYPES + COMPLEX_DTYPES:
-            raise TypeError(
-                "Expected a matrix of dtype float32, float64, complex64 or complex128. "
-                f"Received dtype {name}."
-            )
-        if not backend.is_traced(A) and not backend.all_finite(A):
-            raise FloatingPointError("The matrix contains NaN or Inf.")
+        shape = validate.matrix(A, backend)
         super().__init__(shape[-2:], dtype=A.dtype, backend=backend,
                          device=backend.device(A), batch_shape=shape[:-2])
         self.A = A
@@ -618,13 +528,7 @@ def solver_dtype(backend: Backend, sides: tuple[Any, Any], dtype: Any = None) ->
     float32 while the products run in 16 bits); ``dtype`` where the caller asks (float32
     or float64)."""
     if dtype is not None:
-        name = dtype if isinstance(dtype, str) else backend.dtype_name(dtype)
-        if name not in FLOAT_DTYPES:
-            raise ValueError(
-                "Expected dtype to be float32 or float64 (the dtype the solvers work in). "
-                f"Received {dtype!r}."
-            )
-        return backend.dtype_from_name(name)
+        return backend.dtype_from_name(validate.solver_dtype(dtype, backend))
     if any(backend.dtype_name(d) in HALF_DTYPES for d in sides):
         return backend.dtype_from_name("float32")
     return _result_dtype(backend, sides[0], sides[-1])
@@ -655,10 +559,7 @@ class ScipyOperator(LinearOperator):
 
         op = spla.aslinearoperator(A)
         dtype = np.dtype(op.dtype)
-        if dtype.kind not in "fc":
-            raise TypeError(
-                f"Expected a floating or complex SciPy operator. Received dtype {dtype}."
-            )
+        validate.scipy_dtype(dtype)
         super().__init__(op.shape, dtype=dtype, backend=backend, device="cpu")
         self.op = op
 
@@ -696,11 +597,9 @@ def rowsum_diagonal(op: LinearOperator) -> LinearOperator:
     >>> js.dense(A - js.rowsum_diagonal(A)).tolist()
     [[-2.0, 2.0], [3.0, -3.0]]
     """
-    if not isinstance(op, LinearOperator):
-        raise TypeError(f"Expected a js.LinearOperator. Received {type(op).__name__}.")
-    m, n = op.shape
-    if m != n:
-        raise ValueError(f"Expected a square operator. Received shape {op.shape}.")
+    validate.instance(op, LinearOperator, "op", "a js.LinearOperator")
+    validate.check_square(op, "js.rowsum_diagonal")
+    n = op.shape[1]
     xp = op.xp
 
     def rowsums(grad: bool):

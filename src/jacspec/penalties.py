@@ -41,16 +41,6 @@ __all__ = ["spectral", "frobenius", "gradient_norm", "conv_bound"]
 
 Array = Any
 
-TARGETS = (None, "transpose", "rowsum_diagonal")
-DERIVATIVES = ("jacobian", "hessian")
-
-
-def _check_x(x: Any, what: str = "x") -> Backend:
-    b, _ = V.autodiff_backend(x, what, why="penalties cannot be differentiated")
-    V.batch(x, what)
-    return b
-
-
 def _per_sample_scalar(f: Callable, xp: Any) -> Callable:
     """``f`` with outputs of shape ``(B, 1, ...)`` (one entry per sample) reshaped to (B,)."""
 
@@ -175,28 +165,12 @@ def spectral(
     tensor([[6., 0.],
             [0., 0.]])
     """
-    if target not in TARGETS:
-        raise ValueError(
-            f"Expected target to be one of None, 'transpose', 'rowsum_diagonal'. "
-            f"Received {target!r}."
-        )
-    if derivative not in DERIVATIVES:
-        raise ValueError(
-            f"Expected derivative to be 'jacobian' or 'hessian'. Received {derivative!r}."
-        )
-    method = V.choice(method, V.METHODS, "method")
-    maxiter = V.check_maxiter(maxiter)
-    seed = V.check_seed(seed)
-    V.check_callable(f)
-    b = _check_x(x)
+    b, method, maxiter, seed = V.spectral_penalty(f, x, target=target, derivative=derivative,
+                                                  method=method, maxiter=maxiter, seed=seed)
     xp = b.xp
 
     A = _operator(f, x, b, derivative)
-    if target is not None and A.shape[0] != A.shape[1]:
-        raise ValueError(
-            f"Expected a square {derivative} (as many outputs as inputs per sample) for "
-            f"target={target!r}. Received a {derivative} of shape {A.shape}."
-        )
+    V.spectral_target(A, target, derivative)
     if target == "transpose":
         op = A - A.T
     elif target == "rowsum_diagonal":
@@ -204,8 +178,8 @@ def spectral(
     else:
         op = A
     tol = V.check_tol(tol, op)
-    if v0 is not None:
-        v0 = op._check_vector(v0, op.shape[0], block=False)
+    if v0 is not None:  # a left start vector, (B, m)
+        v0 = V.vector(op, v0, op.shape[0], block=False)
     method = resolve_method(method, op, 1, hermitian=False)
     check_budget(op, 1, method, maxiter)
     with b.no_grad(), warnings.catch_warnings():
@@ -276,8 +250,7 @@ def frobenius(
     >>> float(js.penalties.frobenius(lambda z: z @ W.T, torch.ones(3, 2), num_projections=None))
     25.0
     """
-    V.check_callable(f)
-    b = _check_x(x)
+    b = V.penalty_input(f, x)
     if num_projections is not None:
         num_projections = V.check_positive_int(num_projections, "num_projections")
     xp = b.xp
@@ -331,30 +304,19 @@ def gradient_norm(loss_fn: Callable, x: Array) -> Array:
     >>> float(js.penalties.gradient_norm(lambda z: (z**2).sum(dim=1), x))  # mean of |2 x_i|^2
     28.0
     """
-    V.check_callable(loss_fn, "loss_fn")
-    b, _ = V.autodiff_backend(x, why="the gradient norm cannot be differentiated")
+    b = V.gradient_norm(loss_fn, x)
     xp = b.xp
-    if len(x.shape) >= 1 and int(x.shape[0]) == 0:
-        raise ValueError(f"Expected a non-empty x. Received shape {tuple(x.shape)}.")
     J = jacobian(loss_fn, x)
     m = J.shape[0]
     B = int(x.shape[0]) if len(x.shape) >= 1 else 0
+    V.loss_values(tuple(J.value.shape), B)
     if m == 1:
         ones = xp.ones((1, 1), dtype=J.dtype, device=J.device)
         g = J._mm(ones, adjoint=True, grad=True)[:, 0]
         return _finite(b, xp.sum(g * g), "js.penalties.gradient_norm")
-    if len(x.shape) >= 1 and m == B and tuple(J.value.shape) == (B,):
-        ones = xp.ones((B, 1), dtype=J.dtype, device=J.device)
-        g = xp.reshape(J._mm(ones, adjoint=True, grad=True)[:, 0], (B, -1))
-        return _finite(b, xp.mean(xp.sum(g * g, axis=-1)), "js.penalties.gradient_norm")
-    raise ValueError(
-        "Expected loss_fn to return a scalar or one loss per sample, shape "
-        f"({B},). Received output shape {tuple(J.value.shape)}."
-    )
-
-
-#: The conv bounds :func:`conv_bound` offers.
-CONV_BOUNDS = ("fantastic_four", "gram")
+    ones = xp.ones((B, 1), dtype=J.dtype, device=J.device)  # one loss per sample
+    g = xp.reshape(J._mm(ones, adjoint=True, grad=True)[:, 0], (B, -1))
+    return _finite(b, xp.mean(xp.sum(g * g, axis=-1)), "js.penalties.gradient_norm")
 
 
 def conv_bound(weight: Array, *, method: str = "fantastic_four",
@@ -395,10 +357,6 @@ def conv_bound(weight: Array, *, method: str = "fantastic_four",
     """
     from . import conv
 
-    if method not in CONV_BOUNDS:
-        raise ValueError(
-            f"Expected method to be one of {CONV_BOUNDS}. Received method={method!r}."
-        )
-    if method == "gram":
+    if V.conv_bound_method(method) == "gram":
         return conv.gram_bound(weight, layout=layout)
     return conv.fantastic_four(weight, layout=layout).bound

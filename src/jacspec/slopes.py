@@ -63,8 +63,7 @@ class SlopeResult:
         vals = self._numpy
         if kind is None:
             return vals.copy()
-        if kind not in ("data", "between"):
-            raise ValueError(f"Expected kind 'data', 'between' or None. Received {kind!r}.")
+        V.points_kind(kind)
         mask = np.array([k == kind for k in self.points_kind], dtype=bool)
         return vals[mask]
 
@@ -232,20 +231,7 @@ def slope(
     >>> round(float(res.mean), 4)
     3.0
     """
-    V.check_callable(f)
-    b, _ = V.autodiff_backend(X, "X", why="the slope has no Jacobians")
-    N = V.batch(X, "X", axis_name="N")
-    if isinstance(num_between, bool) or not isinstance(num_between, int) or num_between < 0:
-        raise ValueError(f"Expected num_between to be an integer >= 0. Received {num_between!r}.")
-    if num_between > 0 and N < 2:
-        raise ValueError(
-            "Expected at least 2 data points to place points between them. "
-            f"Received X of shape {tuple(X.shape)} with num_between={num_between}."
-        )
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(f"Expected batch_size to be None or an integer >= 1. Received {batch_size!r}.")
+    b, N, num_between, batch_size = V.slope(f, X, num_between, batch_size)
     xp = b.xp
 
     X = b.stop_gradient(X)

@@ -93,3 +93,55 @@ def test_a_problem_is_never_written_to(backend):
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.seed = 1  # type: ignore[misc]
     assert p.with_tol(1e-3).bd_rtol == 1e-3 and p.bd_rtol < 1e-3
+
+
+# ------------------------------------------------------------ vectors sharded across processes
+
+
+class _TwoEqualShards(LinearOperator):
+    """``blockdiag(A, A)`` as two processes would hold it if both held the same part
+    ``v`` of every vector ``[v; v]``: products act on the local part, and the sum over
+    the two processes of a partial reduction is twice this process's. A solver that
+    skips a reduction (a local norm) computes with the wrong scale and fails here."""
+
+    def __init__(self, A: np.ndarray) -> None:
+        from jacspec.backends import Sharding, get_backend
+
+        n = A.shape[0]
+        super().__init__((2 * n, 2 * n), dtype=A.dtype, backend=get_backend("numpy"))
+        self.A = A
+        self.sharding = Sharding(local_n=n, rank=0, sum=lambda x: 2 * x)
+
+    @property
+    def is_hermitian(self) -> bool:
+        return True
+
+    def _mm(self, V, *, adjoint=False, grad=False):
+        return self.A @ V
+
+
+def test_sharded_vectors_reduce_every_inner_product():
+    rng = np.random.default_rng(0)
+    n = 60  # the Krylov spaces stay far below n (the part [v; v] spans n dimensions)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = (Q * np.r_[3.0, 2.5, np.linspace(-1.0, 1.0, n - 2)]) @ Q.T
+    op, plain = _TwoEqualShards(A), js.aslinearoperator(A)
+    top = np.linalg.eigvalsh(A)[::-1][:2]
+    res = js.eigsh(op, k=2, which="LA", method="lanczos", tol=1e-10, return_vectors=True)
+    np.testing.assert_allclose(res.values, top, rtol=1e-10)
+    assert res.vectors.shape == (n, 2)  # the local part; its global norm is one
+    np.testing.assert_allclose(2 * res.vectors.T @ res.vectors, np.eye(2), atol=1e-10)
+    np.testing.assert_allclose(js.eigsh(op, k=1, method="power", tol=1e-8).values, [3.0],
+                               rtol=1e-6)
+    # the same draws as one process (rank 0): every probe is [z; z]
+    np.testing.assert_allclose(js.trace(op, num_probes=5, method="hutchinson", seed=1),
+                               2 * js.trace(plain, num_probes=5, method="hutchinson", seed=1),
+                               rtol=1e-12)
+    sd, ref = (js.spectral_density(o, num_probes=3, num_steps=8, seed=2) for o in (op, plain))
+    for q in (1, 2, 3):
+        np.testing.assert_allclose(sd.moment(q), ref.moment(q), rtol=1e-10)
+    assert np.isfinite(js.trace(op, num_probes=6, seed=3))  # Hutch++: CholeskyQR2 sketch
+    with pytest.raises(ValueError, match="sharded"):
+        js.eigsh(op, k=1, method="dense")
+    with pytest.raises(ValueError, match=r"\(60,\)"):
+        op @ np.ones(2 * n)

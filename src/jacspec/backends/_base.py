@@ -76,6 +76,9 @@ class Backend:
 
     name: str = ""
     module_name: str = ""
+    #: Whether the framework differentiates. The public functions that need autodiff
+    #: ask it once, in their argument check (``jacspec.validate.autodiff_backend``);
+    #: the autodiff methods below are never called on an adapter without it.
     has_autodiff: bool = True
 
     # -- namespace and types ----------------------------------------------------------
@@ -297,11 +300,11 @@ class Backend:
     # -- autodiff ------------------------------------------------------------------
     def linearize(self, f: Callable, x: Array, *, batched: bool) -> Linearization:
         """Jacobian of ``f`` at ``x`` (see :class:`Linearization`)."""
-        raise TypeError(self._no_autodiff_message())
+        raise NotImplementedError(f"{self.name} has no automatic differentiation.")
 
     def linearize_gradient(self, f: Callable, x: Any, *, batched: bool) -> Linearization:
         """Hessian of scalar ``f`` at ``x``, an array or a parameter collection."""
-        raise TypeError(self._no_autodiff_message())
+        raise NotImplementedError(f"{self.name} has no automatic differentiation.")
 
     # -- how Hessian products are formed (js.hessian(..., hvp=)) ----------------------
     def missing_derivative(self, err: BaseException) -> bool:
@@ -324,7 +327,7 @@ class Backend:
         """The gradient of ``sum f`` at shifted points ``x + d`` (see
         :class:`GradientOracle`): what finite-difference Hessian products need, one
         backward pass each and no second derivative."""
-        raise TypeError(self._no_autodiff_message())
+        raise NotImplementedError(f"{self.name} has no automatic differentiation.")
 
     def hessian_linearization(self, f: Callable, x: Any, *, batched: bool,
                               hvp: str = "auto") -> Linearization:
@@ -359,13 +362,6 @@ class Backend:
         if isinstance(x, (list, tuple)):
             return len(x) > 0 and all(self.is_array(v) for v in x)
         return False
-
-    def _no_autodiff_message(self) -> str:
-        return (
-            f"{self.name} has no automatic differentiation, so it cannot build a Jacobian "
-            "or Hessian; pass torch, jax or tensorflow arrays (explicit matrices go "
-            "through js.aslinearoperator)."
-        )
 
     # -- helpers shared by the adapters ---------------------------------------------
     @staticmethod

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,11 +38,8 @@ from ._torch_state import fixed_randomness, generator_states
 
 
 def _dtensor_type() -> Any:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed support
-        return None
-    return DTensor
+    """``DTensor``, or None where nobody imported it (then no tensor is one)."""
+    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
 
 
 def sharded_values(params: Any) -> list[Any] | None:
@@ -130,6 +128,17 @@ class _Shards:
         finally:
             for p, g in zip(self.params, kept):
                 p.grad = g
+
+
+def refuse_sharded(values: list[Any]) -> None:
+    """A clear error for sharded parameters outside a ``distributed=True`` dataset
+    operator, whose products would differentiate through FSDP (zero, silently)."""
+    if sharded_values(values) is not None:
+        raise ValueError(
+            "Expected parameters sharded by FSDP (DTensors) only in a dataset operator "
+            "with distributed=True: js.hessian(f, params, data=..., distributed=True) or "
+            "js.ggn(..., distributed=True), whose products run FSDP's own passes. "
+            "Received sharded parameters without data= and distributed=True.")
 
 
 def _fsdp_modules(params: list[Any]) -> list[Any]:

@@ -44,6 +44,7 @@ from ._base import (
     check_output,
     check_scalar_output,
 )
+from ._torch_distributed import refuse_sharded
 from ._torch_state import (
     Guard,
     States,
@@ -474,6 +475,7 @@ class TorchBackend(Backend):
         values = list(x.values()) if isinstance(x, dict) else list(x)
         for v in values:
             check_input(self, v, batched=False, what="each parameter")
+        refuse_sharded(values)
         leaves = [_leaf(v) for v in values]
         if isinstance(x, dict):
             return values, leaves, dict(zip(x.keys(), leaves))

@@ -9,7 +9,8 @@ split into contiguous equal shards over the processes and ``BATCHES`` batches pe
 process. ``single``: one process, the whole data (``distributed=False``);
 ``replicated``: every process holds the whole model, ``distributed=True``;
 ``sharded``: the model sharded by FSDP2 ``fully_shard`` per layer (built on the meta
-device, so no process ever holds all parameters). Measures the median time of one
+device, so no process ever holds all parameters). Every process runs on one thread.
+Measures the median time of one
 dataset Hessian product (``H @ v``) and each process's peak resident set from before
 the model is built to after the products (the largest over the processes). Rank 0
 prints one JSON line.
@@ -41,17 +42,19 @@ def measure(mode: str, width: int, depth: int, samples: int, batches: int) -> di
 
     import jacspec as js
 
+    torch.set_num_threads(1)  # one core per process, as torchrun gives its workers
     dist = torch.distributed
     rank, world = 0, 1
     if mode != "single":
         dist.init_process_group("gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
+    # imported in every mode before the measurement starts: modules are not data
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     r0 = reset_peak_rss()
     torch.manual_seed(0)
     if mode == "sharded":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
         with torch.device("meta"):
             model = _model(torch, width, depth)
         mesh = init_device_mesh("cpu", (world,))

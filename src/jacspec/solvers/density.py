@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import validate as V
 from ..backends import Backend, backend_of
+from ..interop import as_operator
 from .krylov import decompose, gkl_step, init, lanczos_step
 from .problem import Problem
 from .ritz import gkl_matrix, lanczos_matrix
@@ -81,15 +82,12 @@ class SpectralDensity:
         included): ``mean over probes of sum_i w_i N(t; theta_i, width^2)``, which
         integrates to 1. ``width`` defaults to 1% of the range of the nodes."""
         b, xp = self._backend, self.xp
-        w = self._default_width() if width is None else float(width)
-        if not w > 0:
-            raise ValueError(f"Expected width > 0. Received {width!r}.")
+        w = self._default_width() if width is None else V.density_width(width)
         if backend_of(grid) is None or backend_of(grid).name != b.name:
             grid = b.from_numpy(np.asarray(grid if backend_of(grid) is None
                                            else backend_of(grid).to_numpy(grid)),
                                 dtype=self.nodes.dtype, device=b.device(self.nodes))
-        if len(grid.shape) != 1:
-            raise ValueError(f"Expected a 1-D grid. Received shape {tuple(grid.shape)}.")
+        V.density_grid(grid)
         z = (grid[..., None, None, :] - self.nodes[..., None]) / w  # (..., P, S, G)
         kernel = xp.exp(-0.5 * z * z) / (w * math.sqrt(2 * math.pi))
         per_probe = xp.sum(self.weights[..., None] * kernel, axis=-2)
@@ -101,10 +99,8 @@ class SpectralDensity:
         default as in PyHessian's density plots. Returns the axes."""
         import matplotlib.pyplot as plt
 
-        if len(self.nodes.shape) != 2:
-            raise ValueError("Expected an unbatched density to plot; index a batched "
-                             "one's nodes and weights first.")
-        w = self._default_width() if width is None else float(width)
+        V.density_unbatched(self.nodes)
+        w = self._default_width() if width is None else V.density_width(width)
         nodes = np.asarray(self._backend.to_numpy(self.nodes))
         grid = np.linspace(nodes.min() - 5 * w, nodes.max() + 5 * w, num_points)
         dens = np.asarray(self._backend.to_numpy(self.density(grid, w)))
@@ -204,7 +200,7 @@ def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind:
     >>> round(float(sd.density(grid, 0.2).sum() * 0.01), 4)  # integrates to 1
     1.0
     """
-    op = V.as_operator(op)
+    op = as_operator(op)
     V.check_nonempty(op)
     kind = V.choice(kind, KINDS, "kind")
     if kind == "eig":

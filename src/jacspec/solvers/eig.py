@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .. import validate as V
+from ..interop import as_operator
 from .solve import check_budget, resolve_method, solve_eig
 from .svd import squeeze
 
@@ -92,7 +93,7 @@ def eigsh(op: Any, k: int = 1, *, which: str = "LM", method: str = "auto",
     >>> js.eigsh(A, which="SA", method="dense").values.round(6).tolist()
     [-4.0]
     """
-    op = V.as_operator(op)
+    op = as_operator(op)
     V.check_square(op, "eigsh")
     which = V.choice(which, V.WHICH, "which")
     method = V.choice(method, V.METHODS, "method")

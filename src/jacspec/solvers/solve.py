@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import validate as V
 from ..operators import LinearOperator
 from .dense import eig_dense, svd_dense
 from .driver import krylov_solve
@@ -64,12 +65,7 @@ def check_budget(op: LinearOperator, k: int, method: str, maxiter: int | None, *
                  which: str | None = None) -> None:
     if maxiter is None:
         return
-    need = required_products(op, k, method, which=which)
-    if maxiter < need:
-        raise ValueError(
-            f"Expected maxiter >= {need}: method={method!r} needs at least {need} "
-            f"products for k={k} values. Received maxiter={maxiter}."
-        )
+    V.budget(maxiter, required_products(op, k, method, which=which), method, k)
 
 
 def solve_svd(op: LinearOperator, k: int, *, method: str, tol: float, maxiter: int | None,

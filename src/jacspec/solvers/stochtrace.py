@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import validate as V
-from ..interop import materialize
+from ..interop import as_operator, materialize
 from .problem import Problem
 
 Array = Any
@@ -104,7 +104,7 @@ def trace(op: Any, *, num_probes: int = 30, method: str = "hutch++", seed: int |
     >>> bool(abs(float(est) - 55.0) < 20)
     True
     """
-    op = V.as_operator(op)
+    op = as_operator(op)
     V.check_nonempty(op)
     V.check_square(op, "trace")
     method = V.choice(method, V.TRACE_METHODS, "method")
@@ -147,7 +147,7 @@ def frobenius_norm(op: Any, *, num_probes: int | None = None, seed: int | None =
     >>> bool(abs(float(js.frobenius_norm(A, num_probes=2000)) - 5.0) < 0.25)
     True
     """
-    op = V.as_operator(op)
+    op = as_operator(op)
     V.check_nonempty(op)
     seed = V.check_seed(seed)
     xp = op.xp

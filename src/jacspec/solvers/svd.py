@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 from .. import validate as V
 from ..backends import Backend
+from ..interop import as_operator
 from ..operators import LinearOperator
 from .solve import check_budget, resolve_method, solve_eig, solve_svd
 
@@ -127,7 +128,7 @@ def svds(op: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
     >>> js.svds(np.ones((3, 5)), return_vectors=True).right.shape
     (5, 1)
     """
-    op = V.as_operator(op)
+    op = as_operator(op)
     method = V.choice(method, V.METHODS, "method")
     k, tol, maxiter, seed, v0, ncv = V.check_common(op, k, tol, maxiter, seed, v0, ncv)
     method = resolve_method(method, op, k, hermitian=False)
@@ -179,7 +180,7 @@ def spectral_norm(op: Any, *, method: str = "auto", tol: float | None = None,
     >>> round(s.item(), 6), W.grad.abs().tolist()
     (3.0, [[1.0, 0.0], [0.0, 0.0]])
     """
-    op = V.as_operator(op)
+    op = as_operator(op)
     V.check_nonempty(op)
     method = V.choice(method, V.METHODS, "method")
     tol = V.check_tol(tol, op)
