@@ -36,7 +36,7 @@ from .timing import interleaved_times, ms, repetitions, run_fresh
 FULL = (256, 128, 4, 4, 64, 8)
 QUICK = (64, 64, 2, 2, 32, 4)
 #: The memory rows' decoder: a larger batch, so that activations dominate.
-MEMORY_FULL = (256, 128, 4, 4, 128, 32)
+MEMORY_FULL = (256, 128, 4, 4, 64, 16)
 MEMORY_QUICK = (64, 64, 2, 2, 64, 16)
 DATASET_BATCHES = 4
 TARGETS = {"HVP": 2.5, "GGN": 2.0}
