@@ -252,6 +252,52 @@ def solver_examples(backend: str) -> int:
     return {"jax": 5, "tensorflow": 6}.get(backend, settings().max_examples)
 
 
+def counting_problem(A: Any, backend: str, monkeypatch: Any, **kwargs: Any) -> Any:
+    """The solvers' ``Problem`` of the explicit matrix ``A`` that also tallies the
+    products it is asked for in ``.tally[0]`` (one per single-vector product, ``k`` per
+    block of ``k``): the count a solver's states carry must be this. Every step runs as
+    it is (``monkeypatch`` turns compiled pieces off: a compiled piece would tally its
+    products once, when traced)."""
+    import dataclasses
+
+    import jacspec as js
+    from jacspec.solvers.problem import Problem
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class Counted(Problem):
+        tally: list = dataclasses.field(default_factory=lambda: [0])
+
+        def mv(self, v: Any, *, adjoint: bool = False) -> Any:
+            self.tally[0] += 1
+            return super().mv(v, adjoint=adjoint)
+
+        def mm(self, V: Any, *, adjoint: bool = False) -> Any:
+            self.tally[0] += int(V.shape[-1])
+            return super().mm(V, adjoint=adjoint)
+
+    p = Problem.of(js.aslinearoperator(from_numpy(A, backend)), **kwargs)
+    monkeypatch.setattr(p.backend, "should_compile", lambda key: False)
+    return Counted(**{f.name: getattr(p, f.name) for f in dataclasses.fields(Problem)})
+
+
+def row_writes(dtypes: tuple[str, ...] = ("float32", "float64")) -> Any:
+    """A hypothesis strategy of row writes into a solver work buffer (``Backend.set_row``):
+    ``(lead, J, W, j, start, t, dtype)``, i.e. ``X[..., j, start:start + t] = x`` with
+    ``X`` of shape ``lead + (J, W)``."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def case(draw: Any) -> tuple:
+        lead = draw(st.lists(st.integers(1, 3), max_size=2))
+        J, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+        j = draw(st.integers(0, J - 1))
+        start = draw(st.integers(0, W - 1))
+        t = draw(st.integers(1, W - start))
+        return tuple(lead), J, W, j, start, t, draw(st.sampled_from(dtypes))
+
+    return case()
+
+
 # ------------------------------------------------------------------------------- GPU
 
 _GPU_CACHE: dict[str, bool] = {}

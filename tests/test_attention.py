@@ -209,19 +209,26 @@ def test_jax_dot_product_attention_matches_dense_derivatives():
 
     flat, unravel = ravel_pytree(w)
     v = jnp.asarray(rng.standard_normal(flat.shape[0]), dtype=jnp.float32)
-    ref_h = jax.jvp(jax.grad(lambda t: loss(unravel(t))), (flat,), (v,))[1]
+    # References in one compiled program each (eager, each small operation compiles)
+    ref_h = jax.jit(lambda t, s: jax.jvp(jax.grad(lambda q: loss(unravel(q))), (t,), (s,))[1])(
+        flat, v)
     for hvp in ("auto", "autodiff"):
         np.testing.assert_allclose(_np(js.hessian(loss, w, hvp=hvp) @ v), _np(ref_h), **RTOL)
     fd = _np(js.hessian(loss, w, hvp="finite_difference") @ v)
     assert np.abs(fd - _np(ref_h)).max() < 2e-2 * np.abs(_np(ref_h)).max()
     J = js.jacobian(lambda t: attend(w, t), x)
     u = jnp.asarray(rng.standard_normal(J.shape[0]), dtype=jnp.float32)
-    ref_j = jax.vjp(lambda t: attend(w, t), x)[1](u.reshape(B, T, D))[0].reshape(-1)
+    ref_j = jax.jit(lambda t, c: jax.vjp(lambda q: attend(w, q), t)[1](c)[0])(
+        x, u.reshape(B, T, D)).reshape(-1)
     np.testing.assert_allclose(_np(J.T @ u), _np(ref_j), **RTOL)
     data = [(x, jnp.zeros((B, T, D), jnp.float32))]
     G = js.ggn(attend, lambda z, t: jnp.mean((z - t) ** 2), w, data=data)
-    z, jvp_fn = jax.linearize(lambda t: attend(unravel(t), x), flat)
-    ref_g = jax.linear_transpose(jvp_fn, flat)(jvp_fn(v) * (2.0 / z.size))[0]
+
+    def ggn_product(t, s):
+        z, jvp_fn = jax.linearize(lambda q: attend(unravel(q), x), t)
+        return jax.linear_transpose(jvp_fn, t)(jvp_fn(s) * (2.0 / z.size))[0]
+
+    ref_g = jax.jit(ggn_product)(flat, v)
     np.testing.assert_allclose(_np(G @ v), _np(ref_g), **RTOL)
 
 

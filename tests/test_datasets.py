@@ -238,6 +238,27 @@ def test_jax_four_devices_equal_one(tmp_path):
 
 
 @pytest.mark.slow
+def test_jax_sharded_parameters_equal_one_device(tmp_path):
+    """Parameters split over a 2x2 mesh; then the docs' script as written."""
+    pytest.importorskip("jax")
+    env = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+           + " --xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    out = _run([sys.executable, str(ROOT / "tests" / "_distributed_jax_sharded.py")], env)
+    assert "devices=4" in out and "OK" in out, out
+    pytest.importorskip("sklearn")
+    script = tmp_path / "hessian_jax_sharded.py"
+    script.write_text(_doc_script("hessian_jax_sharded.py"))
+    out = _run([sys.executable, str(script)], env)
+    assert "vectors split: P('model',) [(2368, 2), (2368, 2), (2368, 2), (2368, 2)]" in out, out
+
+
+def _doc_script(name: str) -> str:
+    """The Python block that docs/distributed.md introduces as ``name``."""
+    text = (ROOT / "docs" / "distributed.md").read_text()
+    return text.split(f"with `{name}`:\n\n```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
 def test_tensorflow_two_replicas_equal_one():
     pytest.importorskip("tensorflow")
     out = _run([sys.executable, str(ROOT / "tests" / "_distributed_tf.py")],

@@ -181,7 +181,7 @@ def test_hessian_jax_pytree():
         return jnp.mean(jnp.tanh(X @ p["w"] + p["b"][0]) ** 2) * p["b"][1][0] ** 2
 
     theta0, unravel = ravel_pytree(params)
-    ref = np.asarray(jax.hessian(lambda t: loss(unravel(t)))(theta0))
+    ref = np.asarray(jax.jit(jax.hessian(lambda t: loss(unravel(t))))(theta0))
     H = js.hessian(loss, params)
     assert H.shape == (9, 9)
     np.testing.assert_allclose(np.asarray(js.dense(H)), ref, rtol=1e-10, atol=1e-12)

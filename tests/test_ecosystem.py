@@ -65,8 +65,9 @@ def _jax_reference(loss, params):
     from jax.flatten_util import ravel_pytree
 
     flat, unravel = ravel_pytree(params)
-    return np.linalg.eigvalsh(np.asarray(jax.hessian(lambda t: loss(unravel(t)))(flat),
-                                         dtype=np.float64))
+    # One compiled program (eager, each of the Hessian's many small operations compiles)
+    dense = jax.jit(jax.hessian(lambda t: loss(unravel(t))))(flat)
+    return np.linalg.eigvalsh(np.asarray(dense, dtype=np.float64))
 
 
 def test_flax_linen_nnx_and_equinox_modules():
@@ -80,7 +81,9 @@ def test_flax_linen_nnx_and_equinox_modules():
     y = jax.random.normal(jax.random.key(1), (6, 2), dtype=jnp.float32)
 
     linen = nn.Sequential([nn.Dense(4), nn.tanh, nn.Dense(2)])
-    lp = linen.init(jax.random.key(2), x)
+    # Models are initialized in one compiled program each (eager, every small
+    # operation of the random initialization compiles on its own).
+    lp = jax.jit(linen.init)(jax.random.key(2), x)
 
     def linen_loss(p):
         return jnp.mean((linen.apply(p, x) - y) ** 2)
@@ -96,7 +99,7 @@ def test_flax_linen_nnx_and_equinox_modules():
         def __call__(self, t):
             return self.b(jnp.tanh(self.a(t)))
 
-    graphdef, state = nnx.split(MLP(nnx.Rngs(3)))
+    graphdef, state = nnx.split(nnx.jit(lambda: MLP(nnx.Rngs(3)))())
 
     def nnx_loss(s):
         return jnp.mean((nnx.merge(graphdef, s)(x) - y) ** 2)
@@ -105,7 +108,8 @@ def test_flax_linen_nnx_and_equinox_modules():
     got = _np(js.eigsh(js.hessian(nnx_loss, state), k=1).values)
     np.testing.assert_allclose(got, ref[np.argmax(np.abs(ref))], rtol=1e-4)
 
-    net = eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=jax.random.key(4))
+    net = eqx.filter_jit(lambda k: eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=k))(
+        jax.random.key(4))
     arrays, static = eqx.partition(net, eqx.is_array)
 
     def eqx_loss(p):
@@ -115,7 +119,7 @@ def test_flax_linen_nnx_and_equinox_modules():
     got = _np(js.eigsh(js.hessian(eqx_loss, arrays), k=1).values)
     np.testing.assert_allclose(got, ref[np.argmax(np.abs(ref))], rtol=1e-4)
     J = js.jacobian(lambda t: jax.vmap(net)(t), x, batched=True)
-    ref_j = jax.vmap(jax.jacrev(net))(x)
+    ref_j = jax.jit(jax.vmap(jax.jacrev(net)))(x)
     np.testing.assert_allclose(_np(js.spectral_norm(J)),
                                np.linalg.norm(np.asarray(ref_j, dtype=np.float64), 2,
                                               axis=(1, 2)), rtol=1e-4)

@@ -132,17 +132,21 @@ def _nnx_model(s: dict):
     import jax.numpy as jnp
     from flax import nnx
 
-    f = jnp.float64
+    # Zero initial kernels (the spec's values are written below): eager random
+    # initialization would compile each of its many small operations.
+    f, zero = jnp.float64, nnx.initializers.zeros
 
     class Net(nnx.Module):
         def __init__(self) -> None:
             r = nnx.Rngs(0)
-            self.c1 = nnx.Conv(2, 3, (3, 3), padding=((1, 1), (1, 1)), param_dtype=f, rngs=r)
+            self.c1 = nnx.Conv(2, 3, (3, 3), padding=((1, 1), (1, 1)), param_dtype=f,
+                               kernel_init=zero, rngs=r)
             self.bn = nnx.BatchNorm(3, epsilon=EPS, param_dtype=f, rngs=r)
             self.c2 = nnx.Conv(3, 4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                               param_dtype=f, rngs=r)
-            self.c3 = nnx.Conv(4, 4, (3, 3), padding=((1, 1), (1, 1)), param_dtype=f, rngs=r)
-            self.fc = nnx.Linear(36, 5, param_dtype=f, rngs=r)
+                               param_dtype=f, kernel_init=zero, rngs=r)
+            self.c3 = nnx.Conv(4, 4, (3, 3), padding=((1, 1), (1, 1)), param_dtype=f,
+                               kernel_init=zero, rngs=r)
+            self.fc = nnx.Linear(36, 5, param_dtype=f, kernel_init=zero, rngs=r)
 
         def __call__(self, x):
             h = jnp.tanh(self.c2(nnx.relu(self.bn(self.c1(x)))))
@@ -181,14 +185,16 @@ def _equinox_model(s: dict):
             h = h + jnp.tanh(self.c3(h))
             return self.fc(jnp.ravel(h))
 
-    keys = jax.random.split(jax.random.PRNGKey(0), 4)
-    conv = [eqx.nn.Conv2d(2, 3, 3, padding=1, key=keys[0]),
-            eqx.nn.Conv2d(3, 4, 3, stride=2, padding=1, key=keys[1]),
-            eqx.nn.Conv2d(4, 4, 3, padding=1, key=keys[2])]
+    # Layers' structure without their random initialization (eager, it would compile
+    # each of its many small operations): the spec's values are put in below.
+    key = jax.random.PRNGKey(0)
+    conv = [eqx.filter_eval_shape(eqx.nn.Conv2d, 2, 3, 3, padding=1, key=key),
+            eqx.filter_eval_shape(eqx.nn.Conv2d, 3, 4, 3, stride=2, padding=1, key=key),
+            eqx.filter_eval_shape(eqx.nn.Conv2d, 4, 4, 3, padding=1, key=key)]
     conv = [eqx.tree_at(lambda c: (c.weight, c.bias), c,
                         (jnp.asarray(s[w]), jnp.asarray(s[b])[:, None, None]))
             for c, w, b in zip(conv, ("w1", "w2", "w3"), ("b1", "b2", "b3"))]
-    fc = eqx.nn.Linear(36, 5, key=keys[3])
+    fc = eqx.filter_eval_shape(eqx.nn.Linear, 36, 5, key=key)
     fc = eqx.tree_at(lambda m: (m.weight, m.bias), fc, (jnp.asarray(s["W"]),
                                                         jnp.asarray(s["bW"])))
     col = lambda a: jnp.asarray(a)[:, None, None]  # noqa: E731

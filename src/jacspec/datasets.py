@@ -190,7 +190,7 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
     backend, params = V.dataset(f, loss, params, distributed=distributed, group=group,
                                 progress=progress)
     if distributed:
-        group = backend.distributed_group(group)
+        group = backend.distributed_group(group, params)
         data = backend.distributed_data(data, group=group)
     with backend.fixed_randomness(None):  # a shuffling DataLoader draws on iteration
         summary = V.scan(data, (lambda b: backend.distributed_parts(b, group=group))
@@ -217,7 +217,7 @@ def _build(f: Callable, loss: Callable | None, params: Any, data: Any, *,
             backend.linearize_gradient(lambda o: loss(o, targets), z, batched=False)
         product = backend.batch_ggn_product(f, loss, params)
     return DatasetOperator(product, data, summary, n=lin.n, dtype=lin.y.dtype,
-                           backend=backend, device=backend.device(lin.y),
+                           backend=backend, device=backend.vector_device(params, lin.y),
                            distributed=distributed, group=group, progress=progress,
                            name="hessian" if loss is None else "ggn",
                            solver_dtype=solver_dtype(backend, (lin.y.dtype,), dtype))

@@ -414,3 +414,35 @@ def test_jacobian_under_jit_and_grad():
     g = jax.grad(lambda W: product(W, x, v).sum())(W)
     g_ref = jax.grad(lambda W: ((1 - jnp.tanh(W @ x) ** 2) * (W @ v)).sum())(W)
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-12)
+
+
+def test_parameters_on_a_mesh():
+    """Parameters placed with NamedShardings (a one-device mesh here; four devices in
+    tests/_distributed_jax_sharded.py): the operator's device is the flat vectors'
+    sharding, and solves on it equal the plain operator's."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    rng = np.random.default_rng(6)
+    plain = {"W": jnp.asarray(rng.standard_normal((3, 4))), "b": jnp.asarray(rng.standard_normal(4))}
+    specs = {"W": P(None, "model"), "b": P()}
+    placed = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in plain.items()}
+    data = [(jnp.asarray(rng.standard_normal((5, 3))), jnp.asarray(rng.standard_normal((5, 4))))
+            for _ in range(2)]
+
+    def batch_loss(p, batch):
+        return jnp.mean((jnp.tanh(batch[0] @ p["W"] + p["b"]) - batch[1]) ** 2)
+
+    H = js.hessian(batch_loss, placed, data=data, distributed=True)
+    H1 = js.hessian(batch_loss, plain, data=data)
+    vectors = NamedSharding(mesh, P("model"))
+    assert H.device == vectors
+    b = jax_backend.BACKEND
+    assert b.placement(vectors, 3, 1).spec == P(None, "model", None)
+    assert b.placement(vectors, 2, None).spec == P(None, None)
+    top = js.eigsh(H, k=1, which="LA", tol=1e-8)
+    np.testing.assert_allclose(np.asarray(top.values), np.linalg.eigvalsh(js.dense(H1))[-1:],
+                               rtol=1e-7)
+    np.testing.assert_allclose(float(js.trace(H, num_probes=6, method="hutchinson")),
+                               float(js.trace(H1, num_probes=6, method="hutchinson")), rtol=1e-10)

@@ -10,24 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _helpers import backend_available, selected_backends
+from _helpers import backend_available, row_writes, selected_backends
 
 pytestmark = pytest.mark.skipif(
     "tensorflow" not in selected_backends() or not backend_available("tensorflow"),
     reason="the TensorFlow backend is not selected or not installed")
 
 
-@st.composite
-def _row_writes(draw):
-    lead = draw(st.lists(st.integers(1, 3), max_size=2))
-    J, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))
-    j = draw(st.integers(0, J - 1))
-    start = draw(st.integers(0, W - 1))
-    t = draw(st.integers(1, W - start))
-    return tuple(lead), J, W, j, start, t, draw(st.sampled_from(["float32", "float64"]))
-
-
-@given(case=_row_writes(), traced=st.booleans())
+@given(case=row_writes(), traced=st.booleans())
 def test_set_row_matches_numpy(case, traced):
     import tensorflow as tf
 

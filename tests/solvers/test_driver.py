@@ -1,5 +1,7 @@
-"""The adaptive driver (solvers/driver.py): convergence checks and screens, thick
-restarts, fixed budgets (``run_budget``) and the unconverged warning."""
+"""The adaptive driver (solvers/driver.py): basis sizes, fixed budgets (``run_budget``:
+thick restarts, restart cycles, also under ``jax.jit``), the product count carried in
+the states, convergence checks and screens, the acceptance rule after a breakdown and
+the unconverged warning."""
 
 from __future__ import annotations
 
@@ -7,9 +9,13 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import jacspec as js
-from _helpers import from_numpy, make_matrix, to_numpy
+from _helpers import counting_problem, from_numpy, make_matrix, to_numpy
+from jacspec.solvers import driver, krylov
+from jacspec.solvers.problem import Problem
 
 
 def test_maxiter_warns(backend):
@@ -25,7 +31,6 @@ def test_maxiter_warns(backend):
         res = js.eigsh(from_numpy(A[:70] + A[:70].T, backend), k=2, method="lanczos",
                        maxiter=5)
     assert res.num_matvecs <= 5
-
 
 
 def test_large_batch_screens(backend):
@@ -54,7 +59,6 @@ def test_large_batch_screens(backend):
     np.testing.assert_allclose(to_numpy(e.values)[:, 0], ref**2, rtol=1e-9, atol=1e-12)
 
 
-
 def test_tiny_restart_basis_still_checks(backend):
     """With ``ncv`` below the first scheduled check (2k + 1 + FIRST_CHECK_DELAY), the
     check at every thick restart still runs: the solve converges to the dense answer
@@ -73,7 +77,6 @@ def test_tiny_restart_basis_still_checks(backend):
         np.testing.assert_allclose(to_numpy(e.values), evals[:k], rtol=1e-7)
 
 
-
 def test_unconverged_warning_points_at_the_call(backend):
     """The maxiter warning names the user's line, not a line inside jacspec."""
     A = np.random.default_rng(2).standard_normal((30, 20))
@@ -83,7 +86,6 @@ def test_unconverged_warning_points_at_the_call(backend):
             js.svds(from_numpy(A, backend), method=method, maxiter=4, tol=1e-14)
         hits = [w for w in caught if issubclass(w.category, RuntimeWarning)]
         assert hits and all(w.filename == __file__ for w in hits), method
-
 
 
 def test_jax_jit_compiled_steps_with_thick_restarts(backend):
@@ -126,7 +128,6 @@ def test_jax_jit_compiled_steps_with_thick_restarts(backend):
     assert counts[-1] == 60
 
 
-
 def test_jax_jit_program_does_not_grow_with_the_budget(backend):
     """Under ``jax.jit`` a fixed budget's restart cycles run as one compiled loop: the
     traced program (top-level equations) is about the same for 40 products (no cycle
@@ -148,7 +149,6 @@ def test_jax_jit_program_does_not_grow_with_the_budget(backend):
     assert size(400) <= size(40) + 5
 
 
-
 def test_jax_jit_breakdowns_inside_restart_cycles(backend):
     """Rank 3 with a basis of 6: every cycle of a traced budget breaks down and draws
     restart directions (salted per cycle); GKL and Lanczos still give the dense values."""
@@ -167,3 +167,91 @@ def test_jax_jit_breakdowns_inside_restart_cycles(backend):
     ref = np.linalg.svd(A, compute_uv=False)[:2]
     np.testing.assert_allclose(np.asarray(sv), ref, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(ev), ref**2, rtol=1e-10)
+
+
+# ------------------------------------------------------------ units of the driver
+
+
+@given(r=st.integers(1, 60), k=st.integers(1, 8), ncv=st.none() | st.integers(1, 70),
+       steps=st.none() | st.integers(1, 100))
+def test_basis_sizes(r, k, ncv, steps):
+    """``jmin <= jmax <= r``; a restart keeps fewer vectors than the basis holds and at
+    least ``k`` (whenever the basis can fill before spanning the space); a fixed budget
+    of ``steps`` shrinks the default basis to ``steps + 1``."""
+    k = min(k, r)
+    jmin, jmax, keep = driver.basis_sizes(r, k, ncv, steps)
+    assert jmin == min(r, 2 * k + 1)
+    assert jmin <= jmax <= r and keep < jmax
+    if jmax < r:
+        assert keep >= k and jmax > jmin
+    if ncv is None and steps is not None:
+        assert jmax <= max(jmin + 1, steps + 1)
+
+
+ALGS = [(krylov.GKL, "LM"), (krylov.LANCZOS, "LA")]
+C_, N_, NCV = 24, 16, 6
+
+
+def _operator(alg, decay: float | None = None) -> np.ndarray:
+    """A random ``(C_, N_)`` matrix (``decay``: with singular values ``decay**i``), or
+    its Gram matrix for Lanczos."""
+    A = make_matrix(C_, N_, "random", seed=5)
+    if decay is not None:
+        U, _, Vt = np.linalg.svd(A, full_matrices=False)
+        A = (U * decay ** np.arange(N_)) @ Vt
+    return A if alg.two_sided else A.T @ A
+
+
+@pytest.mark.parametrize(("alg", "which"), ALGS)
+def test_run_budget_counts_and_restarts(backend, monkeypatch, alg, which):
+    """A fixed budget (thick restarts every few steps, then whole restart cycles): the
+    count in the state is the products taken, within the budget (one step at least,
+    the products before the start included), and enough cycles reach the dense top
+    values."""
+    A = _operator(alg, decay=0.7)  # fast convergence: a short budget reaches it
+    p = counting_problem(A, backend, monkeypatch)
+    k = 2
+    _, jmax, keep = driver.basis_sizes(N_, k, NCV)
+    for start, limit in ((0, 1), (0, 7), (3, 30), (0, 61)):
+        p.tally[0] = 0
+        s = krylov.init(p, None, jmax, two_sided=alg.two_sided, count=start)
+        s = driver.run_budget(p, alg, s, limit, keep, which)
+        assert s.count == start + p.tally[0]
+        assert s.count <= max(limit, start + alg.per_step)
+        assert s.count > limit - alg.per_step
+    with warnings.catch_warnings():  # flags right after a breakdown stay False: a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = driver.finish(p, alg, s, k, 1e-8, which, 2 * k + 1, True)
+    ref = (np.linalg.svd(A, compute_uv=False) if alg.two_sided
+           else np.linalg.eigvalsh(A)[::-1])[:k]
+    np.testing.assert_allclose(to_numpy(res.values)[0], ref, rtol=1e-8)
+    assert res.num_matvecs == 61 - (61 % alg.per_step) and np.all(
+        to_numpy(res.residuals) <= 1e-8 * ref[0])
+
+
+@pytest.mark.parametrize(("alg", "which"), ALGS)
+def test_krylov_solve_counts_what_it_takes(backend, monkeypatch, alg, which):
+    """To ``tol`` with thick restarts and checks: ``num_matvecs`` is the products the
+    solve took (after ``count`` products spent before it); with ``maxiter``, at most
+    that and a warning."""
+    A = _operator(alg)
+    p = counting_problem(A, backend, monkeypatch)
+    res = driver.krylov_solve(p, alg, 2, tol=1e-8, maxiter=None, ncv=NCV, which=which,
+                              count=5)
+    assert bool(np.all(to_numpy(res.converged)))
+    assert res.num_matvecs == 5 + p.tally[0]
+    assert res.num_matvecs > 2 * NCV * alg.per_step  # restarts happened
+    p.tally[0] = 0
+    with pytest.warns(RuntimeWarning, match="maxiter"):
+        res = driver.krylov_solve(p, alg, 2, tol=1e-8, maxiter=15, ncv=NCV, which=which)
+    assert res.num_matvecs == p.tally[0] and 15 - alg.per_step < res.num_matvecs <= 15
+
+
+def test_fresh_ok(backend):
+    """After a breakdown at row ``f``, a problem may be accepted once ``min(room,
+    2k + 1)`` rows follow (``room``: the dimension left after ``f``)."""
+    p = Problem.of(js.aslinearoperator(from_numpy(np.zeros((3, 10, 10)), backend)))
+    s = krylov.init(p, None, 10, two_sided=False)
+    s = s._replace(fresh_from=from_numpy(np.array([0.0, 3.0, 8.0]), backend))
+    ok = [to_numpy(driver.fresh_ok(p, s._replace(j=j), 2))[:, 0].tolist() for j in (7, 10)]
+    assert ok == [[True, False, False], [True, True, True]]

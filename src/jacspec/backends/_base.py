@@ -449,11 +449,32 @@ class Backend:
 
         return prod
 
-    def distributed_group(self, group: Any) -> Any:
-        """The group a ``distributed=True`` operator sums over, fixed when it is built
-        (TensorFlow: the strategy in scope unless ``group`` names one; others: as
+    def distributed_group(self, group: Any, params: Any = None) -> Any:
+        """The group a ``distributed=True`` operator on ``params`` sums over, fixed when
+        it is built (TensorFlow: the strategy in scope unless ``group`` names one; JAX:
+        the mesh the parameters are split over unless ``group`` names it; others: as
         given)."""
         return group
+
+    def vector_device(self, params: Any, y: Array) -> Any:
+        """Where the flat parameter-sized vectors of an operator on ``params`` live, ``y``
+        being a value the function returned: ``y``'s device, or for parameters split
+        across devices how the vectors are split (JAX: a ``NamedSharding``); the
+        operator's ``device``."""
+        return self.device(y)
+
+    def placement(self, device: Any, ndim: int, axis: int | None) -> Any:
+        """The ``device`` argument of an ``ndim``-dimensional array that a solve creates
+        for an operator on ``device``, whose ``axis`` runs along the operator's vectors
+        (None: no such axis, a small array): ``device`` itself, unless the vectors are
+        split across devices (JAX: that split along ``axis``; replicated for None)."""
+        return device
+
+    def keep_placement(self, x: Array, device: Any) -> Array:
+        """``x`` on ``device`` (a :meth:`placement`), after a step that the framework may
+        have run elsewhere (JAX: XLA runs a QR on whole columns, replicated): ``x``
+        itself by default."""
+        return x
 
     def distributed_data(self, data: Any, *, group: Any) -> Any:
         """The data as a ``distributed=True`` operator iterates it (TensorFlow: a

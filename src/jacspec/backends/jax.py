@@ -13,6 +13,7 @@ GPU: ``pip install "jax[cuda12]"``; products run on the device of ``x``.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -73,6 +74,14 @@ def _one_placement(args: Any) -> Any:
         if isinstance(a, jax.Array) and not a.committed else a, args)
 
 
+@functools.lru_cache(maxsize=64)
+def _normal_on(sharding, shape, dtype):
+    """``key -> jax.random.normal(key, shape, dtype)`` drawn split by ``sharding``
+    (threefry draws are the same however split): no device holds the whole array."""
+    return jax.jit(functools.partial(jax.random.normal, shape=shape, dtype=dtype),
+                   out_shardings=sharding)
+
+
 @jax.jit
 def _all_finite(x):
     """One program per shape (eager ``isfinite`` then ``all`` would compile two)."""
@@ -101,25 +110,99 @@ def _cols_vmap(fn, V):
     return jax.vmap(fn, in_axes=-1, out_axes=-1)(V)
 
 
-def _with_batch_placement(prod, theta0):
-    """``(batch, V) -> prod(theta0, batch, V)``, with ``theta0`` and ``V`` replicated over
-    the mesh of a batch sharded by :meth:`JaxBackend.distributed_batch` (a jitted call
-    takes arrays on one set of devices)."""
+def _with_batch_placement(prod, params):
+    """``(batch, V) -> prod(params, batch, V)``, the arrays on one set of devices (a
+    jitted call takes no other): with parameters sharded over a mesh
+    (:func:`_vector_sharding`), ``V`` split like the operator's vectors; else ``params``
+    and ``V`` replicated over the mesh of a batch sharded by
+    :meth:`JaxBackend.distributed_batch`."""
+    vectors = _vector_sharding(params)
     placed: dict = {}
 
     def call(batch, V):
+        if vectors is not None:
+            return prod(params, batch, jax.device_put(V, vectors))
         leaf = next((a for a in jax.tree_util.tree_leaves(batch) if isinstance(a, jax.Array)),
                     None)
         sharding = getattr(leaf, "sharding", None)
         mesh = getattr(sharding, "mesh", None)
         if mesh is None or mesh.size == 1:
-            return prod(theta0, batch, V)
+            return prod(params, batch, V)
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         if mesh not in placed:
-            placed[mesh] = jax.device_put(theta0, replicated)
+            placed[mesh] = jax.device_put(params, replicated)
         return prod(placed[mesh], batch, jax.device_put(V, replicated))
 
     return call
+
+
+def _axis_names(entry) -> tuple:
+    """The mesh axes one entry of a ``PartitionSpec`` splits its dimension over."""
+    if isinstance(entry, str):
+        return (entry,)
+    if isinstance(entry, tuple):
+        return tuple(a for a in entry if isinstance(a, str))
+    return ()
+
+
+def _vector_sharding(params, *, warn: bool = False):
+    """How the flat vectors of an operator on ``params`` are split: for parameters split
+    over the axes of one mesh by ``NamedSharding``s, a ``NamedSharding`` of the vectors
+    over those axes (all of them where their devices divide the vector's length, else
+    the leading ones that do, said if ``warn``); None for parameters on one device or
+    replicated. A ValueError where no axis divides the length."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    leaves = jax.tree_util.tree_leaves(params)
+    shardings = [getattr(a, "sharding", None) for a in leaves]
+    if not leaves or not all(isinstance(s, NamedSharding) for s in shardings):
+        return None
+    mesh = shardings[0].mesh
+    used = {a for s in shardings for entry in s.spec for a in _axis_names(entry)}
+    if any(s.mesh != mesh for s in shardings) or not used:
+        return None
+    axes = [a for a in mesh.axis_names if a in used]
+    n = sum(Backend.sizes(tuple(a.shape)) for a in leaves)
+    split = list(axes)
+    while split and n % Backend.sizes(tuple(mesh.shape[a] for a in split)):
+        split.pop()
+    if not split:
+        raise ValueError(
+            f"Expected the number of parameters to be a multiple of the device count of "
+            f"the first mesh axis they are sharded over ({axes[0]!r}: "
+            f"{mesh.shape[axes[0]]}), so that the operator's vectors split evenly. "
+            f"Received {n} parameters; pad one parameter by a few entries.")
+    if warn and split != axes:
+        warnings.warn(
+            f"jacspec: the {n} parameters cannot be split evenly over the mesh axes "
+            f"{tuple(axes)} they are sharded over; the operator's vectors are split over "
+            f"{tuple(split)} only.", RuntimeWarning, stacklevel=5)
+    return NamedSharding(mesh, PartitionSpec(tuple(split)))
+
+
+def _flat_maps(params, layout):
+    """``(to_flat, to_tree)`` between trees like ``params`` and flat vectors in
+    ``ravel_pytree``'s order, inside a jitted product on (traced) ``params``. ``layout``
+    (:func:`_layout`, of the concrete parameters): None, or how the vectors and the
+    parameters are split, kept by sharding constraints at both ends, so that no device
+    holds a whole vector outside XLA's own steps. ``ravel_pytree`` is traced: its
+    concatenation of ``params`` is compiled away."""
+    _, unravel = ravel_pytree(params)
+    if layout is None:
+        return (lambda tree: ravel_pytree(tree)[0]), unravel
+    vectors, leaves = layout
+    constrain = jax.lax.with_sharding_constraint
+    return (lambda tree: constrain(ravel_pytree(tree)[0], vectors),
+            lambda v: constrain(unravel(v), leaves))
+
+
+def _layout(params):
+    """``(vectors, leaves)``: the flat vectors' sharding (:func:`_vector_sharding`) and
+    the parameters' own, or None where the vectors are not split."""
+    vectors = _vector_sharding(params)
+    if vectors is None:
+        return None
+    return vectors, jax.tree_util.tree_map(lambda a: a.sharding, params)
 
 
 class JaxBackend(Backend):
@@ -168,6 +251,8 @@ class JaxBackend(Backend):
             key = jax.random.key(seed)  # a (possibly traced) integer
         else:
             key = jax.random.key(int(seed))
+        if isinstance(device, jax.sharding.Sharding):  # drawn split (the same draws)
+            return _normal_on(device, tuple(shape), dtype)(key)
         out = jax.random.normal(key, tuple(shape), dtype=dtype)
         return jax.device_put(out, device) if device is not None else out
 
@@ -181,7 +266,7 @@ class JaxBackend(Backend):
         return bool(jax.config.read("jax_enable_x64"))
 
     def all_finite(self, x) -> bool:
-        if all(d.platform == "cpu" for d in x.devices()):
+        if x.sharding.is_fully_replicated and all(d.platform == "cpu" for d in x.devices()):
             # NumPy reads a CPU array in place; a program would be compiled per shape
             return bool(np.isfinite(np.asarray(x)).all())
         return bool(_all_finite(x))
@@ -397,34 +482,86 @@ class JaxBackend(Backend):
 
     # -- dataset operators (js.hessian(..., data=), js.ggn) ----------------------------
     def batch_hessian_product(self, f, params):
-        """One jitted forward-over-reverse HVP per batch shape (see the base class)."""
-        theta0, unravel = ravel_pytree(params)
+        """One jitted forward-over-reverse HVP per batch shape (see the base class); for
+        parameters split over a mesh, the products split like the operator's vectors."""
+        layout = _layout(params)
 
         @jax.jit
-        def prod(theta, batch, V):
-            g = jax.grad(lambda t: jnp.sum(f(unravel(t), batch)))
-            return _cols_vmap(_hvp_function(g, theta), V)
+        def prod(p, batch, V):
+            to_flat, to_tree = _flat_maps(p, layout)
+            hvp = _hvp_function(jax.grad(lambda q: jnp.sum(f(q, batch))), p)
+            return _cols_vmap(lambda v: to_flat(hvp(to_tree(v))), V)
 
-        return _with_batch_placement(prod, theta0)
+        return _with_batch_placement(prod, params)
 
     def batch_ggn_product(self, f, loss, params):
-        """One jitted ``J^T H J`` product per batch shape (see the base class)."""
-        theta0, unravel = ravel_pytree(params)
+        """One jitted ``J^T H J`` product per batch shape (see the base class), split like
+        the Hessian's."""
+        layout = _layout(params)
 
         @jax.jit
-        def prod(theta, batch, V):
+        def prod(p, batch, V):
             inputs, targets = batch
-            z, jvp_fn = jax.linearize(lambda t: f(unravel(t), inputs), theta)
-            vjp_fn = jax.linear_transpose(jvp_fn, theta)
+            to_flat, to_tree = _flat_maps(p, layout)
+            z, jvp_fn = jax.linearize(lambda q: f(q, inputs), p)
+            vjp_fn = jax.linear_transpose(jvp_fn, p)
             loss_grad = jax.grad(lambda o: jnp.sum(loss(o, targets)))
 
             def one(v):
-                _, hz = jax.jvp(loss_grad, (z,), (jvp_fn(v),))
-                return vjp_fn(hz)[0]
+                _, hz = jax.jvp(loss_grad, (z,), (jvp_fn(to_tree(v)),))
+                return to_flat(vjp_fn(hz)[0])
 
             return _cols_vmap(one, V)
 
-        return _with_batch_placement(prod, theta0)
+        return _with_batch_placement(prod, params)
+
+    def distributed_group(self, group, params=None):
+        """``group`` (a ``jax.sharding.Mesh``), by default the mesh the parameters are
+        split over (None where they are not: all devices, at each batch)."""
+        from jax.sharding import Mesh
+
+        if group is not None and not isinstance(group, Mesh):
+            raise TypeError(
+                "Expected group to be a jax.sharding.Mesh (or None: all devices). "
+                f"Received {type(group).__name__}."
+            )
+        vectors = _vector_sharding(params)
+        if vectors is None:
+            return group
+        if group is not None and group != vectors.mesh:
+            raise ValueError(
+                "Expected group to be the mesh the parameters are sharded over (or "
+                f"None). Received a mesh of axes {dict(group.shape)}, the parameters' "
+                f"has axes {dict(vectors.mesh.shape)}."
+            )
+        return vectors.mesh
+
+    def vector_device(self, params, y):
+        """For parameters split over a mesh, the flat vectors' ``NamedSharding``
+        (:func:`_vector_sharding`); else ``y``'s device."""
+        vectors = _vector_sharding(params, warn=True)
+        return vectors if vectors is not None else self.device(y)
+
+    def placement(self, device, ndim, axis):
+        """For vectors split by a ``NamedSharding`` (:meth:`vector_device`), the same
+        split along ``axis`` of an ``ndim``-dimensional array (``axis=None``:
+        replicated over the mesh); else ``device``."""
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        if not isinstance(device, NamedSharding):
+            return device
+        spec = [None] * ndim
+        if axis is not None:
+            spec[axis] = device.spec[0]
+        return NamedSharding(device.mesh, PartitionSpec(*spec))
+
+    def keep_placement(self, x, device):
+        """``x`` split by ``device`` where it is a ``NamedSharding``."""
+        if not isinstance(device, jax.sharding.NamedSharding):
+            return x
+        if self.is_traced(x):
+            return jax.lax.with_sharding_constraint(x, device)
+        return x if x.sharding == device else jax.device_put(x, device)
 
     def distributed_batch(self, batch, *, group):
         """A global array sharded over the devices along the batch axis (``group``: a
@@ -434,11 +571,6 @@ class JaxBackend(Backend):
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
         mesh = group if group is not None else Mesh(np.array(jax.devices()), ("data",))
-        if not isinstance(mesh, Mesh):
-            raise TypeError(
-                "Expected group to be a jax.sharding.Mesh (or None: all devices). "
-                f"Received {type(group).__name__}."
-            )
         axis = mesh.axis_names[0]
         sharded = NamedSharding(mesh, PartitionSpec(axis))
         ways = int(mesh.shape[axis])
@@ -462,9 +594,11 @@ class JaxBackend(Backend):
         return int(np.sum(multihost_utils.process_allgather(np.asarray(count))))
 
     def distributed_sum(self, x, *, group):
-        """``x``'s copy on this process's first device: the batches were global arrays,
-        so XLA already reduced the per-device partial products inside each jitted
-        product, and the result is replicated (the solvers work on one device)."""
+        """``x`` as XLA reduced it inside each jitted product (the batches were global
+        arrays): split like the operator's vectors, or replicated, then its copy on this
+        process's first device (the solvers work on one device)."""
+        if self.is_traced(x) or not x.sharding.is_fully_replicated:
+            return x
         return x.addressable_data(0) if len(x.sharding.device_set) > 1 else x
 
     # -- convolutions (js.conv) ------------------------------------------------------

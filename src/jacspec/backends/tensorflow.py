@@ -490,7 +490,7 @@ class TensorflowBackend(Backend):
                               grad=grad)
 
     # -- products summed over replicas (distributed=True) -----------------------------
-    def distributed_group(self, group):
+    def distributed_group(self, group, params=None):
         """The ``tf.distribute.Strategy`` of a distributed operator: ``group``, else the
         one whose scope is entered when the operator is built."""
         if group is not None:

@@ -42,7 +42,7 @@ def distributed_torch(quick: bool, *, case: tuple[int, ...] = CASE) -> list[Row]
     one = _probe("single", 1, case)
     rep = _probe("replicated", PROCESSES, case)
     shard = _probe("sharded", PROCESSES, case)
-    config = (f"MLP 64-{'-'.join([str(width)] * depth)}-10 float32 ({one['n']:,} parameters), "
+    config = (f"MLP 64-{width}x{depth}-10 float32 ({one['n']:,} parameters), "
               f"{samples} samples, {batches} batches per process, {PROCESSES} CPU processes "
               "(torchrun, gloo)")
     details = dict(single=one, replicated=rep, sharded=shard)

@@ -9,10 +9,9 @@ default kernel) against one training step, side by side in one run.
   time and relative error.
 * ``transformer-memory``: the peak memory of each product over one training step's —
   torch: the rise of peak RSS in a fresh subprocess per measurement (after a warm-up
-  run of the same measurement, so that no side counts start-up allocations; full run
-  only); JAX: the temporary buffers of the compiled program
-  (``compiled.memory_analysis()``) — and a dataset product (several batches) over the
-  one-batch product.
+  run of the same measurement, so that no side counts start-up allocations); JAX: the
+  temporary buffers of the compiled program (``compiled.memory_analysis()``) — and a
+  dataset product (several batches) over the one-batch product.
 * ``transformer-peers`` (torch): the top Hessian and GGN eigenvalues against curvlinops
   (``HessianLinearOperator``, ``GGNLinearOperator`` and ARPACK) on the same model under
   the math attention kernel, at the same tolerance; skipped when curvlinops is not
@@ -37,7 +36,7 @@ from .timing import interleaved_times, ms, repetitions, run_fresh
 FULL = (256, 128, 4, 4, 64, 8)
 QUICK = (64, 64, 2, 2, 32, 4)
 #: The memory rows' decoder: a larger batch, so that activations dominate.
-MEMORY_FULL = (256, 128, 4, 4, 128, 32)
+MEMORY_FULL = (256, 128, 4, 4, 64, 16)
 MEMORY_QUICK = (64, 64, 2, 2, 64, 16)
 DATASET_BATCHES = 4
 TARGETS = {"HVP": 2.5, "GGN": 2.0}
@@ -212,8 +211,7 @@ def _memory_rows(backend: str, mb: dict[str, float], unit: str, cfg: str) -> lis
 MEMORY_MODES = ("step", "HVP", "GGN", "JVP", "VJP", "HVP_dataset", "GGN_dataset")
 
 
-@register("transformer-memory", "torch", quick=False,
-          target="HVP <= 2.5x, GGN <= 1.3x, dataset <= 1.1x")
+@register("transformer-memory", "torch", target="HVP <= 2.5x, GGN <= 1.3x, dataset <= 1.1x")
 def transformer_memory_torch(quick: bool, *, size: tuple[int, ...] | None = None
                              ) -> list[Row]:
     """Peak RSS of each product over one training step's, each in a fresh process."""
@@ -252,7 +250,7 @@ def _curvlinops_top(torch: Any, operator: Any, model: Any, data: list, tol: floa
     return float(val[0]), count[0]
 
 
-@register("transformer-peers", "torch", quick=False, target="faster at equal tolerance")
+@register("transformer-peers", "torch", target="faster at equal tolerance")
 def transformer_peers_torch(quick: bool, *, size: tuple[int, ...] | None = None
                             ) -> list[Row]:
     """Top Hessian and GGN eigenvalues, jacspec against curvlinops (math kernel)."""

@@ -122,7 +122,7 @@ def _probes(p: Problem, count: int) -> list[Array]:
     out: list[Array] = []
     while len(out) < count:
         g = min(n, count - len(out))
-        Q = p.orthonormal(p.random((p.B, p.local_in, g), 1 + len(out) // n))  # (B, n, g)
+        Q = p.orthonormal(p.random((p.B, p.local_in, g), 1 + len(out) // n, axis=-2))
         out += [Q[:, :, i] for i in range(g)]
     return out
 

@@ -86,8 +86,8 @@ def init(p: Problem, v0: Array | None, jmax: int, *, two_sided: bool, count: Any
     zeros = p.zeros((B,), real=True)
     return KrylovState(
         j=0,
-        V=p.zeros((B, jmax, p.local_in)),
-        U=p.zeros((B, jmax, p.local_out)) if two_sided else None,
+        V=p.zeros((B, jmax, p.local_in), axis=-1),
+        U=p.zeros((B, jmax, p.local_out), axis=-1) if two_sided else None,
         C=p.zeros((B, jmax, jmax)),
         v=p.start(v0),
         beta=zeros,

@@ -80,6 +80,10 @@ class Problem:
         array), for sharded vectors; None otherwise.
     shard_rank : int
         This process's index among those sharing the vectors (salts its random draws).
+    vectors : device
+        The operator's ``device``, where its vectors live (``device`` is that of the
+        small arrays; they differ where the vectors are split across devices:
+        ``Backend.placement``).
     """
 
     op: Any
@@ -102,6 +106,7 @@ class Problem:
     seed: Any
     traced: bool
     mix_start: bool = False
+    vectors: Any = None
     staged: bool = False
     _stage: tuple | None = None
     local_in: int = 0
@@ -127,7 +132,8 @@ class Problem:
             op=op, adj=adjoint, backend=b, xp=b.solver_xp, batched=bool(op.batch_shape),
             B=op.batch_shape[0] if op.batch_shape else 1,
             n_in=m if adjoint else n, n_out=n if adjoint else m,
-            dtype=op.dtype, device=op.device, is_complex=name.startswith("complex"),
+            dtype=op.dtype, device=b.placement(op.device, 0, None), vectors=op.device,
+            is_complex=name.startswith("complex"),
             real_name=real_name, real_dtype=b.dtype_from_name(real_name),
             eps=float(fi.eps), tiny=float(fi.tiny) * 1e3, tiny_normal=float(fi.tiny),
             bd_rtol=float(fi.eps) ** 0.75, seed=int(seed), traced=op.traced,
@@ -259,9 +265,18 @@ class Problem:
             salt = salt + _RANK_SALT * self.shard_rank
         return (self.seed + salt) % _PRIME
 
-    def random(self, shape: tuple[int, ...], draw: int = 1) -> Array:
-        """Standard normal samples of the op's dtype: the ``draw``-th draw of the seed."""
-        return self.backend.normal(tuple(shape), dtype=self.dtype, device=self.device,
+    def placed(self, ndim: int, axis: int | None) -> Any:
+        """Where an ``ndim``-dimensional array goes whose ``axis`` runs along the
+        operator's vectors (None: a small array), split like them where they are."""
+        if axis is None:
+            return self.device
+        return self.backend.placement(self.vectors, ndim, axis % ndim)
+
+    def random(self, shape: tuple[int, ...], draw: int = 1, axis: int = -1) -> Array:
+        """Standard normal samples of the op's dtype whose ``axis`` runs along the
+        vectors: the ``draw``-th draw of the seed."""
+        return self.backend.normal(tuple(shape), dtype=self.dtype,
+                                   device=self.placed(len(shape), axis),
                                    seed=self._salted(_DRAW_SALT * draw))
 
     def generic(self, shape: tuple[int, ...], salt: Any) -> Array:
@@ -272,8 +287,8 @@ class Problem:
         if self.traced and not self.staged:
             return self.backend.hash_uniform(tuple(shape), dtype=self.dtype,
                                              seed=self.seed + salt)
-        return self.backend.normal(tuple(shape), dtype=self.dtype, device=self.device,
-                                   seed=self._salted(salt))
+        return self.backend.normal(tuple(shape), dtype=self.dtype,
+                                   device=self.placed(len(shape), -1), seed=self._salted(salt))
 
     def restart_vector(self, s: int, count: Any) -> Array:
         """A generic ``(B, s)`` direction for a breakdown restart after ``count``
@@ -363,19 +378,23 @@ class Problem:
 
     def orthonormal(self, X: Array) -> Array:
         """An orthonormal basis ``Q`` ``(B, n, k)`` of the columns of ``X`` (full column
-        rank): the Q of a QR factorization; for sharded vectors CholeskyQR2 (Cholesky
-        factors of the summed Gram matrix, twice), which never gathers a vector."""
+        rank): the Q of a QR factorization (laid out like the vectors again where
+        they are split across devices: XLA runs the QR on whole columns); for vectors
+        sharded across processes CholeskyQR2 (Cholesky factors of the summed Gram
+        matrix, twice), which never gathers a vector."""
         xp = self.xp
         if self.shard_sum is None:
-            return xp.linalg.qr(X).Q
+            return self.backend.keep_placement(xp.linalg.qr(X).Q, self.placed(3, -2))
         for _ in range(2):
             R = self.H(xp.linalg.cholesky(self.gram(X, X)))  # upper: X^H X = R^H R
             X = self.H(xp.linalg.solve(self.H(R), self.H(X)))  # X R^-1
         return X
 
-    def zeros(self, shape: tuple[int, ...], real: bool = False) -> Array:
+    def zeros(self, shape: tuple[int, ...], real: bool = False, axis: int | None = None
+              ) -> Array:
+        """Zeros; ``axis``: the one running along the vectors, if any (:meth:`placed`)."""
         return self.xp.zeros(shape, dtype=self.real_dtype if real else self.dtype,
-                             device=self.device)
+                             device=self.placed(len(shape), axis))
 
     def real(self, j: Any) -> Any:
         """A step count as a real scalar (a traced integer is cast: some frameworks do not

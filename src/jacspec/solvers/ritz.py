@@ -62,12 +62,18 @@ def _inactive(p: Problem, J: int, size: int) -> Array:
 
 def _sentinel(p: Problem, M: Array, J: int) -> Array:
     """``M`` plus, on the empty part of the diagonal, a value above every singular value
-    / |eigenvalue| of ``M`` (2 ||M||_F + 1)."""
+    / |eigenvalue| of ``M``: ``2 ||M||_F`` plus its largest entry (1 for a zero ``M``).
+    On the scale of ``M``, so that the factorization keeps the accuracy of a tiny
+    ``M``'s values; the norm is taken of ``M`` over that entry, so that the squares
+    neither overflow nor underflow."""
     xp = p.xp
-    fro = xp.sqrt(xp.sum(xp.sum(xp.real(p.conj(M) * M), axis=-1), axis=-1))
+    scale = _scale(p, M)
+    Ms = M / p.cast(scale)
+    fro = xp.sqrt(xp.sum(xp.sum(xp.real(p.conj(Ms) * Ms), axis=-1), axis=-1))
     size = int(M.shape[-1])
     eye = xp.eye(size, dtype=p.real_dtype, device=p.device)
-    return M + p.cast((2 * fro + 1)[:, None, None] * eye * _inactive(p, J, size))
+    bump = scale * (2 * fro + 1)[:, None, None]
+    return M + p.cast(bump * eye * _inactive(p, J, size))
 
 
 def _pick(p: Problem, key: Array, k: int, weight: Array | None = None) -> Array:
@@ -245,7 +251,7 @@ def _shrink(p: Problem, X: Array, basis: Array, jmax: int) -> Array:
     """New basis rows ``X^T basis`` (keep of them), zero rows up to ``jmax``."""
     xp = p.xp
     rows = xp.matmul(xp.matrix_transpose(X), basis)
-    pad = p.zeros((p.B, jmax - int(X.shape[-1]), int(basis.shape[-1])))
+    pad = p.zeros((p.B, jmax - int(X.shape[-1]), int(basis.shape[-1])), axis=-1)
     return xp.concat([rows, pad], axis=-2)
 
 

@@ -19,7 +19,7 @@ def _probes(pr: Problem, size: int, p: int, kind: str, draw: int) -> Array:
     """``(B, size, p)`` probes with ``E[z z^H] = I``: Rademacher or standard normal
     (the ``draw``-th draw of the seed)."""
     xp = pr.xp
-    G = pr.random((pr.B, size, p), draw)
+    G = pr.random((pr.B, size, p), draw, axis=-2)
     if kind == "gaussian":
         return G
     if pr.is_complex:
@@ -160,7 +160,7 @@ def frobenius_norm(op: Any, *, num_probes: int | None = None, seed: int | None =
         return xp.sqrt(xp.sum(xp.sum(sq, axis=-1), axis=-1))
     p = V.check_positive_int(num_probes, "num_probes")
     m = op.shape[0]
-    G = pr.random((pr.B, m, p))
+    G = pr.random((pr.B, m, p), axis=-2)
     G = G / pr.cast(xp.linalg.vector_norm(G, axis=-2, keepdims=True))
     R = _apply(pr, G, adjoint=True)  # (B, n, p)
     sq = xp.sum(xp.sum(xp.real(pr.conj(R) * R), axis=-1), axis=-1) * (m / p)
