@@ -217,6 +217,11 @@ class Backend:
         """The framework's loop inside a trace (``lax.while_loop``, ``tf.while_loop``)."""
         raise NotImplementedError(f"{self.name} cannot loop inside a trace.")
 
+    def leading_rows(self, X: Array, j: int) -> Array:
+        """``X[:, :j]`` for a stack ``(B, J, W)`` and a Python ``j`` (the filled rows of
+        a solver buffer outside a trace)."""
+        return X[:, :j]
+
     def set_row(self, X: Array, j: Any, x: Array, start: int = 0) -> Array:
         """``X`` (..., J, W) with ``X[..., j, start:start + t] = x`` (``x``: (..., t));
         ``j`` may be a traced index. Only solver work buffers are written, and the rows

@@ -162,6 +162,14 @@ def _eager_bounds(lead: tuple[int, ...], j: int, start: int, stop: int
             tf.constant([1] * rank, tf.int64))
 
 
+@functools.lru_cache(maxsize=4096)
+def _leading_bounds(shape: tuple[int, ...], j: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(begin, size)`` of ``X[:, :j]`` for ``X`` of ``shape``, as eager tensors."""
+    rank = len(shape)
+    return (tf.constant([0] * rank, tf.int64),
+            tf.constant([shape[0], j] + [-1] * (rank - 2), tf.int64))
+
+
 def _slice_bounds(lead: tuple[int, ...], j: int, start: int, stop: int, eager: bool
                   ) -> tuple[Any, Any, Any]:
     """``(begin, end, strides)`` of row ``j``, columns ``[start, stop)`` of a stack of
@@ -282,6 +290,14 @@ class TensorflowBackend(Backend):
         return tf.raw_ops.TensorStridedSliceUpdate(input=X, begin=begin, end=end,
                                                    strides=strides,
                                                    value=tf.expand_dims(x, -2))
+
+    def leading_rows(self, X, j):
+        """``X[:, :j]`` as one slice whose bounds are made once per shape eagerly (an
+        index expression converts its bounds at every call)."""
+        if not tf.executing_eagerly():
+            return X[:, :j]
+        begin, size = _leading_bounds(tuple(int(d) for d in X.shape), int(j))
+        return tf.slice(X, begin, size)
 
     def read(self, x):
         return tf.convert_to_tensor(_watchable(x))

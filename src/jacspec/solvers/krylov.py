@@ -183,7 +183,7 @@ def orthogonalize(p: Problem, Q: Array, j: Any, w: Array, scale: Array, count: A
     ``None`` unless asked for.
     """
     xp, b = p.xp, p.backend
-    rows = Q[:, :j] if p.sliced else Q
+    rows = p.backend.leading_rows(Q, j) if p.sliced else Q
     if track:
         scale = xp.maximum(scale, p.norm(w))
     w, c = _project_out(p, rows, w, coefs)
