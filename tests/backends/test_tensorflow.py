@@ -1,5 +1,5 @@
 """TensorFlow adapter internals the solvers rely on: row writes into work buffers (eager,
-and with a traced row index inside ``tf.function``) and the single-vector products,
+and with a traced row index inside ``tf.function``), the filled rows of a buffer and the single-vector products,
 against NumPy and the dense Jacobian; AutoGraph and the solvers; Keras 3 variables as the
 parameters of a Hessian."""
 
@@ -37,6 +37,23 @@ def test_set_row_matches_numpy(case, traced):
         got = BACKEND.set_row(Xt, j, xt, start)
     np.testing.assert_array_equal(got.numpy(), want)
     np.testing.assert_array_equal(Xt.numpy(), X)  # the input is not written
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_leading_rows_match_numpy(traced):
+    """The filled rows of a buffer, for every row count of two shapes (the eager bounds
+    are made once per shape and count: a repeated call must not reuse another's)."""
+    import tensorflow as tf
+
+    from jacspec.backends.tensorflow import BACKEND
+
+    rng = np.random.default_rng(0)
+    for shape in [(3, 4, 5), (2, 4, 5, 2)] * 2:
+        X = rng.standard_normal(shape).astype(np.float32)
+        for j in range(shape[1] + 1):
+            fn = (tf.function(lambda A, j=j: BACKEND.leading_rows(A, j)) if traced
+                  else lambda A, j=j: BACKEND.leading_rows(A, j))
+            np.testing.assert_array_equal(fn(tf.constant(X)).numpy(), X[:, :j])
 
 
 @pytest.mark.parametrize("out_shape", [(5,), (2, 3)])
