@@ -140,8 +140,31 @@ def test_sharded_vectors_reduce_every_inner_product():
     sd, ref = (js.spectral_density(o, num_probes=3, num_steps=8, seed=2) for o in (op, plain))
     for q in (1, 2, 3):
         np.testing.assert_allclose(sd.moment(q), ref.moment(q), rtol=1e-10)
-    assert np.isfinite(js.trace(op, num_probes=6, seed=3))  # Hutch++: CholeskyQR2 sketch
+    assert np.isfinite(js.trace(op, num_probes=6, seed=3))  # Hutch++: SVQB sketch
     with pytest.raises(ValueError, match="sharded"):
         js.eigsh(op, k=1, method="dense")
     with pytest.raises(ValueError, match=r"\(60,\)"):
         op @ np.ones(2 * n)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sharded_orthonormal_basis_of_a_rank_deficient_block(dtype):
+    """Hutch++ sketches of a low-rank Hessian are rank-deficient: the sharded basis
+    spans their range with orthonormal columns (and zero columns for the rest), with no
+    Cholesky failure or NaN."""
+    from jacspec.solvers.problem import Problem
+
+    rng = np.random.default_rng(4)
+    n, k, r = 40, 6, 3
+    X = (rng.standard_normal((n, r)) @ rng.standard_normal((r, k))).astype(dtype)
+    X[:, 4] = 0.0
+    p = Problem.of(_TwoEqualShards(np.eye(n, dtype=dtype)))
+    Q = p.orthonormal(X[None])[0]
+    assert np.all(np.isfinite(Q))
+    tol = 50 * np.finfo(dtype).eps
+    G = 2 * Q.T @ Q  # the summed Gram matrix: identity on the kept columns, zero otherwise
+    kept = np.diag(G) > 0.5
+    assert kept.sum() == r
+    np.testing.assert_allclose(G, np.diag(kept.astype(dtype)), atol=tol)
+    P = 2 * Q @ Q.T  # the projector onto the range of X (each process holds [v; v])
+    np.testing.assert_allclose(P @ X, X, atol=tol * np.abs(X).max() * k)

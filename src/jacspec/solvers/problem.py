@@ -377,18 +377,25 @@ class Problem:
         return s if self.shard_sum is None else self.shard_sum(s)
 
     def orthonormal(self, X: Array) -> Array:
-        """An orthonormal basis ``Q`` ``(B, n, k)`` of the columns of ``X`` (full column
-        rank): the Q of a QR factorization (laid out like the vectors again where
-        they are split across devices: XLA runs the QR on whole columns); for vectors
-        sharded across processes CholeskyQR2 (Cholesky factors of the summed Gram
-        matrix, twice), which never gathers a vector."""
-        xp = self.xp
+        """An orthonormal basis ``Q`` ``(B, n, k)`` of the columns of ``X``: the Q of a
+        QR factorization (laid out like the vectors again where they are split across
+        devices: XLA runs the QR on whole columns). For vectors sharded across
+        processes, SVQB twice (Stathopoulos & Wu 2002: ``X V w^-1/2`` from the
+        eigenpairs of the summed Gram matrix), which never gathers a vector; directions
+        below the dtype's rounding of the largest come out as zero columns (a
+        rank-deficient sketch: ``Q Q^H`` is still the projector on its range)."""
         if self.shard_sum is None:
-            return self.backend.keep_placement(xp.linalg.qr(X).Q, self.placed(3, -2))
+            return self.backend.keep_placement(self.xp.linalg.qr(X).Q, self.placed(3, -2))
         for _ in range(2):
-            R = self.H(xp.linalg.cholesky(self.gram(X, X)))  # upper: X^H X = R^H R
-            X = self.H(xp.linalg.solve(self.H(R), self.H(X)))  # X R^-1
+            X = self._svqb(X)
         return X
+
+    def _svqb(self, X: Array) -> Array:
+        xp = self.xp
+        w, V = xp.linalg.eigh(self.gram(X, X))  # ascending
+        keep = w > self.eps * int(X.shape[-1]) * xp.max(w, axis=-1, keepdims=True)
+        scale = xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, w, 1.0)), 0.0)
+        return xp.matmul(X, V * xp.astype(scale, V.dtype)[..., None, :])
 
     def zeros(self, shape: tuple[int, ...], real: bool = False, axis: int | None = None
               ) -> Array:
