@@ -67,13 +67,13 @@ def power_init(p: Problem, k: int, v0: Array | None, *, two_sided: bool, count: 
     k = k + (v0 is not None and p.mix_start)
     if two_sided and k == 1:  # single vectors (see PowerState)
         zero = p.zeros((p.B,), real=True)
-        return PowerState(V, zero, p.zeros((p.B, p.n_out), axis=-1), V, zero, zero, count)
+        return PowerState(V, zero, p.zeros((p.B, p.local_out), axis=-1), V, zero, zero, count)
     V = V[..., None]
     if k > 1:
         rest = p.random((p.B, p.local_in, k - 1), draw + 1, axis=-2)
         V = _orth(p, p.xp.concat([V, rest], axis=-1))
     zeros = p.zeros((p.B, k), real=True)
-    left = p.zeros((p.B, p.n_out, k), axis=-2) if two_sided else None
+    left = p.zeros((p.B, p.local_out, k), axis=-2) if two_sided else None
     return PowerState(V, zeros, left, V, zeros, zeros[:, :1], count)
 
 
