@@ -26,6 +26,10 @@ def _only(backend, name):
 
 
 @pytest.mark.slow
+# the dense references (torch.func.jacrev over the fused kernel, torch.func.hessian's
+# forward mode) raise torch's own notices, not jacspec's
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.* is deprecated:DeprecationWarning")
 def test_torch_rows_and_their_products(autodiff_backend):
     _only(autodiff_backend, "torch")
     import torch
