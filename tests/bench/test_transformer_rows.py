@@ -33,6 +33,7 @@ def _only(backend, name):
 def test_torch_rows_and_their_products(autodiff_backend):
     _only(autodiff_backend, "torch")
     import torch
+
     import jacspec as js
     from jacspec.bench import transformer_rows as tr
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ._base import Sharding, ShardedProduct, _fd_step, check_scalar_output
+from ._base import ShardedProduct, Sharding, _fd_step, check_scalar_output
 from ._torch_state import fixed_randomness, generator_states
 
 

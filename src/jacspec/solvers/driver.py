@@ -469,7 +469,6 @@ def _true_residuals(p: Problem, alg: Krylov, vals: Array, left: Array | None,
                     right: Array, flag: Array | None) -> tuple[Array, Array | None]:
     """``||A^H u - sigma v||`` (GKL) or ``||A x - lambda x||`` (Lanczos) of the returned
     vectors, from ``k`` more products (and ``flag`` with their finiteness)."""
-    xp = p.xp
     if alg.two_sided:
         R = p.mm(left, adjoint=True) - right * p.cast(vals)[:, None, :]
     else:
