@@ -9,14 +9,6 @@ import numpy as np
 import pytest
 
 import jacspec as js
-from _helpers import selected_backends
-
-
-@pytest.fixture
-def torch():
-    if "torch" not in selected_backends():
-        pytest.skip("runs in the torch session")
-    return pytest.importorskip("torch")
 
 
 def test_products_are_differentiable_in_parameters(torch):

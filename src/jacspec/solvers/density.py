@@ -60,8 +60,13 @@ class SpectralDensity:
     _backend: Backend
 
     @property
+    def backend_impl(self) -> Backend:
+        """The backend object of the arrays (as ``LinearOperator.backend_impl``)."""
+        return self._backend
+
+    @property
     def xp(self) -> Any:
-        return self._backend.xp
+        return self.backend_impl.xp
 
     def probe_moments(self, p: float) -> Array:
         """Each probe's estimate of ``moment(p)``: ``(num_probes,)`` (or ``(B, P)``)."""
@@ -73,7 +78,7 @@ class SpectralDensity:
         return self.xp.mean(self.probe_moments(p), axis=-1)
 
     def _default_width(self) -> float:
-        nodes = np.asarray(self._backend.to_numpy(self.nodes))
+        nodes = np.asarray(self.backend_impl.to_numpy(self.nodes))
         span = float(nodes.max() - nodes.min())
         return span / 100 if span > 0 else max(abs(float(nodes.max())), 1.0) * 1e-2
 
@@ -81,7 +86,7 @@ class SpectralDensity:
         """The Gaussian-smoothed density on ``grid`` (any 1-D array-like, NumPy
         included): ``mean over probes of sum_i w_i N(t; theta_i, width^2)``, which
         integrates to 1. ``width`` defaults to 1% of the range of the nodes."""
-        b, xp = self._backend, self.xp
+        b, xp = self.backend_impl, self.xp
         w = self._default_width() if width is None else V.density_width(width)
         if backend_of(grid) is None or backend_of(grid).name != b.name:
             grid = b.from_numpy(np.asarray(grid if backend_of(grid) is None
@@ -101,9 +106,9 @@ class SpectralDensity:
 
         V.density_unbatched(self.nodes)
         w = self._default_width() if width is None else V.density_width(width)
-        nodes = np.asarray(self._backend.to_numpy(self.nodes))
+        nodes = np.asarray(self.backend_impl.to_numpy(self.nodes))
         grid = np.linspace(nodes.min() - 5 * w, nodes.max() + 5 * w, num_points)
-        dens = np.asarray(self._backend.to_numpy(self.density(grid, w)))
+        dens = np.asarray(self.backend_impl.to_numpy(self.density(grid, w)))
         if ax is None:
             _, ax = plt.subplots()
         ax.plot(grid, dens)
