@@ -95,15 +95,48 @@ def test_ggn_matches_dense_jthj(autodiff_backend, dtype, sizes, batch_sizes, see
     rng = np.random.default_rng(seed)
     net, data, mse, _ = _problem(b, dtype, rng, sizes, batch_sizes)
     G = js.ggn(net.apply, mse, net.params, data=data)
-    ref = 0.0
+    ref = _dense_ggn(b, net, mse, data)
+    dense = _np(js.dense(G))
+    np.testing.assert_allclose(dense, ref, **TOL[dtype])
+    assert np.linalg.eigvalsh(dense.astype(np.float64)).min() > -1e-4 * max(1.0, np.abs(ref).max())
+
+
+def _dense_ggn(b, net, mse, data):
+    ref, count = 0.0, sum(int(x.shape[0]) for x, _ in data)
     for x, y in data:
         Jb = reference_jacobian(b, lambda t, x=x: net.apply_flat(t, x), net.theta0)
         z = net.apply_flat(net.theta0, x)
         Hb = reference_hessian(b, lambda o, y=y: mse(o, y), z)
-        ref = ref + (int(x.shape[0]) / sum(batch_sizes)) * (Jb.T @ Hb @ Jb)
-    dense = _np(js.dense(G))
-    np.testing.assert_allclose(dense, ref, **TOL[dtype])
-    assert np.linalg.eigvalsh(dense.astype(np.float64)).min() > -1e-4 * max(1.0, np.abs(ref).max())
+        ref = ref + (int(x.shape[0]) / count) * (Jb.T @ Hb @ Jb)
+    return ref
+
+
+@pytest.mark.parametrize("batch_sizes", [[3, 3, 3], [3, 5]])  # one scanned loop; a loop
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_jax_products_inside_jit(autodiff_backend, batch_sizes, kind):
+    """Inside jax.jit, batches of one shape run as one lax.scan: equal to the dense
+    operator, as are batches of several shapes (a loop of calls)."""
+    if autodiff_backend != "jax":
+        pytest.skip("run in the jax session")
+    import jax
+
+    b, dtype = "jax", "float64"
+    rng = np.random.default_rng(len(batch_sizes))
+    net, data, mse, batch_loss = _problem(b, dtype, rng, [2, 4, 3], batch_sizes)
+    if kind == "hessian":
+        X, Y = _cat(b, [x for x, _ in data]), _cat(b, [y for _, y in data])
+        ref = reference_hessian(b, lambda t: mse(net.apply_flat(t, X), Y), net.theta0)
+    else:
+        ref = _dense_ggn(b, net, mse, data)
+    V = from_numpy(rng.standard_normal((ref.shape[0], 2)), b, dtype)
+
+    @jax.jit
+    def product(p, V):
+        op = (js.hessian(batch_loss, p, data=data) if kind == "hessian"
+              else js.ggn(net.apply, mse, p, data=data))
+        return op @ V
+
+    np.testing.assert_allclose(_np(product(net.params, V)), ref @ _np(V), **TOL[dtype])
 
 
 @pytest.mark.slow

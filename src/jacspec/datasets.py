@@ -147,11 +147,11 @@ class DatasetOperator(LinearOperator):
                 f"parameters. Received shape {tuple(V.shape)} (js.dense and the "
                 "dense methods would gather the whole operator; use the Krylov solvers)."
             )
-        total = None
+        total = self._scanned(V)
         bar = progress(self._summary.num_batches, desc=self._name, unit="batch",
-                       enabled=self._progress)
+                       enabled=self._progress and total is None)
         try:
-            for i, batch in enumerate(self._batches()):
+            for i, batch in enumerate(() if total is not None else self._batches()):
                 with self.backend_impl.fixed_randomness(self._batch_seed(i)):
                     part = self._weighted_product(batch, V)
                 if part is not None:
@@ -165,6 +165,23 @@ class DatasetOperator(LinearOperator):
         if self._distributed and self._sharded is None:
             total = self.backend_impl.distributed_sum(total, group=self._group)
         return total if total.dtype == self.dtype else self.xp.astype(total, self.dtype)
+
+    def _scanned(self, V: Array) -> Array | None:
+        """The product as one compiled loop over in-memory batches of one shape
+        (:meth:`Backend.scan_batches`), where the adapter has one and nothing varies by
+        batch (no random layers, no processes); ``None`` otherwise."""
+        if (self._distributed or self._sharded is not None or self._seed is not None
+                or not isinstance(self._data, (list, tuple))):
+            return None
+        batches: list = []
+
+        def read() -> list:  # checked as a loop's pass checks them
+            batches.extend(self._batches())
+            return batches
+
+        total = self.backend_impl.scan_batches(self._batch_product, read, V)
+        # one shape: every batch has the first's size and weight
+        return None if total is None else total * self._weight(batches[0])
 
     def _batch_product(self, batch: Any, V: Array) -> Array:
         if self._product_eps:

@@ -454,6 +454,14 @@ class Backend:
 
         return prod
 
+    def scan_batches(self, product: Callable[[Any, Array], Array],
+                     batches: Callable[[], list], V: Array) -> Array | None:
+        """The sum of ``product(batch, V)`` over the in-memory batches ``batches()``
+        returns (checked, one structure) as one loop the framework compiles, where that
+        holds less memory than a loop of calls (JAX inside a trace: ``lax.scan``);
+        ``None``: the caller loops. Default: ``None``."""
+        return None
+
     def distributed_group(self, group: Any, params: Any = None) -> Any:
         """The group a ``distributed=True`` operator on ``params`` sums over, fixed when
         it is built (TensorFlow: the strategy in scope unless ``group`` names one; JAX:

@@ -496,24 +496,52 @@ class JaxBackend(Backend):
 
     def batch_ggn_product(self, f, loss, params):
         """One jitted ``J^T H J`` product per batch shape (see the base class), split like
-        the Hessian's."""
+        the Hessian's: a forward pass carrying the tangents ``J V`` and the loss's output
+        Hessian on them, then the forward pass whose residuals the VJP keeps, which an
+        optimization barrier orders after ``H J V`` exist (XLA would otherwise merge the
+        two forward passes and keep the outputs, their tangents and the residuals
+        alive together): a training step's buffers plus ``H J V``."""
         layout = _layout(params)
 
         @jax.jit
         def prod(p, batch, V):
             inputs, targets = batch
             to_flat, to_tree = _flat_maps(p, layout)
-            z, jvp_fn = jax.linearize(lambda q: f(q, inputs), p)
-            vjp_fn = jax.linear_transpose(jvp_fn, p)
             loss_grad = jax.grad(lambda o: jnp.sum(loss(o, targets)))
 
-            def one(v):
-                _, hz = jax.jvp(loss_grad, (z,), (jvp_fn(to_tree(v)),))
-                return to_flat(vjp_fn(hz)[0])
+            def output_hessian(v):
+                z, zt = jax.jvp(lambda q: f(q, inputs), (p,), (to_tree(v),))
+                return jax.jvp(loss_grad, (z,), (zt,))[1]
 
-            return _cols_vmap(one, V)
+            HZ, q = jax.lax.optimization_barrier((_cols_vmap(output_hessian, V), p))
+            _, vjp_fn = jax.vjp(lambda r: f(r, inputs), q)
+            return _cols_vmap(lambda hz: to_flat(vjp_fn(hz)[0]), HZ)
 
         return _with_batch_placement(prod, params)
+
+    def scan_batches(self, product, batches, V):
+        """Inside a trace, batches of one shape as one ``lax.scan`` over the stacked
+        batches: the compiled program holds one batch's buffers (a loop of traced calls
+        would unroll them, and XLA keeps the unrolled batches' buffers alive
+        together)."""
+        if not self.is_traced(V):
+            return None
+        batches = batches()
+        if len(batches) < 2:
+            return None
+        flat = [jax.tree_util.tree_flatten(b) for b in batches]
+        tree, first = flat[0][1], flat[0][0]
+        kinds = [(jnp.shape(a), jnp.result_type(a)) for a in first]
+        if any(t != tree or [(jnp.shape(a), jnp.result_type(a)) for a in leaves] != kinds
+               for leaves, t in flat):
+            return None
+        stacked = [jnp.stack(col) for col in zip(*(leaves for leaves, _ in flat))]
+        out = jax.eval_shape(lambda: product(batches[0], V))
+
+        def body(total, leaves):
+            return total + product(jax.tree_util.tree_unflatten(tree, leaves), V), None
+
+        return jax.lax.scan(body, jnp.zeros(out.shape, out.dtype), stacked)[0]
 
     def distributed_group(self, group, params=None):
         """``group`` (a ``jax.sharding.Mesh``), by default the mesh the parameters are
