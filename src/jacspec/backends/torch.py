@@ -355,11 +355,12 @@ def _loss_hessian_product(loss: Callable) -> Callable:
         if kind == "mse" and z.shape == targets.shape:
             return u * (2.0 / u.numel())
         if kind == "ce" and not targets.is_floating_point() and z.ndim >= 2:
-            p = torch.softmax(z, dim=1)
-            keep = (targets != ignore).unsqueeze(1).to(z.dtype)
-            pu = p * u
-            hu = (pu - p * pu.sum(dim=1, keepdim=True)) * keep
-            return hu / keep.sum().clamp(min=1)
+            with torch.no_grad():  # in place: a few buffers of the outputs' size
+                p = torch.softmax(z, dim=1)
+                keep = (targets != ignore).unsqueeze(1).to(z.dtype)
+                pu = p * u
+                hu = pu.sub_(p.mul_(pu.sum(dim=1, keepdim=True)))
+                return hu.mul_(keep).div_(keep.sum().clamp(min=1))
         return autodiff(z, u, targets)
 
     return closed if kind is not None else autodiff
@@ -692,23 +693,31 @@ class TorchBackend(Backend):
                                                      retain_graph=j < len(HZ) - 1), V[:, j])
                         for j, hz in enumerate(HZ)]
 
+        def output_hessian(inputs, targets, V, start):
+            """``H J v`` per column (``None`` where ``J v`` is zero); the outputs and
+            their tangents are released column by column, before the recorded pass."""
+            HZ = []
+            for j in range(V.shape[-1]):
+                z, zt = tangent(inputs, V[:, j], start)
+                HZ.append(None if zt is None else loss_hvp(z, zt, targets))
+            return HZ, z
+
         def prod(batch, V):
             if not forward_mode:
                 return base(batch, V)
             inputs, targets = batch
             try:
                 start = generator_states()
-                pairs = [tangent(inputs, V[:, j], start) for j in range(V.shape[-1])]
+                HZ, z = output_hessian(inputs, targets, V, start)
             except (RuntimeError, NotImplementedError) as err:
                 if not _missing_derivative(err):
                     raise
                 forward_mode.clear()
                 return base(batch, V)
-            z = pairs[0][0]
-            if all(zt is None for _, zt in pairs):
+            if all(hz is None for hz in HZ):
                 return torch.zeros_like(V)
-            HZ = [torch.zeros_like(z) if zt is None else loss_hvp(z, zt, targets)
-                  for _, zt in pairs]
+            HZ = [torch.zeros_like(z) if hz is None else hz for hz in HZ]
+            del z
             return torch.stack(vjps(inputs, HZ, start, V), dim=-1)
 
         return prod
