@@ -8,11 +8,12 @@ default kernel) against one training step, side by side in one run.
   loss; the central-difference HVP (``hvp="finite_difference"``) against the exact one,
   time and relative error.
 * ``transformer-memory``: the peak memory of each product over one training step's —
-  torch: the rise of peak RSS in a fresh subprocess per measurement (``--quick``: one
-  fresh subprocess, the measurements in turn), after a warm-up run of the same
-  measurement so that no side counts start-up allocations; JAX: the
-  temporary buffers of the compiled program (``compiled.memory_analysis()``) — and a
-  dataset product (several batches) over the one-batch product.
+  torch: the rise of peak RSS in a fresh subprocess per measurement, after a warm-up
+  run of the same measurement so that no side counts start-up allocations
+  (``--quick``: one fresh subprocess, the measurements in turn, warmed up on a tiny
+  decoder); JAX: the temporary buffers of the compiled program
+  (``compiled.memory_analysis()``) — and a dataset product (several batches; in JAX
+  traced, one ``lax.scan`` over the batches) over the one-batch product.
 * ``transformer-peers`` (torch): the top Hessian and GGN eigenvalues against curvlinops
   (``HessianLinearOperator``, ``GGNLinearOperator`` and ARPACK) on the same model under
   the math attention kernel, at the same tolerance; skipped when curvlinops is not
@@ -416,8 +417,9 @@ def transformer_memory_jax(quick: bool, *, size: tuple[int, ...] | None = None
         mb[name] = stats.temp_size_in_bytes / 2**20
     cfg = (f"{_describe(size, c['n'])}: temp_size_in_bytes of compiled.memory_analysis() "
            "(XLA's buffers beyond arguments and outputs) of each product as one jitted "
-           f"program (HVP and GGN through data=: {DATASET_BATCHES} batches for the dataset "
-           "rows) vs of a jitted jax.grad")
+           f"program (HVP and GGN through data=: {DATASET_BATCHES} batches of one shape "
+           "for the dataset rows, which jacspec runs as one lax.scan inside a trace; "
+           "eagerly it runs the one-batch program per batch) vs of a jitted jax.grad")
     return _memory_rows("jax", mb, "MB", cfg)
 
 
