@@ -47,6 +47,7 @@ Everything is differentiable in ``weight`` in torch, JAX and TensorFlow.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, NamedTuple
@@ -600,8 +601,8 @@ def gram_bound(weight: Array, input_size: Any = None, *, stride: Any = 1,
         st = V.pair(stride, "stride", minimum=1)
         _, _, _, circ, _ = V.conv_geometry((kh, kw), (kh + 8 * st[0], kw + 8 * st[1]), st,
                                            padding, _hint(b, layout))
-        K = gi.polyphase(b, w, (1, 1) if circ else st)
-        taps = (int(K.shape[2]), int(K.shape[3]))
+        phases = (1, 1) if circ else st
+        taps = tuple(-(-k // s) for k, s in zip((kh, kw), phases))  # polyphase's
         grid = tuple(GRID_PER_TAP * (t - 1) if t > 1 else 1 for t in taps)
         factor = gi.grid_factor(taps, grid)
     else:
@@ -617,8 +618,28 @@ def gram_bound(weight: Array, input_size: Any = None, *, stride: Any = 1,
                 N = s * -(-N // s)
             phases.append(s)
             grid.append(N // s)
-        K = gi.polyphase(b, w, tuple(phases))
-    return _gram_value(b, gi, K, tuple(grid), iterations, factor)
+    config = (tuple(phases), tuple(grid), iterations, factor)
+    return _compiled(b, ("conv.gram_bound", *config, b.has_float64()), _gram_program, b,
+                     *config)(w)
+
+
+def _compiled(b: Backend, key: tuple, fn: Any, *static: Any) -> Any:
+    """``fn(*static, *arrays)`` as a function of the arrays: one compiled program per
+    ``key`` (``static`` and the backend's dtype settings) where the backend compiles eager
+    work (``Backend.should_compile``; eager JAX otherwise compiles every operation for
+    every new shape); else ``fn`` as it is."""
+    call = functools.partial(fn, *static)
+    return b.compile(call, key) if b.should_compile(key) else call
+
+
+def _gram_program(b: Backend, phases: tuple[int, int], grid: tuple[int, int],
+                  iterations: int, factor: float, w: Array) -> Array:
+    """The Gram bound of OIHW ``w`` (see :func:`gram_bound`): of the circular conv on
+    ``grid`` of its polyphase kernel for ``phases``, times ``factor``."""
+    from . import _gram_iteration as gi
+
+    K = gi.polyphase(b, w, phases)
+    return _gram_value(b, gi, K, grid, iterations, factor)
 
 
 def _gram_value(b: Backend, gi: Any, K: Array, grid: tuple[int, int], iterations: int,
