@@ -350,7 +350,14 @@ def _dev(x: Array) -> Any:
 
 
 def _circular_values(xp: Any, w: Array, H: int, W: int, *, top_only: bool = False) -> Array:
-    """Singular values of the circular conv of OIHW ``w`` on ``H x W`` (Sedghi et al.)."""
+    """Singular values of the circular conv of OIHW ``w`` on ``H x W`` (Sedghi et al.),
+    one compiled program per grid where the backend compiles eager work."""
+    b = infer_backend(w)
+    return _compiled(b, ("conv.circular_values", H, W, top_only), _circular_program, xp, H,
+                     W, top_only)(w)
+
+
+def _circular_program(xp: Any, H: int, W: int, top_only: bool, w: Array) -> Array:
     F = xp.fft.rfft2(_pad_kernel(xp, w, H, W))  # (co, ci, H, W//2 + 1)
     P = xp.permute_dims(F, (2, 3, 0, 1))  # one c_out x c_in matrix per frequency
     sv = xp.linalg.svdvals(P)  # (H, W//2 + 1, min(co, ci)), real
@@ -439,39 +446,63 @@ class ConvOperator(LinearOperator):
             "conv", tuple(self.weight.shape), self.backend_impl.dtype_name(self.dtype),
             self.input_hw, self.output_hw, self.stride, self.pads, self.circular))
 
-    def _images(self, V: Array, c: int, hw: tuple[int, int]) -> Array:
-        xp, k = self.xp, int(V.shape[-1])
-        if self.channels_last:
-            return xp.permute_dims(xp.reshape(V, (hw[0], hw[1], c, k)), (3, 2, 0, 1))
-        return xp.permute_dims(xp.reshape(V, (c, hw[0], hw[1], k)), (3, 0, 1, 2))
-
-    def _columns(self, X: Array) -> Array:
-        xp, k = self.xp, int(X.shape[0])
-        perm = (2, 3, 1, 0) if self.channels_last else (1, 2, 3, 0)
-        return xp.reshape(xp.permute_dims(X, perm), (-1, k))
-
     def _mm(self, V, *, adjoint=False, grad=False):
-        b, xp = self.backend_impl, self.xp
+        b = self.backend_impl
         w = self.weight if grad else b.stop_gradient(self.weight)
-        co, ci = int(w.shape[0]), int(w.shape[1])
-        zero = ((0, 0), (0, 0))
-        (pt, pb), (pl, pr) = self.pads
-        H, W = self.input_hw
-        if not adjoint:
-            X = self._images(V, ci, self.input_hw)
-            if self.circular:
-                Y = b.conv2d(_circ_pad(xp, X, self.pads), w, stride=self.stride, pads=zero)
-            else:
-                Y = b.conv2d(X, w, stride=self.stride, pads=self.pads)
-            return self._columns(Y)
-        Y = self._images(V, co, self.output_hw)
-        if self.circular:
-            Z = b.conv2d_adjoint(Y, w, stride=self.stride, pads=zero,
-                                 input_hw=(H + pt + pb, W + pl + pr))
-            X = _circ_pad_adjoint(xp, Z, self.pads, H, W)
+        geo = _Geometry(self.channels_last, self.input_hw, self.output_hw, self.stride,
+                        self.pads, self.circular)
+        return _compiled(b, ("conv.products", geo, adjoint), _conv_products, b, geo,
+                         adjoint)(w, V)
+
+
+class _Geometry(NamedTuple):
+    """What a conv operator's products read besides the kernel and the vectors."""
+
+    channels_last: bool
+    input_hw: tuple[int, int]
+    output_hw: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple
+    circular: bool
+
+
+def _images(xp: Any, geo: _Geometry, V: Array, c: int, hw: tuple[int, int]) -> Array:
+    """The columns of ``V`` ``(n, k)`` as ``k`` NCHW images."""
+    k = int(V.shape[-1])
+    if geo.channels_last:
+        return xp.permute_dims(xp.reshape(V, (hw[0], hw[1], c, k)), (3, 2, 0, 1))
+    return xp.permute_dims(xp.reshape(V, (c, hw[0], hw[1], k)), (3, 0, 1, 2))
+
+
+def _columns(xp: Any, geo: _Geometry, X: Array) -> Array:
+    """NCHW images as the columns of an ``(n, k)`` array (:func:`_images` undone)."""
+    k = int(X.shape[0])
+    perm = (2, 3, 1, 0) if geo.channels_last else (1, 2, 3, 0)
+    return xp.reshape(xp.permute_dims(X, perm), (-1, k))
+
+
+def _conv_products(b: Backend, geo: _Geometry, adjoint: bool, w: Array, V: Array) -> Array:
+    """The conv of OIHW ``w`` (``adjoint``: its adjoint) on the columns of ``V``."""
+    xp = b.xp
+    co, ci = int(w.shape[0]), int(w.shape[1])
+    zero = ((0, 0), (0, 0))
+    (pt, pb), (pl, pr) = geo.pads
+    H, W = geo.input_hw
+    if not adjoint:
+        X = _images(xp, geo, V, ci, geo.input_hw)
+        if geo.circular:
+            Y = b.conv2d(_circ_pad(xp, X, geo.pads), w, stride=geo.stride, pads=zero)
         else:
-            X = b.conv2d_adjoint(Y, w, stride=self.stride, pads=self.pads, input_hw=(H, W))
-        return self._columns(X)
+            Y = b.conv2d(X, w, stride=geo.stride, pads=geo.pads)
+        return _columns(xp, geo, Y)
+    Y = _images(xp, geo, V, co, geo.output_hw)
+    if geo.circular:
+        Z = b.conv2d_adjoint(Y, w, stride=geo.stride, pads=zero,
+                             input_hw=(H + pt + pb, W + pl + pr))
+        X = _circ_pad_adjoint(xp, Z, geo.pads, H, W)
+    else:
+        X = b.conv2d_adjoint(Y, w, stride=geo.stride, pads=geo.pads, input_hw=(H, W))
+    return _columns(xp, geo, X)
 
 
 def _make_operator(b: Backend, w: Array, input_size: Any, stride: Any, padding: Any,
