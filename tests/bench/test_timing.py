@@ -13,16 +13,19 @@ PROBE = "jacspec.bench.memory_probe"
 
 def test_run_fresh_forks_from_a_server():
     """A forked child runs the module as ``__main__`` with its arguments; the server
-    answers again; a failing child's error reaches the caller."""
+    answers again; a failing child's error reaches the caller. With torch imported here,
+    the server preloads torch and jacspec (the server the memory rows use)."""
     pytest.importorskip("torch")
-    out = timing.run_fresh(PROBE, ["forward_backward", 16, 8, 1], preload=("torch",))
+    cpu = timing.fresh_cpu_seconds()
+    out = timing.run_fresh(PROBE, ["forward_backward", 16, 8, 1])
     assert out["mode"] == "forward_backward" and out["peak_mb"] >= 0
-    server = timing._ForkServer._servers[("torch",)]
-    out = timing.run_fresh(PROBE, ["native_hvp", 16, 8, 1], preload=("torch",))
+    server = timing._ForkServer._servers[("torch", "jacspec")]
+    out = timing.run_fresh(PROBE, ["native_hvp", 16, 8, 1])
     assert out["mode"] == "native_hvp"
-    assert timing._ForkServer._servers[("torch",)] is server  # one server, reused
+    assert timing._ForkServer._servers[("torch", "jacspec")] is server  # reused
+    assert timing.fresh_cpu_seconds() > cpu  # the children's CPU time is counted
     with pytest.raises(RuntimeError, match="ValueError"):  # "x" is no width
-        timing.run_fresh(PROBE, ["dataset", "x", 8, 1], preload=("torch",))
+        timing.run_fresh(PROBE, ["dataset", "x", 8, 1])
 
 
 def test_run_fresh_timeout_ends_the_server():
