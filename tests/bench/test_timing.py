@@ -9,23 +9,24 @@ import pytest
 from jacspec.bench import timing
 
 PROBE = "jacspec.bench.memory_probe"
+PRELOAD = ("torch", "jacspec")
 
 
 def test_run_fresh_forks_from_a_server():
     """A forked child runs the module as ``__main__`` with its arguments; the server
-    answers again; a failing child's error reaches the caller. With torch imported here,
-    the server preloads torch and jacspec (the server the memory rows use)."""
+    answers again; a failing child's error reaches the caller. The server preloads
+    torch and jacspec, as for the memory rows (one server for both)."""
     pytest.importorskip("torch")
     cpu = timing.fresh_cpu_seconds()
-    out = timing.run_fresh(PROBE, ["forward_backward", 16, 8, 1])
+    out = timing.run_fresh(PROBE, ["forward_backward", 16, 8, 1], preload=PRELOAD)
     assert out["mode"] == "forward_backward" and out["peak_mb"] >= 0
-    server = timing._ForkServer._servers[("torch", "jacspec")]
-    out = timing.run_fresh(PROBE, ["native_hvp", 16, 8, 1])
+    server = timing._ForkServer._servers[PRELOAD]
+    out = timing.run_fresh(PROBE, ["native_hvp", 16, 8, 1], preload=PRELOAD)
     assert out["mode"] == "native_hvp"
-    assert timing._ForkServer._servers[("torch", "jacspec")] is server  # reused
+    assert timing._ForkServer._servers[PRELOAD] is server  # reused
     assert timing.fresh_cpu_seconds() > cpu  # the children's CPU time is counted
     with pytest.raises(RuntimeError, match="ValueError"):  # "x" is no width
-        timing.run_fresh(PROBE, ["dataset", "x", 8, 1])
+        timing.run_fresh(PROBE, ["dataset", "x", 8, 1], preload=PRELOAD)
 
 
 def test_run_fresh_timeout_ends_the_server():

@@ -118,18 +118,17 @@ _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def run_fresh(module: str, args: Sequence[str] = (), *, timeout: float = 300,
-              preload: Sequence[str] | None = None) -> dict:
+              preload: Sequence[str] = ()) -> dict:
     """Run ``python -m module *args`` in a fresh process and return the JSON object it
     prints last. The child reads its own peak memory with :func:`reset_peak_rss` and
     :func:`peak_rss_mb`; glibc's mmap threshold is fixed in it.
 
-    The process is forked from a server that imported ``preload`` once (default: torch
-    and jacspec where this process imported torch, else nothing): importing torch takes
-    seconds of CPU, and a row of several fresh measurements would pay it every time. The
-    child starts as a fresh process after those imports would: nothing run, nothing
-    allocated but the modules. ``preload=()`` starts a new interpreter instead."""
-    if preload is None:
-        preload = ("torch", "jacspec") if "torch" in sys.modules else ()
+    ``preload`` (e.g. ``("torch", "jacspec")``): fork the process from a server that
+    imported these modules once, instead of starting a new interpreter: importing torch
+    takes seconds of CPU, and a row of several fresh measurements would pay it each
+    time. The child starts as a fresh process does after those imports: nothing run,
+    nothing allocated but the modules. JAX and TensorFlow do not support a fork after
+    their import: leave them out."""
     if not preload:
         out = subprocess.run([sys.executable, "-m", module, *map(str, args)],
                              capture_output=True, text=True, timeout=timeout,
