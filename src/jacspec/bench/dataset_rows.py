@@ -164,8 +164,8 @@ def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
 # ---------------------------------------------------------------------------- memory
 
 def _peak_mb(mode: str, width: int, bsize: int, nbatch: int) -> float:
-    return float(run_fresh("jacspec.bench.memory_probe",
-                           [mode, width, bsize, nbatch])["peak_mb"])
+    return float(run_fresh("jacspec.bench.memory_probe", [mode, width, bsize, nbatch],
+                           preload=("torch", "jacspec"))["peak_mb"])
 
 
 @register("dataset-memory", "torch", target="<= 1.2")
@@ -174,7 +174,7 @@ def dataset_memory_torch(quick: bool, *, shape: tuple[int, int, int] | None = No
     """Peak RSS rise of one dataset product vs one batch's forward+backward, and vs one
     batch's hand-written double-backward HVP. ``shape``: (width, batch size, number of
     batches), to shrink the problem (tests)."""
-    width, bsize, nbatch = shape or ((1024, 1024, 4) if quick else (2048, 2048, 8))
+    width, bsize, nbatch = shape or ((512, 512, 4) if quick else (2048, 2048, 8))
     mb = {mode: _peak_mb(mode, width, bsize, nbatch)
           for mode in ("forward_backward", "native_hvp", "one_batch", "dataset")}
     ds = mb["dataset"]
@@ -205,11 +205,13 @@ def dataset_memory_torch(quick: bool, *, shape: tuple[int, int, int] | None = No
 def dataset_density_torch(quick: bool, *, sizes: list[int] = SIZES,
                           nsamples: int | None = None) -> list[Row]:
     """The cost of one probe-step of ``js.spectral_density`` on the dataset Hessian vs
-    one dataset HVP (``H @ v``)."""
+    one dataset HVP (``H @ v``); ``quick``: the first 512 digits (4 batches)."""
     import torch
 
     import jacspec as js
 
+    if nsamples is None and quick:
+        nsamples = 512
     model, batches = _problem(torch, torch.float32, True, sizes, nsamples)
     params = {k: v.detach() for k, v in model.named_parameters()}
     H = js.hessian(_batch_loss(torch, model), params, data=batches)

@@ -38,13 +38,14 @@ def load_torch(quick: bool) -> list[Row]:
     from .models_torch import design_mlp
 
     reps = 3 if quick else 7
+    demo_reps = 2 if quick else 7  # seconds a run: the ratio holds from two rounds
 
     def spectral_run() -> list:
         return demo.run("torch", quick=True, penalties={"spectral": 0.01}, plot=False,
                         progress=False, stream=io.StringIO())
 
     # the spectral run's own seconds (a plain run comes first)
-    t_demo = loaded_times(spectral_run, reps, seconds=lambda res: res[-1].seconds)
+    t_demo = loaded_times(spectral_run, demo_reps, seconds=lambda res: res[-1].seconds)
     net, Xte, _ = design_mlp(torch.float32)
     xb = Xte[:128]
     t_solve = loaded_times(lambda: js.svds(js.jacobian(net, xb, batched=True),
@@ -54,7 +55,7 @@ def load_torch(quick: bool) -> list[Row]:
              "jacspec.demo.run('torch', quick=True, penalties={'spectral': 0.01}): the "
              "spectral run's seconds (30 Adam steps with js.penalties.spectral on 200 "
              "digits, then js.slope at 400 test points and 100 between them) on the "
-             f"demo's thread setting; {reps} rounds, quiet and loaded in turn"),
+             f"demo's thread setting; {demo_reps} rounds, quiet and loaded in turn"),
         _row("per-sample Lanczos solve", t_solve,
              "js.svds(js.jacobian(trained MLP 64-256-256-10, 128 digits, batched=True), "
              f"method='lanczos', tol=1e-4), torch on {torch.get_num_threads()} intra-op "
