@@ -11,16 +11,11 @@ evaluated with the dense reference on the probes the processes drew (each proces
 its own part of a probe). Every Krylov vector a process holds has the size of its
 shards, and the model's parameters and ``.grad`` are as they were. Writes
 ``fsdp.npz`` (rank 0) into the directory given as the first argument.
-
-A second argument names a script that then runs in the same processes as its own
-``__main__`` (the docs' FSDP script: it sets up and tears down its own process group),
-sparing a second launch.
 """
 
 from __future__ import annotations
 
 import copy
-import runpy
 import sys
 from pathlib import Path
 
@@ -183,5 +178,3 @@ def _reference(model, data, gathered, v) -> dict:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
-    if len(sys.argv) > 2:
-        runpy.run_path(sys.argv[2], run_name="__main__")

@@ -1,7 +1,6 @@
 """Dataset operators on parameters sharded by torch FSDP2 (backends/_torch_distributed.py):
 two processes under torchrun (gloo, CPU) against the single-process operators, and the
-docs' runnable script as written, run by the same two processes afterwards (one launch:
-starting the processes costs more than the tiny products)."""
+docs' runnable script as written."""
 
 from __future__ import annotations
 
@@ -18,20 +17,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _torchrun(script: Path, *args: str) -> str:
+    # the timeout guards against a hang; on a 2-core machine shared by several busy
+    # processes a normal run takes minutes
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), *args], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+         str(script), *args], env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_equal_one_and_docs_script_runs(tmp_path):
+def test_fsdp_two_processes_equal_one(tmp_path):
     pytest.importorskip("torch")
-    script = tmp_path / "hessian_fsdp.py"
-    script.write_text(_docs_script())
-    stdout = _torchrun(ROOT / "tests" / "_distributed_torch_fsdp.py", str(tmp_path), str(script))
+    _torchrun(ROOT / "tests" / "_distributed_torch_fsdp.py", str(tmp_path))
     out = np.load(tmp_path / "fsdp.npz")
     # finite differences of float64 gradients: ~1e-9 relative
     close = dict(rtol=1e-6, atol=1e-8)
@@ -46,11 +45,6 @@ def test_fsdp_two_processes_equal_one_and_docs_script_runs(tmp_path):
     # the eigenvectors the ranks hold, joined: orthonormal eigenvectors of the reference
     np.testing.assert_allclose(out["orthonormal"], np.eye(2), atol=1e-8)
     assert np.all(out["residual"] <= 1e-5 * abs(out["ref_top_h"][0]))
-    # the docs' script as written: the two processes share stdout, so their lines may
-    # run together
-    lines = sorted(re.findall(r"rank (\d): [^\n]*?top eigenvalues (\[[^\]]*\])", stdout))
-    assert [rank for rank, _ in lines] == ["0", "1"], stdout
-    assert lines[0][1] == lines[1][1], lines  # the same operator on both ranks
 
 
 def _docs_script() -> str:
@@ -58,3 +52,15 @@ def _docs_script() -> str:
     block = re.search(r"Save this as `hessian_fsdp.py`.*?```python\n(.*?)```", text, re.S)
     assert block is not None
     return block.group(1)
+
+
+@pytest.mark.slow
+def test_docs_fsdp_script_runs_as_written(tmp_path):
+    pytest.importorskip("torch")
+    script = tmp_path / "hessian_fsdp.py"
+    script.write_text(_docs_script())
+    out = _torchrun(script)
+    # the two processes share stdout: their lines may run together
+    lines = sorted(re.findall(r"rank (\d): [^\n]*?top eigenvalues (\[[^\]]*\])", out))
+    assert [rank for rank, _ in lines] == ["0", "1"], out
+    assert lines[0][1] == lines[1][1], lines  # the same operator on both ranks
