@@ -235,9 +235,12 @@ def transformer_memory_torch(quick: bool, *, size: tuple[int, ...] | None = None
     size = size or (MEMORY_QUICK if quick else MEMORY_FULL)
     arg = _csv(size)
     if quick:  # warmed up on the tiny decoder
-        mb = run_fresh(__name__, [",".join(MEMORY_MODES), arg, _csv(TINY)])["peak_mb"]
+        mb = run_fresh(__name__, [",".join(MEMORY_MODES), arg, _csv(TINY)],
+                       timeout=900)["peak_mb"]
     else:  # warmed up by the same measurement
-        mb = {m: run_fresh(__name__, [m, arg, arg])["peak_mb"][m] for m in MEMORY_MODES}
+        # minutes each on a loaded 2-core machine
+        mb = {m: run_fresh(__name__, [m, arg, arg], timeout=1200)["peak_mb"][m]
+              for m in MEMORY_MODES}
     n = _torch_case(size)["n"]
     where = ("one fresh subprocess, the modes in turn after a warm-up run of each on a "
              "tiny decoder" if quick else "a fresh subprocess each, after one warm-up "
