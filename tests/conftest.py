@@ -16,8 +16,8 @@
   set to the worker's share of the cores unless the caller set it.
 - ``HYPOTHESIS_PROFILE``: ``ci`` (default: 15 examples, derandomized, no deadline) or
   ``dev`` (50 random examples).
-- ``@pytest.mark.slow`` tests run first, so that none of them is left for last on one
-  xdist worker while the other has finished.
+- ``@pytest.mark.slow`` tests run first, spread over the xdist workers, so that none of
+  them is left for last on one worker while the other has finished.
 - ``@pytest.mark.gpu``: skipped unless the backend under test (or, for tests without a
   ``backend`` parameter, any installed framework) sees a GPU.
 
@@ -116,9 +116,36 @@ def _enable_jax_x64() -> None:
 
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture parameters
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` first: the xdist workers share the queue, and a long test
-    taken last would leave the other worker idle until it ends."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Tests marked ``slow`` first, on every xdist worker.
+
+    ``--dist worksteal`` hands each of the N workers one contiguous 1/N of the
+    collection to start with, and an idle worker steals from the *end* of a busy one's
+    queue. So the slow tests are dealt round-robin to the N parts and each part starts
+    with its own: they all start at once, and what is left to steal at the end is fast.
+    (Slow tests all in the first part would run one after another on one worker.)
+    """
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    fast = [item for item in items if item.get_closest_marker("slow") is None]
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    items[:] = _deal_slow_first(slow, fast, workers)
+
+
+def _deal_slow_first(slow: list, fast: list, parts: int) -> list:
+    """``slow + fast`` reordered so that each of the ``parts`` contiguous parts that
+    pytest-xdist's worksteal scheduler makes (the i-th of the k still unserved takes
+    ``len(rest) // k`` of the rest) starts with every ``parts``-th slow test."""
+    if parts <= 1:
+        return slow + fast
+    order: list = []
+    rest = len(slow) + len(fast)
+    for i in range(parts):
+        size = rest // (parts - i)
+        mine = slow[i::parts]
+        take = max(0, size - len(mine))
+        order += mine + fast[:take]
+        fast = fast[take:]
+        rest -= size
+    return order + fast
 
 
 def pytest_configure(config: pytest.Config) -> None:

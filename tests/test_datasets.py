@@ -212,6 +212,7 @@ def _run(cmd: list[str], env: dict) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path):
     pytest.importorskip("torch")
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

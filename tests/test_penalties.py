@@ -366,6 +366,7 @@ def test_keras_custom_train_step(autodiff_backend):
 # -------------------------------------------------------------------- short training
 
 
+@pytest.mark.slow  # four short training runs
 def test_training_with_penalty_lowers_jacobian_norm(autodiff_backend):
     """Each penalty lowers the mean test-set Jacobian spectral norm (seeded, tiny run)."""
     from jacspec import demo

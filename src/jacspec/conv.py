@@ -47,6 +47,7 @@ Everything is differentiable in ``weight`` in torch, JAX and TensorFlow.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, NamedTuple
@@ -120,21 +121,23 @@ class _Norm(NamedTuple):
     certified: bool
 
 
-def _reshapes(xp: Any, w: Array) -> list[Array | int]:
-    """R, S, T, U; a reshape equal to an earlier one (size-1 kernel axes) is its index."""
-    co, ci, h, wd = (int(s) for s in w.shape)
-    plans = [((0, 2, 1, 3), (co * h, ci * wd)), ((0, 3, 1, 2), (co * wd, ci * h)),
-             ((0, 1, 2, 3), (co, ci * h * wd)), ((0, 2, 3, 1), (co * h * wd, ci))]
-    out: list[Array | int] = []
-    keys: list[tuple] = []
-    for perm, shape in plans:
-        key = (tuple(p for p in perm if w.shape[p] > 1), shape)
-        if key in keys:
-            out.append(keys.index(key))
-        else:
-            out.append(xp.reshape(xp.permute_dims(w, perm), shape))
-        keys.append(key)
-    return out
+def _reshape_plans(shape: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, int]]]:
+    """The permutation and matrix shape of R, S, T, U for an OIHW kernel of ``shape``."""
+    co, ci, h, wd = (int(s) for s in shape)
+    return [((0, 2, 1, 3), (co * h, ci * wd)), ((0, 3, 1, 2), (co * wd, ci * h)),
+            ((0, 1, 2, 3), (co, ci * h * wd)), ((0, 2, 3, 1), (co * h * wd, ci))]
+
+
+def _reshape_sources(shape: tuple[int, ...]) -> list[int]:
+    """For each of R, S, T, U, the first of them equal to it (size-1 kernel axes)."""
+    keys = [(tuple(p for p in perm if shape[p] > 1), sh) for perm, sh in _reshape_plans(shape)]
+    return [keys.index(key) for key in keys]
+
+
+def _reshapes(xp: Any, w: Array) -> tuple[Array, ...]:
+    """R, S, T, U (see :func:`_reshape_sources` for those equal to another)."""
+    return tuple(xp.reshape(xp.permute_dims(w, perm), shape)
+                 for perm, shape in _reshape_plans(tuple(w.shape)))
 
 
 #: Gram matrices are built from column blocks of this width, the upper blocks only.
@@ -163,19 +166,36 @@ def _pair_from(b: Backend, M: Array, x: Array, lam: float, cols: bool,
     """The norm ``sqrt(lam)`` of ``M`` (or ``value``) with the vector ``x`` of its small
     Gram matrix (the right singular vector when ``cols``, else the left one) and its
     partner."""
-    xp = b.xp
-    y = xp.matmul(M, x) if cols else xp.matmul(xp.matrix_transpose(M), x)
-    y = y / max(math.sqrt(lam), float(np.finfo(b.dtype_name(M.dtype)).tiny))
+    div = max(math.sqrt(lam), float(np.finfo(b.dtype_name(M.dtype)).tiny))
+    y = _compiled(b, ("conv.partner", cols), _partner, b.xp, cols)(
+        M, x, _scalar(b, div, M))
     left, right = (y, x) if cols else (x, y)
     return _Norm(math.sqrt(lam) if value is None else value, left, right, certified)
+
+
+def _partner(xp: Any, cols: bool, M: Array, x: Array, div: Array) -> Array:
+    """``M x / div`` (``cols``), else ``M^T x / div``."""
+    return (xp.matmul(M, x) if cols else xp.matmul(xp.matrix_transpose(M), x)) / div
+
+
+def _scalar(b: Backend, value: float, like: Array) -> Array:
+    """``value`` as a 0-d array of ``like``'s dtype and device (an argument of a compiled
+    program, where a Python float would be a constant compiled into it)."""
+    return b.from_numpy(np.asarray(value), dtype=like.dtype, device=b.device(like))
 
 
 def _dense_norm(b: Backend, M: Array) -> _Norm:
     """An estimate of ``||M||`` from ``eigh`` of its small Gram matrix (exact up to
     rounding, not certified)."""
-    G, cols = _gram(b.xp, M)
-    lam, vecs = b.xp.linalg.eigh(G)
-    return _pair_from(b, M, vecs[:, -1:], max(b.to_float(lam[-1]), 0.0), cols, False)
+    cols = int(M.shape[1]) <= int(M.shape[0])
+    lam, x = _compiled(b, ("conv.top_gram_pair",), _top_gram_pair, b.xp)(M)
+    return _pair_from(b, M, x, max(b.to_float(lam), 0.0), cols, False)
+
+
+def _top_gram_pair(xp: Any, M: Array) -> tuple[Array, Array]:
+    """The top eigenpair of ``M``'s small Gram matrix: ``(lam, x (k, 1))``."""
+    lam, vecs = xp.linalg.eigh(_gram(xp, M)[0])
+    return lam[-1], vecs[:, -1:]
 
 
 #: Reshapes whose smaller side is at most this are estimated from ``eigh`` of their Gram
@@ -240,8 +260,16 @@ def _envelope(b: Backend, M: Array, norm: _Norm, factor: float = 1.0,
     value = times_pow2(factor * norm.value * (1 + 4 * UNIT["float64"]), e)
     if norm.certified:
         value = round_up(value, b.dtype_name(M.dtype))
-    Mtu = b.xp.matmul(b.xp.matrix_transpose(M), norm.left)[:, 0]
-    return envelope(b, factor * Mtu, norm.right[:, 0], value)
+    return _compiled(b, ("conv.envelope", factor), _envelope_value, b, factor)(
+        M, norm.left, norm.right, _scalar(b, value, M))
+
+
+def _envelope_value(b: Backend, factor: float, M: Array, left: Array, right: Array,
+                    value: Array) -> Array:
+    from .solvers.svd import envelope
+
+    Mtu = b.xp.matmul(b.xp.matrix_transpose(M), left)[:, 0]
+    return envelope(b, factor * Mtu, right[:, 0], value)
 
 
 #: Residual tolerance of the first, rough Lanczos estimates of the four norms.
@@ -252,20 +280,20 @@ def _oihw_fantastic_four(b: Backend, w: Array, tol: float | None) -> ConvBounds:
     xp = b.xp
     h, wd = int(w.shape[2]), int(w.shape[3])
     scale = math.sqrt(h * wd)
-    mats = _reshapes(xp, w)
+    src = _reshape_sources(tuple(w.shape))
     # The four exact norms by default; under a trace too, where which reshape to certify
     # would be a data-dependent choice.
     if tol is None or b.is_traced(w):
-        r, s, t, u = (_top_singular_value(xp, M if not isinstance(M, int) else mats[M])
-                      for M in mats)
-        return ConvBounds(scale * xp.min(xp.stack([r, s, t, u])), r, s, t, u)
-    src = [m if isinstance(m, int) else j for j, m in enumerate(mats)]
+        return ConvBounds(*_compiled(b, ("conv.exact_four", tuple(src), scale), _exact_four,
+                                     xp, src, scale)(w))
+    reshapes = _compiled(b, ("conv.reshapes",), _reshapes, xp)
+    mats = reshapes(w)
     mats = [mats[j] for j in src]
     with b.no_grad():
         # Norms of the kernel rescaled by an exact power of two (entries of modulus < 1):
         # no Gram matrix over- or underflows at any weight scale.
         e, ws = _rescaled(b, b.stop_gradient(w))
-        fixed = _reshapes(xp, ws)
+        fixed = reshapes(ws)
         fixed = [fixed[j] for j in src]
         if len(set(src)) == 1:  # a 1x1 kernel: one matrix, nothing to compare
             norms = {0: _certify(b, fixed[0], None, tol)}
@@ -288,6 +316,13 @@ def _oihw_fantastic_four(b: Backend, w: Array, tol: float | None) -> ConvBounds:
     r, s, t, u = (_envelope(b, M, norms[i], e=e) for M, i in zip(mats, src))
     bound = _envelope(b, mats[src.index(best)], norms[best], factor=scale, e=e)
     return ConvBounds(bound, r, s, t, u)
+
+
+def _exact_four(xp: Any, src: list[int], scale: float, w: Array) -> tuple[Array, ...]:
+    """``(bound, r, s, t, u)`` from the exact norms of the four reshapes."""
+    mats = _reshapes(xp, w)
+    norms = [_top_singular_value(xp, mats[j]) for j in src]
+    return (scale * xp.min(xp.stack(norms)), *norms)
 
 
 def _rescaled(b: Backend, w: Array) -> tuple[int, Array]:
@@ -315,7 +350,14 @@ def _dev(x: Array) -> Any:
 
 
 def _circular_values(xp: Any, w: Array, H: int, W: int, *, top_only: bool = False) -> Array:
-    """Singular values of the circular conv of OIHW ``w`` on ``H x W`` (Sedghi et al.)."""
+    """Singular values of the circular conv of OIHW ``w`` on ``H x W`` (Sedghi et al.),
+    one compiled program per grid where the backend compiles eager work."""
+    b = infer_backend(w)
+    return _compiled(b, ("conv.circular_values", H, W, top_only), _circular_program, xp, H,
+                     W, top_only)(w)
+
+
+def _circular_program(xp: Any, H: int, W: int, top_only: bool, w: Array) -> Array:
     F = xp.fft.rfft2(_pad_kernel(xp, w, H, W))  # (co, ci, H, W//2 + 1)
     P = xp.permute_dims(F, (2, 3, 0, 1))  # one c_out x c_in matrix per frequency
     sv = xp.linalg.svdvals(P)  # (H, W//2 + 1, min(co, ci)), real
@@ -404,39 +446,63 @@ class ConvOperator(LinearOperator):
             "conv", tuple(self.weight.shape), self.backend_impl.dtype_name(self.dtype),
             self.input_hw, self.output_hw, self.stride, self.pads, self.circular))
 
-    def _images(self, V: Array, c: int, hw: tuple[int, int]) -> Array:
-        xp, k = self.xp, int(V.shape[-1])
-        if self.channels_last:
-            return xp.permute_dims(xp.reshape(V, (hw[0], hw[1], c, k)), (3, 2, 0, 1))
-        return xp.permute_dims(xp.reshape(V, (c, hw[0], hw[1], k)), (3, 0, 1, 2))
-
-    def _columns(self, X: Array) -> Array:
-        xp, k = self.xp, int(X.shape[0])
-        perm = (2, 3, 1, 0) if self.channels_last else (1, 2, 3, 0)
-        return xp.reshape(xp.permute_dims(X, perm), (-1, k))
-
     def _mm(self, V, *, adjoint=False, grad=False):
-        b, xp = self.backend_impl, self.xp
+        b = self.backend_impl
         w = self.weight if grad else b.stop_gradient(self.weight)
-        co, ci = int(w.shape[0]), int(w.shape[1])
-        zero = ((0, 0), (0, 0))
-        (pt, pb), (pl, pr) = self.pads
-        H, W = self.input_hw
-        if not adjoint:
-            X = self._images(V, ci, self.input_hw)
-            if self.circular:
-                Y = b.conv2d(_circ_pad(xp, X, self.pads), w, stride=self.stride, pads=zero)
-            else:
-                Y = b.conv2d(X, w, stride=self.stride, pads=self.pads)
-            return self._columns(Y)
-        Y = self._images(V, co, self.output_hw)
-        if self.circular:
-            Z = b.conv2d_adjoint(Y, w, stride=self.stride, pads=zero,
-                                 input_hw=(H + pt + pb, W + pl + pr))
-            X = _circ_pad_adjoint(xp, Z, self.pads, H, W)
+        geo = _Geometry(self.channels_last, self.input_hw, self.output_hw, self.stride,
+                        self.pads, self.circular)
+        return _compiled(b, ("conv.products", geo, adjoint), _conv_products, b, geo,
+                         adjoint)(w, V)
+
+
+class _Geometry(NamedTuple):
+    """What a conv operator's products read besides the kernel and the vectors."""
+
+    channels_last: bool
+    input_hw: tuple[int, int]
+    output_hw: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple
+    circular: bool
+
+
+def _images(xp: Any, geo: _Geometry, V: Array, c: int, hw: tuple[int, int]) -> Array:
+    """The columns of ``V`` ``(n, k)`` as ``k`` NCHW images."""
+    k = int(V.shape[-1])
+    if geo.channels_last:
+        return xp.permute_dims(xp.reshape(V, (hw[0], hw[1], c, k)), (3, 2, 0, 1))
+    return xp.permute_dims(xp.reshape(V, (c, hw[0], hw[1], k)), (3, 0, 1, 2))
+
+
+def _columns(xp: Any, geo: _Geometry, X: Array) -> Array:
+    """NCHW images as the columns of an ``(n, k)`` array (:func:`_images` undone)."""
+    k = int(X.shape[0])
+    perm = (2, 3, 1, 0) if geo.channels_last else (1, 2, 3, 0)
+    return xp.reshape(xp.permute_dims(X, perm), (-1, k))
+
+
+def _conv_products(b: Backend, geo: _Geometry, adjoint: bool, w: Array, V: Array) -> Array:
+    """The conv of OIHW ``w`` (``adjoint``: its adjoint) on the columns of ``V``."""
+    xp = b.xp
+    co, ci = int(w.shape[0]), int(w.shape[1])
+    zero = ((0, 0), (0, 0))
+    (pt, pb), (pl, pr) = geo.pads
+    H, W = geo.input_hw
+    if not adjoint:
+        X = _images(xp, geo, V, ci, geo.input_hw)
+        if geo.circular:
+            Y = b.conv2d(_circ_pad(xp, X, geo.pads), w, stride=geo.stride, pads=zero)
         else:
-            X = b.conv2d_adjoint(Y, w, stride=self.stride, pads=self.pads, input_hw=(H, W))
-        return self._columns(X)
+            Y = b.conv2d(X, w, stride=geo.stride, pads=geo.pads)
+        return _columns(xp, geo, Y)
+    Y = _images(xp, geo, V, co, geo.output_hw)
+    if geo.circular:
+        Z = b.conv2d_adjoint(Y, w, stride=geo.stride, pads=zero,
+                             input_hw=(H + pt + pb, W + pl + pr))
+        X = _circ_pad_adjoint(xp, Z, geo.pads, H, W)
+    else:
+        X = b.conv2d_adjoint(Y, w, stride=geo.stride, pads=geo.pads, input_hw=(H, W))
+    return _columns(xp, geo, X)
 
 
 def _make_operator(b: Backend, w: Array, input_size: Any, stride: Any, padding: Any,
@@ -600,8 +666,8 @@ def gram_bound(weight: Array, input_size: Any = None, *, stride: Any = 1,
         st = V.pair(stride, "stride", minimum=1)
         _, _, _, circ, _ = V.conv_geometry((kh, kw), (kh + 8 * st[0], kw + 8 * st[1]), st,
                                            padding, _hint(b, layout))
-        K = gi.polyphase(b, w, (1, 1) if circ else st)
-        taps = (int(K.shape[2]), int(K.shape[3]))
+        phases = (1, 1) if circ else st
+        taps = tuple(-(-k // s) for k, s in zip((kh, kw), phases))  # polyphase's
         grid = tuple(GRID_PER_TAP * (t - 1) if t > 1 else 1 for t in taps)
         factor = gi.grid_factor(taps, grid)
     else:
@@ -617,8 +683,28 @@ def gram_bound(weight: Array, input_size: Any = None, *, stride: Any = 1,
                 N = s * -(-N // s)
             phases.append(s)
             grid.append(N // s)
-        K = gi.polyphase(b, w, tuple(phases))
-    return _gram_value(b, gi, K, tuple(grid), iterations, factor)
+    config = (tuple(phases), tuple(grid), iterations, factor)
+    return _compiled(b, ("conv.gram_bound", *config, b.has_float64()), _gram_program, b,
+                     *config)(w)
+
+
+def _compiled(b: Backend, key: tuple, fn: Any, *static: Any) -> Any:
+    """``fn(*static, *arrays)`` as a function of the arrays: one compiled program per
+    ``key`` (``static`` and the backend's dtype settings) where the backend compiles eager
+    work (``Backend.should_compile``; eager JAX otherwise compiles every operation for
+    every new shape); else ``fn`` as it is."""
+    call = functools.partial(fn, *static)
+    return b.compile(call, key) if b.should_compile(key) else call
+
+
+def _gram_program(b: Backend, phases: tuple[int, int], grid: tuple[int, int],
+                  iterations: int, factor: float, w: Array) -> Array:
+    """The Gram bound of OIHW ``w`` (see :func:`gram_bound`): of the circular conv on
+    ``grid`` of its polyphase kernel for ``phases``, times ``factor``."""
+    from . import _gram_iteration as gi
+
+    K = gi.polyphase(b, w, phases)
+    return _gram_value(b, gi, K, grid, iterations, factor)
 
 
 def _gram_value(b: Backend, gi: Any, K: Array, grid: tuple[int, int], iterations: int,

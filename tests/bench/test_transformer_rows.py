@@ -82,3 +82,16 @@ def test_peers_row_skips_without_curvlinops(autodiff_backend):
         import curvlinops  # noqa: F401
     except ImportError:
         assert "skipped" in tr.transformer_peers_torch(True, size=TINY)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.* is deprecated:DeprecationWarning")
+def test_torch_memory_measurements_in_turn(autodiff_backend):
+    _only(autodiff_backend, "torch")
+    from jacspec.bench import transformer_rows as tr
+
+    mb = tr._torch_memory(list(tr.MEMORY_MODES), TINY, TINY)
+    assert set(mb) == set(tr.MEMORY_MODES)
+    assert all(isinstance(v, float) for v in mb.values())
+    rows = tr._memory_rows("torch", {**mb, "step": 1.0, "HVP": 1.0, "GGN": 1.0}, "MB", "")
+    assert len(rows) == 6 and all(r["ratio"] is not None for r in rows)

@@ -65,6 +65,8 @@ def _one_placement(args: Any) -> Any:
     by an eager array placed on a device and by another piece's uncommitted output
     would compile twice in one solve."""
     leaves = jax.tree_util.tree_leaves(args)
+    if any(isinstance(a, jax.core.Tracer) for a in leaves):
+        return args  # inside a transformation (jax.grad): placed by the outer program
     device = next((next(iter(a.devices())) for a in leaves
                    if isinstance(a, jax.Array) and a.committed), None)
     if device is None or all(a.committed for a in leaves if isinstance(a, jax.Array)):

@@ -51,8 +51,9 @@ that takes ``quick`` and returns a list of row dicts, registered with
 A row's keys are described in :mod:`jacspec.bench.registry`; a peer that is not
 installed gives ``dict(name=..., skipped=reason)``. Put models several rows share in the
 framework's models module, time sides in turn with :mod:`jacspec.bench.timing`, keep the
-``--quick`` part of a group within seconds (``jacspec bench --quick`` stays under two
-minutes per backend), and add the group's name to
+``--quick`` part of a group within seconds of CPU (``jacspec bench --quick`` aims at two
+minutes per backend; its output ends with each group's wall and CPU time), and add the
+group's name to
 :data:`~jacspec.bench.registry.ORDER` where it should stand in the table (otherwise it
 comes last). Test the reference of a new row against jacspec on a tiny case in
 ``tests/bench/test_<topic>_rows.py``, without timed assertions.

@@ -164,8 +164,8 @@ def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
 # ---------------------------------------------------------------------------- memory
 
 def _peak_mb(mode: str, width: int, bsize: int, nbatch: int) -> float:
-    return float(run_fresh("jacspec.bench.memory_probe",
-                           [mode, width, bsize, nbatch])["peak_mb"])
+    return float(run_fresh("jacspec.bench.memory_probe", [mode, width, bsize, nbatch],
+                           preload=("torch", "jacspec"))["peak_mb"])
 
 
 @register("dataset-memory", "torch", target="<= 1.2")

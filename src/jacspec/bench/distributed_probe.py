@@ -45,8 +45,13 @@ def measure(mode: str, width: int, depth: int, samples: int, batches: int) -> di
     torch.set_num_threads(1)  # one core per process, as torchrun gives its workers
     dist = torch.distributed
     rank, world = 0, 1
-    if mode != "single":
+    # a group set up by the caller is used and left as it is (torch cannot set up a
+    # second default group in the same processes reliably: it reuses the first one's
+    # rendezvous keys)
+    own_group = mode != "single" and not dist.is_initialized()
+    if own_group:
         dist.init_process_group("gloo")
+    if mode != "single":
         rank, world = dist.get_rank(), dist.get_world_size()
     # imported in every mode before the measurement starts: modules are not data
     from torch.distributed.device_mesh import init_device_mesh
@@ -95,6 +100,7 @@ def measure(mode: str, width: int, depth: int, samples: int, batches: int) -> di
     peak = torch.tensor([peak_rss_mb() - r0, statistics.median(times)], dtype=torch.float64)
     if mode != "single":
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    if own_group:
         dist.destroy_process_group()
     return dict(mode=mode, processes=world, n=H.shape[0], local_n=local,
                 product_s=float(peak[1]), peak_mb=max(float(peak[0]), 0.0), rank=rank)

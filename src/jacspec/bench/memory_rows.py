@@ -11,7 +11,7 @@ from .timing import run_fresh
 @register("memory", "torch", quick=False)
 def memory_torch(quick: bool) -> list[Row]:
     """Peak memory of Lanczos vs the model's saved activations, in a fresh subprocess."""
-    d = run_fresh("jacspec.bench.memory_probe", ["lanczos"])
+    d = run_fresh("jacspec.bench.memory_probe", ["lanczos"], preload=("torch", "jacspec"))
     # The basis (two fixed-width buffers) is what Lanczos adds; the rise of peak RSS is
     # reported beside it.
     ratio = d["basis_mb"] / d["activations_mb"]

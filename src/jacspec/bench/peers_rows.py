@@ -119,7 +119,9 @@ def peers_torch(quick: bool) -> list[Row]:
     try:
         curv = curvlinops_eigsh(torch, model, [(X, y)])
         lam_c, n_c = curv(tol)
-        add("curvlinops+eigsh", median_time(lambda: curv(tol), reps), lam_c, n_c)
+        # 20x slower than jacspec (about a second a call): one timed call in --quick
+        add("curvlinops+eigsh", median_time(lambda: curv(tol), 1 if quick else reps),
+            lam_c, n_c)
     except ImportError:
         rows.append(dict(name="peers: curvlinops+eigsh",
                          skipped="curvlinops-for-pytorch not installed"))
@@ -182,7 +184,7 @@ def peers_torch(quick: bool) -> list[Row]:
             return float(vals[0]), -1
 
         lam_e, n_e = eig_things()
-        add("hessian-eigenthings", median_time(eig_things, reps), lam_e, n_e)
+        add("hessian-eigenthings", median_time(eig_things, 1 if quick else reps), lam_e, n_e)
     except ImportError:
         rows.append(dict(name="peers: hessian-eigenthings",
                          skipped="hessian-eigenthings not installed (not on PyPI)"))

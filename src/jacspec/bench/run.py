@@ -18,8 +18,9 @@ from typing import Any
 
 from .._progress import progress
 from .registry import BACKENDS, Row, groups
+from .timing import fresh_cpu_seconds
 
-__all__ = ["main", "format_table", "write_json", "configuration"]
+__all__ = ["main", "format_table", "format_group_seconds", "write_json", "configuration"]
 
 #: Peer libraries some rows compare with (import name: distribution name).
 PEERS = {"curvlinops": "curvlinops-for-pytorch", "hessian_eigenthings": "hessian-eigenthings",
@@ -104,12 +105,15 @@ def _jsonable(x: Any) -> Any:
         return str(x)
 
 
-def write_json(path: str, config: dict[str, Any], rows: list[Row], seconds: float) -> None:
-    """The configuration, the rows (non-finite numbers as strings) and the run's wall
-    time as JSON."""
+def write_json(path: str, config: dict[str, Any], rows: list[Row], seconds: float,
+               group_seconds: dict[str, dict[str, float]] | None = None) -> None:
+    """The configuration, the rows (non-finite numbers as strings), the run's wall time
+    and each group's wall and CPU seconds (``"name (backend)": {"wall": ..., "cpu":
+    ...}``) as JSON."""
+    data = {"configuration": config, "rows": rows, "seconds": seconds,
+            "group_seconds": group_seconds or {}}
     with open(path, "w") as fh:
-        json.dump(_jsonable({"configuration": config, "rows": rows, "seconds": seconds}), fh,
-                  indent=2)
+        json.dump(_jsonable(data), fh, indent=2)
         fh.write("\n")
 
 
@@ -144,7 +148,8 @@ def main(backend: str | None = None, quick: bool = False,
         for k, v in config.items():
             print(f"  {k}: {v}")
         print(flush=True)
-        rows = _run_groups([(b, g) for b in backends for g in groups(b, quick, only)], quick)
+        rows, group_seconds = _run_groups(
+            [(b, g) for b in backends for g in groups(b, quick, only)], quick)
     seconds = time.perf_counter() - t0
     print()
     print(format_table(rows))
@@ -154,22 +159,47 @@ def main(backend: str | None = None, quick: bool = False,
             print(f"  {r['name']}: {r['configuration']}")
     print(f"\n{len(rows)} rows in {seconds:.0f} s (times: median of repetitions after a "
           "warm-up).")
+    print(format_group_seconds(group_seconds))
     if json_path:
-        write_json(json_path, config, rows, seconds)
+        write_json(json_path, config, rows, seconds, group_seconds)
         print(f"wrote {json_path}")
     return 0
 
 
-def _run_groups(todo: list, quick: bool) -> list[Row]:
-    """Each group's rows, with a progress line per group; a group that fails is reported
-    as a skip line and the run goes on."""
+def format_group_seconds(group_seconds: dict[str, dict[str, float]]) -> str:
+    """Where the run's time went: each group's wall time, slowest first, with the CPU
+    time of this process and its subprocesses beside it (on a shared machine the wall
+    time grows with the load, the CPU time much less).
+
+    Examples
+    --------
+    >>> print(format_group_seconds({"overhead (torch)": dict(wall=12.04, cpu=9.0),
+    ...                             "dense (torch)": dict(wall=30.5, cpu=20.0)}))
+    time per group, wall (CPU): dense (torch) 30.5 s (20.0 s), overhead (torch) 12.0 s (9.0 s)
+    """
+    slowest = sorted(group_seconds.items(), key=lambda kv: -kv[1]["wall"])
+    return "time per group, wall (CPU): " + ", ".join(
+        f"{k} {v['wall']:.1f} s ({v['cpu']:.1f} s)" for k, v in slowest)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished subprocesses (fresh-process rows)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system + fresh_cpu_seconds()
+
+
+def _run_groups(todo: list, quick: bool) -> tuple[list[Row], dict[str, dict[str, float]]]:
+    """Each group's rows and seconds (``"name (backend)": {"wall": ..., "cpu": ...}``),
+    with a progress line per group; a group that fails is reported as a skip line and
+    the run goes on."""
     rows: list[Row] = []
+    group_seconds: dict[str, dict[str, float]] = {}
     bar = progress(len(todo), desc="jacspec bench", unit="group", file=sys.stdout)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for b, group in todo:
             bar.set_postfix_str(f"{group.name} ({b})")
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), _cpu_seconds()
             try:
                 new = group.run(quick)
             except Exception as exc:  # report, keep going
@@ -182,8 +212,10 @@ def _run_groups(todo: list, quick: bool) -> list[Row]:
                     print(f"  [skip] {r['name']}: {r['skipped']}", flush=True)
                 else:
                     rows.append(r)
-            bar.set_postfix_str(f"{group.name} ({b}) done in "
-                                f"{time.perf_counter() - t1:.1f} s")
+            elapsed = time.perf_counter() - t1
+            group_seconds[f"{group.name} ({b})"] = dict(wall=elapsed,
+                                                        cpu=_cpu_seconds() - c1)
+            bar.set_postfix_str(f"{group.name} ({b}) done in {elapsed:.1f} s")
             bar.update(1)
     bar.close()
-    return rows
+    return rows, group_seconds

@@ -19,6 +19,7 @@ Examples
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -30,7 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["median_time", "interleaved_times", "paired_times", "loop_time", "ms", "repetitions",
-           "run_fresh", "reset_peak_rss", "peak_rss_mb", "BusyProcess", "loaded_times"]
+           "run_fresh", "fresh_cpu_seconds", "reset_peak_rss", "peak_rss_mb", "BusyProcess",
+           "loaded_times"]
 
 Sync = Callable[[Any], Any]
 
@@ -53,12 +55,22 @@ def median_time(fn: Callable[[], Any], reps: int, sync: Sync | None = None) -> f
 
 def interleaved_times(fns: dict[str, Callable[[], Any]], reps: int,
                       sync: Sync | None = None, *,
-                      seconds: Callable[[Any], float] | None = None) -> dict[str, float]:
+                      seconds: Callable[[Any], float] | None = None,
+                      outputs: dict[str, Any] | None = None) -> dict[str, float]:
     """Median wall time of each function, run in turn (``reps`` rounds after one
     warm-up round, the order rotating from round to round): a slow spell of a shared
     machine, or the cache state one function leaves to the next, then hits every side
     alike. ``seconds``: read each call's time from its output instead (a phase of the
-    call's work that it timed itself)."""
+    call's work that it timed itself). ``outputs``: a dict that receives each
+    function's warm-up output (a row's values, without calling a slow side once more).
+
+    Examples
+    --------
+    >>> out = {}
+    >>> t = interleaved_times({"a": lambda: 1.5, "b": lambda: 2.5}, 1, outputs=out)
+    >>> out
+    {'a': 1.5, 'b': 2.5}
+    """
     ts: dict[str, list[float]] = {k: [] for k in fns}
     items = list(fns.items())
     for i in range(reps + 1):
@@ -70,6 +82,8 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], reps: int,
                 sync(out)
             if i:
                 ts[k].append(time.perf_counter() - t0 if seconds is None else seconds(out))
+            elif outputs is not None:
+                outputs[k] = out
     return {k: statistics.median(v) for k, v in ts.items()}
 
 
@@ -97,18 +111,127 @@ def loop_time(one: Callable[[int], Any], n: int, reps: int) -> float:
 # ---------------------------------------------------------------------------- memory
 
 
-def run_fresh(module: str, args: Sequence[str] = (), *, timeout: float = 300) -> dict:
+#: glibc's mmap threshold in fresh processes: otherwise it rises after each large free,
+#: and later tensors come from a heap that never shrinks (the resident set then counts
+#: memory already freed).
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def run_fresh(module: str, args: Sequence[str] = (), *, timeout: float = 300,
+              preload: Sequence[str] = ()) -> dict:
     """Run ``python -m module *args`` in a fresh process and return the JSON object it
     prints last. The child reads its own peak memory with :func:`reset_peak_rss` and
-    :func:`peak_rss_mb`. glibc's mmap threshold is fixed: otherwise it rises after each
-    large free, and later tensors come from a heap that never shrinks (the resident set
-    then counts memory already freed)."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-m", module, *map(str, args)],
-                         capture_output=True, text=True, timeout=timeout, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip()[-300:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    :func:`peak_rss_mb`; glibc's mmap threshold is fixed in it.
+
+    ``preload`` (e.g. ``("torch", "jacspec")``): fork the process from a server that
+    imported these modules once, instead of starting a new interpreter: importing torch
+    takes seconds of CPU, and a row of several fresh measurements would pay it each
+    time. The child starts as a fresh process does after those imports: nothing run,
+    nothing allocated but the modules. JAX and TensorFlow do not support a fork after
+    their import: leave them out."""
+    if not preload:
+        out = subprocess.run([sys.executable, "-m", module, *map(str, args)],
+                             capture_output=True, text=True, timeout=timeout,
+                             env={**os.environ, **_MALLOC_ENV})
+        code, stdout, stderr = out.returncode, out.stdout, out.stderr
+    else:
+        code, stdout, stderr = _fork_server(tuple(preload)).run(module, args, timeout)
+    if code != 0:
+        raise RuntimeError(stderr.strip()[-300:] or f"{module} exited with {code}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _serve() -> None:
+    """The fork server's loop (see :class:`_ForkServer`): import the modules named on
+    the command line, then per request line (JSON: module, args, stdout and stderr
+    files) fork a child that runs the module as ``__main__``, and answer its exit code
+    and CPU seconds."""
+    import runpy
+    import traceback
+
+    for name in sys.argv[1:]:
+        __import__(name)
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: the module's run, its output to the files
+            code = 1
+            try:
+                for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
+                    os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
+                sys.argv = [req["module"], *req["args"]]
+                runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status, usage = os.wait4(pid, 0)
+        print(os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, flush=True)
+
+
+class _ForkServer:
+    """A Python process that imported ``preload`` and forks one child per
+    :meth:`run`; one per set of modules, ended when this process exits."""
+
+    _servers: dict[tuple[str, ...], _ForkServer] = {}
+    #: CPU seconds of every child so far (what the children of ``os.times`` miss).
+    cpu_seconds = 0.0
+
+    def __init__(self, preload: tuple[str, ...]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from jacspec.bench.timing import _serve; _serve()",
+             *preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, **_MALLOC_ENV}, start_new_session=True)
+
+    def run(self, module: str, args: Sequence[str], timeout: float) -> tuple[int, str, str]:
+        import select
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {k: os.path.join(tmp, k) for k in ("stdout", "stderr")}
+            for path in files.values():
+                open(path, "w").close()
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.write(json.dumps(dict(module=module, args=list(map(str, args)),
+                                                  **files)) + "\n")
+            self.proc.stdin.flush()
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:
+                self.close()
+                raise subprocess.TimeoutExpired([module, *map(str, args)], timeout)
+            answer = self.proc.stdout.readline()
+            if not answer:
+                self.close()
+                raise RuntimeError(f"the fork server running {module} ended")
+            code, cpu = answer.split()
+            _ForkServer.cpu_seconds += float(cpu)
+            with open(files["stdout"]) as out, open(files["stderr"]) as err:
+                return int(code), out.read(), err.read()
+
+    def close(self) -> None:
+        """End the server and any child it is running (its own session)."""
+        _ForkServer._servers = {k: v for k, v in self._servers.items() if v is not self}
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def fresh_cpu_seconds() -> float:
+    """CPU seconds of the processes :func:`run_fresh` forked so far (not counted in
+    ``os.times()``: their parent, the server, is still running)."""
+    return _ForkServer.cpu_seconds
+
+
+def _fork_server(preload: tuple[str, ...]) -> _ForkServer:
+    server = _ForkServer._servers.get(preload)
+    if server is None or server.proc.poll() is not None:
+        server = _ForkServer._servers[preload] = _ForkServer(preload)
+        atexit.register(server.close)
+    return server
 
 
 def _status_mb(key: str) -> float:

@@ -8,8 +8,9 @@ default kernel) against one training step, side by side in one run.
   loss; the central-difference HVP (``hvp="finite_difference"``) against the exact one,
   time and relative error.
 * ``transformer-memory``: the peak memory of each product over one training step's —
-  torch: the rise of peak RSS in a fresh subprocess per measurement (after a warm-up
-  run of the same measurement, so that no side counts start-up allocations); JAX: the
+  torch: the rise of peak RSS in a fresh subprocess per measurement (``--quick``: one
+  fresh subprocess, the measurements in turn), after a warm-up run of the same
+  measurement so that no side counts start-up allocations; JAX: the
   temporary buffers of the compiled program (``compiled.memory_analysis()``) — and a
   dataset product (several batches) over the one-batch product.
 * ``transformer-peers`` (torch): the top Hessian and GGN eigenvalues against curvlinops
@@ -17,8 +18,9 @@ default kernel) against one training step, side by side in one run.
   the math attention kernel, at the same tolerance; skipped when curvlinops is not
   installed.
 
-``python -m jacspec.bench.transformer_rows MODE SIZE`` is one memory measurement
-(printed as a JSON line).
+``python -m jacspec.bench.transformer_rows MODES SIZE WARM`` runs the memory
+measurements ``MODES`` (comma-separated, in turn, each after a warm-up run on the
+decoder ``WARM``) and prints them as a JSON line.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ QUICK = (64, 64, 2, 2, 32, 4)
 #: The memory rows' decoder: a larger batch, so that activations dominate.
 MEMORY_FULL = (256, 128, 4, 4, 64, 16)
 MEMORY_QUICK = (64, 64, 2, 2, 64, 16)
+#: The decoder on which ``--quick`` memory measurements warm up.
+TINY = (16, 8, 1, 2, 4, 2)
 DATASET_BATCHES = 4
 TARGETS = {"HVP": 2.5, "GGN": 2.0}
 MEMORY_TARGETS = {"HVP": 2.5, "GGN": 1.3}
@@ -48,6 +52,10 @@ def _describe(size: tuple[int, ...], nparam: int) -> str:
     vocab, d, layers, heads, context, batch = size
     return (f"GPT-style decoder, {layers} layers, d={d}, {heads} heads, context {context}, "
             f"vocabulary {vocab}, batch {batch} ({nparam} parameters, float32)")
+
+
+def _csv(size: tuple[int, ...]) -> str:
+    return ",".join(map(str, size))
 
 
 def _ratio_rows(kind: str, times: dict[str, float], cfg: str, backend: str) -> list[Row]:
@@ -148,41 +156,48 @@ def transformer_torch(quick: bool, *, size: tuple[int, ...] | None = None) -> li
     return rows
 
 
-def _torch_memory(mode: str, size: tuple[int, ...]) -> float:
-    """The rise of peak RSS (MB) during ``mode``: a training step, or the construction
-    and one product of an operator (``*_dataset``: over ``DATASET_BATCHES`` batches)."""
+def _torch_memory(modes: list[str], size: tuple[int, ...], warm: tuple[int, ...]
+                  ) -> dict[str, float]:
+    """The rise of peak RSS (MB) during each of ``modes`` in turn: a training step, or
+    the construction and one product of an operator (``*_dataset``: over
+    ``DATASET_BATCHES`` batches). Every mode runs first on a decoder of size ``warm``
+    (start-up allocations: imports, thread pools, kernels), then measured."""
     import torch
 
     import jacspec as js
 
     from .timing import peak_rss_mb, reset_peak_rss
 
-    c = _torch_case(size, DATASET_BATCHES)
-    one, tokens = c["data"][:1], c["data"][0][0]
-    data = c["data"] if mode.endswith("_dataset") else one
-    v = torch.randn(c["n"])
-
-    def run() -> None:
+    def run(mode: str, c: dict) -> None:
+        data = c["data"] if mode.endswith("_dataset") else c["data"][:1]
         if mode == "step":
             c["step"]()
         elif mode.startswith("HVP"):
-            js.hessian(c["batch_loss"], c["params"], data=data) @ v
+            js.hessian(c["batch_loss"], c["params"], data=data) @ c["v"]
         elif mode.startswith("GGN"):
             js.ggn(c["logits"], torch.nn.functional.cross_entropy, c["params"],
-                   data=data) @ v
+                   data=data) @ c["v"]
         else:
-            J = js.jacobian(lambda p: c["logits"](p, tokens), c["params"])
+            J = js.jacobian(lambda p: c["logits"](p, c["data"][0][0]), c["params"])
             if mode == "JVP":
-                J @ v
+                J @ c["v"]
             else:
                 J.T @ torch.randn(J.shape[0])
         c["model"].zero_grad(set_to_none=True)
 
-    run()  # start-up allocations (imports, thread pools, kernels), then measured anew
-    gc.collect()
-    r0 = reset_peak_rss()
-    run()
-    return peak_rss_mb() - r0
+    cases = {}
+    for s in (warm, size):
+        cases[s] = _torch_case(s, DATASET_BATCHES)
+        cases[s]["v"] = torch.randn(cases[s]["n"])
+    mb = {}
+    for mode in modes:
+        run(mode, cases[warm])
+    for mode in modes:
+        gc.collect()
+        r0 = reset_peak_rss()
+        run(mode, cases[size])
+        mb[mode] = peak_rss_mb() - r0
+    return mb
 
 
 def _memory_rows(backend: str, mb: dict[str, float], unit: str, cfg: str) -> list[Row]:
@@ -214,18 +229,24 @@ MEMORY_MODES = ("step", "HVP", "GGN", "JVP", "VJP", "HVP_dataset", "GGN_dataset"
 @register("transformer-memory", "torch", target="HVP <= 2.5x, GGN <= 1.3x, dataset <= 1.1x")
 def transformer_memory_torch(quick: bool, *, size: tuple[int, ...] | None = None
                              ) -> list[Row]:
-    """Peak RSS of each product over one training step's, each in a fresh process."""
+    """Peak RSS of each product over one training step's: each in a fresh process
+    (``quick``: all in one fresh process, in turn, the peak reset before each)."""
     size = size or (MEMORY_QUICK if quick else MEMORY_FULL)
-    mb = {m: float(run_fresh(__name__, [m, ",".join(map(str, size))])["peak_mb"])
-          for m in MEMORY_MODES}
-    vocab, d, layers, heads, context, batch = size
+    arg = _csv(size)
+    if quick:  # warmed up on the tiny decoder
+        mb = run_fresh(__name__, [",".join(MEMORY_MODES), arg, _csv(TINY)])["peak_mb"]
+    else:  # warmed up by the same measurement
+        mb = {m: run_fresh(__name__, [m, arg, arg])["peak_mb"][m] for m in MEMORY_MODES}
     n = _torch_case(size)["n"]
-    cfg = (f"{_describe(size, n)}: rise of peak RSS above the RSS before (fresh "
-           "subprocess each, after one warm-up run of the same measurement; VmHWM reset through "
+    where = ("one fresh subprocess, the modes in turn after a warm-up run of each on a "
+             "tiny decoder" if quick else "a fresh subprocess each, after one warm-up "
+             "run of the same measurement")
+    cfg = (f"{_describe(size, n)}: rise of peak RSS above the RSS before ({where}; "
+           "VmHWM reset through "
            "/proc/self/clear_refs) during the construction and one product of each "
            "operator (HVP and GGN through data=: one batch, or "
            f"{DATASET_BATCHES} batches) vs during one forward and backward pass")
-    return _memory_rows("torch", mb, "MB", cfg)
+    return _memory_rows("torch", {k: float(v) for k, v in mb.items()}, "MB", cfg)
 
 
 # ------------------------------------------------------------------------- torch peers
@@ -401,10 +422,11 @@ def transformer_memory_jax(quick: bool, *, size: tuple[int, ...] | None = None
 
 
 def main(argv: list[str]) -> None:
-    """One torch memory measurement: ``MODE SIZE`` (comma-separated)."""
-    size = tuple(int(s) for s in argv[1].split(","))
+    """Torch memory measurements: ``MODES SIZE WARM`` (each comma-separated; see
+    :func:`_torch_memory`)."""
+    size, warm = (tuple(int(s) for s in a.split(",")) for a in argv[1:3])
     t0 = time.perf_counter()
-    out = dict(mode=argv[0], peak_mb=_torch_memory(argv[0], size),
+    out = dict(modes=argv[0], peak_mb=_torch_memory(argv[0].split(","), size, warm),
                seconds=time.perf_counter() - t0)
     print(json.dumps(out))
 

@@ -124,7 +124,10 @@ def solve_eig(op: LinearOperator, k: int, *, which: str, method: str, tol: float
         return run(k, "LM", tol, maxiter)
     # LA / SA: iterate on +-A + rho I, rho an estimate of the spectral radius, so that the
     # wanted end of the spectrum dominates.
-    est = run(1, "LM", 1e-2, None if maxiter is None else maxiter - k, warn=False)
+    # Inside a trace a run takes its whole budget (fixed steps): the rough estimate gets a
+    # quarter of it, the wanted end the rest.
+    budget = None if maxiter is None else max(1, maxiter // 4) if p.traced else maxiter - k
+    est = run(1, "LM", 1e-2, budget, warn=False)
     rho = p.xp.abs(est.values[:, 0]) * 1.1
     rest = None if maxiter is None else max(maxiter - est.num_matvecs, k)
     return run(k, which, tol, rest, rho, 1.0 if which == "LA" else -1.0,
