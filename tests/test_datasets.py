@@ -205,8 +205,10 @@ def test_torch_distributed_needs_a_process_group():
 
 
 def _run(cmd: list[str], env: dict) -> str:
+    # the timeout guards against a hang; on a 2-core machine shared by several busy
+    # processes a normal run takes minutes
     full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **env}
-    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=1800,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout

@@ -40,6 +40,6 @@ def test_tutorials_and_demo_run_quietly(autodiff_backend, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "_quiet_run.py"), autodiff_backend, *scripts,
          "demo"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
