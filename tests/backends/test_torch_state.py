@@ -151,6 +151,51 @@ def test_f_writing_a_tensor_after_using_it_is_an_error(torch):
     _assert_untouched(torch, buf)
 
 
+# -------------------------------------- modules of torch's plain layers (no guard)
+def _writes(torch, model):
+    from jacspec.backends._torch_state import writes_nothing
+
+    return not writes_nothing(model)
+
+
+def test_plain_layers_are_known_to_write_nothing(torch):
+    nn = torch.nn
+    assert not _writes(torch, nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(0.1),
+                                            nn.BatchNorm1d(4).eval(), nn.Linear(4, 2)))
+
+    class Sub(nn.Linear):  # its own class: anything may happen in its forward
+        pass
+
+    lin = nn.Linear(3, 3)
+    lin.forward = lambda z: z  # an instance's own forward
+    hooked = nn.Linear(3, 3)
+    hooked.register_forward_pre_hook(lambda m, args: None)
+    for model in (nn.Sequential(nn.ReLU(inplace=True)), nn.BatchNorm1d(3),
+                  nn.Embedding(4, 3, max_norm=1.0), Sub(3, 3), lin, hooked,
+                  lambda z: z):
+        assert _writes(torch, model)
+
+
+def test_hook_writing_weights_is_undone(torch):
+    """A forward pre-hook on a plain layer that clamps its weight: the guard runs."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4).double()
+    with torch.no_grad():
+        lin.weight.mul_(5.0)
+    W0 = lin.weight.detach().clone()
+
+    def clamp(module, args):
+        with torch.no_grad():
+            module.weight.clamp_(-0.2, 0.2)
+
+    lin.register_forward_pre_hook(clamp)
+    x = torch.randn(4, dtype=torch.float64)
+    ref = W0.clamp(-0.2, 0.2).numpy()
+    np.testing.assert_allclose(_dense(js.jacobian(lin, x)), ref, rtol=1e-12)
+    assert torch.equal(lin.weight, W0)
+
+
 # ------------------------------------------------------------ random layers (dropout)
 def _dropout_model(torch):
     torch.manual_seed(0)

@@ -8,14 +8,23 @@ autograd, whatever path ``f`` takes to the model: :class:`WriteGuard` (a
 ``TorchDispatchMode``) reads each operator's schema, snapshots every tensor that existed
 before ``f`` ran and that the operator writes in place, and writes the snapshots back
 afterwards. The graph must keep the values ``f`` computed with, so the restore never
-writes into memory the graph reads: every tensor autograd saves while ``f`` runs goes
-through :class:`SavedTensors` (``saved_tensors_hooks``), and those that share memory
-with a written tensor are copied before the snapshots go back. Train/eval modes and
+writes into memory the graph reads: from the first such write on, every tensor autograd
+saves goes through :class:`SavedTensors` (``saved_tensors_hooks``), and those that share
+memory with a written tensor are copied before the snapshots go back. (A tensor saved
+before the write it shares memory with is one the graph cannot use, as in plain
+autograd: its version counter moved. Until a write, products unpack saved tensors at
+autograd's own cost, with no Python hook.) Train/eval modes and
 ``requires_grad`` flags are Python attributes, not tensor writes: they are recorded for
 every module whose forward runs (a global forward pre-hook) and every module
 :func:`find_closure_objects` reaches. torch's global random generators are forked
 (:func:`fixed_randomness`), so that dropout draws the same masks whenever ``f`` runs
 again from the same generator states and the caller's generators do not move.
+
+A model whose forward provably writes nothing and sets no flag skips the dispatch mode
+and the module records (:func:`writes_nothing`): ``f`` is itself a module of torch's
+own layers (``nn.Sequential`` of ``Linear``, ``Conv2d``, activations that are not in
+place, ...), with their own ``forward``, plain tensors for parameters and buffers, and
+no hooks. Everything else goes through the guard.
 """
 
 from __future__ import annotations
@@ -106,8 +115,9 @@ class WriteGuard(TorchDispatchMode):
         # imports torch._dynamo (seconds) although no compilation happens here.
         return False
 
-    def __init__(self) -> None:
+    def __init__(self, on_first_write: Callable[[], Any] | None = None) -> None:
         super().__init__()
+        self._on_first_write = on_first_write
         self._created: dict[int, weakref.ref] = {}
         self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._bases: dict[int, tuple[torch.Tensor, bool, bool]] = {}
@@ -120,6 +130,8 @@ class WriteGuard(TorchDispatchMode):
         self._created[id(t)] = weakref.ref(t)
 
     def _snapshot(self, t: torch.Tensor) -> None:
+        if not self._saved and self._on_first_write is not None:
+            self._on_first_write()
         self._saved[id(t)] = (t, t.clone())
         base = t._base if t._is_view() else t
         if id(base) not in self._bases:
@@ -216,7 +228,8 @@ def _unpack(saved: _Saved) -> torch.Tensor:
 
 
 class SavedTensors:
-    """Every tensor autograd saves while ``f`` runs (``saved_tensors_hooks``).
+    """Every tensor autograd saves while ``f`` runs, from :meth:`start` on
+    (``saved_tensors_hooks``).
 
     :meth:`release` gives the graph its own copy of each saved tensor that shares memory
     with a tensor ``f`` wrote in place, before those tensors get their old values back:
@@ -225,14 +238,24 @@ class SavedTensors:
 
     def __init__(self) -> None:
         self._saved: list[_Saved] = []
+        self._hooks: contextlib.AbstractContextManager[Any] | None = None
 
     def _pack(self, t: torch.Tensor) -> _Saved:
         saved = _Saved(t)
         self._saved.append(saved)
         return saved
 
-    def hooks(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+    def start(self) -> None:
+        """Route the tensors autograd saves from now on through the hooks (until
+        :meth:`stop`); called at ``f``'s first write to a tensor of the user's."""
+        if self._hooks is None:
+            self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+            self._hooks.__enter__()
+
+    def stop(self) -> None:
+        if self._hooks is not None:
+            hooks, self._hooks = self._hooks, None
+            hooks.__exit__(None, None, None)
 
     def release(self, storages: set[Any]) -> None:
         """After ``f``: detach every saved tensor, and copy those that share memory with
@@ -242,6 +265,64 @@ class SavedTensors:
             key = _storage_key(saved.tensor) if storages else 0
             saved.release(everything or key is None or key in storages)
         self._saved.clear()
+
+
+# torch's layers whose forward writes no tensor and sets no attribute (given the
+# conditions of ``_writes_when``), with the forward each had when jacspec was imported:
+# a patched class or an instance's own ``forward`` is not this code.
+_nn = torch.nn
+_PURE_LAYERS: dict[type, Callable] = {
+    cls: cls.forward for cls in (
+        _nn.Sequential, _nn.Identity, _nn.Linear, _nn.Bilinear, _nn.Flatten, _nn.Unflatten,
+        _nn.Conv1d, _nn.Conv2d, _nn.Conv3d, _nn.ConvTranspose1d, _nn.ConvTranspose2d,
+        _nn.ConvTranspose3d, _nn.Tanh, _nn.Sigmoid, _nn.Softplus, _nn.Softmax,
+        _nn.LogSoftmax, _nn.GELU, _nn.Softsign, _nn.LogSigmoid, _nn.ReLU, _nn.ReLU6,
+        _nn.LeakyReLU, _nn.ELU, _nn.SELU, _nn.CELU, _nn.SiLU, _nn.Mish, _nn.Hardtanh,
+        _nn.Hardswish, _nn.Hardsigmoid, _nn.Dropout, _nn.Dropout1d, _nn.Dropout2d,
+        _nn.Dropout3d, _nn.AlphaDropout, _nn.LayerNorm, _nn.GroupNorm, _nn.BatchNorm1d,
+        _nn.BatchNorm2d, _nn.BatchNorm3d, _nn.MaxPool1d, _nn.MaxPool2d, _nn.MaxPool3d,
+        _nn.AvgPool1d, _nn.AvgPool2d, _nn.AvgPool3d, _nn.AdaptiveAvgPool1d,
+        _nn.AdaptiveAvgPool2d, _nn.AdaptiveAvgPool3d, _nn.AdaptiveMaxPool1d,
+        _nn.AdaptiveMaxPool2d, _nn.AdaptiveMaxPool3d, _nn.Embedding)
+}
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                 "_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks",
+                 "_global_backward_hooks", "_global_backward_pre_hooks")
+
+
+def _writes_when(m: torch.nn.Module) -> bool:
+    """Whether a layer of ``_PURE_LAYERS`` writes in place as configured: in-place
+    activations and dropout (they may write ``f``'s input), batch norm in training mode
+    (its running statistics), an embedding with ``max_norm`` (it renormalizes rows)."""
+    if getattr(m, "inplace", False):
+        return True
+    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        return m.training
+    return isinstance(m, torch.nn.Embedding) and m.max_norm is not None
+
+
+def writes_nothing(f: Any) -> bool:
+    """Whether ``f`` is a module of torch's own layers (``_PURE_LAYERS``) that writes no
+    tensor and sets no flag when it runs: each layer with its class's original
+    ``forward``, no hooks (its own or global ones), plain tensors for parameters and
+    buffers, and none of the in-place configurations of :func:`_writes_when`."""
+    if not isinstance(f, torch.nn.Module):
+        return False
+    glob = torch.nn.modules.module
+    if any(getattr(glob, name, None) for name in _GLOBAL_HOOKS):
+        return False
+    for m in f.modules():
+        forward = _PURE_LAYERS.get(type(m))
+        if forward is None or type(m).forward is not forward or "forward" in m.__dict__:
+            return False
+        if any(getattr(m, name, None) for name in _MODULE_HOOKS) or _writes_when(m):
+            return False
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None and type(t) not in _PLAIN:
+                return False
+    return True
 
 
 def _is_module(obj: Any) -> bool:
@@ -333,6 +414,8 @@ def random_seed() -> int:
 class Guard:
     """What :func:`state_guard` yields: :meth:`result` hands ``f``'s output over."""
 
+    pure = False
+
     def __init__(self, writes: WriteGuard) -> None:
         self._writes = writes
 
@@ -344,6 +427,18 @@ class Guard:
         return y
 
 
+class _Plain(Guard):
+    """The :class:`Guard` of a forward that writes nothing (see :func:`writes_nothing`)."""
+
+    pure = True
+
+    def __init__(self) -> None:
+        pass
+
+    def result(self, y: Any) -> Any:
+        return y
+
+
 @contextlib.contextmanager
 def state_guard(f: Callable, start: States | None) -> Iterator[Guard]:
     """Run the body (``f``'s forward) without lasting effect on the user's tensors,
@@ -352,16 +447,26 @@ def state_guard(f: Callable, start: States | None) -> Iterator[Guard]:
 
     The autograd graph built inside keeps the values ``f`` computed with: tensors it
     saved that share memory with tensors ``f`` wrote are copied before the writes are
-    undone (:class:`SavedTensors`).
+    undone (:class:`SavedTensors`). A module that writes nothing (:func:`writes_nothing`)
+    runs with the random generators fixed only.
     """
+    if writes_nothing(f):
+        with fixed_randomness(start=start):
+            yield _Plain()
+        return
     flags = ModuleFlags()
     for root in find_closure_objects(f, _is_module):
         flags.record(root)
     hook = torch.nn.modules.module.register_module_forward_pre_hook(flags.pre_hook)
-    writes, saved = WriteGuard(), SavedTensors()
+    saved = SavedTensors()
+    writes = WriteGuard(on_first_write=saved.start)
     try:
-        with fixed_randomness(start=start), saved.hooks(), writes:
-            yield Guard(writes)
+        with fixed_randomness(start=start):
+            try:
+                with writes:
+                    yield Guard(writes)
+            finally:
+                saved.stop()
     finally:
         hook.remove()
         saved.release(writes.written_storages())

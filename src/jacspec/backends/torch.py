@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import cmath
 import contextlib
-import functools
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -73,9 +72,10 @@ def _outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
 
 
 def _autograd_on(fn: Callable) -> Callable:
-    """``fn`` run outside ``torch.inference_mode()`` (see :func:`_outside_inference_mode`)."""
+    """``fn`` run outside ``torch.inference_mode()`` (see :func:`_outside_inference_mode`).
+    A plain closure: ``functools.wraps`` costs more than a product's own Python work,
+    and every linearization wraps its products anew."""
 
-    @functools.wraps(fn)
     def run(*args: Any) -> Any:
         if torch.is_inference_mode_enabled():
             with torch.inference_mode(False):
@@ -229,6 +229,12 @@ def _math_kernels() -> contextlib.AbstractContextManager[Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
+
+
+def _kernels_for(guard: Guard) -> contextlib.AbstractContextManager[Any]:
+    """:func:`_math_kernels`, unless ``f`` is a module of torch's plain layers (see
+    ``Guard.pure``), which call no fused attention."""
+    return contextlib.nullcontext() if guard.pure else _math_kernels()
 
 
 def _with_leaves(x: Any, leaves: list) -> Any:
@@ -506,17 +512,22 @@ class TorchBackend(Backend):
             # the next product then runs this again (at the current parameter values,
             # with the same random draws).
             st.clear()
-            with _forward_mode(f, start) as guard, _math_kernels():
+            with _forward_mode(f, start) as guard, _kernels_for(guard):
                 st["y"] = guard.result(f(arg))
 
         forward()
         y = st["y"]
         bshape = (int(x.shape[0]),) if batched else ()
         check_output(self, y, bshape[0] if batched else None, what="f")
-        differentiable = _differentiable(y, leaves, values_in)
         lay = _Layout(leaves, bshape)
         n = lay.n
         m = self.sizes(tuple(y.shape)[len(bshape):])
+        needs_graph: list[bool] = []  # a walk of y's graph, at the first grad=True product
+
+        def differentiable() -> bool:
+            if not needs_graph:
+                needs_graph.append(_differentiable(y, leaves, values_in))
+            return needs_graph[0]
 
         def zeros(size: int, k: int) -> torch.Tensor:
             return torch.zeros(bshape + (size, k), dtype=y.dtype, device=y.device)
@@ -580,7 +591,7 @@ class TorchBackend(Backend):
         def product(once, size):
             @_autograd_on
             def apply(V: torch.Tensor, grad: bool) -> torch.Tensor:
-                grad = grad and differentiable and torch.is_grad_enabled()
+                grad = grad and torch.is_grad_enabled() and differentiable()
                 if not y.requires_grad:
                     return zeros(size, V.shape[-1])
                 return _retry_freed(lambda: once(V, grad), forward)

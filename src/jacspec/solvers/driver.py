@@ -11,9 +11,11 @@ host read is possible: a fixed budget of steps runs (:func:`run_budget`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
+from ..backends import get_backend
 from . import ritz
 from .krylov import Krylov, KrylovState, decompose, init
 from .problem import Problem, warn_unconverged
@@ -31,6 +33,11 @@ CHECK_SPACING = 6
 FIRST_CHECK_DELAY = 2
 # Samples a first screen of a large eager batch looks at (see ``_probe_rows``).
 PROBES = 8
+# A screen whose small problems hold at most this many entries (``B * J * J``) runs on
+# the host: one transfer, then NumPy's operations of a few microseconds each instead of
+# a framework's per-operation cost (tens of microseconds eager on a busy CPU, a kernel
+# launch each on a GPU); larger batches stay where they are.
+HOST_SCREEN_ENTRIES = 1 << 16
 # The returned vectors' true residuals are checked (k more products) when ``tol`` is
 # within this factor of the rounding level ``sqrt(size) * eps`` of the bases.
 TRUE_RESIDUAL_MARGIN = 10.0
@@ -344,35 +351,53 @@ def _screen(p: Problem, alg: Krylov, s: KrylovState, M: Array, tol: float, which
             ok: Array) -> tuple[float, Array | None]:
     """The worst ``residual / (tol * scale)`` as one host read (``inf`` where a problem
     may not stop yet): of a few probe problems first in a large batch, where one
-    unconverged problem is enough to go on. Also the screen's eigenvectors (GKL)."""
-    rows = _probe_rows(p, s)
+    unconverged problem is enough to go on. Also the screen's eigenvectors (GKL). Small
+    problems are screened on the host (see ``HOST_SCREEN_ENTRIES``)."""
+    arrays = (M, s.beta, s.scale, ok)
+    q = p
+    if math.prod(M.shape) <= HOST_SCREEN_ENTRIES:
+        q = _host_problem(p)
+        arrays = tuple(p.backend.to_numpy(a) for a in arrays)
+    M, beta, scale, ok = arrays
+    rows = _probe_rows(q, beta, scale)
     worst, X = math.inf, None
     for sub in ([rows] if rows is not None else []) + [None]:
-        Ms, beta, oks = (M, s.beta, ok) if sub is None else (
-            _rows(p, M, sub), _rows(p, s.beta, sub), _rows(p, ok, sub))
+        Ms, bs, oks = (M, beta, ok) if sub is None else (
+            _rows(q, M, sub), _rows(q, beta, sub), _rows(q, ok, sub))
         try:
             if alg.two_sided:
-                res, ref, X = ritz.svd_screen(p, Ms, beta, 1, tol)
+                res, ref, X = ritz.svd_screen(q, Ms, bs, 1, tol)
                 mask = None
             else:
-                res, ref, mask = ritz.eig_screen(p, Ms, beta, which, tol)
+                res, ref, mask = ritz.eig_screen(q, Ms, bs, which, tol)
         except Exception:
-            p.check_finite(M)  # NaN/Inf reported as such
+            q.check_finite(M)  # NaN/Inf reported as such
             raise
-        inf = p.xp.zeros_like(res) + math.inf
-        res = p.xp.where(oks, res, inf)
-        worst = ritz.finite_or_raise(p, ritz.worst_ratio(p, res, ref, mask), M)
+        inf = q.xp.zeros_like(res) + math.inf
+        res = q.xp.where(oks, res, inf)
+        worst = ritz.finite_or_raise(q, ritz.worst_ratio(q, res, ref, mask), M)
         if worst > 1:
             break
+    if X is not None and q is not p:
+        X = p.backend.from_numpy(X, dtype=p.dtype, device=p.device)
     return worst, X
 
 
-def _probe_rows(p: Problem, s: KrylovState) -> Array | None:
+def _host_problem(p: Problem) -> Problem:
+    """``p`` with NumPy arrays on the host (small problems; no products)."""
+    nb = get_backend("numpy")
+    return dataclasses.replace(
+        p, backend=nb, xp=nb.solver_xp, dtype=nb.dtype_from_name(p.backend.dtype_name(p.dtype)),
+        real_dtype=nb.dtype_from_name(p.real_name), device="cpu", vectors="cpu",
+        traced=False, staged=False, _stage=None, shard_sum=None)
+
+
+def _probe_rows(p: Problem, beta: Array, scale: Array) -> Array | None:
     """In a batch of more than ``2 * PROBES`` problems, the ``PROBES`` with the largest
     coupling relative to their scale (the coupling bounds the residual from above)."""
     if p.B <= 2 * PROBES:
         return None
-    key = s.beta / (s.scale + p.tiny_normal)
+    key = beta / (scale + p.tiny_normal)
     return p.xp.argsort(key, descending=True)[:PROBES]
 
 
