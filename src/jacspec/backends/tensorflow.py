@@ -266,6 +266,26 @@ class TensorflowBackend(Backend):
     def traced_while_loop(self, cond_fn, body_fn, carry):
         return tf.while_loop(cond_fn, lambda c: (body_fn(c),), (carry,))[0]
 
+    def fori_loop(self, lo, hi, body, carry):
+        """Eagerly a Python loop; inside a graph ``tf.while_loop``, so that a traced
+        solve's graph holds one step, not its whole budget of them (a power iteration's
+        200 steps unrolled took minutes to build)."""
+        if tf.executing_eagerly() or hi - lo <= 1:
+            return super().fori_loop(lo, hi, body, carry)
+        # tf.while_loop carries tensors only: the carry's empty fields (None) stay out
+        held = [x is not None for x in tf.nest.flatten(carry)]
+
+        def pack(values):
+            it = iter(values)
+            return tf.nest.pack_sequence_as(carry, [next(it) if h else None for h in held])
+
+        def step(i, values):
+            out = tf.nest.flatten(body(i, pack(values)))
+            return i + 1, [x for x in out if x is not None]
+
+        values = [x for x in tf.nest.flatten(carry) if x is not None]
+        return pack(tf.while_loop(lambda i, v: i < hi, step, (tf.constant(lo), values))[1])
+
     def row_coefs(self, W, Q, QH):
         """``W Q^H`` through the matmul's adjoint flag: inside a graph the transpose
         ``QH`` is then unused, and pruned."""
