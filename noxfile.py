@@ -95,9 +95,12 @@ def tests(session: nox.Session, backend: str) -> None:
     # One resolver run: the pins in requirements.txt constrain everything else.
     _install(session, *_requirements(backend), "-e", ".[test]")
     session.env["JACSPEC_TEST_BACKENDS"] = backend
-    if backend == "jax":
-        # Eager JAX compiles each new shape; fewer hypothesis examples keep CI in budget.
-        session.env["JACSPEC_MAX_EXAMPLES"] = "6"
+    # Eager JAX compiles each new shape and eager TensorFlow traces its functions anew
+    # for each: fewer hypothesis examples (the same checks, on fewer random problems)
+    # keep CI in budget. NumPy and torch run the "ci" profile's 15.
+    examples = {"jax": "6", "tensorflow": "8"}
+    if backend in examples:
+        session.env["JACSPEC_MAX_EXAMPLES"] = examples[backend]
     # Both cores (or all): the tests are small and mostly single-threaded (JAX compiling
     # each new shape, torch's tiny kernels). Work stealing: a few tests are much longer
     # than the rest, and an idle worker takes queued tests from the busy one instead of

@@ -79,8 +79,8 @@ if "jax" in selected_backends():
 _SUPPRESSED = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 settings.register_profile(
     "ci",
-    # JACSPEC_MAX_EXAMPLES lowers it for backends whose eager mode compiles every new
-    # shape (JAX: the nox session sets 6).
+    # JACSPEC_MAX_EXAMPLES lowers it for backends whose eager mode compiles or traces
+    # every new shape (the nox sessions set 6 for JAX, 8 for TensorFlow).
     max_examples=int(os.environ.get("JACSPEC_MAX_EXAMPLES", "15")),
     deadline=None,
     derandomize=True,  # the same examples on every CI run: no flaky reds
