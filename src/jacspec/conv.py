@@ -255,7 +255,6 @@ def _envelope(b: Backend, M: Array, norm: _Norm, factor: float = 1.0,
     (the envelope theorem; ``M`` unscaled). The value is rounded up into ``M``'s dtype,
     so that a certified bound stays one in the array returned."""
     from ._rounding import UNIT, round_up, times_pow2
-    from .solvers.svd import envelope
 
     value = times_pow2(factor * norm.value * (1 + 4 * UNIT["float64"]), e)
     if norm.certified:

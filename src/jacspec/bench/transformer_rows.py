@@ -300,15 +300,16 @@ def transformer_peers_torch(quick: bool, *, size: tuple[int, ...] | None = None
         with sdpa_kernel([SDPBackend.MATH]):
             exact = float(js.eigsh(ours(), k=1, which="LA", tol=1e-7).values[0])
 
-            def run_ours() -> tuple[float, int]:
+            def run_ours(ours=ours) -> tuple[float, int]:
                 r = js.eigsh(ours(), k=1, which="LA", tol=tol)
                 return float(r.values[0]), int(r.num_matvecs)
 
             out: dict[str, tuple[float, int]] = {}
             t = interleaved_times(
-                {"jacspec": lambda: out.__setitem__("jacspec", run_ours()),
-                 "curvlinops": lambda: out.__setitem__("curvlinops", _curvlinops_top(
-                     torch, theirs, c["model"], c["data"], tol))}, 1 if quick else 3)
+                {"jacspec": lambda out=out: out.__setitem__("jacspec", run_ours()),
+                 "curvlinops": lambda out=out, theirs=theirs: out.__setitem__(
+                     "curvlinops", _curvlinops_top(torch, theirs, c["model"], c["data"],
+                                                   tol))}, 1 if quick else 3)
         (lam, n_ours), (lam_p, n_p) = out["jacspec"], out["curvlinops"]
         err, err_p = abs(lam - exact) / abs(exact), abs(lam_p - exact) / abs(exact)
         rows.append(dict(
