@@ -8,12 +8,9 @@ autograd, whatever path ``f`` takes to the model: :class:`WriteGuard` (a
 ``TorchDispatchMode``) reads each operator's schema, snapshots every tensor that existed
 before ``f`` ran and that the operator writes in place, and writes the snapshots back
 afterwards. The graph must keep the values ``f`` computed with, so the restore never
-writes into memory the graph reads: from the first such write on, every tensor autograd
-saves goes through :class:`SavedTensors` (``saved_tensors_hooks``), and those that share
-memory with a written tensor are copied before the snapshots go back. (A tensor saved
-before the write it shares memory with is one the graph cannot use, as in plain
-autograd: its version counter moved. Until a write, products unpack saved tensors at
-autograd's own cost, with no Python hook.) Train/eval modes and
+writes into memory the graph reads: every tensor autograd saves while ``f`` runs goes
+through :class:`SavedTensors` (``saved_tensors_hooks``), and those that share memory
+with a written tensor are copied before the snapshots go back. Train/eval modes and
 ``requires_grad`` flags are Python attributes, not tensor writes: they are recorded for
 every module whose forward runs (a global forward pre-hook) and every module
 :func:`find_closure_objects` reaches. torch's global random generators are forked
@@ -115,9 +112,8 @@ class WriteGuard(TorchDispatchMode):
         # imports torch._dynamo (seconds) although no compilation happens here.
         return False
 
-    def __init__(self, on_first_write: Callable[[], Any] | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._on_first_write = on_first_write
         self._created: dict[int, weakref.ref] = {}
         self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._bases: dict[int, tuple[torch.Tensor, bool, bool]] = {}
@@ -130,8 +126,6 @@ class WriteGuard(TorchDispatchMode):
         self._created[id(t)] = weakref.ref(t)
 
     def _snapshot(self, t: torch.Tensor) -> None:
-        if not self._saved and self._on_first_write is not None:
-            self._on_first_write()
         self._saved[id(t)] = (t, t.clone())
         base = t._base if t._is_view() else t
         if id(base) not in self._bases:
@@ -228,8 +222,7 @@ def _unpack(saved: _Saved) -> torch.Tensor:
 
 
 class SavedTensors:
-    """Every tensor autograd saves while ``f`` runs, from :meth:`start` on
-    (``saved_tensors_hooks``).
+    """Every tensor autograd saves while ``f`` runs (``saved_tensors_hooks``).
 
     :meth:`release` gives the graph its own copy of each saved tensor that shares memory
     with a tensor ``f`` wrote in place, before those tensors get their old values back:
@@ -238,24 +231,14 @@ class SavedTensors:
 
     def __init__(self) -> None:
         self._saved: list[_Saved] = []
-        self._hooks: contextlib.AbstractContextManager[Any] | None = None
 
     def _pack(self, t: torch.Tensor) -> _Saved:
         saved = _Saved(t)
         self._saved.append(saved)
         return saved
 
-    def start(self) -> None:
-        """Route the tensors autograd saves from now on through the hooks (until
-        :meth:`stop`); called at ``f``'s first write to a tensor of the user's."""
-        if self._hooks is None:
-            self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
-            self._hooks.__enter__()
-
-    def stop(self) -> None:
-        if self._hooks is not None:
-            hooks, self._hooks = self._hooks, None
-            hooks.__exit__(None, None, None)
+    def hooks(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
 
     def release(self, storages: set[Any]) -> None:
         """After ``f``: detach every saved tensor, and copy those that share memory with
@@ -458,15 +441,10 @@ def state_guard(f: Callable, start: States | None) -> Iterator[Guard]:
     for root in find_closure_objects(f, _is_module):
         flags.record(root)
     hook = torch.nn.modules.module.register_module_forward_pre_hook(flags.pre_hook)
-    saved = SavedTensors()
-    writes = WriteGuard(on_first_write=saved.start)
+    writes, saved = WriteGuard(), SavedTensors()
     try:
-        with fixed_randomness(start=start):
-            try:
-                with writes:
-                    yield Guard(writes)
-            finally:
-                saved.stop()
+        with fixed_randomness(start=start), saved.hooks(), writes:
+            yield Guard(writes)
     finally:
         hook.remove()
         saved.release(writes.written_storages())
