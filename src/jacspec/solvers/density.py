@@ -51,18 +51,15 @@ class SpectralDensity:
         ``"eig"`` or ``"singular"``.
     n : int
         The operator's size (``kind="singular"``: its number of columns).
+    backend_impl : Backend
+        The backend object of the arrays (as ``LinearOperator.backend_impl``).
     """
 
     nodes: Array
     weights: Array
     kind: str
     n: int
-    _backend: Backend
-
-    @property
-    def backend_impl(self) -> Backend:
-        """The backend object of the arrays (as ``LinearOperator.backend_impl``)."""
-        return self._backend
+    backend_impl: Backend
 
     @property
     def xp(self) -> Any:
