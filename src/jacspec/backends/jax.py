@@ -290,7 +290,7 @@ class JaxBackend(Backend):
         u = (h >> 8).astype(jnp.float32) * (2.0 / 2**24) - 1.0
         return u.reshape(shape).astype(dtype)
 
-    def row_coefs(self, W, Q, QH):
+    def row_coefs(self, W, Q):
         """An ``einsum`` contracting the rows directly: XLA:CPU otherwise materializes
         the transposed basis every step for ``W @ Q^H``."""
         if jnp.iscomplexobj(Q):
