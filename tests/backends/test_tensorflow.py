@@ -183,6 +183,10 @@ def test_vector_norm_and_row_coefs_match_numpy(dtype):
             n = xp.linalg.vector_norm(x, axis=-1)
         np.testing.assert_allclose(tape.gradient(n, x).numpy(),
                                    X / np.linalg.norm(X, axis=-1, keepdims=True), rtol=1e-5)
+    for keepdims in (False, True):  # reductions over all axes (eager: axes made once)
+        np.testing.assert_allclose(xp.sum(tf.constant(X), keepdims=keepdims).numpy(),
+                                   np.sum(X, keepdims=keepdims), rtol=1e-5)
+    assert bool(xp.any(tf.constant(X == X[0, 0, 0]))) and not bool(xp.all(tf.constant(X == 0)))
     Q, W = draw(2, 3, 5), draw(2, 1, 5)
     np.testing.assert_allclose(BACKEND.row_coefs(tf.constant(W), tf.constant(Q)).numpy(),
                                W @ np.conj(np.swapaxes(Q, -1, -2)), rtol=1e-5, atol=1e-6)

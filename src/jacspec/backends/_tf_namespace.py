@@ -157,7 +157,9 @@ def take(x, indices, /, *, axis=None):
 
 def _red(fn):
     def reduce(x, /, *, axis=None, keepdims=False, dtype=None):
-        if isinstance(axis, list):
+        if axis is None and tf.is_tensor(x) and tf.executing_eagerly():  # all axes, made once
+            axis = _axes(tuple(range(x.shape.rank)))
+        elif isinstance(axis, list):
             axis = tuple(axis)
         out = fn(x, axis=axis, keepdims=keepdims)
         return out if dtype is None else tf.cast(out, _dt(dtype))
