@@ -155,12 +155,14 @@ def test_block_route_is_timed_once_per_configuration(torch, monkeypatch):
     J = js.jacobian(lambda z: torch.tanh(z) * 2.0, torch.randn(4, 3, dtype=torch.float64),
                     batched=True)
     V = torch.randn(4, 3, 2, dtype=torch.float64)
-    for _ in range(tb.BlockRoutes.TRIALS + 2):
+    trials = tb.BlockRoutes.WARMUP + tb.BlockRoutes.TRIALS
+    for i in range(trials + 2):
         J.matmat(V)
-    # each trial timed both routes (in alternating order), later blocks run untimed
-    assert ran == ["vmap", "loop", "loop", "vmap"][:2 * tb.BlockRoutes.TRIALS]
+        assert bool(routes._choice) == (i + 1 >= trials)
+    # each trial ran both routes (in alternating order), later blocks the loop only
+    assert ran == (["vmap", "loop", "loop", "vmap"] * trials)[:2 * trials]
     assert list(routes._choice.values()) == ["loop"]
-    assert len(stacked) == tb.BlockRoutes.TRIALS + 2  # the loop ran every time
+    assert len(stacked) == trials + 2
     with pytest.raises(ValueError, match="Expected route"):
         with tb.block_route("fast"):
             pass

@@ -286,13 +286,16 @@ class BlockRoutes:
     Which is faster depends on the model: torch's batching rules make the vmapped call
     the faster one on dense layers and small batches, and the slower one on
     convolutions (the batching rule of the convolution backward). So the first
-    ``TRIALS`` blocks of each configuration (the function, the side, the block's shape,
-    dtype and device, with or without gradient) run both routes, timed, in turn; later
-    blocks take the faster. The choice outlives the linearization: a training loop
+    ``WARMUP + TRIALS`` blocks of each configuration (the function, the side, the
+    block's shape, dtype and device, with or without gradient) run both routes, in turn
+    (the order alternating), and the last ``TRIALS`` of them are timed (a route's first
+    calls pay one-time costs: torch's first vmapped call imports and sets up functorch);
+    later blocks take the faster. The choice outlives the linearization: a training loop
     linearizes anew every step, with the same configuration.
     :func:`block_route` forces one route (tests, benchmarks).
     """
 
+    WARMUP = 1
     TRIALS = 2
     MAX_ENTRIES = 1024
 
@@ -319,11 +322,12 @@ class BlockRoutes:
         out = None
         for name in (("vmap", "loop") if best["trials"] % 2 == 0 else ("loop", "vmap")):
             seconds, result = _timed(routes[name], device)
-            best[name] = min(best.get(name, math.inf), seconds)
+            if best["trials"] >= self.WARMUP:
+                best[name] = min(best.get(name, math.inf), seconds)
             if name == "vmap":
                 out = result
         best["trials"] += 1
-        if best["trials"] >= self.TRIALS:
+        if best["trials"] >= self.WARMUP + self.TRIALS:
             self._choice[key] = "vmap" if best["vmap"] <= best["loop"] else "loop"
         return out
 
