@@ -299,6 +299,8 @@ class JaxBackend(Backend):
 
     # Eager JAX compiles every new shape: solver buffers keep their width.
     dynamic_shapes = False
+    # Eager solves run compiled (a threefry draw compiles for longer than a Krylov step).
+    hashed_directions = True
     conv_layout = "HWIO"
     channels_last = True
 
