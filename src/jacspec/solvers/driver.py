@@ -87,9 +87,9 @@ def krylov_solve(p: Problem, alg: Krylov, k: int, *, tol: float, maxiter: int | 
         p = p.staging("krylov", alg, k, tol, which, sizes[1], vectors)
     if p.traced or p.staged:
         true_check = not p.traced and _rounding_may_reach(p, tol)
-        out, flag, short = p.stage("krylov", _solve_arrays, alg, k, tol, which, sizes,
-                                   true_check)(v0, p.counter(count), p.counter(limit))
-        return out if p.traced else _report(p, alg, out, flag, short)
+        out, flag, short, done = p.stage("krylov", _solve_arrays, alg, k, tol, which, sizes,
+                                         true_check)(v0, p.counter(count), p.counter(limit))
+        return out if p.traced else _report(p, alg, out, flag, short, done)
     return _solve_on_host(p, alg, k, tol, which, sizes, limit, v0, count, vectors)
 
 
@@ -175,14 +175,17 @@ def _solve_arrays(p: Problem, alg: Krylov, k: int, tol: float, which: str,
                   count: Any, limit: Any):
     """A whole solve with no host read (one compiled program of an eager solve, or
     part of a user's trace): the start, :func:`run_on_device`, and the result's arrays.
-    Returns ``(result, finite flag or None, values short of tol by the dtype's rounding
-    or None)``."""
+    Returns ``(result, finite flag or None, whether a value fell short of tol by the
+    dtype's rounding (or None), whether every value converged)``: what :func:`_report`
+    reads, reduced here (an eager reduction would compile per shape)."""
+    xp = p.xp
     jmin, jmax, keep = sizes
     s = init(p, v0, jmax, two_sided=alg.two_sided, count=count)
     s, flag = run_on_device(p, alg, s, k, tol, which, sizes, limit)
     out, last, short = _finish_arrays(p, alg, k, tol, which, jmin, (True, False, False),
                                       true_check, s, None)
-    return out, _and(flag, last), short
+    return (out, _and(flag, last), None if short is None else xp.any(short),
+            xp.all(out.converged))
 
 
 def _and(a: Array | None, b: Array | None) -> Array | None:
@@ -263,19 +266,20 @@ def _cost_on_device(p: Problem, alg: Krylov, s: KrylovState, jmax: int) -> Any:
 
 
 def _step_on_device(p: Problem, alg: Krylov, s: KrylovState, jmax: int) -> KrylovState:
-    """One step at a traced row; where the basis may fill the space (GKL, ``jmax ==
-    r``), the last step (no adjoint product) at the row it is taken at."""
-    r = p.n_in
-    if not (alg.two_sided and jmax >= r):
-        return alg.step(p, s)
-
-    def last() -> KrylovState:
-        return alg.step(p, s._replace(j=r - 1))._replace(j=s.j + 1, force=s.force)
-
-    def plain() -> KrylovState:
-        return alg.step(p, s)._replace(force=s.force)
-
-    return p.backend.cond(s.j + 1 >= r, last, plain)
+    """One step at a traced row. Where the basis may fill the space (GKL, ``jmax ==
+    r``), the last step takes no adjoint product (see ``krylov.gkl_step``): its result
+    is the full step's with the adjoint half undone (the product it took is not
+    counted), so that the program holds one step, not two."""
+    out = alg.step(p, s)
+    if not (alg.two_sided and jmax >= p.n_in):
+        return out
+    xp = p.xp
+    last = s.j + 1 >= p.n_in
+    return out._replace(
+        v=xp.where(last, s.v, out.v), beta=xp.where(last, xp.zeros_like(out.beta), out.beta),
+        fresh_from=xp.where(last, s.fresh_from, out.fresh_from),
+        last_break=xp.where(last, s.last_break, out.last_break),
+        count=out.count - xp.astype(last, out.count.dtype))
 
 
 def _check_on_device(p: Problem, alg: Krylov, s: KrylovState, lp: _Loop, k: int,
@@ -463,20 +467,23 @@ def finish(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: s
     facts = (not isinstance(j, int), exact, isinstance(j, int) and j < jmin)
     out, flag, short = _finish_arrays(p, alg, k, tol, which, jmin, facts, true_check,
                                       s._replace(force=None), found)
-    return out if p.traced else _report(p, alg, out, flag, short)
+    if p.traced:
+        return out
+    return _report(p, alg, out, flag, None if short is None else xp.any(short),
+                   xp.all(out.converged))
 
 
 def _report(p: Problem, alg: Krylov, out: KrylovResult, flag: Array | None,
-            short: Array | None) -> KrylovResult:
+            short: Array | None, done: Array) -> KrylovResult:
     """The host's part of an eager result: the FloatingPointError of a non-finite
-    product, the product count as an int, the unconverged warning (``maxiter``, or
-    ``dtype`` where ``short`` flags values that only the dtype's rounding kept from
-    ``tol``)."""
+    product, the product count as an int, the unconverged warning where ``done`` (0-d)
+    is False (``maxiter``, or ``dtype`` where ``short`` (0-d) says that only the
+    dtype's rounding kept a value from ``tol``)."""
     p.raise_unless(flag)
     count = p.host_int(out.num_matvecs)
-    why = "dtype" if short is not None and p.backend.any_true(short) else "maxiter"
-    if not p.backend.all_true(out.converged):
-        warn_unconverged(alg.name, count, why)
+    if not p.backend.to_bool(done):
+        short = short is not None and p.backend.to_bool(short)
+        warn_unconverged(alg.name, count, "dtype" if short else "maxiter")
     return out._replace(num_matvecs=count)
 
 
