@@ -13,7 +13,6 @@ from .models import digits
 from .registry import Row, register
 from .timing import interleaved_times, ms, repetitions
 
-
 TARGET = 1.5
 
 
