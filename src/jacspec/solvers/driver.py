@@ -38,6 +38,13 @@ PROBES = 8
 # a framework's per-operation cost (tens of microseconds eager on a busy CPU, a kernel
 # launch each on a GPU); larger batches stay where they are.
 HOST_SCREEN_ENTRIES = 1 << 16
+# A check costs a small eigendecomposition (about ``10 J^3`` flops a problem) and a host
+# read with its dispatches (counted as ``CHECK_FIXED_FLOPS``); a step costs at least its
+# reorthogonalization (``4 J n`` flops a problem) and a product. Where a check costs at
+# most ``CHECK_SHARE`` of that reorthogonalization (long vectors: parameter-sized
+# Hessians), the driver checks after every step: a product saved pays for many checks.
+CHECK_FIXED_FLOPS = 1e6
+CHECK_SHARE = 0.25
 # The returned vectors' true residuals are checked (k more products) when ``tol`` is
 # within this factor of the rounding level ``sqrt(size) * eps`` of the bases.
 TRUE_RESIDUAL_MARGIN = 10.0
@@ -81,8 +88,8 @@ def krylov_solve(p: Problem, alg: Krylov, k: int, *, tol: float, maxiter: int | 
     limit = maxiter if maxiter is not None else max(DEFAULT_MAXITER, alg.per_step * r)
     p = p.staging("krylov", alg, k, tol, which, jmax, vectors)
     steps = _Steps(p, alg, p.stage("init", _init, jmax, alg.two_sided)(v0, count)._replace(j=0))
-    sched = _Schedule(tol)
-    verify = _Verify(p, k)
+    sched = _Schedule(tol, lambda J: _cheap_check(p, alg, J))
+    verify = _Verify(p, k, r)
     jcheck = min(r, jmin + FIRST_CHECK_DELAY)
     since, found = 0, None
     while steps.j < r and not (steps.j and steps.count + _cost(alg, steps.j, r) > limit):
@@ -97,7 +104,8 @@ def krylov_solve(p: Problem, alg: Krylov, k: int, *, tol: float, maxiter: int | 
             if checked is not None and verify.accept(checked[1]):
                 found = checked[0]
                 break
-            steps.force(verify.take())
+            steps.force(verify.take(steps.j))
+            sched.wait(verify.wait)
         if steps.j == jmax:
             steps.restart(keep, which)
     return finish(p, alg, steps.state(), k, tol, which, jmin, vectors, found)
@@ -178,6 +186,13 @@ def _run_steps(p: Problem, alg: Krylov, s: KrylovState, n: Any) -> KrylovState:
         return alg.step(p, first)._replace(j=None, force=c.force)
 
     return p.loop(body, s._replace(j=None), n, alg.per_step)
+
+
+def _cheap_check(p: Problem, alg: Krylov, J: int) -> bool:
+    """Whether a check at basis size ``J`` costs at most ``CHECK_SHARE`` of a step's
+    reorthogonalization (see ``CHECK_FIXED_FLOPS``)."""
+    width = p.n_in + (p.n_out if alg.two_sided else 0)
+    return CHECK_FIXED_FLOPS + 10 * p.B * J ** 3 <= CHECK_SHARE * 4 * p.B * J * width
 
 
 def _cost(alg: Krylov, j: int, r: int) -> int:
@@ -504,29 +519,43 @@ def _true_residuals(p: Problem, alg: Krylov, vals: Array, left: Array | None,
 class _Schedule:
     """When to check convergence next (deterministic, data-driven).
 
-    Every step while ``J < 2 * CHECK_SPACING``, then every ``J // CHECK_SPACING`` steps,
+    Every step where checks are cheap next to steps (``cheap(J)``, see
+    ``CHECK_FIXED_FLOPS``). Otherwise every step while ``J < 2 * CHECK_SPACING``, then
+    every ``J // CHECK_SPACING`` steps,
     and further apart where the worst residual ratio ``res / (tol * scale)`` of the last
     two checks, extrapolated linearly in log scale, says convergence is still far: half
     the predicted steps (Krylov convergence accelerates, so the prediction errs long).
     Before the first check the ratio is taken as ``1 / tol`` at step 0 (a random start's
     residual is of the order of ``||A||``); a gap predicted from that guess is capped at
-    ``J`` (at most doubling the basis).
+    ``J`` (at most doubling the basis). After a check restart, the next check comes at
+    the first step where it may accept (:meth:`wait`).
     """
 
-    def __init__(self, tol: float) -> None:
+    def __init__(self, tol: float, cheap: Any = None) -> None:
         self.gap = 1
         self.prev: tuple[int, float] = (0, 1.0 / tol)
+        self.cheap = cheap or (lambda J: False)
+
+    def wait(self, steps: int) -> None:
+        """No check before ``steps`` more steps (a check restart's fresh rows)."""
+        if steps:
+            self.gap = steps
 
     def observe(self, J: int, q: float) -> None:
         gap = max(1, J // CHECK_SPACING)
-        if math.isfinite(q) and q > 1:
+        if self.cheap(J):
+            gap = 1
+            if math.isfinite(q) and q > 1:
+                self.prev = (J, q)
+        elif math.isfinite(q) and q > 1:
             j0, q0 = self.prev
             if q0 > q and J > j0:
                 rate = math.log(q0 / q) / (J - j0)
                 predicted = int(math.log(q) / rate / 2)
                 gap = max(gap, min(predicted, J) if j0 == 0 else predicted)
             self.prev = (J, q)
-        self.gap = gap
+        # no jump past the size from which checks are cheap
+        self.gap = next((g for g in range(1, gap) if self.cheap(J + g)), gap)
 
 
 class _Verify:
@@ -539,11 +568,12 @@ class _Verify:
     check (the top value is found whatever its multiplicity).
     """
 
-    def __init__(self, p: Problem, k: int) -> None:
-        self.p = p
+    def __init__(self, p: Problem, k: int, r: int) -> None:
+        self.p, self.k, self.r = p, k, r
         self.on = k > 1
         self.done = p.zeros((p.B,), real=True) > 0 if self.on else None
         self.force: Array | None = None
+        self.wait = 0  # steps before a restarted problem may be accepted
 
     def accept(self, ok: Array) -> bool:
         """Given per-value flags ``(B, k)``, whether the solver may stop now."""
@@ -559,6 +589,12 @@ class _Verify:
             self.done = self.done | need
         return False
 
-    def take(self) -> Array | None:
+    def take(self, j: int = 0) -> Array | None:
+        """The problems to restart at the next step (at row ``j``), and in ``wait`` the
+        steps until they may be accepted: the restart vector's row, then
+        :func:`fresh_ok`'s rows."""
         force, self.force = self.force, None
+        self.wait = 0
+        if force is not None:
+            self.wait = 1 + min(self.r - (j + 1), 2 * self.k + 1)
         return force
