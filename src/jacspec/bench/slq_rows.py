@@ -6,7 +6,8 @@ quadratures of peer libraries at the same probes and steps, run in turn in one p
   ``lanczos_approximate_spectrum``, without the spectral boundary estimate that adds
   ARPACK calls; no reorthogonalization) on the same matrix as a torch tensor.
 * ``slq: torch Hessian / PyHessian``: the loss Hessian of a 64-48-10 tanh MLP on 256
-  digits (3,610 parameters, float32), 8 probes x 64 steps, against PyHessian's
+  digits (3,610 parameters, float32), 8 probes x 64 steps (``--quick``: 4 x 32, one
+  round: PyHessian's call takes seconds), against PyHessian's
   ``density`` (its full reorthogonalization over Python lists of vectors; torch's
   removed ``torch.eig`` is supplied from ``torch.linalg.eigh`` while it runs).
 
@@ -26,11 +27,14 @@ from .timing import interleaved_times, ms
 PROBES, STEPS = 8, 64
 
 
-def _row(name: str, t_ours: float, t_peer: float, peer: str, cfg: str, reps: int) -> Row:
+def _row(name: str, t_ours: float, t_peer: float, peer: str, cfg: str, reps: int,
+         size: tuple[int, int] = (PROBES, STEPS)) -> Row:
     return dict(name=f"slq: {name}", jacspec=ms(t_ours), reference=f"{ms(t_peer)} ({peer})",
                 ratio=t_ours / t_peer, target="<= 1", met=t_ours <= t_peer,
-                configuration=cfg + f"; {PROBES} probes x {STEPS} steps, median of {reps} "
-                "rounds in turn", details=dict(jacspec_s=t_ours, peer_s=t_peer, reps=reps))
+                configuration=cfg + f"; {size[0]} probes x {size[1]} steps, median of "
+                f"{reps} rounds in turn", details=dict(jacspec_s=t_ours, peer_s=t_peer,
+                                                       reps=reps, probes=size[0],
+                                                       steps=size[1]))
 
 
 def density_numpy_vs_curvlinops(quick: bool, n: int = 300) -> list[Row]:
@@ -104,9 +108,11 @@ def density_torch_vs_pyhessian(quick: bool, hidden: int = 48) -> list[Row]:
     def loss(ps):
         return crit(torch.func.functional_call(model, dict(zip(names, ps)), (X,)), y)
 
+    probes, steps = (4, 32) if quick else (PROBES, STEPS)
+
     def ours():
-        return js.spectral_density(js.hessian(loss, params), num_probes=PROBES,
-                                   num_steps=STEPS)
+        return js.spectral_density(js.hessian(loss, params), num_probes=probes,
+                                   num_steps=steps)
 
     def peer():
         for p in model.parameters():
@@ -114,15 +120,16 @@ def density_torch_vs_pyhessian(quick: bool, hidden: int = 48) -> list[Row]:
         torch.manual_seed(0)
         with _torch_eig(torch):
             comp = ph.hessian(model, crit, data=(X, y), cuda=False)
-            return comp.density(iter=STEPS, n_v=PROBES)
+            return comp.density(iter=steps, n_v=probes)
 
-    reps = 3 if quick else 9
+    reps = 1 if quick else 7
     t = interleaved_times({"ours": ours, "peer": peer}, reps)
     for p in model.parameters():
         p.requires_grad_(True)
     cfg = (f"js.spectral_density(js.hessian(loss, params)) for a 64-{hidden}-10 tanh MLP "
            f"on 256 digits ({nparam} parameters, float32) vs PyHessian's density")
-    return [_row("torch Hessian / PyHessian", t["ours"], t["peer"], "PyHessian", cfg, reps)]
+    return [_row("torch Hessian / PyHessian", t["ours"], t["peer"], "PyHessian", cfg, reps,
+                 (probes, steps))]
 
 
 @register("slq", "torch", target="<= 1")
