@@ -591,10 +591,11 @@ class _Verify:
 
     def take(self, j: int = 0) -> Array | None:
         """The problems to restart at the next step (at row ``j``), and in ``wait`` the
-        steps until they may be accepted: the restart vector's row, then
-        :func:`fresh_ok`'s rows."""
+        steps until they may be accepted (the restart vector's row, then
+        :func:`fresh_ok`'s rows) once every problem has had its restart: before, a
+        check in between may find others ready for theirs."""
         force, self.force = self.force, None
         self.wait = 0
-        if force is not None:
+        if force is not None and self.p.backend.all_true(self.done):
             self.wait = 1 + min(self.r - (j + 1), 2 * self.k + 1)
         return force
