@@ -83,3 +83,86 @@ def test_model_made_in_inference_mode_is_a_clear_error(torch):
     W = torch.randn(3, 4)
     with torch.inference_mode(), pytest.raises(TypeError, match="outside the mode"):
         js.hessian(lambda p: (data @ p[0].T).pow(2).sum(), [W])
+
+
+def _conv_net(torch):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3), torch.nn.Tanh(), torch.nn.Flatten(),
+        torch.nn.Linear(3 * 4 * 4, 4)).double()
+
+
+@pytest.mark.parametrize("route", ["vmap", "loop", None])
+def test_block_products_equal_dense_by_either_route(torch, route):
+    from jacspec.backends.torch import block_route
+
+    net = _conv_net(torch)
+    x = torch.randn(5, 1, 6, 6, dtype=torch.float64)
+    ref = torch.func.vmap(torch.func.jacrev(net))(x[:, None])[:, 0].reshape(5, 4, 36)
+    J = js.jacobian(net, x, batched=True)
+    V = torch.randn(5, 36, 3, dtype=torch.float64)
+    U = torch.randn(5, 4, 3, dtype=torch.float64)
+    H = js.hessian(lambda z: net(z).pow(2).sum(), x[:1])
+    Hd = torch.func.hessian(lambda z: net(z.reshape(1, 1, 6, 6)).pow(2).sum())(
+        x[:1].flatten()).detach()
+    W = torch.randn(36, 3, dtype=torch.float64)
+    with block_route(route), torch.no_grad():
+        for _ in range(3):  # the default route times both first, then picks one
+            np.testing.assert_allclose(J.matmat(V).numpy(), (ref @ V).detach().numpy(),
+                                       rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(J.H.matmat(U).numpy(),
+                                       (ref.mT @ U).detach().numpy(), rtol=1e-10,
+                                       atol=1e-12)
+            np.testing.assert_allclose(H.matmat(W).numpy(), (Hd @ W).numpy(),
+                                       rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ["vmap", "loop"])
+def test_penalty_gradient_is_the_same_by_either_route(torch, route):
+    from jacspec.backends.torch import block_route
+
+    net = _conv_net(torch)
+    x = torch.randn(4, 1, 6, 6, dtype=torch.float64)
+    params = list(net.parameters())[:-1]  # the last bias does not enter the Jacobian
+    with block_route("vmap"):
+        ref = torch.autograd.grad(js.penalties.spectral(net, x), params)
+    with block_route(route):
+        got = torch.autograd.grad(js.penalties.spectral(net, x), params)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_block_route_is_timed_once_per_configuration(torch, monkeypatch):
+    from jacspec.backends import torch as tb
+
+    routes = tb.BlockRoutes()
+    monkeypatch.setattr(tb, "_ROUTES", routes)
+    stacked, ran = [], []
+    orig_stack = torch.stack
+
+    def stack(*a, **k):  # the loop route stacks its columns
+        stacked.append(1)
+        return orig_stack(*a, **k)
+
+    def timed(run, device):  # the loop takes 1 s, the vmapped backward 2 s
+        before = len(stacked)
+        out = run()
+        ran.append("loop" if len(stacked) > before else "vmap")
+        return (1.0 if ran[-1] == "loop" else 2.0), out
+
+    monkeypatch.setattr(torch, "stack", stack)
+    monkeypatch.setattr(tb, "_timed", timed)
+    J = js.jacobian(lambda z: torch.tanh(z) * 2.0, torch.randn(4, 3, dtype=torch.float64),
+                    batched=True)
+    V = torch.randn(4, 3, 2, dtype=torch.float64)
+    trials = tb.BlockRoutes.WARMUP + tb.BlockRoutes.TRIALS
+    for i in range(trials + 2):
+        J.matmat(V)
+        assert bool(routes._choice) == (i + 1 >= trials)
+    # each trial ran both routes (in alternating order), later blocks the loop only
+    assert ran == (["vmap", "loop", "loop", "vmap"] * trials)[:2 * trials]
+    assert list(routes._choice.values()) == ["loop"]
+    assert len(stacked) == trials + 2
+    with pytest.raises(ValueError, match="Expected route"):
+        with tb.block_route("fast"):
+            pass

@@ -279,32 +279,52 @@ def _writes_when(m: torch.nn.Module) -> bool:
     """Whether a layer of ``_PURE_LAYERS`` writes in place as configured: in-place
     activations and dropout (they may write ``f``'s input), batch norm in training mode
     (its running statistics), an embedding with ``max_norm`` (it renormalizes rows)."""
-    if getattr(m, "inplace", False):
+    # From the instance's dict (or its class): a missing attribute would go through
+    # Module.__getattr__, which raises and catches an AttributeError per layer.
+    if m.__dict__.get("inplace", getattr(type(m), "inplace", False)):
         return True
     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
         return m.training
     return isinstance(m, torch.nn.Embedding) and m.max_norm is not None
 
 
+def _plain_layer(m: torch.nn.Module) -> bool:
+    """One module of :func:`writes_nothing`'s walk (its children aside)."""
+    cls, d = type(m), m.__dict__
+    forward = _PURE_LAYERS.get(cls)
+    if forward is None or cls.forward is not forward or "forward" in d:
+        return False
+    if any(map(d.get, _MODULE_HOOKS)) or _writes_when(m):
+        return False
+    for tensors in (d.get("_parameters", {}), d.get("_buffers", {})):
+        for t in tensors.values():
+            if t is not None and type(t) not in _PLAIN:
+                return False
+    return True
+
+
 def writes_nothing(f: Any) -> bool:
     """Whether ``f`` is a module of torch's own layers (``_PURE_LAYERS``) that writes no
     tensor and sets no flag when it runs: each layer with its class's original
     ``forward``, no hooks (its own or global ones), plain tensors for parameters and
-    buffers, and none of the in-place configurations of :func:`_writes_when`."""
+    buffers, and none of the in-place configurations of :func:`_writes_when`.
+
+    Every linearization asks (a model may change between calls), so the walk reads
+    the modules' dicts directly, as ``Module.modules()`` would visit them."""
     if not isinstance(f, torch.nn.Module):
         return False
     glob = torch.nn.modules.module
     if any(getattr(glob, name, None) for name in _GLOBAL_HOOKS):
         return False
-    for m in f.modules():
-        forward = _PURE_LAYERS.get(type(m))
-        if forward is None or type(m).forward is not forward or "forward" in m.__dict__:
+    stack, seen = [f], set()
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if not _plain_layer(m):
             return False
-        if any(getattr(m, name, None) for name in _MODULE_HOOKS) or _writes_when(m):
-            return False
-        for t in (*m._parameters.values(), *m._buffers.values()):
-            if t is not None and type(t) not in _PLAIN:
-                return False
+        stack.extend(c for c in m.__dict__.get("_modules", {}).values() if c is not None)
     return True
 
 

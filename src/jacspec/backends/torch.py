@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import cmath
 import contextlib
+import math
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -168,7 +170,7 @@ class _Layout:
     def __init__(self, leaves: list[torch.Tensor], batch_shape: tuple[int, ...]) -> None:
         self.bshape = batch_shape
         self.shapes = [tuple(v.shape) for v in leaves]
-        self.sizes = [int(np.prod(s[len(batch_shape):], dtype=np.int64)) for s in self.shapes]
+        self.sizes = [math.prod(s[len(batch_shape):]) for s in self.shapes]
         self.n = sum(self.sizes)
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
@@ -274,6 +276,136 @@ def _hvp(grads, leaves: list[torch.Tensor], lay: _Layout, V: torch.Tensor,
                               retain_graph=retain_graph, create_graph=create_graph,
                               allow_unused=True, is_grads_batched=not single)
     return lay.join(res, like) if single else lay.join_cols(res, int(V.shape[-1]), like)
+
+
+class BlockRoutes:
+    """How a block of ``k`` vectors goes through a backward pass: one vmapped backward
+    (``is_grads_batched``, ``"vmap"``) or a loop of ``k`` single backward passes
+    (``"loop"``); both give the same products.
+
+    Which is faster depends on the model: torch's batching rules make the vmapped call
+    the faster one on dense layers and small batches, and the slower one on
+    convolutions (the batching rule of the convolution backward). So the first
+    ``WARMUP + TRIALS`` blocks of each configuration (the function, the side, the
+    block's shape, dtype and device, with or without gradient) run both routes, in turn
+    (the order alternating), and the last ``TRIALS`` of them are timed (a route's first
+    calls pay one-time costs: torch's first vmapped call imports and sets up functorch);
+    later blocks take the faster. The choice outlives the linearization: a training loop
+    linearizes anew every step, with the same configuration.
+    :func:`block_route` forces one route (tests, benchmarks).
+    """
+
+    WARMUP = 1
+    TRIALS = 2
+    MAX_ENTRIES = 1024
+
+    def __init__(self) -> None:
+        self.forced: str | None = None
+        self._times: dict[Any, dict[str, float]] = {}
+        self._choice: dict[Any, str] = {}
+
+    def choice(self, key: Any) -> str | None:
+        """The route of ``key``'s configuration, or None while it is still timed."""
+        return self.forced or self._choice.get(key)
+
+    def run(self, key: Any, routes: dict[str, Callable[[], torch.Tensor]],
+            device: torch.device) -> torch.Tensor:
+        """The block's product by the chosen route, or by both (timed) while the
+        configuration is new; the result of the vmapped route then."""
+        route = self.choice(key)
+        if route is not None:
+            return routes[route]()
+        if len(self._times) >= self.MAX_ENTRIES:
+            self._times.clear()
+            self._choice.clear()
+        best = self._times.setdefault(key, {"trials": 0.0})
+        out = None
+        for name in (("vmap", "loop") if best["trials"] % 2 == 0 else ("loop", "vmap")):
+            seconds, result = _timed(routes[name], device)
+            if best["trials"] >= self.WARMUP:
+                best[name] = min(best.get(name, math.inf), seconds)
+            if name == "vmap":
+                out = result
+        best["trials"] += 1
+        if best["trials"] >= self.WARMUP + self.TRIALS:
+            self._choice[key] = "vmap" if best["vmap"] <= best["loop"] else "loop"
+        return out
+
+
+def _timed(run: Callable[[], torch.Tensor], device: torch.device
+           ) -> tuple[float, torch.Tensor]:
+    """``(seconds, run())``, the device's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, out
+
+
+_ROUTES = BlockRoutes()
+
+
+@contextlib.contextmanager
+def block_route(route: str | None) -> Iterator[None]:
+    """Blocks of vectors take ``route`` (``"vmap"`` or ``"loop"``; ``None``: chosen by
+    timing, the default) inside the context.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import jacspec as js
+    >>> from jacspec.backends.torch import block_route
+    >>> J = js.jacobian(lambda z: z ** 2, torch.ones(3))
+    >>> with block_route("loop"):
+    ...     J.matmat(torch.eye(3))
+    tensor([[2., 0., 0.],
+            [0., 2., 0.],
+            [0., 0., 2.]])
+    """
+    if route not in (None, "vmap", "loop"):
+        raise ValueError(f"Expected route 'vmap', 'loop' or None. Received {route!r}.")
+    before, _ROUTES.forced = _ROUTES.forced, route
+    try:
+        yield
+    finally:
+        _ROUTES.forced = before
+
+
+def _function_key(f: Any) -> Any:
+    """What identifies ``f`` across calls for :class:`BlockRoutes`: a function's code
+    and what it closes over (a lambda made anew per call is the same function), else
+    the object itself."""
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return ("object", id(f))
+    cells = []
+    for cell in getattr(f, "__closure__", None) or ():
+        try:
+            cells.append(id(cell.cell_contents))
+        except ValueError:  # an empty cell
+            cells.append(None)
+    return ("function", code, id(getattr(f, "__self__", None)), tuple(cells))
+
+
+def _blocks(once: Callable[[torch.Tensor, bool], torch.Tensor],
+            single: Callable[[torch.Tensor, bool], torch.Tensor], fkey: Any, side: str
+            ) -> Callable[[torch.Tensor, bool], torch.Tensor]:
+    """``once`` (one vmapped backward for a block) or a loop of ``single`` over the
+    block's columns, as :class:`BlockRoutes` chooses."""
+
+    def looped(V: torch.Tensor, grad: bool) -> torch.Tensor:
+        return torch.stack([single(V[..., i], grad) for i in range(V.shape[-1])], dim=-1)
+
+    def apply(V: torch.Tensor, grad: bool) -> torch.Tensor:
+        if V.shape[-1] == 1:  # one vector: no batched-gradient machinery
+            return single(V[..., 0], grad)[..., None]
+        key = (fkey, side, tuple(V.shape), V.dtype, V.device, grad)
+        return _ROUTES.run(key, {"vmap": lambda: once(V, grad),
+                                 "loop": lambda: looped(V, grad)}, V.device)
+
+    return apply
 
 
 class _SolverLinalg:
@@ -538,6 +670,8 @@ class TorchBackend(Backend):
             y = st["y"]
             gs = _grad(y, leaves, _as_shape(u, tuple(y.shape)), create_graph=grad,
                        batched=False)
+            if len(gs) == 1 and gs[0] is not None:  # one leaf: a view, no list
+                return _as_shape(gs[0], lay.bshape + (lay.n,))
             return lay.join(gs, y)
 
         def jvp_graph() -> tuple[torch.Tensor, list[int]]:
@@ -558,7 +692,10 @@ class TorchBackend(Backend):
             """``J v`` for single vectors ``bshape + (n,)`` (see :func:`vjp_vec`)."""
             gs, live = jvp_graph()
             r = None
-            if live:
+            if len(live) == 1 and len(leaves) == 1:  # one leaf: no split, no lists
+                (r,) = _grad(gs[0], st["u0"], _as_shape(v, lay.shapes[0]),
+                             create_graph=grad, batched=False)
+            elif live:
                 parts = lay.split(v)
                 (r,) = _grad([gs[i] for i in live], st["u0"], [parts[i] for i in live],
                              create_graph=grad, batched=False)
@@ -568,16 +705,12 @@ class TorchBackend(Backend):
 
         def rmm_once(U: torch.Tensor, grad: bool) -> torch.Tensor:
             k = U.shape[-1]
-            if k == 1:  # one vector: plain views, no batched-gradient machinery
-                return vjp_vec(U[..., 0], grad)[..., None]
             gs = _grad(st["y"], leaves, _cols_first(U, tuple(st["y"].shape)),
                        create_graph=grad, batched=True)
             return lay.join_cols(gs, k, y)
 
         def mm_once(V: torch.Tensor, grad: bool) -> torch.Tensor:
             k = V.shape[-1]
-            if k == 1:
-                return jvp_vec(V[..., 0], grad)[..., None]
             gs, live = jvp_graph()
             if not live:
                 return zeros(m, k)
@@ -599,15 +732,28 @@ class TorchBackend(Backend):
             return apply
 
         def vector(vec, size):  # single vectors without gradient
-            @_autograd_on
+            # The Krylov solvers' product, once per step: one flat closure (no
+            # decorator, no retry lambda), whose Python is a visible part of a small
+            # product's time.
             def apply(v: torch.Tensor) -> torch.Tensor:
                 if not y.requires_grad:
                     return torch.zeros(bshape + (size,), dtype=y.dtype, device=y.device)
-                return _retry_freed(lambda: vec(v, False), forward)
+                if torch.is_inference_mode_enabled():
+                    with torch.inference_mode(False):
+                        return _retry_freed(lambda: vec(v, False), forward)
+                try:
+                    return vec(v, False)
+                except RuntimeError as err:
+                    if "backward through the graph a second time" not in str(err):
+                        raise
+                    forward()
+                    return vec(v, False)
 
             return apply
 
-        mm, rmm = product(mm_once, m), product(rmm_once, n)
+        fkey = _function_key(f)
+        mm = product(_blocks(mm_once, jvp_vec, fkey, "jvp"), m)
+        rmm = product(_blocks(rmm_once, vjp_vec, fkey, "vjp"), n)
         return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm,
                              mv=vector(jvp_vec, m), rmv=vector(vjp_vec, n))
 
@@ -638,12 +784,11 @@ class TorchBackend(Backend):
             return _retry_freed(
                 lambda: _hvp(st["grads"], leaves, lay, V, y, create_graph=grad), forward)
 
+        blocks = _blocks(hvp, hvp, _function_key(f), "hvp")
+
         @_autograd_on
         def mm(V: torch.Tensor, grad: bool) -> torch.Tensor:
-            grad = grad and differentiable and torch.is_grad_enabled()
-            if V.shape[-1] == 1:  # a single vector: no batched backward
-                return hvp(V[..., 0], grad)[..., None]
-            return hvp(V, grad)
+            return blocks(V, grad and differentiable and torch.is_grad_enabled())
 
         @_autograd_on
         def mv(v: torch.Tensor) -> torch.Tensor:  # single vectors, no gradient
