@@ -178,6 +178,11 @@ class Backend:
     #: Krylov steps then work on the filled rows of their buffers only. False where the
     #: framework compiles every new shape eagerly (JAX).
     dynamic_shapes: bool = True
+    #: Whether generic directions (start and breakdown restart vectors) come from
+    #: :meth:`hash_uniform` in eager solves too, not only inside a trace: where eager
+    #: solves run as compiled programs (JAX), whose directions must be those of the
+    #: plain path and whose compilation a counter-based normal draw would dominate.
+    hashed_directions: bool = False
 
     def cond(self, pred: Array, true_fn: Callable[[], Any], false_fn: Callable[[], Any]
              ) -> Any:
@@ -251,8 +256,9 @@ class Backend:
         return fn
 
     def hash_uniform(self, shape: tuple[int, ...], *, dtype: Any, seed: Any) -> Array:
-        """Generic directions (breakdown restarts) inside a traced loop, where ``seed``
-        may be traced. The default draws normal samples."""
+        """Generic directions (start and breakdown restart vectors) inside a traced
+        loop, where ``seed`` may be traced (and everywhere where
+        :attr:`hashed_directions`). The default draws normal samples."""
         return self.normal(shape, dtype=dtype, device=None, seed=seed)
 
     # -- convolutions and models (js.conv) ----------------------------------------------

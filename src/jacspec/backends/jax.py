@@ -276,19 +276,11 @@ class JaxBackend(Backend):
     def hash_uniform(self, shape, *, dtype, seed):
         """Uniform(-1, 1) values from a counter hash (murmur3's 32-bit finalizer of the
         element index and ``seed``): a few fused integer ops, unlike ``jax.random``,
-        whose threefry draws cost more than a Krylov step inside a compiled loop. For
-        breakdown restart directions only (generic, not statistically random)."""
-        size = int(np.prod(shape))
-        h = jnp.arange(size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B1)
-        # (seed * 0x632BE5AB) mod 2^32; seed may be traced (a compiled loop's step)
-        h = h + jnp.asarray(seed).astype(jnp.uint32) * jnp.uint32(0x632BE5AB)
-        h = h ^ (h >> 16)
-        h = h * jnp.uint32(0x85EBCA6B)
-        h = h ^ (h >> 13)
-        h = h * jnp.uint32(0xC2B2AE35)
-        h = h ^ (h >> 16)
-        u = (h >> 8).astype(jnp.float32) * (2.0 / 2**24) - 1.0
-        return u.reshape(shape).astype(dtype)
+        whose threefry draws cost more than a Krylov step inside a compiled loop (and
+        more to compile). For generic directions only (not statistically random);
+        one compiled program per shape eagerly."""
+        return _hash_uniform(jnp.asarray(seed).astype(jnp.uint32), tuple(shape),
+                             jnp.dtype(dtype))
 
     def row_coefs(self, W, Q, QH):
         """An ``einsum`` contracting the rows directly: XLA:CPU otherwise materializes
@@ -299,6 +291,8 @@ class JaxBackend(Backend):
 
     # Eager JAX compiles every new shape: solver buffers keep their width.
     dynamic_shapes = False
+    # Eager solves run compiled (a threefry draw compiles for longer than a Krylov step).
+    hashed_directions = True
     conv_layout = "HWIO"
     channels_last = True
 
@@ -643,6 +637,21 @@ class JaxBackend(Backend):
         """The exact adjoint of :meth:`conv2d` (its linear transpose), ``(N, C, H, W)``."""
         return _conv2d_adjoint(y, w, tuple(stride), tuple(tuple(p) for p in pads),
                                tuple(input_hw))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _hash_uniform(seed, shape, dtype):
+    """See :meth:`JaxBackend.hash_uniform`; ``seed`` a (possibly traced) uint32."""
+    size = int(np.prod(shape))
+    h = jnp.arange(size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B1)
+    h = h + seed * jnp.uint32(0x632BE5AB)  # (seed * 0x632BE5AB) mod 2^32
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    h = h ^ (h >> 16)
+    u = (h >> 8).astype(jnp.float32) * (2.0 / 2**24) - 1.0
+    return u.reshape(shape).astype(dtype)
 
 
 def _hvp_function(grad_fn, x0):

@@ -1,19 +1,22 @@
 """The adaptive Krylov driver: steps until the Ritz residuals meet ``tol``.
 
 On top of the decompositions of :mod:`.krylov` and the extraction of :mod:`.ritz`:
-convergence checks on a data-driven schedule (one host read each), thick restarts when
-the basis is full, a guard against accepting convergence right after a breakdown, a
-check restart for ``k >= 2`` (so that every copy of a repeated value is found), the
-maxiter warning, and a final check of the returned vectors' true residuals where the
-dtype's rounding may reach ``tol``. Inside a trace (``jax.jit``, ``tf.function``) no
-host read is possible: a fixed budget of steps runs (:func:`run_budget`).
+convergence checks on a data-driven schedule, thick restarts when the basis is full, a
+guard against accepting convergence right after a breakdown, a check restart for
+``k >= 2`` (so that every copy of a repeated value is found), the maxiter warning, and
+a final check of the returned vectors' true residuals where the dtype's rounding may
+reach ``tol``. The decisions are taken on the host (one read each), or, where the solve
+runs as one compiled program (an eager JAX solve, ``Problem.staging``) or inside a
+user's trace (``jax.jit``, ``tf.function``), the same decisions on the device
+(:func:`run_on_device`), the errors and warnings read back once at the end. Inside a
+user's trace with ``maxiter``, a fixed budget of steps runs (:func:`run_budget`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..backends import get_backend
 from . import ritz
@@ -70,122 +73,62 @@ def krylov_solve(p: Problem, alg: Krylov, k: int, *, tol: float, maxiter: int | 
                  vectors: bool = True, count: int = 0) -> KrylovResult:
     """The top ``k`` singular triplets (GKL; iterate from the smaller side) or wanted
     eigenpairs (Lanczos) of ``p``'s operator, to relative accuracy ``tol``, after
-    ``count`` products (those that made ``v0``)."""
+    ``count`` products (those that made ``v0``).
+
+    Three regimes: inside a user's trace with ``maxiter``, a fixed budget
+    (:func:`run_budget`); inside a user's trace without it, or an eager solve that
+    runs compiled (``Problem.staging``), the driver's loop on the device as one program
+    (:func:`run_on_device`); otherwise the same decisions taken on the host, step by
+    step."""
     r = p.n_in
     p = p.with_tol(tol)
-    if p.traced and maxiter is None:  # to tol under the framework's while loop
-        jmin, jmax, keep = basis_sizes(r, k, ncv)
-        s = run_to_tol(p, alg, init(p, v0, jmax, two_sided=alg.two_sided, count=count), k, tol,
-                       which, jmin, keep)
-        return finish(p, alg, s, k, tol, which, jmin, vectors)
-    if p.traced:
+    if p.traced and maxiter is not None:
         steps = (maxiter + alg.per_step - 1) // alg.per_step
         jmin, jmax, keep = basis_sizes(r, k, ncv, steps)
         s = run_budget(p, alg, init(p, v0, jmax, two_sided=alg.two_sided, count=count), maxiter,
                        keep, which)
         return finish(p, alg, s, k, tol, which, jmin, vectors)
-    jmin, jmax, keep = basis_sizes(r, k, ncv)
+    sizes = basis_sizes(r, k, ncv)
     limit = maxiter if maxiter is not None else max(DEFAULT_MAXITER, alg.per_step * r)
-    p = p.staging("krylov", alg, k, tol, which, jmax, vectors)
-    steps = _Steps(p, alg, p.stage("init", _init, jmax, alg.two_sided)(v0, count)._replace(j=0))
-    sched = _Schedule(tol, lambda J: _cheap_check(p, alg, J))
+    if not p.traced:
+        p = p.staging("krylov", alg, k, tol, which, sizes[1], vectors)
+    if p.traced or p.staged:
+        true_check = not p.traced and _rounding_may_reach(p, tol)
+        out, flag, short, done = p.stage("krylov", _solve_arrays, alg, k, tol, which, sizes,
+                                         true_check)(v0, p.counter(count), p.counter(limit))
+        return out if p.traced else _report(p, alg, out, flag, short, done)
+    return _solve_on_host(p, alg, k, tol, which, sizes, limit, v0, count, vectors)
+
+
+def _solve_on_host(p: Problem, alg: Krylov, k: int, tol: float, which: str,
+                   sizes: tuple[int, int, int], limit: int, v0: Array | None, count: int,
+                   vectors: bool) -> KrylovResult:
+    """The driver's loop with a host read per decision: steps, convergence checks on the
+    data-driven schedule, the check restart for ``k >= 2``, thick restarts."""
+    r = p.n_in
+    jmin, jmax, keep = sizes
+    s = init(p, v0, jmax, two_sided=alg.two_sided, count=count)
+    lo, hi = _cheap_range(p, alg, jmax)
+    sched = _Schedule(tol, lambda J: lo <= J <= hi)
     verify = _Verify(p, k, r)
     jcheck = min(r, jmin + FIRST_CHECK_DELAY)
     since, found = 0, None
-    while steps.j < r and not (steps.j and steps.count + _cost(alg, steps.j, r) > limit):
-        steps.step()
+    while s.j < r and not (s.j and s.count + _cost(alg, s.j, r) > limit):
+        s = alg.step(p, s)
         since += 1
-        if steps.j == r:
+        if s.j == r:
             break
-        if steps.j >= jmin and ((steps.j >= jcheck and since >= sched.gap)
-                                or steps.j == jmax):
+        if s.j >= jmin and ((s.j >= jcheck and since >= sched.gap) or s.j == jmax):
             since = 0
-            checked = _check(p, alg, steps.state(), k, tol, which, sched)
+            checked = _check(p, alg, s, k, tol, which, sched)
             if checked is not None and verify.accept(checked[1]):
                 found = checked[0]
                 break
-            steps.force(verify.take(steps.j))
+            s = s._replace(force=verify.take(s.j))
             sched.wait(verify.wait)
-        if steps.j == jmax:
-            steps.restart(keep, which)
-    return finish(p, alg, steps.state(), k, tol, which, jmin, vectors, found)
-
-
-class _Steps:
-    """The driver's steps: taken one at a time, or, in a staged solve (see
-    ``Problem.stage``), as one compiled run of the steps between two of the driver's
-    decisions (which depend on host counters only: the row and the product count)."""
-
-    def __init__(self, p: Problem, alg: Krylov, s: KrylovState) -> None:
-        self.p, self.alg, self.s, self.pending = p, alg, s, 0
-
-    @property
-    def j(self) -> int:
-        return self.s.j + self.pending
-
-    @property
-    def count(self) -> int:
-        """Products taken so far, those of the steps not yet run included (a compiled
-        piece's count is read from the device once)."""
-        if not isinstance(self.s.count, int):
-            self.s = self.s._replace(count=self.p.host_int(self.s.count))
-        return self.s.count + self.pending * self.alg.per_step
-
-    def step(self) -> None:
-        p, alg = self.p, self.alg
-        if not p.staged:
-            self.s = alg.step(p, self.s)
-        elif alg.two_sided and self.j + 1 >= p.n_in:  # the last step takes one product
-            s = self.state()
-            out = p.stage("last_step", _step_at, alg, s.j)(s._replace(j=None))
-            self.s = out._replace(j=s.j + 1)
-        else:
-            self.pending += 1
-
-    def state(self) -> KrylovState:
-        """The state after the steps taken so far."""
-        if self.pending:
-            s, n = self.s, self.pending
-            force = s.force if s.force is not None else self.p.zeros(
-                (self.p.B,), real=True) > 0
-            out = self.p.stage("steps", _run_steps, self.alg)(s._replace(force=force), n)
-            self.s, self.pending = out._replace(j=s.j + n, force=None), 0
-        return self.s
-
-    def force(self, force: Array | None) -> None:
-        self.s = self.s._replace(force=force)
-
-    def restart(self, keep: int, which: str) -> None:
-        s = self.state()
-        self.s = self.p.stage("restart", _restart_at, self.alg, keep, which, s.j)(
-            s._replace(j=None))._replace(j=keep)
-
-
-def _init(p: Problem, jmax: int, two_sided: bool, v0: Array | None, count: Any
-          ) -> KrylovState:
-    return init(p, v0, jmax, two_sided=two_sided, count=count)._replace(j=None)
-
-
-def _step_at(p: Problem, alg: Krylov, j: int, s: KrylovState) -> KrylovState:
-    """One step at the host-known row ``j`` (a compiled piece)."""
-    return alg.step(p, s._replace(j=j))._replace(j=None)
-
-
-def _restart_at(p: Problem, alg: Krylov, keep: int, which: str, j: int, s: KrylovState
-                ) -> KrylovState:
-    return _restart(p, alg, s._replace(j=j), keep, which)._replace(j=None)
-
-
-def _run_steps(p: Problem, alg: Krylov, s: KrylovState, n: Any) -> KrylovState:
-    """``n`` steps (a traced count) under :meth:`Problem.loop`, the check restart
-    ``s.force`` applied to the first: a compiled piece of an eager solve."""
-    j0 = s.j
-
-    def body(i: Any, c: KrylovState) -> KrylovState:
-        first = c._replace(j=j0 + i, force=c.force & (i == 0))
-        return alg.step(p, first)._replace(j=None, force=c.force)
-
-    return p.loop(body, s._replace(j=None), n, alg.per_step)
+        if s.j == jmax:
+            s = _restart(p, alg, s, keep, which)
+    return finish(p, alg, s, k, tol, which, jmin, vectors, found)
 
 
 def _cheap_check(p: Problem, alg: Krylov, J: int) -> bool:
@@ -193,6 +136,14 @@ def _cheap_check(p: Problem, alg: Krylov, J: int) -> bool:
     reorthogonalization (see ``CHECK_FIXED_FLOPS``)."""
     width = p.n_in + (p.n_out if alg.two_sided else 0)
     return CHECK_FIXED_FLOPS + 10 * p.B * J ** 3 <= CHECK_SHARE * 4 * p.B * J * width
+
+
+def _cheap_range(p: Problem, alg: Krylov, jmax: int) -> tuple[int, int]:
+    """The basis sizes ``[lo, hi]`` up to ``jmax`` where checks are cheap
+    (:func:`_cheap_check`; an interval: the fixed cost weighs at small sizes, the
+    factorization at large ones); ``lo > hi`` where there are none."""
+    cheap = [J for J in range(1, jmax + 1) if _cheap_check(p, alg, J)]
+    return (cheap[0], cheap[-1]) if cheap else (jmax + 1, 0)
 
 
 def _cost(alg: Krylov, j: int, r: int) -> int:
@@ -243,50 +194,162 @@ def _cycles(p: Problem, alg: Krylov, s: KrylovState, n: int, which: str
     return out._replace(j=keep)
 
 
-# Inside a tol-driven trace, convergence is tested every this many steps (a padded
-# factorization of the small problem each time).
-TRACED_CHECK_EVERY = 4
+def _solve_arrays(p: Problem, alg: Krylov, k: int, tol: float, which: str,
+                  sizes: tuple[int, int, int], true_check: bool, v0: Array | None,
+                  count: Any, limit: Any):
+    """A whole solve with no host read (one compiled program of an eager solve, or
+    part of a user's trace): the start, :func:`run_on_device`, and the result's arrays.
+    Returns ``(result, finite flag or None, whether a value fell short of tol by the
+    dtype's rounding (or None), whether every value converged)``: what :func:`_report`
+    reads, reduced here (an eager reduction would compile per shape)."""
+    xp = p.xp
+    jmin, jmax, keep = sizes
+    s = init(p, v0, jmax, two_sided=alg.two_sided, count=count)
+    s, flag = run_on_device(p, alg, s, k, tol, which, sizes, limit)
+    out, last, short = _finish_arrays(p, alg, k, tol, which, jmin, (True, False, False),
+                                      true_check, s, None)
+    return (out, _and(flag, last), None if short is None else xp.any(short),
+            xp.all(out.converged))
 
 
-def run_to_tol(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
-               jmin: int, keep: int) -> KrylovState:
-    """Traced, tol-driven: one step per iteration of ``Backend.while_loop`` (no host
-    read), a device-side convergence test every ``TRACED_CHECK_EVERY`` steps, thick
-    restarts under ``Backend.cond``; at most ``DEFAULT_MAXITER`` products. The product
-    count becomes a traced integer (a function of the steps taken)."""
+def _and(a: Array | None, b: Array | None) -> Array | None:
+    return b if a is None else a if b is None else a & b
+
+
+class _Loop(NamedTuple):
+    """The state of the driver's loop on the device, besides the Krylov state: steps
+    since the last check, the schedule (:class:`_Schedule`: the gap and the last
+    observation), the check restart (:class:`_Verify`: problems done, problems to
+    restart at the next step), whether to stop, and whether every check was finite."""
+
+    since: Array
+    gap: Array
+    prev_j: Array
+    prev_q: Array
+    done: Array
+    stop: Array
+    finite: Array
+
+
+def run_on_device(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: str,
+                  sizes: tuple[int, int, int], limit: Any) -> tuple[KrylovState, Array]:
+    """The decisions of the host loop (:func:`_solve_on_host`: the check schedule, the
+    check restart, thick restarts, the product limit) under ``Backend.while_loop``, one
+    step an iteration, each check and restart under ``Backend.cond``: no host read.
+    Returns the final state (a traced step count and product count) and whether every
+    checked small problem was finite (a check with NaN/Inf stops the loop, as the host
+    loop's error does)."""
     xp, b = p.xp, p.backend
-    jmax = int(s.C.shape[-1])
-    names = [f for f in s._fields
-             if f not in ("j", "count", "force") and getattr(s, f) is not None]
-    max_steps = max(DEFAULT_MAXITER // alg.per_step, jmax)
-    count = s.count
+    r, (jmin, jmax, keep) = p.n_in, sizes
+    jcheck = min(r, jmin + FIRST_CHECK_DELAY)
+    zero = xp.arange(1, device=p.device)[0] * 0  # the index dtype of arange
+    sched_dtype = p.backend.dtype_from_name("float64") if p.backend.has_float64() \
+        else p.real_dtype
+    no = p.zeros((p.B,), real=True) > 0
+    count0 = s.count if not isinstance(s.count, int) else zero + s.count
+    s = s._replace(j=zero, count=count0, force=no)
+    loop = _Loop(zero, zero + 1, zero, xp.astype(zero, sched_dtype) + 1.0 / tol, no,
+                 zero > 0, zero == 0)
+    names = [f for f in s._fields if f != "j" and getattr(s, f) is not None]
 
-    def unpack(c: tuple) -> KrylovState:
-        return s._replace(j=c[0], count=count + alg.per_step * c[1], force=None,
-                          **dict(zip(names, c[3:])))
+    def pack(st: KrylovState, lp: _Loop) -> tuple:
+        return (st.j,) + tuple(getattr(st, f) for f in names) + tuple(lp)
 
-    def pack(st: KrylovState, n: Any, done: Any) -> tuple:
-        return (st.j, n, done) + tuple(getattr(st, f) for f in names)
+    def unpack(c: tuple) -> tuple[KrylovState, _Loop]:
+        st = s._replace(j=c[0], **dict(zip(names, c[1:1 + len(names)])))
+        return st, _Loop(*c[1 + len(names):])
 
-    def converged(st: KrylovState) -> Array:
-        S, X, _, ref = _extract(p, alg, st, k, which, _small(p, alg, st))
-        res = ritz.last_row_residuals(p, X, st.j, st.beta)
-        ok = (res <= tol * ref) & (fresh_ok(p, st, k) | (st.j >= p.n_in))
-        return xp.all(ok) & (st.j >= jmin)
+    def more(c: tuple) -> Array:
+        st, lp = unpack(c)
+        spent = (st.j > 0) & (st.count + _cost_on_device(p, alg, st, jmax) > limit)
+        return ~lp.stop & (st.j < r) & ~spent
 
     def body(c: tuple) -> tuple:
-        st, n = alg.step(p, unpack(c)), c[1] + 1
-        due = ((n % TRACED_CHECK_EVERY) == 0) | (st.j >= jmax)
-        done = b.cond(due & (st.j >= jmin), lambda: converged(st), lambda: c[2])
-        full = (st.j >= jmax) & ~done
-        st = unpack(b.cond(full, lambda: pack(_restart(p, alg, st, keep, which)._replace(
-            j=st.j * 0 + keep), n, done), lambda: pack(st, n, done)))
-        return pack(st, n, done)
+        st, lp = unpack(c)
+        st = _step_on_device(p, alg, st, jmax)._replace(force=no)
+        lp = lp._replace(since=lp.since + 1, stop=st.j >= r)
+        due = ~lp.stop & (st.j >= jmin) & (
+            ((st.j >= jcheck) & (lp.since >= lp.gap)) | (st.j == jmax))
+        st, lp = unpack(b.cond(due, lambda: pack(*_check_on_device(p, alg, st, lp, k, tol,
+                                                                    which)),
+                               lambda: pack(st, lp)))
+        full = (st.j == jmax) & ~lp.stop
+        return b.cond(full, lambda: pack(_restart(p, alg, st, keep, which)._replace(
+            j=st.j * 0 + keep), lp), lambda: pack(st, lp))
 
-    zero = xp.arange(1, device=p.device)[0] * 0  # the index dtype of arange
-    out = b.while_loop(lambda c: ~c[2] & (c[1] < max_steps), body,
-                       pack(s._replace(j=zero), zero, zero > 0))
-    return unpack(out)
+    st, lp = unpack(b.while_loop(more, body, pack(s, loop)))
+    return st._replace(force=None), lp.finite
+
+
+def _cost_on_device(p: Problem, alg: Krylov, s: KrylovState, jmax: int) -> Any:
+    """:func:`_cost` at a traced row: GKL's last step of a full basis takes one product
+    (only where the basis may fill the space, ``jmax == r``)."""
+    if not (alg.two_sided and jmax >= p.n_in):
+        return alg.per_step
+    return alg.per_step - p.xp.astype(s.j + 1 >= p.n_in, s.count.dtype)
+
+
+def _step_on_device(p: Problem, alg: Krylov, s: KrylovState, jmax: int) -> KrylovState:
+    """One step at a traced row. Where the basis may fill the space (GKL, ``jmax ==
+    r``), the last step takes no adjoint product (see ``krylov.gkl_step``): its result
+    is the full step's with the adjoint half undone (the product it took is not
+    counted), so that the program holds one step, not two."""
+    out = alg.step(p, s)
+    if not (alg.two_sided and jmax >= p.n_in):
+        return out
+    xp = p.xp
+    last = s.j + 1 >= p.n_in
+    return out._replace(
+        v=xp.where(last, s.v, out.v), beta=xp.where(last, xp.zeros_like(out.beta), out.beta),
+        fresh_from=xp.where(last, s.fresh_from, out.fresh_from),
+        last_break=xp.where(last, s.last_break, out.last_break),
+        count=out.count - xp.astype(last, out.count.dtype))
+
+
+def _check_on_device(p: Problem, alg: Krylov, s: KrylovState, lp: _Loop, k: int,
+                     tol: float, which: str) -> tuple[KrylovState, _Loop]:
+    """A convergence check (:func:`_check_arrays`) with the schedule's observation and
+    the check restart's decision: the loop stops where every problem is accepted or the
+    small problem is not finite; else ``s.force`` marks the problems to restart."""
+    xp = p.xp
+    flag, _, q, conv = _check_arrays(p, alg, k, tol, which, s)
+    gap, prev_j, prev_q = _observe_on_device(p, s.j, q, lp, _cheap_range(
+        p, alg, int(s.C.shape[-1])))
+    ready = xp.all(conv, axis=-1)
+    finite = lp.finite if flag is None else lp.finite & flag
+    if k == 1:  # the top value needs no check restart (see _Verify)
+        accept, done, force = xp.all(ready), lp.done, s.force
+    else:
+        accept = xp.all(ready & lp.done)
+        force = ready & ~lp.done & ~accept
+        done = lp.done | force
+        # _Verify.take's wait: the restart's fresh rows, once every problem had its own
+        wait = 1 + xp.minimum(p.n_in - (s.j + 1), s.j * 0 + 2 * k + 1)
+        gap = xp.where(xp.any(force) & xp.all(done), wait, gap)
+    return s._replace(force=force), _Loop(lp.since * 0, gap, prev_j, prev_q, done,
+                                          accept | ~finite, finite)
+
+
+def _observe_on_device(p: Problem, J: Array, q: Array, lp: _Loop, cheap: tuple[int, int]):
+    """:meth:`_Schedule.observe` on traced values: ``(gap, prev_j, prev_q)``; ``cheap``:
+    the sizes where checks are cheap (:func:`_cheap_range`)."""
+    xp = p.xp
+    q = xp.astype(q, lp.prev_q.dtype)
+    base = xp.maximum(J // CHECK_SPACING, J * 0 + 1)
+    live = xp.isfinite(q) & (q > 1)
+    closer = live & (lp.prev_q > q) & (J > lp.prev_j)
+    one = xp.ones_like(q)
+    steps = xp.astype(xp.where(closer, J - lp.prev_j, J * 0 + 1), q.dtype)
+    rate = xp.log(xp.where(closer, lp.prev_q / q, one + one)) / steps
+    predicted = xp.log(xp.where(closer, q, one + one)) / rate / 2
+    predicted = xp.astype(xp.floor(xp.minimum(predicted, one * 2.0**30)), J.dtype)
+    predicted = xp.where(lp.prev_j == 0, xp.minimum(predicted, J), predicted)
+    gap = xp.where(closer, xp.maximum(base, predicted), base)
+    lo, hi = cheap
+    gap = xp.where((J >= lo) & (J <= hi), J * 0 + 1, gap)
+    if lo <= hi:  # no jump past the size from which checks are cheap
+        gap = xp.where(J < lo, xp.minimum(gap, lo - J), gap)
+    return gap, xp.where(live, J, lp.prev_j), xp.where(live, q, lp.prev_q)
 
 
 def fresh_ok(p: Problem, s: KrylovState, k: int) -> Array:
@@ -318,11 +381,8 @@ def _check(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: s
     """A convergence check: ``(ritz, converged flags (B, k))``, or ``None`` where a
     cheaper screen (``k = 1``) already shows an unconverged problem. The schedule learns
     the convergence rate from either."""
-    if not p.sliced:  # fixed-width buffers: one piece, then the host reads
-        jmax = int(s.C.shape[-1])
-        flag, found, q, conv = p.stage("check", _check_arrays, alg, k, tol, which,
-                                       s.j if s.j == jmax else None)(
-            s._replace(force=None))
+    if not p.sliced:  # fixed-width buffers: the check's arrays, then the host reads
+        flag, found, q, conv = _check_arrays(p, alg, k, tol, which, s._replace(force=None))
         p.raise_unless(flag)
         sched.observe(s.j, p.backend.to_float(q))
         return found, conv
@@ -347,12 +407,9 @@ def _check(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: s
 
 
 def _check_arrays(p: Problem, alg: Krylov, k: int, tol: float, which: str,
-                  full: int | None, s: KrylovState):
+                  s: KrylovState):
     """The check of a fixed-width state: ``(finite flag, Ritz extraction, worst
-    residual ratio, converged flags)``, no host read (``full``: the basis size where the
-    basis is full, so that the filled block is factored as the plain path does)."""
-    if full is not None:
-        s = s._replace(j=full)
+    residual ratio, converged flags)``, no host read."""
     ok = fresh_ok(p, s, k)
     M = _small(p, alg, s)
     flag = p.finite_flag(M)
@@ -440,28 +497,37 @@ def finish(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: s
         return KrylovResult(S, None, None, zero, zero <= 0, p.host_int(s.count))
     true_check = not p.traced and _rounding_may_reach(p, tol)
     j = s.j
-    facts = (not isinstance(j, int), exact, isinstance(j, int) and j < jmin,
-             j if p.staged and j == int(s.C.shape[-1]) else None)
-    out, flag, short = p.stage("finish", _finish_arrays, alg, k, tol, which, jmin, facts,
-                               true_check)(s._replace(force=None), found)
+    facts = (not isinstance(j, int), exact, isinstance(j, int) and j < jmin)
+    out, flag, short = _finish_arrays(p, alg, k, tol, which, jmin, facts, true_check,
+                                      s._replace(force=None), found)
+    if p.traced:
+        return out
+    return _report(p, alg, out, flag, None if short is None else xp.any(short),
+                   xp.all(out.converged))
+
+
+def _report(p: Problem, alg: Krylov, out: KrylovResult, flag: Array | None,
+            short: Array | None, done: Array) -> KrylovResult:
+    """The host's part of an eager result: the FloatingPointError of a non-finite
+    product, the product count as an int, the unconverged warning where ``done`` (0-d)
+    is False (``maxiter``, or ``dtype`` where ``short`` (0-d) says that only the
+    dtype's rounding kept a value from ``tol``)."""
     p.raise_unless(flag)
     count = p.host_int(out.num_matvecs)
-    why = "dtype" if short is not None and p.backend.any_true(short) else "maxiter"
-    if not p.traced and not p.backend.all_true(out.converged):
-        warn_unconverged(alg.name, count, why)
+    if not p.backend.to_bool(done):
+        short = short is not None and p.backend.to_bool(short)
+        warn_unconverged(alg.name, count, "dtype" if short else "maxiter")
     return out._replace(num_matvecs=count)
 
 
 def _finish_arrays(p: Problem, alg: Krylov, k: int, tol: float, which: str, jmin: int,
                    facts: tuple, true_check: bool, s: KrylovState, found: Any):
     """The result's arrays, no host read: ``(result, finite flag, values short of tol
-    by the dtype's rounding or None)``. ``facts``: whether the step count is traced
-    (a user's trace), whether the basis spans the space, whether it is below ``jmin``,
-    and the basis size where a staged basis is full."""
+    by the dtype's rounding or None)``. ``facts``: whether the step count is traced,
+    whether the basis spans the space, whether it is below ``jmin`` (the last two of a
+    Python step count)."""
     xp = p.xp
-    traced_j, exact, below, full = facts
-    if full is not None:
-        s = s._replace(j=full)
+    traced_j, exact, below = facts
     flag = None
     if found is None:
         M = _small(p, alg, s)
@@ -470,7 +536,7 @@ def _finish_arrays(p: Problem, alg: Krylov, k: int, tol: float, which: str, jmin
     vals, X, Y, ref = found
     res = ritz.last_row_residuals(p, X, s.j, s.beta)
     conv = res <= tol * ref
-    if traced_j:  # a traced step count (see run_to_tol)
+    if traced_j:  # a traced step count (see run_on_device)
         conv = conv & (fresh_ok(p, s, k) | (s.j >= p.n_in)) & (s.j >= jmin)
     elif not exact:
         conv = conv & fresh_ok(p, s, k)

@@ -281,10 +281,14 @@ class Problem:
 
     def generic(self, shape: tuple[int, ...], salt: Any) -> Array:
         """Generic directions (start and restart vectors; not statistically random),
-        seeded by the seed and ``salt``. Inside a user's trace they come from
-        ``Backend.hash_uniform``: a compiled loop traces its body once (the salt is
-        traced there), and counter-based normal draws cost more than a Krylov step."""
-        if self.traced and not self.staged:
+        seeded by the seed and ``salt``. Inside a user's trace, and where the backend
+        says so (``Backend.hashed_directions``: eager solves run compiled) of vectors
+        in one place, they come from ``Backend.hash_uniform``: a compiled loop traces
+        its body once (the salt is traced there), and counter-based normal draws cost
+        more than a Krylov step to run and to compile."""
+        hashed = self.backend.hashed_directions and self.shard_sum is None and (
+            self.placed(len(shape), -1) == self.device)
+        if (self.traced and not self.staged) or hashed:
             return self.backend.hash_uniform(tuple(shape), dtype=self.dtype,
                                              seed=self.seed + salt)
         return self.backend.normal(tuple(shape), dtype=self.dtype,
@@ -308,8 +312,7 @@ class Problem:
         Without ``mix_start``, ``v0`` as given."""
         xp = self.xp
         shape = (self.B, self.local_in)
-        eager = not self.traced or self.staged
-        rnd = self.random(shape, draw) if eager else self.generic(shape, _DRAW_SALT * draw)
+        rnd = self.generic(shape, _DRAW_SALT * draw)
         v = rnd
         if v0 is not None and not self.mix_start:
             v = xp.where((self.norm(v0) <= self.tiny)[:, None], rnd, v0)
