@@ -166,3 +166,16 @@ def test_block_route_is_timed_once_per_configuration(torch, monkeypatch):
     with pytest.raises(ValueError, match="Expected route"):
         with tb.block_route("fast"):
             pass
+
+
+def test_block_route_key_is_the_same_for_functions_made_anew(torch):
+    import functools
+
+    from jacspec.backends.torch import _function_key
+
+    net = torch.nn.Linear(2, 2)
+    make = lambda: (lambda z: net(z))  # noqa: E731 - a closure made per call
+    assert _function_key(make()) == _function_key(make())
+    part = lambda: functools.partial(torch.nn.functional.linear, weight=net.weight)  # noqa: E731
+    assert _function_key(part()) == _function_key(part())
+    assert _function_key(net) != _function_key(torch.nn.Linear(2, 2))

@@ -159,3 +159,30 @@ def test_nan_or_inf_products_are_a_floating_point_error(backend, kind):
         J = js.jacobian(lambda z: z**0.5, from_numpy(np.zeros(5), backend, "float64"))
         with pytest.raises(FloatingPointError, match="NaN or Inf"):
             js.spectral_density(J, num_probes=2, num_steps=4, kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["eig", "singular"])
+def test_probe_groups_give_the_probes_of_one_block(backend, monkeypatch, kind):
+    """Probes run side by side in one block, or in groups where their bases would be
+    large: the same probes, the same quadratures (batched operators too), and the
+    dense spectrum's moments when the probes span the space."""
+    from jacspec.solvers import density
+
+    rng = np.random.default_rng(3)
+    n = 7
+    A = rng.standard_normal((2, n + 2, n)) if kind == "singular" else None
+    if A is None:
+        A = rng.standard_normal((2, n, n))
+        A = A + np.swapaxes(A, -1, -2)
+    op = js.aslinearoperator(from_numpy(A, backend, "float64"))
+    one = js.spectral_density(op, num_probes=n, num_steps=n, kind=kind)
+    monkeypatch.setattr(density, "PROBE_BLOCK_ENTRIES", 3 * 2 * n * (2 * n + 2))
+    assert 1 < density._group_size(density.Problem.of(op), n, n) < n
+    groups = js.spectral_density(op, num_probes=n, num_steps=n, kind=kind)
+    for a, b in ((one.nodes, groups.nodes), (one.weights, groups.weights)):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-9)
+    w = (np.linalg.svd(A, compute_uv=False) if kind == "singular"
+         else np.linalg.eigvalsh(A))
+    for p in (1, 2, 3):
+        np.testing.assert_allclose(to_numpy(groups.moment(p)), np.mean(w**p, axis=-1),
+                                   rtol=1e-9, atol=1e-9 * np.abs(w).max() ** p)

@@ -255,3 +255,35 @@ def test_fresh_ok(backend):
     s = s._replace(fresh_from=from_numpy(np.array([0.0, 3.0, 8.0]), backend))
     ok = [to_numpy(driver.fresh_ok(p, s._replace(j=j), 2))[:, 0].tolist() for j in (7, 10)]
     assert ok == [[True, False, False], [True, True, True]]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_products_against_arpack(backend, k):
+    """On a long operator with a Hessian-like spectrum (a few outliers over a bulk near
+    0), float64, default tol: Lanczos takes no more products than ARPACK
+    (``scipy.sparse.linalg.eigsh``, ncv 20) for ``k = 1``, and for ``k >= 2`` no more
+    than ARPACK plus its check restart (``2k + 2`` products), at ARPACK's accuracy
+    against the exact values."""
+    if backend != "numpy":
+        pytest.skip("an explicit NumPy operator against SciPy's ARPACK")
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as sla
+
+    rng = np.random.default_rng(0)
+    n = 100_000
+    bulk = rng.uniform(-0.05, 0.6, n - 8) * rng.uniform(0, 1, n - 8) ** 4
+    d = np.concatenate([[3.4, 2.95, 2.74, 2.2, 1.9, 1.5, 1.2, 1.0], bulk])
+    res = js.eigsh(sp.diags(d), k=k, method="lanczos")
+    count = [0]
+
+    def mv(v):
+        count[0] += 1
+        return d * v
+
+    tol = float(np.sqrt(np.finfo(np.float64).eps))
+    arpack = sla.eigsh(sla.LinearOperator((n, n), matvec=mv, dtype=np.float64), k=k,
+                       tol=tol, return_eigenvectors=False)
+    exact = np.sort(d)[::-1][:k]
+    err_arpack = np.abs(np.sort(arpack)[::-1] - exact).max()
+    assert np.abs(to_numpy(res.values) - exact).max() <= max(err_arpack, 1e-14) * 4
+    assert res.num_matvecs <= count[0] + (2 * k + 2 if k > 1 else 0)

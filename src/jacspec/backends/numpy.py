@@ -39,6 +39,12 @@ class NumpyBackend(Backend):
     def from_numpy(self, a: np.ndarray, *, dtype: Any = None, device: Any = None) -> Any:
         return np.asarray(a, dtype=dtype)
 
+    def set_row(self, X, j, x, start=0):
+        """In place (the rows written belong to solver work buffers, zero before): the
+        functional default copies the whole buffer at every step; returns ``X``."""
+        X[..., j, start:start + x.shape[-1]] = x
+        return X
+
     def normal(self, shape, *, dtype, device, seed):
         rng = np.random.default_rng(seed)
         dt = np.dtype(dtype)

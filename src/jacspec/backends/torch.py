@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import cmath
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -375,8 +376,11 @@ def block_route(route: str | None) -> Iterator[None]:
 
 def _function_key(f: Any) -> Any:
     """What identifies ``f`` across calls for :class:`BlockRoutes`: a function's code
-    and what it closes over (a lambda made anew per call is the same function), else
-    the object itself."""
+    and what it closes over (a lambda or ``functools.partial`` made anew per call is the
+    same function), else the object itself."""
+    if isinstance(f, functools.partial):  # made anew per call, like a lambda
+        return ("partial", _function_key(f.func), tuple(map(id, f.args)),
+                tuple((k, id(v)) for k, v in f.keywords.items()))
     code = getattr(f, "__code__", None)
     if code is None:
         return ("object", id(f))

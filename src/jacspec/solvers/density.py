@@ -13,10 +13,16 @@ The probes of one call are orthonormal (columns of the QR factor of a Gaussian m
 in groups of ``n``): each is uniform on the sphere, so the estimate stays unbiased, and
 ``n`` of them span the space, which makes ``moment(p)`` the exact ``tr(A^p) / n`` once
 ``num_steps >= n``.
+
+The probes run side by side, as a batch of independent Lanczos runs whose step is one
+block product (``P`` columns) and one batched reorthogonalization: the per-step work of
+a small operator is a handful of operations for all probes, not for each. Where the
+bases of all probes would be large (``PROBE_BLOCK_ENTRIES``), they run in groups.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +40,10 @@ __all__ = ["SpectralDensity", "spectral_density"]
 
 Array = Any
 KINDS = ("eig", "singular")
+# The probes of a group hold at most this many basis entries together (``B * P * steps
+# * n``; a single probe may hold more): 64 MB in float32, a memory the per-probe loop's
+# basis of a small model already reaches and that of a large model's exceeds alone.
+PROBE_BLOCK_ENTRIES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,54 @@ def _probes(p: Problem, count: int) -> list[Array]:
     return out
 
 
+class _ProbeBlock:
+    """The operator of ``B`` problems applied to ``P`` probes of each at once: the
+    products of ``B * P`` problems (rows ordered problem-major) as one block product
+    of ``P`` columns per problem."""
+
+    def __init__(self, op: Any, B: int, P: int, batched: bool) -> None:
+        self.op, self.B, self.P, self.batched = op, B, P, batched
+
+    def __repr__(self) -> str:
+        return repr(self.op)
+
+    def _mv(self, v: Array, *, adjoint: bool = False) -> Array:
+        xp = self.op.xp
+        V = xp.matrix_transpose(xp.reshape(v, (self.B, self.P, int(v.shape[-1]))))
+        if self.batched:
+            W = self.op._mm(V, adjoint=adjoint, grad=False)
+        else:
+            W = self.op._mm(V[0], adjoint=adjoint, grad=False)[None]
+        return xp.reshape(xp.matrix_transpose(W), (self.B * self.P, int(W.shape[-2])))
+
+    def _staged_form(self) -> Any:
+        form = self.op._staged_form()
+        if form is None:
+            return None
+        key, arrays, rebuild = form
+        B, P, batched = self.B, self.P, self.batched
+        return (("probes", B, P, key), arrays,
+                lambda a: _ProbeBlock(rebuild(a), B, P, batched))
+
+
+def _probe_problem(p: Problem, P: int) -> Problem:
+    """``p``'s operator as ``B * P`` problems whose products go through one block
+    product (:class:`_ProbeBlock`)."""
+    if P == 1:
+        return p
+    return dataclasses.replace(p, op=_ProbeBlock(p.op, p.B, P, p.batched), adj=False,
+                               batched=True, B=p.B * P)
+
+
+def _group_size(p: Problem, probes: int, steps: int) -> int:
+    """Probes per group: all where their bases fit ``PROBE_BLOCK_ENTRIES``, else fewer
+    (at least one), in groups of equal size."""
+    per_probe = p.B * steps * (p.local_in + (p.local_out if p.n_out != p.n_in else 0))
+    fit = max(1, min(probes, PROBE_BLOCK_ENTRIES // max(per_probe, 1)))
+    groups = -(-probes // fit)
+    return -(-probes // groups)
+
+
 def _quadrature(p: Problem, steps: int, kind: str, v0: Array, count: Any
                 ) -> tuple[Array, Array, Any]:
     """Nodes and weights ``(B, steps)`` of one probe, and the product count after it
@@ -212,16 +270,21 @@ def spectral_density(op: Any, *, num_probes: int = 8, num_steps: int = 64, kind:
     seed = V.check_seed(seed)
     p = Problem.of(op, seed=seed)
     steps = min(steps, p.n_in)
-    with op.backend_impl.no_grad():
-        p = p.staging("density", kind, steps)
-        quadrature = p.stage("quadrature", _quadrature, steps, kind)
-        runs, count = [], p.counter(0)
-        for v in _probes(p, probes):
-            *run, count = quadrature(v, count)
-            runs.append(run)
     xp = p.xp
-    nodes = xp.stack([r[0] for r in runs], axis=1)  # (B, P, S)
-    weights = xp.stack([r[1] for r in runs], axis=1)
+    with op.backend_impl.no_grad():
+        vs = _probes(p, probes)
+        runs, count = [], 0
+        size = _group_size(p, probes, steps)
+        for start in range(0, probes, size):
+            group = vs[start:start + size]
+            q = _probe_problem(p, len(group)).staging("density", kind, steps)
+            v = xp.reshape(xp.stack(group, axis=1), (q.B, p.local_in))
+            theta, weights, count = q.stage("quadrature", _quadrature, steps, kind)(
+                v, q.counter(count))
+            runs.append((xp.reshape(theta, (p.B, len(group), steps)),
+                         xp.reshape(weights, (p.B, len(group), steps))))
+    nodes = xp.concat([r[0] for r in runs], axis=1)  # (B, P, S)
+    weights = xp.concat([r[1] for r in runs], axis=1)
     p.check_finite(nodes, "spectral density")
     if not op.batch_shape:
         nodes, weights = nodes[0], weights[0]

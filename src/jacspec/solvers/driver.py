@@ -41,6 +41,13 @@ PROBES = 8
 # a framework's per-operation cost (tens of microseconds eager on a busy CPU, a kernel
 # launch each on a GPU); larger batches stay where they are.
 HOST_SCREEN_ENTRIES = 1 << 16
+# A check costs a small eigendecomposition (about ``10 J^3`` flops a problem) and a host
+# read with its dispatches (counted as ``CHECK_FIXED_FLOPS``); a step costs at least its
+# reorthogonalization (``4 J n`` flops a problem) and a product. Where a check costs at
+# most ``CHECK_SHARE`` of that reorthogonalization (long vectors: parameter-sized
+# Hessians), the driver checks after every step: a product saved pays for many checks.
+CHECK_FIXED_FLOPS = 1e6
+CHECK_SHARE = 0.25
 # The returned vectors' true residuals are checked (k more products) when ``tol`` is
 # within this factor of the rounding level ``sqrt(size) * eps`` of the bases.
 TRUE_RESIDUAL_MARGIN = 10.0
@@ -100,8 +107,9 @@ def _solve_on_host(p: Problem, alg: Krylov, k: int, tol: float, which: str,
     r = p.n_in
     jmin, jmax, keep = sizes
     s = init(p, v0, jmax, two_sided=alg.two_sided, count=count)
-    sched = _Schedule(tol)
-    verify = _Verify(p, k)
+    lo, hi = _cheap_range(p, alg, jmax)
+    sched = _Schedule(tol, lambda J: lo <= J <= hi)
+    verify = _Verify(p, k, r)
     jcheck = min(r, jmin + FIRST_CHECK_DELAY)
     since, found = 0, None
     while s.j < r and not (s.j and s.count + _cost(alg, s.j, r) > limit):
@@ -115,10 +123,26 @@ def _solve_on_host(p: Problem, alg: Krylov, k: int, tol: float, which: str,
             if checked is not None and verify.accept(checked[1]):
                 found = checked[0]
                 break
-            s = s._replace(force=verify.take())
+            s = s._replace(force=verify.take(s.j))
+            sched.wait(verify.wait)
         if s.j == jmax:
             s = _restart(p, alg, s, keep, which)
     return finish(p, alg, s, k, tol, which, jmin, vectors, found)
+
+
+def _cheap_check(p: Problem, alg: Krylov, J: int) -> bool:
+    """Whether a check at basis size ``J`` costs at most ``CHECK_SHARE`` of a step's
+    reorthogonalization (see ``CHECK_FIXED_FLOPS``)."""
+    width = p.n_in + (p.n_out if alg.two_sided else 0)
+    return CHECK_FIXED_FLOPS + 10 * p.B * J ** 3 <= CHECK_SHARE * 4 * p.B * J * width
+
+
+def _cheap_range(p: Problem, alg: Krylov, jmax: int) -> tuple[int, int]:
+    """The basis sizes ``[lo, hi]`` up to ``jmax`` where checks are cheap
+    (:func:`_cheap_check`; an interval: the fixed cost weighs at small sizes, the
+    factorization at large ones); ``lo > hi`` where there are none."""
+    cheap = [J for J in range(1, jmax + 1) if _cheap_check(p, alg, J)]
+    return (cheap[0], cheap[-1]) if cheap else (jmax + 1, 0)
 
 
 def _cost(alg: Krylov, j: int, r: int) -> int:
@@ -288,7 +312,8 @@ def _check_on_device(p: Problem, alg: Krylov, s: KrylovState, lp: _Loop, k: int,
     small problem is not finite; else ``s.force`` marks the problems to restart."""
     xp = p.xp
     flag, _, q, conv = _check_arrays(p, alg, k, tol, which, s)
-    gap, prev_j, prev_q = _observe_on_device(p, s.j, q, lp)
+    gap, prev_j, prev_q = _observe_on_device(p, s.j, q, lp, _cheap_range(
+        p, alg, int(s.C.shape[-1])))
     ready = xp.all(conv, axis=-1)
     finite = lp.finite if flag is None else lp.finite & flag
     if k == 1:  # the top value needs no check restart (see _Verify)
@@ -297,12 +322,16 @@ def _check_on_device(p: Problem, alg: Krylov, s: KrylovState, lp: _Loop, k: int,
         accept = xp.all(ready & lp.done)
         force = ready & ~lp.done & ~accept
         done = lp.done | force
+        # _Verify.take's wait: the restart's fresh rows, once every problem had its own
+        wait = 1 + xp.minimum(p.n_in - (s.j + 1), s.j * 0 + 2 * k + 1)
+        gap = xp.where(xp.any(force) & xp.all(done), wait, gap)
     return s._replace(force=force), _Loop(lp.since * 0, gap, prev_j, prev_q, done,
                                           accept | ~finite, finite)
 
 
-def _observe_on_device(p: Problem, J: Array, q: Array, lp: _Loop):
-    """:meth:`_Schedule.observe` on traced values: ``(gap, prev_j, prev_q)``."""
+def _observe_on_device(p: Problem, J: Array, q: Array, lp: _Loop, cheap: tuple[int, int]):
+    """:meth:`_Schedule.observe` on traced values: ``(gap, prev_j, prev_q)``; ``cheap``:
+    the sizes where checks are cheap (:func:`_cheap_range`)."""
     xp = p.xp
     q = xp.astype(q, lp.prev_q.dtype)
     base = xp.maximum(J // CHECK_SPACING, J * 0 + 1)
@@ -315,6 +344,10 @@ def _observe_on_device(p: Problem, J: Array, q: Array, lp: _Loop):
     predicted = xp.astype(xp.floor(xp.minimum(predicted, one * 2.0**30)), J.dtype)
     predicted = xp.where(lp.prev_j == 0, xp.minimum(predicted, J), predicted)
     gap = xp.where(closer, xp.maximum(base, predicted), base)
+    lo, hi = cheap
+    gap = xp.where((J >= lo) & (J <= hi), J * 0 + 1, gap)
+    if lo <= hi:  # no jump past the size from which checks are cheap
+        gap = xp.where(J < lo, xp.minimum(gap, lo - J), gap)
     return gap, xp.where(live, J, lp.prev_j), xp.where(live, q, lp.prev_q)
 
 
@@ -551,29 +584,43 @@ def _true_residuals(p: Problem, alg: Krylov, vals: Array, left: Array | None,
 class _Schedule:
     """When to check convergence next (deterministic, data-driven).
 
-    Every step while ``J < 2 * CHECK_SPACING``, then every ``J // CHECK_SPACING`` steps,
+    Every step where checks are cheap next to steps (``cheap(J)``, see
+    ``CHECK_FIXED_FLOPS``). Otherwise every step while ``J < 2 * CHECK_SPACING``, then
+    every ``J // CHECK_SPACING`` steps,
     and further apart where the worst residual ratio ``res / (tol * scale)`` of the last
     two checks, extrapolated linearly in log scale, says convergence is still far: half
     the predicted steps (Krylov convergence accelerates, so the prediction errs long).
     Before the first check the ratio is taken as ``1 / tol`` at step 0 (a random start's
     residual is of the order of ``||A||``); a gap predicted from that guess is capped at
-    ``J`` (at most doubling the basis).
+    ``J`` (at most doubling the basis). After a check restart, the next check comes at
+    the first step where it may accept (:meth:`wait`).
     """
 
-    def __init__(self, tol: float) -> None:
+    def __init__(self, tol: float, cheap: Any = None) -> None:
         self.gap = 1
         self.prev: tuple[int, float] = (0, 1.0 / tol)
+        self.cheap = cheap or (lambda J: False)
+
+    def wait(self, steps: int) -> None:
+        """No check before ``steps`` more steps (a check restart's fresh rows)."""
+        if steps:
+            self.gap = steps
 
     def observe(self, J: int, q: float) -> None:
         gap = max(1, J // CHECK_SPACING)
-        if math.isfinite(q) and q > 1:
+        if self.cheap(J):
+            gap = 1
+            if math.isfinite(q) and q > 1:
+                self.prev = (J, q)
+        elif math.isfinite(q) and q > 1:
             j0, q0 = self.prev
             if q0 > q and J > j0:
                 rate = math.log(q0 / q) / (J - j0)
                 predicted = int(math.log(q) / rate / 2)
                 gap = max(gap, min(predicted, J) if j0 == 0 else predicted)
             self.prev = (J, q)
-        self.gap = gap
+        # no jump past the size from which checks are cheap
+        self.gap = next((g for g in range(1, gap) if self.cheap(J + g)), gap)
 
 
 class _Verify:
@@ -586,11 +633,12 @@ class _Verify:
     check (the top value is found whatever its multiplicity).
     """
 
-    def __init__(self, p: Problem, k: int) -> None:
-        self.p = p
+    def __init__(self, p: Problem, k: int, r: int) -> None:
+        self.p, self.k, self.r = p, k, r
         self.on = k > 1
         self.done = p.zeros((p.B,), real=True) > 0 if self.on else None
         self.force: Array | None = None
+        self.wait = 0  # steps before a restarted problem may be accepted
 
     def accept(self, ok: Array) -> bool:
         """Given per-value flags ``(B, k)``, whether the solver may stop now."""
@@ -606,6 +654,13 @@ class _Verify:
             self.done = self.done | need
         return False
 
-    def take(self) -> Array | None:
+    def take(self, j: int = 0) -> Array | None:
+        """The problems to restart at the next step (at row ``j``), and in ``wait`` the
+        steps until they may be accepted (the restart vector's row, then
+        :func:`fresh_ok`'s rows) once every problem has had its restart: before, a
+        check in between may find others ready for theirs."""
         force, self.force = self.force, None
+        self.wait = 0
+        if force is not None and self.p.backend.all_true(self.done):
+            self.wait = 1 + min(self.r - (j + 1), 2 * self.k + 1)
         return force

@@ -189,7 +189,9 @@ def orthogonalize(p: Problem, Q: Array, j: Any, w: Array, scale: Array, count: A
         scale = xp.maximum(scale, p.norm(w))
     w, c = _project_out(p, rows, w, coefs)
     nrm = p.norm(w)
-    # an infinite product is no invariant subspace: it must reach the checks, not a restart
+    # an infinite product (or one whose norm overflows) is no invariant subspace: it
+    # must reach the checks, not a restart; NaN onward (w / inf would be a silent zero)
+    nrm = xp.where(nrm < math.inf, nrm, xp.zeros_like(nrm) + math.nan)
     bd = (nrm * (1.0 / p.bd_rtol) <= scale) & (nrm < math.inf)
     if force is not None:
         bd = bd | force
