@@ -163,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.build_parser(p_demo)
     p_bench = sub.add_parser("bench", help="the benchmark table (ratios measured side by side)")
     p_bench.add_argument("--backend", choices=BACKENDS, default=None)
-    p_bench.add_argument("--quick", action="store_true", help="a shorter run: at least one row per target, the heaviest rows left out")
+    p_bench.add_argument("--quick", action="store_true",
+                         help="a shorter run: at least one row per target; heavy report "
+                         "rows and the dataset peers run in the full run only")
     p_bench.add_argument("--json", default=None, metavar="PATH",
                          help="also write JSON here (default: none)")
     args = parser.parse_args(argv)

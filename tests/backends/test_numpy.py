@@ -147,8 +147,10 @@ def test_solver_primitives():
     Q = rng.standard_normal((2, 3, 5))
     W = rng.standard_normal((2, 1, 5))
     QH = np.swapaxes(Q, -1, -2)
-    C = b.row_coefs(W, Q, QH)
+    C = b.row_coefs(W, Q)
     np.testing.assert_allclose(C, W @ QH)
+    Qc = Q + 1j * rng.standard_normal(Q.shape)  # complex rows: conjugated
+    np.testing.assert_allclose(b.row_coefs(W, Qc), W @ np.conj(np.swapaxes(Qc, -1, -2)))
     np.testing.assert_allclose(b.sub_matmul(W, C, Q), W - C @ Q)
     assert b.cond(np.array(True), lambda: "yes", lambda: "no") == "yes"
     assert b.cond(np.array(False), lambda: "yes", lambda: "no") == "no"

@@ -151,3 +151,66 @@ def test_keras_variables_are_tensorflow_arrays():
     with tf.GradientTape() as tape:
         s = js.conv.miyato(tf.reshape(kernel, (1, 1, 3, 4)))
     assert tape.gradient(s, kernel) is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
+def test_vector_norm_and_row_coefs_match_numpy(dtype):
+    """Norms along one or two axes, kept or dropped (one op for real arrays), their
+    gradient, and the Gram–Schmidt coefficients ``W Q^H`` (conjugated when complex)."""
+    import tensorflow as tf
+
+    from jacspec.backends import _tf_namespace as xp
+    from jacspec.backends.tensorflow import BACKEND
+
+    rng = np.random.default_rng(0)
+
+    def draw(*shape):
+        a = rng.standard_normal(shape)
+        return (a + 1j * rng.standard_normal(shape) if np.iscomplexobj(dtype(0)) else a
+                ).astype(dtype)
+
+    X = draw(3, 4, 5)
+    for axis in (-1, 0, (-2, -1), [0, 1]):
+        for keepdims in (False, True):
+            got = xp.linalg.vector_norm(tf.constant(X), axis=axis, keepdims=keepdims)
+            want = np.sqrt(np.sum(np.abs(X) ** 2, axis=tuple(np.atleast_1d(axis)),
+                                  keepdims=keepdims))
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    if dtype is not np.complex64:
+        x = tf.constant(X)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            n = xp.linalg.vector_norm(x, axis=-1)
+        np.testing.assert_allclose(tape.gradient(n, x).numpy(),
+                                   X / np.linalg.norm(X, axis=-1, keepdims=True), rtol=1e-5)
+    for keepdims in (False, True):  # reductions over all axes (eager: axes made once)
+        np.testing.assert_allclose(xp.sum(tf.constant(X), keepdims=keepdims).numpy(),
+                                   np.sum(X, keepdims=keepdims), rtol=1e-5)
+    assert bool(xp.any(tf.constant(X == X[0, 0, 0]))) and not bool(xp.all(tf.constant(X == 0)))
+    Q, W = draw(2, 3, 5), draw(2, 1, 5)
+    np.testing.assert_allclose(BACKEND.row_coefs(tf.constant(W), tf.constant(Q)).numpy(),
+                               W @ np.conj(np.swapaxes(Q, -1, -2)), rtol=1e-5, atol=1e-6)
+
+
+def test_products_record_no_gradient_under_a_tape():
+    """The solvers' single-vector products are cut from any tape that records (and
+    equal the Jacobian's products without one)."""
+    import tensorflow as tf
+
+    import jacspec as js
+
+    rng = np.random.default_rng(1)
+    A = tf.constant(rng.standard_normal((3, 4)).astype(np.float32))
+    x = tf.constant(rng.standard_normal((2, 4)).astype(np.float32))
+    lin = js.backends.get_backend("tensorflow").linearize(
+        lambda z: tf.tanh(z @ tf.transpose(A)), x, batched=True)
+    v = tf.constant(rng.standard_normal((2, 4)).astype(np.float32))
+    quiet = lin.mv(v)
+    with tf.GradientTape() as tape:
+        tape.watch(v)
+        loud = lin.mv(v)
+    assert tape.gradient(tf.reduce_sum(loud), v) is None
+    np.testing.assert_allclose(loud.numpy(), quiet.numpy())
+    J = (1 - np.tanh(x.numpy() @ A.numpy().T) ** 2)[:, :, None] * A.numpy()
+    np.testing.assert_allclose(quiet.numpy(), np.einsum("bij,bj->bi", J, v.numpy()),
+                               rtol=1e-5, atol=1e-6)

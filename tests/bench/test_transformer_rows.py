@@ -9,12 +9,16 @@ import pytest
 TINY = (16, 8, 1, 2, 4, 2)  # vocabulary, width, layers, heads, context, batch
 
 
-def _check_rows(rows, backend):
+def _check_rows(rows, backend, quick=False):
     names = [r["name"] for r in rows]
-    for product in ("HVP", "GGN", "JVP", "VJP"):
-        assert f"transformer: {product}/forward+backward ({backend})" in names
+    products = ("HVP", "GGN") if quick else ("HVP", "GGN", "JVP", "VJP")
+    assert names[:len(products)] == [f"transformer: {p}/forward+backward ({backend})"
+                                      for p in products]
     for r in rows:
         assert r["ratio"] > 0, r
+    if quick:  # the target rows only
+        assert len(rows) == len(products)
+        return
     fd = rows[-1]
     assert fd["name"].startswith("transformer: finite-difference")
     assert fd["details"]["relative_error"] < 1e-2
@@ -60,7 +64,8 @@ def test_torch_rows_and_their_products(autodiff_backend):
                                rtol=1e-3, atol=1e-5)
     for fn in products.values():  # every timed product runs
         fn()
-    _check_rows(tr.transformer_torch(True, size=TINY), "torch")
+    _check_rows(tr.transformer_torch(False, size=TINY), "torch")
+    _check_rows(tr.transformer_torch(True, size=TINY), "torch", quick=True)
 
 
 @pytest.mark.slow
@@ -68,8 +73,8 @@ def test_jax_rows_and_memory_rows(autodiff_backend):
     _only(autodiff_backend, "jax")
     from jacspec.bench import transformer_rows as tr
 
-    _check_rows(tr.transformer_jax(True, size=TINY), "jax")
-    rows = tr.transformer_memory_jax(True, size=TINY)
+    _check_rows(tr.transformer_jax(False, size=TINY), "jax")
+    rows = tr.transformer_memory_jax(False, size=TINY)
     assert len(rows) == 6
     assert all(r["details"]["step"] > 0 for r in rows)
 
@@ -90,6 +95,9 @@ def test_torch_memory_measurements_in_turn(autodiff_backend):
     _only(autodiff_backend, "torch")
     from jacspec.bench import transformer_rows as tr
 
+    # --quick measures the targets' modes only
+    assert tr.memory_modes(True) == ("step", "HVP", "GGN", "HVP_dataset", "GGN_dataset")
+    assert tr.memory_modes(False) == tr.MEMORY_MODES
     mb = tr._torch_memory(list(tr.MEMORY_MODES), TINY, TINY)
     assert set(mb) == set(tr.MEMORY_MODES)
     assert all(isinstance(v, float) for v in mb.values())

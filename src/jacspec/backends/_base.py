@@ -159,10 +159,13 @@ class Backend:
         """Whether every entry of a boolean array is True (a host read)."""
         return self.to_bool(self.solver_xp.all(x))
 
-    def row_coefs(self, W: Array, Q: Array, QH: Array) -> Array:
-        """``W @ QH`` with ``QH`` the conjugate transpose of ``Q``'s last two axes: the
-        coefficients of the rows of ``W`` along the rows of ``Q`` (Gram–Schmidt)."""
-        return self.solver_xp.matmul(W, QH)
+    def row_coefs(self, W: Array, Q: Array) -> Array:
+        """``W @ Q^H`` (the conjugate transpose of ``Q``'s last two axes): the
+        coefficients of the rows of ``W`` along the rows of ``Q`` (Gram–Schmidt).
+        Adapters whose transposes copy contract the rows directly instead."""
+        xp = self.solver_xp
+        QH = xp.matrix_transpose(Q)
+        return xp.matmul(W, xp.conj(QH) if xp.isdtype(Q.dtype, "complex floating") else QH)
 
     def sub_matmul(self, W: Array, C: Array, Q: Array) -> Array:
         """``W - C @ Q`` for stacks of matrices (the Gram–Schmidt update), fused where

@@ -9,6 +9,7 @@ it uses (``concat``, ``permute_dims``, ``matrix_transpose``, ``astype``, ``vecdo
 
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 from types import SimpleNamespace
 from typing import Any
@@ -156,7 +157,9 @@ def take(x, indices, /, *, axis=None):
 
 def _red(fn):
     def reduce(x, /, *, axis=None, keepdims=False, dtype=None):
-        if isinstance(axis, list):
+        if axis is None and tf.is_tensor(x) and tf.executing_eagerly():  # all axes, made once
+            axis = _axes(tuple(range(x.shape.rank)))
+        elif isinstance(axis, list):
             axis = tuple(axis)
         out = fn(x, axis=axis, keepdims=keepdims)
         return out if dtype is None else tf.cast(out, _dt(dtype))
@@ -282,10 +285,25 @@ def _qr(x, /, *, mode="reduced"):
 
 
 def _vector_norm(x, /, *, axis=None, keepdims=False, ord=2):  # noqa: A002
+    if ord == 2 and axis is not None and not x.dtype.is_complex:
+        # one op instead of three (each a Python dispatch eagerly)
+        return tf.raw_ops.EuclideanNorm(input=x, axis=_axes(axis), keep_dims=keepdims)
     if ord == 2:
         return tf.sqrt(tf.reduce_sum(tf.math.real(tf.math.conj(x) * x), axis=axis,
                                      keepdims=keepdims))
     return tf.norm(x, ord=ord, axis=axis, keepdims=keepdims)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_constant(axis: int | tuple[int, ...]) -> tf.Tensor:
+    return tf.constant(axis, tf.int32)
+
+
+def _axes(axis: int | tuple[int, ...] | list[int]) -> Any:
+    """Reduction axes as a tensor made once per value eagerly (converting a Python
+    value costs more than a small reduction); as given inside a graph."""
+    axis = tuple(axis) if isinstance(axis, list) else axis
+    return _axis_constant(axis) if tf.executing_eagerly() else axis
 
 
 def _matrix_norm(x, /, *, keepdims=False, ord="fro"):  # noqa: A002

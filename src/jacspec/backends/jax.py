@@ -282,7 +282,7 @@ class JaxBackend(Backend):
         return _hash_uniform(jnp.asarray(seed).astype(jnp.uint32), tuple(shape),
                              jnp.dtype(dtype))
 
-    def row_coefs(self, W, Q, QH):
+    def row_coefs(self, W, Q):
         """An ``einsum`` contracting the rows directly: XLA:CPU otherwise materializes
         the transposed basis every step for ``W @ Q^H``."""
         if jnp.iscomplexobj(Q):

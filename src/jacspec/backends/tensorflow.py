@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import record  # whether a tape records (no public API)
 
 from . import _tf_namespace, _tf_state
 from ._base import (
@@ -122,6 +123,14 @@ def _as_shape(t: tf.Tensor, shape: tuple[int, ...]) -> tf.Tensor:
     """``t`` reshaped to ``shape``; no op where the shapes already agree (every op is
     paid for, eagerly and in a graph)."""
     return t if t.shape.as_list() == list(shape) else tf.reshape(t, shape)
+
+
+def _detached(t: tf.Tensor) -> tf.Tensor:
+    """``tf.stop_gradient(t)``; eagerly with no tape recording, ``t`` itself (the op
+    would cost a dispatch per product for nothing)."""
+    if tf.executing_eagerly() and not record.could_possibly_record():
+        return t
+    return tf.stop_gradient(t)
 
 
 def _cols(V: tf.Tensor, shape) -> list[tf.Tensor]:
@@ -286,9 +295,8 @@ class TensorflowBackend(Backend):
         values = [x for x in tf.nest.flatten(carry) if x is not None]
         return pack(tf.while_loop(lambda i, v: i < hi, step, (tf.constant(lo), values))[1])
 
-    def row_coefs(self, W, Q, QH):
-        """``W Q^H`` through the matmul's adjoint flag: inside a graph the transpose
-        ``QH`` is then unused, and pruned."""
+    def row_coefs(self, W, Q):
+        """``W Q^H`` through the matmul's adjoint flag: no transposed copy of ``Q``."""
         return tf.linalg.matmul(W, Q, adjoint_b=True)
 
     def set_row(self, X, j, x, start=0):
@@ -307,9 +315,10 @@ class TensorflowBackend(Backend):
         else:
             begin, end, strides = _slice_bounds(tuple(lead), int(j), start, stop,
                                                 tf.executing_eagerly())
+        # the row axis shrinks: x is written as it is, without an op adding that axis
         return tf.raw_ops.TensorStridedSliceUpdate(input=X, begin=begin, end=end,
-                                                   strides=strides,
-                                                   value=tf.expand_dims(x, -2))
+                                                   strides=strides, value=x,
+                                                   shrink_axis_mask=1 << len(lead))
 
     def leading_rows(self, X, j):
         """``X[:, :j]`` as one slice whose bounds are made once per shape eagerly (an
@@ -379,7 +388,7 @@ class TensorflowBackend(Backend):
 
         def finish(cols, size, grad):
             out = _stack_cols(cols, bshape, size)
-            return out if grad else tf.stop_gradient(out)
+            return out if grad else _detached(out)
 
         def rmm(U, grad):
             return finish([vjp(u) for u in _cols(U, out_shape)], n, grad)
@@ -388,10 +397,10 @@ class TensorflowBackend(Backend):
             return finish([jvp(v) for v in _cols(V, bshape + (n,))], m, grad)
 
         def mv(v):
-            return tf.stop_gradient(_as_shape(jvp(v), bshape + (m,)))
+            return _detached(_as_shape(jvp(v), bshape + (m,)))
 
         def rmv(u):
-            return tf.stop_gradient(vjp(u))
+            return _detached(vjp(u))
 
         return Linearization(y=y, n=n, m=m, batch_shape=bshape, mm=mm, rmm=rmm, mv=mv,
                              rmv=rmv)

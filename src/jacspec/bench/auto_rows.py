@@ -23,15 +23,17 @@ def auto_vs_best_torch(quick: bool) -> list[Row]:
 
     from .models_torch import mlp
 
-    sizes = [10, 32, 64, 128, 256, 512] if quick else [10, 32, 64, 96, 128, 256, 512,
-                                                       1024, 3072]
+    # --quick: around the switch between the methods, and one size on each side
+    sizes = [10, 64, 128, 256, 512] if quick else [10, 32, 64, 96, 128, 256, 512, 1024,
+                                                    3072]
     B = 8
     worst, detail = 0.0, {}
     g = torch.Generator().manual_seed(0)
     for s in sizes:
         net = mlp([s, 2 * s, s])
         xs = torch.randn(B if s <= 1024 else 2, s, generator=g)
-        reps = 3 if s >= 1024 else (7 if s >= 256 else 11)
+        # seconds a call at 512 (dense SVDs) in --quick, at 1024 in the full run
+        reps = 3 if s >= (512 if quick else 1024) else (7 if s >= 256 else 11)
         times = interleaved_times(
             {m: (lambda m=m, net=net, xs=xs: js.spectral_norm(
                 js.jacobian(net, xs, batched=True), method=m))

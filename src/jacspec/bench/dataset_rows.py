@@ -23,7 +23,7 @@ from collections.abc import Callable
 from .models import digits
 from .peers_rows import curvlinops_eigsh
 from .registry import Row, register
-from .timing import interleaved_times, median_time, ms, run_fresh
+from .timing import TORCH_PRELOAD, interleaved_times, median_time, ms, run_fresh
 
 ERR = 1e-4  # the accuracy every side must reach
 SIZES = [64, 300, 256, 10]  # 99,126 parameters
@@ -165,7 +165,7 @@ def dataset_peers_torch(quick: bool, *, sizes: list[int] = SIZES,
 
 def _peak_mb(mode: str, width: int, bsize: int, nbatch: int) -> float:
     return float(run_fresh("jacspec.bench.memory_probe", [mode, width, bsize, nbatch],
-                           preload=("torch", "jacspec"))["peak_mb"])
+                           preload=TORCH_PRELOAD)["peak_mb"])
 
 
 @register("dataset-memory", "torch", target="<= 1.2")

@@ -5,13 +5,13 @@ against the activations autograd saved for them (measured in a fresh process by
 from __future__ import annotations
 
 from .registry import Row, register
-from .timing import run_fresh
+from .timing import TORCH_PRELOAD, run_fresh
 
 
 @register("memory", "torch", quick=False)
 def memory_torch(quick: bool) -> list[Row]:
     """Peak memory of Lanczos vs the model's saved activations, in a fresh subprocess."""
-    d = run_fresh("jacspec.bench.memory_probe", ["lanczos"], preload=("torch", "jacspec"))
+    d = run_fresh("jacspec.bench.memory_probe", ["lanczos"], preload=TORCH_PRELOAD)
     # The basis (two fixed-width buffers) is what Lanczos adds; the rise of peak RSS is
     # reported beside it.
     ratio = d["basis_mb"] / d["activations_mb"]

@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["digits", "digit_images", "DESIGN_MLP", "OVERHEAD_CASES", "CNN_ARCH",
-           "cnn_input_sizes", "RESNET18_CONVS"]
+__all__ = ["digits", "digit_images", "DESIGN_MLP", "OVERHEAD_CASES", "overhead_cases",
+           "CNN_ARCH", "cnn_input_sizes", "RESNET18_CONVS"]
 
 #: The design model: a 64-256-256-10 tanh MLP on digits (trained where a row says so).
 DESIGN_MLP = (64, 256, 256, 10)
 
 #: The overhead rows' cases, ``(sizes, B, name suffix, target row)``: the design MLP with
 #: B=128 per-sample 10x64 Jacobians (target rows), and a small case, B=32 per-sample
-#: 256x64 Jacobians, where products are cheap (report rows).
+#: 256x64 Jacobians, where products are cheap (report rows; the full run only).
 OVERHEAD_CASES = ((list(DESIGN_MLP), 128, "", True), ([64, 256, 256], 32, ", small", False))
+
+
+def overhead_cases(quick: bool) -> tuple:
+    """The overhead rows' cases of a run: ``--quick`` keeps the target rows' case."""
+    return OVERHEAD_CASES[:1] if quick else OVERHEAD_CASES
 
 #: (c_out, c_in, k, stride) of the digits CNN's conv layers (rows "conv"); "same" zero
 #: padding everywhere, ReLU, then a dense layer to 10 classes.

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["median_time", "interleaved_times", "paired_times", "loop_time", "ms", "repetitions",
-           "run_fresh", "fresh_cpu_seconds", "reset_peak_rss", "peak_rss_mb", "BusyProcess",
+           "run_fresh", "TORCH_PRELOAD", "fresh_cpu_seconds", "reset_peak_rss", "peak_rss_mb", "BusyProcess",
            "loaded_times"]
 
 Sync = Callable[[Any], Any]
@@ -115,6 +115,12 @@ def loop_time(one: Callable[[int], Any], n: int, reps: int) -> float:
 #: and later tensors come from a heap that never shrinks (the resident set then counts
 #: memory already freed).
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+#: What fresh torch processes fork from (``run_fresh(..., preload=TORCH_PRELOAD)``):
+#: torch, the module that torch's first gradient with given output gradients imports
+#: (it imports sympy: seconds of CPU, more where no bytecode cache is written), jacspec.
+TORCH_PRELOAD = ("torch", "torch.fx.experimental.symbolic_shapes", "jacspec")
 
 
 def run_fresh(module: str, args: Sequence[str] = (), *, timeout: float = 300,

@@ -6,12 +6,13 @@ default kernel) against one training step, side by side in one run.
   a GGN product (``js.ggn(f, F.cross_entropy, params, data=[batch]) @ v``), a parameter
   JVP and VJP (``js.jacobian(f, params)``) — over one forward and backward pass of the
   loss; the central-difference HVP (``hvp="finite_difference"``) against the exact one,
-  time and relative error.
+  time and relative error. ``--quick`` runs the HVP and GGN rows only (the targets).
 * ``transformer-memory``: the peak memory of each product over one training step's —
-  torch: the rise of peak RSS in a fresh subprocess per measurement, after a warm-up
-  run of the same measurement so that no side counts start-up allocations
+  torch: the rise of peak RSS in a fresh subprocess per measurement (forked from a
+  process that imported torch: :data:`~jacspec.bench.timing.TORCH_PRELOAD`), after a
+  warm-up run of the same measurement so that no side counts start-up allocations
   (``--quick``: one fresh subprocess, the measurements in turn, warmed up on a tiny
-  decoder); JAX: the temporary buffers of the compiled program
+  decoder, no JVP and VJP); JAX: the temporary buffers of the compiled program
   (``compiled.memory_analysis()``) — and a dataset product (several batches; in JAX
   traced, one ``lax.scan`` over the batches) over the one-batch product.
 * ``transformer-peers`` (torch): the top Hessian and GGN eigenvalues against curvlinops
@@ -33,7 +34,7 @@ import time
 from typing import Any
 
 from .registry import Row, register
-from .timing import interleaved_times, ms, repetitions, run_fresh
+from .timing import TORCH_PRELOAD, interleaved_times, ms, repetitions, run_fresh
 
 #: The decoder of the rows: (vocabulary, width, layers, heads, context, batch).
 FULL = (256, 128, 4, 4, 64, 8)
@@ -44,6 +45,10 @@ MEMORY_QUICK = (64, 64, 2, 2, 64, 16)
 #: The decoder on which ``--quick`` memory measurements warm up.
 TINY = (16, 8, 1, 2, 4, 2)
 DATASET_BATCHES = 4
+#: The products of the rows; ``--quick`` measures those with targets (HVP and GGN) and
+#: leaves the parameter JVP and VJP report rows and the finite-difference row to the full
+#: run (in JAX each is one more compilation).
+PRODUCTS = ("HVP", "GGN", "JVP", "VJP")
 TARGETS = {"HVP": 2.5, "GGN": 2.0}
 MEMORY_TARGETS = {"HVP": 2.5, "GGN": 1.3}
 DATASET_TARGET = 1.1
@@ -59,11 +64,15 @@ def _csv(size: tuple[int, ...]) -> str:
     return ",".join(map(str, size))
 
 
+def _products(quick: bool) -> tuple[str, ...]:
+    return PRODUCTS[:2] if quick else PRODUCTS
+
+
 def _ratio_rows(kind: str, times: dict[str, float], cfg: str, backend: str) -> list[Row]:
-    """One row per product: its time over one forward and backward pass."""
+    """One row per product timed: its time over one forward and backward pass."""
     base = times["forward+backward"]
     rows = []
-    for name in ("HVP", "GGN", "JVP", "VJP"):
+    for name in (p for p in PRODUCTS if p in times):
         target = TARGETS.get(name)
         ratio = times[name] / base
         rows.append(dict(
@@ -114,9 +123,10 @@ def _torch_case(size: tuple[int, ...], batches: int = 1) -> dict[str, Any]:
                 batch_loss=batch_loss, step=step, n=n, cfg=_describe(size, n))
 
 
-def _torch_products(js: Any, torch: Any, c: dict) -> dict[str, Any]:
-    """One call of each product on operators built once (their construction is not
-    timed), and one training step."""
+def _torch_products(js: Any, torch: Any, c: dict, names: tuple[str, ...] = PRODUCTS
+                    ) -> dict[str, Any]:
+    """One call of each product of ``names`` on operators built once (their
+    construction is not timed), and one training step."""
     tokens = c["data"][0][0]
     H = js.hessian(c["loss"], c["params"])
     G = js.ggn(c["logits"], torch.nn.functional.cross_entropy, c["params"],
@@ -125,24 +135,29 @@ def _torch_products(js: Any, torch: Any, c: dict) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     v = torch.randn(H.shape[1], generator=g)
     u = torch.randn(J.shape[0], generator=g)
-    return {"forward+backward": c["step"], "HVP": lambda: H @ v, "GGN": lambda: G @ v,
-            "JVP": lambda: J @ v, "VJP": lambda: J.T @ u}
+    calls = {"HVP": lambda: H @ v, "GGN": lambda: G @ v, "JVP": lambda: J @ v,
+             "VJP": lambda: J.T @ u}
+    return {"forward+backward": c["step"], **{k: calls[k] for k in names}}
 
 
 @register("transformer", "torch", target="HVP <= 2.5, GGN <= 2.0 x forward+backward")
 def transformer_torch(quick: bool, *, size: tuple[int, ...] | None = None) -> list[Row]:
     """Time of each product over one training step, and central differences against
-    the exact HVP (``size``: a smaller decoder, for tests)."""
+    the exact HVP (``size``: a smaller decoder, for tests; ``quick``: the products with
+    targets only)."""
     import torch
 
     import jacspec as js
 
     c = _torch_case(size or (QUICK if quick else FULL))
-    times = interleaved_times(_torch_products(js, torch, c), repetitions(quick))
+    times = interleaved_times(_torch_products(js, torch, c, _products(quick)),
+                              repetitions(quick))
     cfg = (f"{c['cfg']}, torch SDPA (default kernels); one product on an operator built "
            "once vs one forward and backward pass of the mean cross-entropy "
            "(median of runs in turn)")
     rows = _ratio_rows("transformer", times, cfg, "torch")
+    if quick:
+        return rows
     H = js.hessian(c["loss"], c["params"])
     H_fd = js.hessian(c["loss"], c["params"], hvp="finite_difference")
     v = torch.randn(H.shape[1], generator=torch.Generator().manual_seed(1))
@@ -203,7 +218,7 @@ def _torch_memory(modes: list[str], size: tuple[int, ...], warm: tuple[int, ...]
 
 def _memory_rows(backend: str, mb: dict[str, float], unit: str, cfg: str) -> list[Row]:
     rows = []
-    for name in ("HVP", "GGN", "JVP", "VJP"):
+    for name in (p for p in PRODUCTS if p in mb):
         target = MEMORY_TARGETS.get(name)
         ratio = mb[name] / mb["step"] if mb["step"] > 0 else None
         rows.append(dict(
@@ -227,6 +242,13 @@ def _memory_rows(backend: str, mb: dict[str, float], unit: str, cfg: str) -> lis
 MEMORY_MODES = ("step", "HVP", "GGN", "JVP", "VJP", "HVP_dataset", "GGN_dataset")
 
 
+def memory_modes(quick: bool) -> tuple[str, ...]:
+    """The memory measurements of a run: ``--quick`` leaves out the JVP and VJP (report
+    rows)."""
+    return tuple(m for m in MEMORY_MODES if m in ("step", "HVP_dataset", "GGN_dataset")
+                 or m in _products(quick))
+
+
 @register("transformer-memory", "torch", target="HVP <= 2.5x, GGN <= 1.3x, dataset <= 1.1x")
 def transformer_memory_torch(quick: bool, *, size: tuple[int, ...] | None = None
                              ) -> list[Row]:
@@ -235,11 +257,12 @@ def transformer_memory_torch(quick: bool, *, size: tuple[int, ...] | None = None
     size = size or (MEMORY_QUICK if quick else MEMORY_FULL)
     arg = _csv(size)
     if quick:  # warmed up on the tiny decoder
-        mb = run_fresh(__name__, [",".join(MEMORY_MODES), arg, _csv(TINY)],
-                       timeout=900)["peak_mb"]
+        mb = run_fresh(__name__, [",".join(memory_modes(quick)), arg, _csv(TINY)],
+                       timeout=900, preload=TORCH_PRELOAD)["peak_mb"]
     else:  # warmed up by the same measurement
         # minutes each on a loaded 2-core machine
-        mb = {m: run_fresh(__name__, [m, arg, arg], timeout=1200)["peak_mb"][m]
+        mb = {m: run_fresh(__name__, [m, arg, arg], timeout=1200,
+                           preload=TORCH_PRELOAD)["peak_mb"][m]
               for m in MEMORY_MODES}
     n = _torch_case(size)["n"]
     where = ("one fresh subprocess, the modes in turn after a warm-up run of each on a "
@@ -373,7 +396,8 @@ def _jax_programs(js: Any, c: dict) -> dict[str, Any]:
 @register("transformer", "jax", target="HVP <= 2.5, GGN <= 2.0 x forward+backward")
 def transformer_jax(quick: bool, *, size: tuple[int, ...] | None = None) -> list[Row]:
     """Time of each product (one jitted program each) over one jitted training step,
-    and central differences against the exact HVP."""
+    and central differences against the exact HVP (``quick``: the products with targets
+    only)."""
     import jax
     import jax.numpy as jnp
 
@@ -383,13 +407,15 @@ def transformer_jax(quick: bool, *, size: tuple[int, ...] | None = None) -> list
     progs = _jax_programs(js, c)
     p, v = c["params"], jax.random.normal(jax.random.key(1), (c["n"],), jnp.float32)
     jitted = {("forward+backward" if k == "step" else k): jax.jit(progs[k])
-              for k in ("step", "HVP", "GGN", "JVP", "VJP")}
+              for k in ("step",) + _products(quick)}
     calls = {k: (lambda f=f: f(p, v)) for k, f in jitted.items()}
     times = interleaved_times(calls, repetitions(quick), jax.block_until_ready)
     cfg = (f"{c['cfg']}, jax.nn.dot_product_attention; each product one jitted program "
            "(jacspec traced inside jax.jit) vs a jitted jax.grad of the mean cross-entropy "
            "(median of runs in turn)")
     rows = _ratio_rows("transformer", times, cfg, "jax")
+    if quick:
+        return rows
     b0 = c["data"][0]
     fd = jax.jit(lambda q, w: js.hessian(lambda r: c["batch_loss"](r, b0), q,
                                          hvp="finite_difference") @ w)
@@ -417,6 +443,8 @@ def transformer_memory_jax(quick: bool, *, size: tuple[int, ...] | None = None
     v = jnp.zeros(c["n"], jnp.float32)
     mb = {}
     for name, fn in _jax_programs(js, c).items():
+        if name not in memory_modes(quick):
+            continue
         stats = jax.jit(fn).lower(c["params"], v).compile().memory_analysis()
         mb[name] = stats.temp_size_in_bytes / 2**20
     cfg = (f"{_describe(size, c['n'])}: temp_size_in_bytes of compiled.memory_analysis() "

@@ -217,11 +217,10 @@ def _project_out(p: Problem, rows: Array, w: Array, coefs: bool = False
     b = p.backend
     if int(rows.shape[-2]) == 0:
         return w, p.zeros((p.B, 0)) if coefs else None
-    RH = p.H(rows)
     w = p.column(w)
-    c1 = p.row_coefs(w, rows, RH)
+    c1 = p.row_coefs(w, rows)
     w = b.sub_matmul(w, c1, rows)
-    c2 = p.row_coefs(w, rows, RH)
+    c2 = p.row_coefs(w, rows)
     w = b.sub_matmul(w, c2, rows)
     return p.xp.squeeze(w, axis=1), p.xp.squeeze(c1 + c2, axis=1) if coefs else None
 

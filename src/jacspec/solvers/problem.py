@@ -366,10 +366,10 @@ class Problem:
         xp = self.xp
         return xp.sum(xp.real(self.conj(X) * X), axis=axis)
 
-    def row_coefs(self, W: Array, Q: Array, QH: Array) -> Array:
-        """``W @ QH`` (``Backend.row_coefs``: the coefficients of the rows of ``W`` along
+    def row_coefs(self, W: Array, Q: Array) -> Array:
+        """``W @ Q^H`` (``Backend.row_coefs``: the coefficients of the rows of ``W`` along
         the rows of ``Q``), summed over processes for sharded vectors."""
-        c = self.backend.row_coefs(W, Q, QH)
+        c = self.backend.row_coefs(W, Q)
         return c if self.shard_sum is None else self.shard_sum(c)
 
     def gram(self, X: Array, Y: Array) -> Array:
