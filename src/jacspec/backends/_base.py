@@ -252,6 +252,13 @@ class Backend:
         seen often enough to pay for it. Default False (every step runs as it is)."""
         return False
 
+    def detached(self, x: Any) -> Any:
+        """``x`` (a pytree of arrays that a transformation traces) as concrete arrays
+        without gradient where only an eager differentiation traces it (eager
+        ``jax.grad``: the values are known), so that a gradient-free solve on them may
+        run compiled; None where a trace holds them (``jax.jit``). Default None."""
+        return None
+
     def compile(self, fn: Callable[..., Any], key: Hashable) -> Callable[..., Any]:
         """``fn`` (a pure function of pytrees of arrays) compiled, once per ``key``: a
         later call with the same key may reuse the first ``fn``'s compilation, so ``fn``

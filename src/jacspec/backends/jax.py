@@ -464,6 +464,14 @@ class JaxBackend(Backend):
         """From the ``COMPILE_AFTER``-th sighting of ``key`` on."""
         return _sighting(key) >= COMPILE_AFTER
 
+    def detached(self, x):
+        """``jax.lax.stop_gradient``: concrete arrays under an eager ``jax.grad`` (a
+        primitive without tangents runs outside the differentiation), tracers under
+        ``jax.jit`` (then None)."""
+        x = jax.lax.stop_gradient(x)
+        leaves = jax.tree_util.tree_leaves(x)
+        return None if any(isinstance(a, jax.core.Tracer) for a in leaves) else x
+
     def compile(self, fn: Callable, key: Hashable) -> Callable:
         """``jax.jit(fn)``, one per ``key``: later calls with the same key reuse the first
         ``fn``'s compilation."""

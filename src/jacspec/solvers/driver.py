@@ -90,8 +90,7 @@ def krylov_solve(p: Problem, alg: Krylov, k: int, *, tol: float, maxiter: int | 
         return finish(p, alg, s, k, tol, which, jmin, vectors)
     sizes = basis_sizes(r, k, ncv)
     limit = maxiter if maxiter is not None else max(DEFAULT_MAXITER, alg.per_step * r)
-    if not p.traced:
-        p = p.staging("krylov", alg, k, tol, which, sizes[1], vectors)
+    p = p.staging("krylov", alg, k, tol, which, sizes[1], vectors, detach=True)
     if p.traced or p.staged:
         true_check = not p.traced and _rounding_may_reach(p, tol)
         out, flag, short, done = p.stage("krylov", _solve_arrays, alg, k, tol, which, sizes,

@@ -201,14 +201,19 @@ class Problem:
         return out._replace(count=count0 + per_step * num_steps)
 
     # -- compiled pieces of eager solves ---------------------------------------------
-    def staging(self, *config: Hashable) -> Problem:
+    def staging(self, *config: Hashable, detach: bool = False) -> Problem:
         """The problem of an eager solve whose pieces run compiled where
         ``Backend.should_compile`` says so of the solve's configuration: for operators
         whose products are one program on some arrays (``LinearOperator._staged_form``:
         an explicit matrix, a compiled linearization), passed to every piece as an
         argument. ``config``: everything the pieces' code depends on besides the
-        operator's structure and the arrays."""
-        form = None if self.traced else self.op._staged_form()
+        operator's structure and the arrays. ``detach``: a gradient-free solve on an
+        operator that an eager differentiation traces runs compiled too, on the
+        arrays' values (``Backend.detached``), and takes eager decisions."""
+        form = None if self.traced and not detach else self.op._staged_form()
+        if form is not None and self.traced:
+            arrays = self.backend.detached(form[1])
+            form = None if arrays is None else (form[0], arrays, form[2])
         if form is None:
             return dataclasses.replace(self, staged=False, _stage=None)
         key = (config, form[0], self.adj, self.B, self.n_in, self.n_out,
@@ -218,8 +223,8 @@ class Problem:
             return dataclasses.replace(self, staged=False, _stage=None)
         # what a compiled piece starts from: no arrays kept by the compiled function
         template = dataclasses.replace(self, op=None, staged=True, _stage=None)
-        return dataclasses.replace(self, staged=True,
-                                   _stage=(key, form[1], form[2], template))
+        return dataclasses.replace(self, staged=True, traced=False,
+                                   _stage=(key, form[1], form[2], template, self.traced))
 
     def stage(self, name: str, fn: Callable[..., Any], *static: Hashable
               ) -> Callable[..., Any]:
@@ -230,7 +235,7 @@ class Problem:
         from the host: it returns the arrays that the driver's decisions read."""
         if not self.staged:
             return functools.partial(fn, self, *static)
-        key, arrays, rebuild, template = self._stage
+        key, arrays, rebuild, template, detach = self._stage
 
         def pure(arrays: Any, seed: Any, *args: Any) -> Any:
             p = dataclasses.replace(template, op=rebuild(arrays), seed=seed, traced=True)
@@ -241,8 +246,8 @@ class Problem:
 
         def argument(a: Any) -> Any:
             if isinstance(a, tuple) and "count" in getattr(a, "_fields", ()):
-                return a._replace(count=self.counter(a.count))
-            return a
+                a = a._replace(count=self.counter(a.count))
+            return self.backend.detached(a) if detach and a is not None else a
 
         def call(*args: Any) -> Any:
             return run(arrays, seed, *(argument(a) for a in args))
