@@ -286,13 +286,15 @@ class BlockRoutes:
 
     Which is faster depends on the model: torch's batching rules make the vmapped call
     the faster one on dense layers and small batches, and the slower one on
-    convolutions (the batching rule of the convolution backward). So the first
-    ``WARMUP + TRIALS`` blocks of each configuration (the function, the side, the
-    block's shape, dtype and device, with or without gradient) run both routes, in turn
-    (the order alternating), and the last ``TRIALS`` of them are timed (a route's first
-    calls pay one-time costs: torch's first vmapped call imports and sets up functorch);
-    later blocks take the faster. The choice outlives the linearization: a training loop
-    linearizes anew every step, with the same configuration.
+    convolutions (the batching rule of the convolution backward). So the first block
+    of each configuration (the function, the side, the block's shape, dtype and device,
+    with or without gradient) runs both routes ``WARMUP + TRIALS`` times, in turn (the
+    order alternating), the last ``TRIALS`` rounds timed (a route's first calls pay
+    one-time costs: torch's first vmapped call imports and sets up functorch), and
+    returns the faster route's product; every later block takes that route. So a
+    configuration's products come from one route from the first, and repeated calls
+    give the same values to the last bit. The choice outlives the linearization: a
+    training loop linearizes anew every step, with the same configuration.
     :func:`block_route` forces one route (tests, benchmarks).
     """
 
@@ -302,35 +304,31 @@ class BlockRoutes:
 
     def __init__(self) -> None:
         self.forced: str | None = None
-        self._times: dict[Any, dict[str, float]] = {}
         self._choice: dict[Any, str] = {}
 
     def choice(self, key: Any) -> str | None:
-        """The route of ``key``'s configuration, or None while it is still timed."""
+        """The route of ``key``'s configuration, or None before its first block."""
         return self.forced or self._choice.get(key)
 
     def run(self, key: Any, routes: dict[str, Callable[[], torch.Tensor]],
             device: torch.device) -> torch.Tensor:
-        """The block's product by the chosen route, or by both (timed) while the
-        configuration is new; the result of the vmapped route then."""
+        """The block's product by the configuration's route, chosen by timing both
+        routes on its first block."""
         route = self.choice(key)
         if route is not None:
             return routes[route]()
-        if len(self._times) >= self.MAX_ENTRIES:
-            self._times.clear()
+        if len(self._choice) >= self.MAX_ENTRIES:
             self._choice.clear()
-        best = self._times.setdefault(key, {"trials": 0.0})
-        out = None
-        for name in (("vmap", "loop") if best["trials"] % 2 == 0 else ("loop", "vmap")):
-            seconds, result = _timed(routes[name], device)
-            if best["trials"] >= self.WARMUP:
-                best[name] = min(best.get(name, math.inf), seconds)
-            if name == "vmap":
-                out = result
-        best["trials"] += 1
-        if best["trials"] >= self.WARMUP + self.TRIALS:
-            self._choice[key] = "vmap" if best["vmap"] <= best["loop"] else "loop"
-        return out
+        best = {"vmap": math.inf, "loop": math.inf}
+        out: dict[str, torch.Tensor] = {}
+        for trial in range(self.WARMUP + self.TRIALS):
+            for name in (("vmap", "loop") if trial % 2 == 0 else ("loop", "vmap")):
+                seconds, out[name] = _timed(routes[name], device)
+                if trial >= self.WARMUP:
+                    best[name] = min(best[name], seconds)
+        route = "vmap" if best["vmap"] <= best["loop"] else "loop"
+        self._choice[key] = route
+        return out[route]
 
 
 def _timed(run: Callable[[], torch.Tensor], device: torch.device

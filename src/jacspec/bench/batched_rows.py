@@ -111,8 +111,7 @@ def block_routes_torch(quick: bool) -> list[Row]:
                 J.H.matmat(eye)
             return time.process_time() - start
 
-        for _ in range(3):  # the choice's trials (both routes, timed)
-            block(None)
+        block(None)  # the choice's trials (both routes, timed), on the first block
         rounds = (11 if quick else 31) * (5 if name == "MLP" else 1)  # MLP: ~1 ms calls
         t = interleaved_times({"vmap": lambda b=block: b("vmap"),
                                "loop": lambda b=block: b("loop"),
