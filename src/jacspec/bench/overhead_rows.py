@@ -135,7 +135,8 @@ def _native_gkl_torch(torch, f, x, steps, products=_TorchProducts):
 def _overhead_pair(torch, js, net, xb, reps, cfg, suffix, target):
     """Lanczos and power rows: jacspec vs the hand-written loop with the same products."""
     rows = []
-    tgt, met = ("<= 1.10", lambda r: r <= 1.10) if target else ("report", lambda r: None)
+    # torch's target: at the floor, the hand-written loop
+    tgt, met = ("<= 1.05", lambda r: r <= 1.05) if target else ("report", lambda r: None)
     rounds = max(3 * reps, 41)  # ~10 ms a call: a stable median in about a second
     # Lanczos: jacspec stops on its own (tol 1e-4); the native loop runs the same steps.
     tol = 1e-4
@@ -181,7 +182,7 @@ def _overhead_pair(torch, js, net, xb, reps, cfg, suffix, target):
     return rows
 
 
-@register("overhead", "torch", target="<= 1.10")
+@register("overhead", "torch", target="<= 1.05")
 def overhead_torch(quick: bool) -> list[Row]:
     """Target rows on the design model (trained 64-256-256-10 MLP, B=128 per-sample
     10x64 Jacobians); report rows on a small case where products are cheap and the

@@ -28,6 +28,8 @@ from .timing import interleaved_times, ms, repetitions
 
 B = 128
 LAM = 0.01
+#: The spectral step's bound over the hand-written exact step (torch: at the floor).
+HAND_TARGET = {"torch": 1.05}
 
 
 def _rows(framework: str, model: str, t: dict[str, float], err: float, cfg: str
@@ -35,6 +37,7 @@ def _rows(framework: str, model: str, t: dict[str, float], err: float, cfg: str
     tag = f"{model}, {framework}"
     vs_frob = t["spectral"] / t["frobenius"]
     vs_hand = t["spectral"] / t["hand"]
+    bound = HAND_TARGET.get(framework, 1.1)
     cfg = f"{cfg}; plain step {ms(t['plain'])}"
     return [
         dict(name=f"penalty: spectral step / frobenius step ({tag})",
@@ -43,7 +46,7 @@ def _rows(framework: str, model: str, t: dict[str, float], err: float, cfg: str
              details=dict(times_s=t, spectral_over_plain=t["spectral"] / t["plain"])),
         dict(name=f"penalty: spectral step / hand-written exact step ({tag})",
              jacspec=ms(t["spectral"]), reference=ms(t["hand"]), ratio=vs_hand,
-             target="<= 1.1", met=vs_hand <= 1.1, configuration=cfg,
+             target=f"<= {bound:g}", met=vs_hand <= bound, configuration=cfg,
              details=dict(times_s=t)),
         dict(name=f"penalty: exact spectral, per-sample error ({tag})",
              jacspec=f"{err:.1e}", reference="dense SVD", ratio=err, target="<= 1e-3",
@@ -75,7 +78,7 @@ def hand_penalty_torch(torch, net: Any, x: Any) -> Any:
     return (w * w).flatten(1).sum(-1).mean()
 
 
-@register("penalty", "torch", target="<= 1.1, <= 1e-3")
+@register("penalty", "torch", target="<= 1.05, <= 1e-3")
 def penalty_torch(quick: bool) -> list[Row]:
     import torch
 

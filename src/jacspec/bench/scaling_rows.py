@@ -145,10 +145,11 @@ def _series_rows(backend: str, points: list[dict[str, Any]], s: Sizes, cfg: str
 def _eig_row(backend: str, t: dict[str, float], products: int, values: tuple[float, float],
              cfg: str) -> Row:
     ratio = t["jacspec"] / t["native"]
+    bound = 1.05 if backend == "torch" else 1.10  # torch: at the floor
     return dict(name=f"scaling: top Hessian eigenvalue ({backend})",
                 jacspec=f"{ms(t['jacspec'])}, {products} HVPs",
                 reference=f"{ms(t['native'])}, {products} HVPs", ratio=ratio,
-                target="<= 1.10", met=ratio <= 1.10, configuration=cfg,
+                target=f"<= {bound:.2f}", met=ratio <= bound, configuration=cfg,
                 details=dict(jacspec_s=t["jacspec"], native_s=t["native"], products=products,
                              jacspec_value=values[0], native_value=values[1]))
 
@@ -341,7 +342,7 @@ def _torch_sigma(torch, js, s: Sizes) -> Row:
     return _sigma_row("torch", t, err, cfg)
 
 
-@register("scaling", "torch", target="<= 2 (JVP, VJP), <= 4 (HVP), <= 1.10")
+@register("scaling", "torch", target="<= 2 (JVP, VJP), <= 4 (HVP), <= 1.05 (eigenvalue), <= 1.10")
 def scaling_torch(quick: bool, *, config: Sizes | None = None) -> list[Row]:
     """The scaling rows in torch (see the module docstring); ``config`` replaces the
     sizes of the mode (tests)."""
