@@ -76,7 +76,7 @@ def test_registry_lists_every_group():
     torch_groups = {g.name for g in registry.groups("torch", quick=False)}
     assert torch_groups >= {"overhead", "lanczos", "batched", "auto", "dense", "penalty",
                             "peers", "conv", "memory", "dataset", "dataset-memory",
-                            "density", "scaling"}
+                            "density", "scaling", "arpack", "slq"}
     assert [g.name for g in registry.groups("torch", False, only=["auto"])] == ["auto"]
     with pytest.raises(ValueError, match="Expected backend"):
         registry.register("x", "numpy")

@@ -35,8 +35,8 @@ BACKENDS = ("torch", "jax", "tensorflow")
 #: Where the groups stand in the table; groups not named here follow, in the order the
 #: modules register them.
 ORDER = ("overhead", "eager", "lanczos", "batched", "auto", "dense", "penalty", "peers",
-         "conv", "gram", "memory", "dataset", "dataset-memory", "density", "distributed",
-         "transformer", "transformer-memory", "transformer-peers", "scaling", "load")
+         "arpack", "conv", "gram", "memory", "dataset", "dataset-memory", "density", "slq",
+         "distributed", "transformer", "transformer-memory", "transformer-peers", "scaling", "load")
 
 
 @dataclass(frozen=True)
