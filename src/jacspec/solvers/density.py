@@ -140,33 +140,30 @@ def _probes(p: Problem, count: int) -> list[Array]:
 
 
 class _ProbeBlock:
-    """The operator of ``B`` problems applied to ``P`` probes of each at once: the
-    products of ``B * P`` problems (rows ordered problem-major) as one block product
-    of ``P`` columns per problem."""
+    """The operator of the ``B`` problems of ``p`` applied to ``P`` probes of each at
+    once: the products of ``B * P`` problems (rows ordered problem-major) as one block
+    product of ``P`` columns per problem (``p.mm``)."""
 
-    def __init__(self, op: Any, B: int, P: int, batched: bool) -> None:
-        self.op, self.B, self.P, self.batched = op, B, P, batched
+    def __init__(self, p: Problem, P: int) -> None:
+        self.p, self.P = p, P
 
     def __repr__(self) -> str:
-        return repr(self.op)
+        return repr(self.p.op)
 
     def _mv(self, v: Array, *, adjoint: bool = False) -> Array:
-        xp = self.op.xp
-        V = xp.matrix_transpose(xp.reshape(v, (self.B, self.P, int(v.shape[-1]))))
-        if self.batched:
-            W = self.op._mm(V, adjoint=adjoint, grad=False)
-        else:
-            W = self.op._mm(V[0], adjoint=adjoint, grad=False)[None]
-        return xp.reshape(xp.matrix_transpose(W), (self.B * self.P, int(W.shape[-2])))
+        xp, B = self.p.xp, self.p.B
+        W = self.p.mm(xp.matrix_transpose(xp.reshape(v, (B, self.P, int(v.shape[-1])))),
+                      adjoint=adjoint)
+        return xp.reshape(xp.matrix_transpose(W), (B * self.P, int(W.shape[-2])))
 
     def _staged_form(self) -> Any:
-        form = self.op._staged_form()
+        form = self.p.op._staged_form()
         if form is None:
             return None
         key, arrays, rebuild = form
-        B, P, batched = self.B, self.P, self.batched
-        return (("probes", B, P, key), arrays,
-                lambda a: _ProbeBlock(rebuild(a), B, P, batched))
+        p, P = self.p, self.P
+        return (("probes", p.B, P, key), arrays,
+                lambda a: _ProbeBlock(dataclasses.replace(p, op=rebuild(a)), P))
 
 
 def _probe_problem(p: Problem, P: int) -> Problem:
@@ -174,8 +171,8 @@ def _probe_problem(p: Problem, P: int) -> Problem:
     product (:class:`_ProbeBlock`)."""
     if P == 1:
         return p
-    return dataclasses.replace(p, op=_ProbeBlock(p.op, p.B, P, p.batched), adj=False,
-                               batched=True, B=p.B * P)
+    return dataclasses.replace(p, op=_ProbeBlock(p, P), adj=False, batched=True,
+                               B=p.B * P)
 
 
 def _group_size(p: Problem, probes: int, steps: int) -> int:
