@@ -150,6 +150,8 @@ def test_dataset_rows_small():
     assert {r["name"] for r in mem} == {"dataset memory: product/forward+backward (torch)",
                                         "dataset memory: product/one-batch HVP (torch)"}
     assert all(r["details"]["dataset"] >= 0 for r in mem)
+    # over a training step the row reports; the target is against one batch's HVP
+    assert [(r["target"], r["met"] is None) for r in mem] == [("report", True), ("<= 1.2", False)]
     (dens,) = rows_data.dataset_density_torch(True, sizes=[64, 8, 10], nsamples=300)
     assert dens["ratio"] > 0 and dens["details"]["hvp_s"] > 0
 
