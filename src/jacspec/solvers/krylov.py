@@ -25,7 +25,6 @@ framework allows changing shapes, a step works on the filled rows only (a view).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -190,9 +189,10 @@ def orthogonalize(p: Problem, Q: Array, j: Any, w: Array, scale: Array, count: A
     w, c = _project_out(p, rows, w, coefs)
     nrm = p.norm(w)
     # an infinite product (or one whose norm overflows) is no invariant subspace: it
-    # must reach the checks, not a restart; NaN onward (w / inf would be a silent zero)
-    nrm = xp.where(nrm < math.inf, nrm, xp.zeros_like(nrm) + math.nan)
-    bd = (nrm * (1.0 / p.bd_rtol) <= scale) & (nrm < math.inf)
+    # must reach the checks, not a restart; NaN onward (w / inf would be a silent zero).
+    # inf - inf is NaN, x - x is 0 for finite x: two operations, and NaN is no breakdown.
+    nrm = nrm + (nrm - nrm)
+    bd = nrm * (1.0 / p.bd_rtol) <= scale
     if force is not None:
         bd = bd | force
 
