@@ -167,27 +167,69 @@ class DatasetOperator(LinearOperator):
         return total if total.dtype == self.dtype else self.xp.astype(total, self.dtype)
 
     def _scanned(self, V: Array) -> Array | None:
-        """The product as one compiled loop over in-memory batches of one shape
-        (:meth:`Backend.scan_batches`), where the adapter has one and nothing varies by
-        batch (no random layers, no processes); ``None`` otherwise."""
+        """The product as compiled loops over in-memory batches, one per run of batches
+        of one shape (:meth:`Backend.scan_batches`), where the adapter has them and
+        nothing varies by batch (no random layers, no processes); ``None`` otherwise.
+        Each batch's weighted product is added in the data's order, as the plain loop
+        adds them; empty batches are left out, as there."""
         if (self._distributed or self._sharded is not None or self._seed is not None
                 or not isinstance(self._data, (list, tuple))):
             return None
-        batches: list = []
 
         def read() -> list:  # checked as a loop's pass checks them
-            batches.extend(self._batches())
-            return batches
+            return [b for b in self._batches() if self._weight(b)]
 
-        total = self.backend_impl.scan_batches(self._batch_product, read, V)
-        # one shape: every batch has the first's size and weight
-        return None if total is None else total * self._weight(batches[0])
+        def weighted(batch: Any, W: Array) -> Array:
+            return self._batch_product(batch, W) * self._weight(batch)
+
+        return self.backend_impl.scan_batches(weighted, read, V)
+
+    def _staged_form(self) -> Any:
+        """Where the data is in memory (a list or tuple) and nothing varies by product
+        (no random layers, no progress bar, no processes' collectives outside the
+        framework): one pass of products as one program on the parameters and batches
+        (:meth:`Backend.staged_product`), so that an eager solve runs compiled around
+        it. The data is read (and checked) once per solve."""
+        if (self._progress or self._sharded is not None or self._seed is not None
+                or not isinstance(self._data, (list, tuple))):
+            return None
+        b = self.backend_impl
+        form = b.staged_product(lambda V: self._mm(V), self.shape[1], self.dtype,
+                                self.device)
+        if form is None:
+            return None
+        key, arrays, apply = form
+        shape, dtype, device, eps = self.shape, self.dtype, self.device, self._product_eps
+
+        def rebuild(state: Any) -> LinearOperator:
+            return _StagedProducts(apply, state, shape, dtype, b, device, eps)
+
+        return key, arrays, rebuild
 
     def _batch_product(self, batch: Any, V: Array) -> Array:
         if self._product_eps:
             return in_16_bits(self.xp, lambda W: self._product(batch, W), V,
                               self._model_dtype, self.dtype, axis=-2)
         return self._product(batch, V)
+
+
+class _StagedProducts(LinearOperator):
+    """A dataset operator's products as one traced program on its arrays (the
+    parameters, the batches): what a compiled piece of an eager solve rebuilds
+    (:meth:`DatasetOperator._staged_form`)."""
+
+    def __init__(self, apply: Callable[[Any, Array], Array], arrays: Any,
+                 shape: tuple[int, int], dtype: Any, backend: Backend, device: Any,
+                 product_eps: float) -> None:
+        super().__init__(shape, dtype=dtype, backend=backend, device=device)
+        self._apply, self._arrays, self._product_eps = apply, arrays, product_eps
+
+    @property
+    def is_hermitian(self) -> bool:
+        return True
+
+    def _mm(self, V, *, adjoint=False, grad=False):
+        return self._apply(self._arrays, V)
 
 
 # ------------------------------------------------------------------------ public API

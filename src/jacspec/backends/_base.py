@@ -478,6 +478,17 @@ class Backend:
         ``None``: the caller loops. Default: ``None``."""
         return None
 
+    def staged_product(self, product: Callable[[Array], Array], n: int, dtype: Any,
+                       device: Any = None
+                       ) -> tuple[Hashable, Any, Callable[[Any, Array], Array]] | None:
+        """``(key, arrays, apply)`` where ``product`` (``V`` ``(n, k)`` to ``(n, k)``
+        on ``device``, reading arrays it closes over) traces to one program:
+        ``apply(arrays, V)`` computes it on those arrays or others of their kind
+        (traced in a compiled piece), ``key`` the program's structure. None where the
+        framework does not trace it (default), the trace fails (the caller then runs
+        ``product``) or the program cannot run where the vectors are."""
+        return None
+
     def distributed_group(self, group: Any, params: Any = None) -> Any:
         """The group a ``distributed=True`` operator on ``params`` sums over, fixed when
         it is built (TensorFlow: the strategy in scope unless ``group`` names one; JAX:

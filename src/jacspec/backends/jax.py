@@ -67,10 +67,12 @@ def _one_placement(args: Any) -> Any:
     leaves = jax.tree_util.tree_leaves(args)
     if any(isinstance(a, jax.core.Tracer) for a in leaves):
         return args  # inside a transformation (jax.grad): placed by the outer program
-    device = next((next(iter(a.devices())) for a in leaves
-                   if isinstance(a, jax.Array) and a.committed), None)
-    if device is None or all(a.committed for a in leaves if isinstance(a, jax.Array)):
+    devices = next((a.devices() for a in leaves
+                    if isinstance(a, jax.Array) and a.committed), None)
+    if (devices is None or len(devices) > 1  # split arrays: jit places the others
+            or all(a.committed for a in leaves if isinstance(a, jax.Array))):
         return args
+    device = next(iter(devices))
     return jax.tree_util.tree_map(
         lambda a: jax.device_put(a, device)
         if isinstance(a, jax.Array) and not a.committed else a, args)
@@ -524,28 +526,74 @@ class JaxBackend(Backend):
         return _with_batch_placement(prod, params)
 
     def scan_batches(self, product, batches, V):
-        """Inside a trace, batches of one shape as one ``lax.scan`` over the stacked
-        batches: the compiled program holds one batch's buffers (a loop of traced calls
-        would unroll them, and XLA keeps the unrolled batches' buffers alive
-        together)."""
+        """Inside a trace, each run of consecutive batches of one shape as one
+        ``lax.scan`` over the run's stacked batches, the sum carried in the data's
+        order: the compiled program holds one batch's buffers and one copy of the
+        product per shape (a loop of traced calls would unroll them, and XLA keeps the
+        unrolled batches' buffers alive together); a dataset whose last batch is
+        smaller scans all but that one."""
         if not self.is_traced(V):
             return None
         batches = batches()
-        if len(batches) < 2:
-            return None
         flat = [jax.tree_util.tree_flatten(b) for b in batches]
-        tree, first = flat[0][1], flat[0][0]
-        kinds = [(jnp.shape(a), jnp.result_type(a)) for a in first]
-        if any(t != tree or [(jnp.shape(a), jnp.result_type(a)) for a in leaves] != kinds
-               for leaves, t in flat):
+        kinds = [(t, [(jnp.shape(a), jnp.result_type(a)) for a in leaves])
+                 for leaves, t in flat]
+        runs: list[list[int]] = []
+        for i, kind in enumerate(kinds):
+            if runs and kinds[runs[-1][0]] == kind:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        if all(len(run) < 2 for run in runs):
             return None
-        stacked = [jnp.stack(col) for col in zip(*(leaves for leaves, _ in flat))]
-        out = jax.eval_shape(lambda: product(batches[0], V))
+        total = None
+        for run in runs:
+            if len(run) == 1:
+                part = product(batches[run[0]], V)
+                total = part if total is None else total + part
+                continue
+            tree = flat[run[0]][1]
+            stacked = [jnp.stack(col) for col in zip(*(flat[i][0] for i in run))]
+            if total is None:
+                out = jax.eval_shape(product, batches[run[0]], V)
+                total = jnp.zeros(out.shape, out.dtype)
 
-        def body(total, leaves):
-            return total + product(jax.tree_util.tree_unflatten(tree, leaves), V), None
+            def body(carry, leaves, tree=tree):
+                return carry + product(jax.tree_util.tree_unflatten(tree, leaves), V), None
 
-        return jax.lax.scan(body, jnp.zeros(out.shape, out.dtype), stacked)[0]
+            total = jax.lax.scan(body, total, stacked)[0]
+        return total
+
+    def staged_product(self, product, n, dtype, device=None):
+        """``product`` on one column traced to a jaxpr (keyed by its structure,
+        :mod:`._jaxpr_structure`), its constants (the parameters, the batches) the
+        arrays: a dataset operator's pass over in-memory batches runs inside a compiled
+        solve as one program (``lax.scan`` where the batches are alike) instead of a
+        solve of op-by-op steps around per-batch products. Columns go through
+        ``jax.vmap``. The program is only evaluated, never differentiated (compiled
+        pieces are gradient-free), so derivative rules are not part of the key."""
+        spec = jax.ShapeDtypeStruct((int(n),), jnp.dtype(dtype))
+        try:  # a fresh function: make_jaxpr caches traces by function
+            closed = jax.make_jaxpr(lambda v: product(v[:, None])[:, 0])(spec)
+            structure = _jaxpr_structure.structure(closed.jaxpr, (False,))
+        except Exception:  # the caller's eager products report what is wrong
+            return None
+        consts = list(closed.consts)
+        if any(self.is_traced(c) for c in consts):
+            return None  # inside a user's transformation: its trace owns the arrays
+        if not isinstance(device, jax.sharding.Sharding) and any(
+                len(getattr(d, "device_set", ())) > 1 for e in closed.jaxpr.eqns
+                if e.primitive.name == "device_put" for d in e.params["devices"]):
+            return None  # batches split over devices, the solve's vectors on one
+        jaxpr = closed.jaxpr
+
+        def apply(arrays, V):
+            def column(v):
+                return jax.core.eval_jaxpr(jaxpr, arrays, v)[0]
+
+            return jax.vmap(column, in_axes=-1, out_axes=-1)(V)
+
+        return ("staged product", int(n), self.dtype_name(dtype), structure), consts, apply
 
     def distributed_group(self, group, params=None):
         """``group`` (a ``jax.sharding.Mesh``), by default the mesh the parameters are
