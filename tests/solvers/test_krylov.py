@@ -262,3 +262,20 @@ def test_decompose_is_the_steps_and_counts_products(backend):
 def test_min_products(alg, k, r, want):
     """``k`` steps; GKL's last step of a full basis takes one product."""
     assert krylov.min_products(alg, k, r) == want
+
+
+def test_host_breakdown_read_defers_near_the_threshold(backend):
+    """Outside a trace the host's read of the remainders' norms stands for the device's
+    breakdown test only where every norm is finite and clears the test by the margin;
+    near the threshold, and for Inf/NaN, the device's test decides."""
+    p = Problem.of(js.aslinearoperator(from_numpy(np.eye(4)[None].repeat(3, 0), backend)))
+    scale = from_numpy(np.ones(3), backend)
+    edge = p.bd_rtol
+
+    def whole(norms):
+        return krylov._clearly_whole(p, from_numpy(np.array(norms), backend), scale)
+
+    assert whole([1.0, 0.5, 100 * edge])
+    assert not whole([1.0, 0.5, edge])  # a breakdown
+    assert not whole([1.0, 0.5, edge * 1.005])  # within the margin: the device decides
+    assert not whole([1.0, np.inf, 1.0]) and not whole([1.0, np.nan, 1.0])
