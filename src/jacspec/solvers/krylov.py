@@ -25,6 +25,7 @@ framework allows changing shapes, a step works on the filled rows only (a view).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
