@@ -903,6 +903,9 @@ class TorchBackend(Backend):
             # The caller fixes the randomness of each batch (see fixed_randomness).
             with _forward_mode(f, None) as guard, _math_kernels():
                 y = guard.result(f(arg, batch))
+            # the backward passes outside the guard, whose dispatch mode costs a few
+            # microseconds per operation (f's writes happen in its forward pass)
+            with _outside_inference_mode(), torch.enable_grad():
                 grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
             if V.shape[-1] == 1:
                 return _hvp(grads, leaves, lay, V[:, 0], V, retain_graph=False)[:, None]
