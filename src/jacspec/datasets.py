@@ -169,10 +169,11 @@ class DatasetOperator(LinearOperator):
     def _scanned(self, V: Array) -> Array | None:
         """The product as compiled loops over in-memory batches, one per run of batches
         of one shape (:meth:`Backend.scan_batches`), where the adapter has them and
-        nothing varies by batch (no random layers, no processes); ``None`` otherwise.
-        Each batch's weighted product is added in the data's order, as the plain loop
-        adds them; empty batches are left out, as there."""
-        if (self._distributed or self._sharded is not None or self._seed is not None
+        nothing varies by batch (no random layers, no per-process products); ``None``
+        otherwise. Each batch's weighted product (:meth:`_weighted_product`) is added in
+        the data's order, as the plain loop adds them; empty batches are left out, as
+        there."""
+        if (self._sharded is not None or self._seed is not None
                 or not isinstance(self._data, (list, tuple))):
             return None
 
@@ -180,7 +181,7 @@ class DatasetOperator(LinearOperator):
             return [b for b in self._batches() if self._weight(b)]
 
         def weighted(batch: Any, W: Array) -> Array:
-            return self._batch_product(batch, W) * self._weight(batch)
+            return self._weighted_product(batch, W)
 
         return self.backend_impl.scan_batches(weighted, read, V)
 
