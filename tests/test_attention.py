@@ -158,6 +158,58 @@ def test_torch_parameter_hessian_ggn_and_jacobian_match_math_kernel(gpt):
     assert np.abs(_np(Hfdv) - _np(Hv)).max() < 2e-2 * np.abs(_np(Hv)).max()
 
 
+@pytest.mark.parametrize("option", ["causal", "bool_mask", "float_mask", "gqa", "dropout"])
+def test_torch_ggn_attention_options_match_dense(option):
+    """The GGN's tangent pass forms attention by its definition with a closed-form
+    forward derivative: each ``scaled_dot_product_attention`` option (a boolean mask
+    with a fully masked row, an additive mask that depends on the parameters, grouped
+    heads; dropout left to the math kernel) against dense ``J^T H J`` in float64."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    b, t, d, heads = 2, 5, 3, 2
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(b, t, d, generator=g, dtype=torch.float64)
+    y = torch.randn(b, t, 3, generator=g, dtype=torch.float64)
+    keep = torch.rand(t, t, generator=g) > 0.4
+    keep[1] = False  # a query that sees no key: the math kernel gives zeros
+    kv_heads = 1 if option == "gqa" else heads
+    params = {k: 0.5 * torch.randn(*s, generator=g, dtype=torch.float64) for k, s in dict(
+        wq=(d, heads * d), wk=(d, kv_heads * d), wv=(d, kv_heads * d), wo=(heads * d, 3),
+        slope=(1,)).items()}
+
+    def f(p, inputs):
+        q, k, v = ((inputs @ p[w]).reshape(b, t, -1, d).transpose(1, 2)
+                   for w in ("wq", "wk", "wv"))
+        kw = dict(causal=dict(is_causal=True), bool_mask=dict(attn_mask=keep),
+                  gqa=dict(enable_gqa=True), dropout=dict(dropout_p=0.3),
+                  float_mask=dict(attn_mask=p["slope"] * torch.arange(
+                      t, dtype=inputs.dtype).sub(torch.arange(t, dtype=inputs.dtype)[:, None])
+                  ))[option]
+        a = F.scaled_dot_product_attention(q, k, v, **kw)
+        return torch.tanh(a.transpose(1, 2).reshape(b, t, -1) @ p["wo"])
+
+    n = sum(v.numel() for v in params.values())
+    G = js.ggn(f, F.mse_loss, params, data=[(x, y)])
+    dense = _np(G @ torch.eye(n, dtype=torch.float64))
+    flat = torch.cat([v.reshape(-1) for v in params.values()])
+    sizes = [v.numel() for v in params.values()]
+
+    def out(w):
+        parts = dict(zip(params, (c.reshape(v.shape) for c, v in zip(
+            torch.split(w, sizes), params.values()))))
+        with _math(), torch.random.fork_rng():
+            torch.manual_seed(0)  # one dropout draw, the same at every call
+            return f(parts, x).reshape(-1)
+
+    if option == "dropout":  # the operator's draws are its own: check G is a GGN's form
+        assert np.allclose(dense, dense.T, atol=1e-10)
+        assert np.linalg.eigvalsh(dense).min() > -1e-10
+        return
+    J = torch.autograd.functional.jacobian(out, flat)
+    ref = _np(J.T @ J) * 2.0 / J.shape[0]
+    np.testing.assert_allclose(dense, ref, rtol=1e-9, atol=1e-11)
+
+
 def test_torch_penalty_slope_and_density_match_math_kernel(gpt):
     torch = pytest.importorskip("torch")
     model, tokens, _ = gpt

@@ -39,6 +39,9 @@ from ._base import (
 # the pieces (docs/benchmarks.md, "first call" row); a repeated configuration then runs
 # at jit speed.
 COMPILE_AFTER = 1
+# Output dtypes of the linearizations compiled (16-bit models included: their products
+# run op by op otherwise).
+_FLOATING = ("float32", "float64", "bfloat16", "float16")
 # Configurations remembered (sightings and compiled functions), least recent dropped.
 CACHE_SIZE = 256
 _seen: OrderedDict = OrderedDict()
@@ -421,7 +424,7 @@ class JaxBackend(Backend):
         bshape = (int(x.shape[0]),) if batched else ()
         if (any(self.is_traced(c) for c in consts) or not isinstance(
                 shape, jax.ShapeDtypeStruct)
-                or self.dtype_name(shape.dtype) not in ("float32", "float64")
+                or self.dtype_name(shape.dtype) not in _FLOATING
                 or (batched and tuple(shape.shape[:1]) != bshape)
                 or (kind == "hessian" and tuple(shape.shape) != bshape and not (
                     not batched and int(np.prod(shape.shape)) == 1))):

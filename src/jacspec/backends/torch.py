@@ -16,8 +16,11 @@ forward-mode tangents through) run with the math kernel of
 ``scaled_dot_product_attention``, whose flash and memory-efficient kernels have no
 second derivative and no forward mode on CPU; the user's kernel choice is back
 afterwards. A GGN product is one forward pass carrying a forward-mode tangent plus one
-backward pass (no graph of a graph). ``hvp="finite_difference"`` differences two
-gradients taken with the user's own kernels.
+recorded forward and backward pass (no graph of a graph); in its tangent pass,
+``scaled_dot_product_attention`` (without dropout, float32/float64) is formed by its
+definition with a closed-form forward derivative (:class:`_AttentionTangent`), cheaper
+than forward mode through the math kernel's composite. ``hvp="finite_difference"``
+differences two gradients taken with the user's own kernels.
 
 GPU: install a CUDA build of torch (see ``backends/torch/README.md``); every product runs on
 the device of ``x``.
@@ -232,6 +235,95 @@ def _math_kernels() -> contextlib.AbstractContextManager[Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
+
+
+class _AttentionTangent(torch.autograd.Function):
+    """``softmax(q k^T scale + bias) v`` by its definition, with the closed-form forward
+    derivative ``dO = (P * (dS - rowsum(P * dS))) v + P dv``, ``dS = (dq k^T + q dk^T)
+    scale + dbias``: five products with the attention matrix, where forward mode through
+    the math kernel's composite (masked softmax included) costs several times that. Run
+    only in forward-mode passes without a recorded graph (no ``backward``)."""
+
+    @staticmethod
+    def forward(ctx: Any, q, k, v, bias, scale: float):
+        s = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
+        if bias is not None:
+            s = s.add_(bias)
+        # rows that mask every key give zeros, as the math kernel's softmax does
+        p = torch.ops.aten._safe_softmax(s, -1)
+        ctx.save_for_forward(q, k, v, p)
+        ctx.scale = scale
+        return torch.matmul(p, v)
+
+    @staticmethod
+    def jvp(ctx: Any, tq, tk, tv, tbias, _):
+        q, k, v, p = ctx.saved_tensors
+        ds = None
+        for a, b in ((tq, k), (q, tk)):
+            if a is not None and b is not None:
+                t = torch.matmul(a, b.transpose(-2, -1))
+                ds = t if ds is None else ds.add_(t)
+        if ds is not None:
+            ds = ds.mul_(ctx.scale)
+        if tbias is not None:
+            ds = tbias.expand_as(p).clone() if ds is None else ds.add_(tbias)
+        out = None if tv is None else torch.matmul(p, tv)
+        if ds is not None:
+            pds = ds.mul_(p)
+            pds = pds.sub_(p * pds.sum(-1, keepdim=True))
+            out = torch.matmul(pds, v) if out is None else out.add_(torch.matmul(pds, v))
+        return out  # jvp runs only where an input has a tangent: never None
+
+
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+def _attention_tangent(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
+                       scale=None, enable_gqa=False) -> torch.Tensor | None:
+    """``scaled_dot_product_attention`` through :class:`_AttentionTangent` (the math
+    kernel's definition), or ``None`` where a case is left to the math kernel: dropout,
+    dtypes other than float32/float64, nested tensors, ``torch.func`` transforms."""
+    if (dropout_p or not all(isinstance(t, torch.Tensor) and not t.is_nested
+                             and t.dtype in (torch.float32, torch.float64)
+                             for t in (q, k, v))
+            or torch._C._functorch.maybe_current_level() is not None):
+        return None
+    L, S = q.shape[-2], k.shape[-2]
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    bias = None
+    if is_causal:
+        bias = torch.zeros(L, S, dtype=q.dtype, device=q.device).masked_fill_(
+            torch.ones(L, S, dtype=torch.bool, device=q.device).triu_(1), -math.inf)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device)
+            mask = mask.masked_fill_(attn_mask.logical_not(), -math.inf)
+        else:
+            mask = attn_mask
+        bias = mask if bias is None else bias + mask
+    if enable_gqa:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
+    return _AttentionTangent.apply(q, k, v, bias, scale)
+
+
+class _TangentAttention(torch.overrides.TorchFunctionMode):
+    """``scaled_dot_product_attention`` calls in a forward-mode pass go through
+    :func:`_attention_tangent`; every other call runs as it is. ``seen`` records
+    whether a call came (a model without attention then skips the mode, whose
+    per-call cost is a few microseconds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is _SDPA:
+            self.seen = True
+            out = _attention_tangent(*args, **(kwargs or {}))
+            if out is not None:
+                return out
+        return func(*args, **(kwargs or {}))
 
 
 def _kernels_for(guard: Guard) -> contextlib.AbstractContextManager[Any]:
@@ -811,6 +903,9 @@ class TorchBackend(Backend):
             # The caller fixes the randomness of each batch (see fixed_randomness).
             with _forward_mode(f, None) as guard, _math_kernels():
                 y = guard.result(f(arg, batch))
+            # the backward passes outside the guard, whose dispatch mode costs a few
+            # microseconds per operation (f's writes happen in its forward pass)
+            with _outside_inference_mode(), torch.enable_grad():
                 grads = torch.autograd.grad(y, leaves, create_graph=True, allow_unused=True)
             if V.shape[-1] == 1:
                 return _hvp(grads, leaves, lay, V[:, 0], V, retain_graph=False)[:, None]
@@ -820,7 +915,8 @@ class TorchBackend(Backend):
 
     def batch_ggn_product(self, f, loss, params):
         """``J^T H J V`` of one batch: per column, a forward pass carrying the tangent
-        ``J v`` (forward-mode AD, nothing recorded, the math attention kernel), the
+        ``J v`` (forward-mode AD, nothing recorded; attention by
+        :class:`_AttentionTangent`, else the math kernel), the
         loss's output Hessian on it (closed form for the common losses, else autodiff
         of the loss alone); then one forward pass recording the graph (the caller's
         kernels) and one backward pass per column through it. The graph holds a
@@ -832,16 +928,26 @@ class TorchBackend(Backend):
         loss_hvp = _loss_hessian_product(loss)
         base = super().batch_ggn_product(f, loss, params)
         forward_mode = [True]  # emptied where an operation has no forward mode
+        attention = [True]  # emptied once a pass of f calls no attention
 
         def tangent(inputs, v, start):
             import torch.autograd.forward_ad as fwad
 
-            # every pass draws what the first does (the batch's dropout masks)
-            with _forward_mode(f, start) as guard, torch.no_grad(), _math_kernels(), \
-                    _quiet_forward_mode(), fwad.dual_level():
+            mode = _TangentAttention() if attention else contextlib.nullcontext()
+            with _outside_inference_mode(), torch.no_grad(), _quiet_forward_mode(), \
+                    fwad.dual_level():
+                # jacspec's own tensors, made outside the state guard, whose per-operation
+                # cost would double that of a small model's pass
                 duals = [fwad.make_dual(leaf.detach(), t)
                          for leaf, t in zip(leaves, lay.split(v))]
-                return fwad.unpack_dual(guard.result(f(_with_leaves(arg, duals), inputs)))
+                # every pass draws what the first does (the batch's dropout masks)
+                with _forward_mode(f, start) as guard, torch.no_grad(), _math_kernels(), \
+                        mode:
+                    y = guard.result(f(_with_leaves(arg, duals), inputs))
+                out = fwad.unpack_dual(y)
+            if attention and not mode.seen:
+                attention.clear()
+            return out
 
         def vjps(inputs, HZ, start, V):
             with _forward_mode(f, start) as guard:

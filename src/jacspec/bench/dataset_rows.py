@@ -212,6 +212,8 @@ def dataset_density_torch(quick: bool, *, sizes: list[int] = SIZES,
 
     import jacspec as js
 
+    # quick: the first 512 digits (4 batches); the ratio is per product either way
+    nsamples = nsamples or (512 if quick else None)
     model, batches = _problem(torch, torch.float32, True, sizes, nsamples)
     params = {k: v.detach() for k, v in model.named_parameters()}
     H = js.hessian(_batch_loss(torch, model), params, data=batches)

@@ -193,9 +193,10 @@ def orthogonalize(p: Problem, Q: Array, j: Any, w: Array, scale: Array, count: A
     if not p.traced and _clearly_whole(p, nrm, scale):
         return p.scaled(w, nrm), c, nrm, scale, None
     # an infinite product (or one whose norm overflows) is no invariant subspace: it
-    # must reach the checks, not a restart; NaN onward (w / inf would be a silent zero)
-    nrm = xp.where(nrm < math.inf, nrm, xp.zeros_like(nrm) + math.nan)
-    bd = (nrm * (1.0 / p.bd_rtol) <= scale) & (nrm < math.inf)
+    # must reach the checks, not a restart; NaN onward (w / inf would be a silent zero).
+    # inf - inf is NaN, x - x is 0 for finite x: two operations, and NaN is no breakdown.
+    nrm = nrm + (nrm - nrm)
+    bd = nrm * (1.0 / p.bd_rtol) <= scale
 
     def keep():
         return p.scaled(w, nrm), nrm, bd if p.traced else None

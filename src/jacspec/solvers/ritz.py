@@ -132,7 +132,8 @@ def svd_ritz(p: Problem, M: Array, J: int, k: int):
 def _scale(p: Problem, M: Array) -> Array:
     """``(B, 1, 1)``: the largest ``|entry|`` of each matrix (1 for a zero matrix)."""
     xp = p.xp
-    s = xp.max(xp.max(xp.abs(M), axis=-1), axis=-1)[:, None, None]
+    # one reduction over both axes: two in turn cost 40x more on a transposed M (torch)
+    s = xp.max(xp.abs(M), axis=(-2, -1))[:, None, None]
     return xp.where(s > 0, s, xp.ones_like(s))
 
 
@@ -166,8 +167,9 @@ def top_triplet(p: Problem, M: Array, X: Array | None = None):
     where any unit vector is singular), ``sigma = ||M^H x||``."""
     xp = p.xp
     if X is None:
-        X = gram_eigh(p, M)[1]
-    scale = _scale(p, M)
+        _, X, scale = gram_eigh(p, M)
+    else:
+        scale = _scale(p, M)
     x = X[..., -1:]
     y = xp.matmul(p.H(M / p.cast(scale)), x)
     S = p.norm(y[..., 0])[:, None]
