@@ -254,8 +254,8 @@ def _compiles(solve) -> tuple[list[str], object]:
 def test_eager_solve_is_one_program(which, method, k):
     """An eager solve of a new configuration compiles one program for the solve (besides
     the linearization's), whatever its length (thick restarts, checks, the check
-    restart), and a second call of the configuration compiles nothing. (A power
-    iteration's start still runs op by op.)"""
+    restart; a power iteration: one for its start, one for its loop), and a second call
+    of the configuration compiles nothing."""
     rng = np.random.default_rng(3)
     W = jnp.asarray(rng.standard_normal((43, 31)))  # shapes no other test uses
     x = jnp.ones(31)
@@ -272,10 +272,10 @@ def test_eager_solve_is_one_program(which, method, k):
         first, out = _compiles(solve)
         again, _ = _compiles(solve)
     solver = [name for name in first if name == "jit(pure)"]
-    assert len(solver) == 1, first
+    assert len(solver) == (2 if method == "power" else 1), first
     if method == "lanczos":  # start to result in the program: a few small ops besides
         assert out.num_matvecs > 8  # past a full basis (ncv=8): a thick restart
-        assert len(first) <= 6, first
+    assert len(first) <= (8 if method == "power" else 6), first  # a few small ops besides
     assert again == []
 
 

@@ -62,7 +62,18 @@ def power_init(p: Problem, k: int, v0: Array | None, *, two_sided: bool, count: 
                draw: int = 1) -> PowerState:
     """The orthonormal start block (``v0`` as its first column, then random columns: one
     more than ``k`` after a warm start; draws ``draw`` and ``draw + 1``) and empty
-    estimates, after ``count`` products."""
+    estimates, after ``count`` products: one compiled piece where the solve is staged
+    (eager JAX would otherwise compile each of its operations)."""
+    q = p.staging("power init", k, two_sided, draw)
+    if not q.staged:
+        return _init(p, k, two_sided, draw, v0, count)
+    s = q.stage("power init", _init, k, two_sided, draw)(v0, q.counter(count))
+    return s._replace(count=count)
+
+
+def _init(p: Problem, k: int, two_sided: bool, draw: int, v0: Array | None,
+          count: Any) -> PowerState:
+    """:func:`power_init`'s arrays."""
     V = p.start(v0, draw)
     k = k + (v0 is not None and p.mix_start)
     if two_sided and k == 1:  # single vectors (see PowerState)
