@@ -11,7 +11,7 @@ reference.
 Both sides take their products through one ``js.to_scipy``-style product of the same
 operator (ARPACK's through ``js.to_scipy(H)``); ARPACK runs with SciPy's defaults
 (``ncv = max(2k + 1, 20)``) at jacspec's default ``tol`` (``sqrt(eps)``), top ``k``
-by magnitude. For ``k >= 2`` jacspec's count includes its check restart (``2k + 2``
+by magnitude. For ``k >= 2`` jacspec's count includes its check restart (``2k + 1``
 products that find other copies of a repeated value, which ARPACK does not look for).
 """
 

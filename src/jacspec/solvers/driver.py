@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from ..backends import get_backend
 from . import ritz
-from .krylov import Krylov, KrylovState, decompose, init
+from .krylov import Krylov, KrylovState, check_restart, decompose, init
 from .problem import Problem, warn_unconverged
 from .ritz import KrylovResult
 
@@ -123,7 +123,9 @@ def _solve_on_host(p: Problem, alg: Krylov, k: int, tol: float, which: str,
             if checked is not None and verify.accept(checked[1]):
                 found = checked[0]
                 break
-            s = s._replace(force=verify.take(s.j))
+            force = verify.take(s.j)
+            if force is not None:
+                s = check_restart(p, s, force)
             sched.wait(verify.wait)
         if s.j == jmax:
             s = _restart(p, alg, s, keep, which)
@@ -246,7 +248,7 @@ def run_on_device(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, w
         else p.real_dtype
     no = p.zeros((p.B,), real=True) > 0
     count0 = s.count if not isinstance(s.count, int) else zero + s.count
-    s = s._replace(j=zero, count=count0, force=no)
+    s = s._replace(j=zero, count=count0)
     loop = _Loop(zero, zero + 1, zero, xp.astype(zero, sched_dtype) + 1.0 / tol, no,
                  zero > 0, zero == 0)
     names = [f for f in s._fields if f != "j" and getattr(s, f) is not None]
@@ -265,7 +267,7 @@ def run_on_device(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, w
 
     def body(c: tuple) -> tuple:
         st, lp = unpack(c)
-        st = _step_on_device(p, alg, st, jmax)._replace(force=no)
+        st = _step_on_device(p, alg, st, jmax)
         lp = lp._replace(since=lp.since + 1, stop=st.j >= r)
         due = ~lp.stop & (st.j >= jmin) & (
             ((st.j >= jcheck) & (lp.since >= lp.gap)) | (st.j == jmax))
@@ -277,7 +279,7 @@ def run_on_device(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, w
             j=st.j * 0 + keep), lp), lambda: pack(st, lp))
 
     st, lp = unpack(b.while_loop(more, body, pack(s, loop)))
-    return st._replace(force=None), lp.finite
+    return st, lp.finite
 
 
 def _cost_on_device(p: Problem, alg: Krylov, s: KrylovState, jmax: int) -> Any:
@@ -309,7 +311,8 @@ def _check_on_device(p: Problem, alg: Krylov, s: KrylovState, lp: _Loop, k: int,
                      tol: float, which: str) -> tuple[KrylovState, _Loop]:
     """A convergence check (:func:`_check_arrays`) with the schedule's observation and
     the check restart's decision: the loop stops where every problem is accepted or the
-    small problem is not finite; else ``s.force`` marks the problems to restart."""
+    small problem is not finite; else the problems due for the check restart have it
+    (:func:`.krylov.check_restart`)."""
     xp = p.xp
     flag, _, q, conv = _check_arrays(p, alg, k, tol, which, s)
     gap, prev_j, prev_q = _observe_on_device(p, s.j, q, lp, _cheap_range(
@@ -317,15 +320,16 @@ def _check_on_device(p: Problem, alg: Krylov, s: KrylovState, lp: _Loop, k: int,
     ready = xp.all(conv, axis=-1)
     finite = lp.finite if flag is None else lp.finite & flag
     if k == 1:  # the top value needs no check restart (see _Verify)
-        accept, done, force = xp.all(ready), lp.done, s.force
+        accept, done = xp.all(ready), lp.done
     else:
         accept = xp.all(ready & lp.done)
         force = ready & ~lp.done & ~accept
         done = lp.done | force
         # _Verify.take's wait: the restart's fresh rows, once every problem had its own
-        wait = 1 + xp.minimum(p.n_in - (s.j + 1), s.j * 0 + 2 * k + 1)
+        wait = xp.minimum(p.n_in - s.j, s.j * 0 + 2 * k + 1)
         gap = xp.where(xp.any(force) & xp.all(done), wait, gap)
-    return s._replace(force=force), _Loop(lp.since * 0, gap, prev_j, prev_q, done,
+        s = check_restart(p, s, force)  # no change where force is all False
+    return s, _Loop(lp.since * 0, gap, prev_j, prev_q, done,
                                           accept | ~finite, finite)
 
 
@@ -381,7 +385,7 @@ def _check(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: s
     cheaper screen (``k = 1``) already shows an unconverged problem. The schedule learns
     the convergence rate from either."""
     if not p.sliced:  # fixed-width buffers: the check's arrays, then the host reads
-        flag, found, q, conv = _check_arrays(p, alg, k, tol, which, s._replace(force=None))
+        flag, found, q, conv = _check_arrays(p, alg, k, tol, which, s)
         p.raise_unless(flag)
         sched.observe(s.j, p.backend.to_float(q))
         return found, conv
@@ -498,7 +502,7 @@ def finish(p: Problem, alg: Krylov, s: KrylovState, k: int, tol: float, which: s
     j = s.j
     facts = (not isinstance(j, int), exact, isinstance(j, int) and j < jmin)
     out, flag, short = _finish_arrays(p, alg, k, tol, which, jmin, facts, true_check,
-                                      s._replace(force=None), found)
+                                      s, found)
     if p.traced:
         return out
     return _report(p, alg, out, flag, None if short is None else xp.any(short),
@@ -655,12 +659,12 @@ class _Verify:
         return False
 
     def take(self, j: int = 0) -> Array | None:
-        """The problems to restart at the next step (at row ``j``), and in ``wait`` the
-        steps until they may be accepted (the restart vector's row, then
-        :func:`fresh_ok`'s rows) once every problem has had its restart: before, a
-        check in between may find others ready for theirs."""
+        """The problems to restart now (their next vector, at row ``j``), and in
+        ``wait`` the steps until they may be accepted (:func:`fresh_ok`'s rows from the
+        restart vector's) once every problem has had its restart: before, a check in
+        between may find others ready for theirs."""
         force, self.force = self.force, None
         self.wait = 0
         if force is not None and self.p.backend.all_true(self.done):
-            self.wait = 1 + min(self.r - (j + 1), 2 * self.k + 1)
+            self.wait = min(self.r - j, 2 * self.k + 1)
         return force

@@ -68,8 +68,6 @@ class KrylovState(NamedTuple):
     count : int or array
         Products taken so far, per sample (an array inside compiled code); breakdown
         restart directions are seeded by it.
-    force : array or None
-        ``(B,)`` bool: problems to restart at the next step (check restarts).
     """
 
     j: Any
@@ -82,7 +80,6 @@ class KrylovState(NamedTuple):
     fresh_from: Array
     last_break: Array
     count: Any
-    force: Array | None = None
 
 
 def init(p: Problem, v0: Array | None, jmax: int, *, two_sided: bool, count: Any = 0
@@ -116,11 +113,11 @@ def gkl_step(p: Problem, s: KrylovState) -> KrylovState:
     C = _put_coefs(p, s.C, j, c, alpha)
     if isinstance(j, int) and j + 1 >= p.n_in:  # the basis is full: A V = U M exactly
         return s._replace(j=j + 1, V=V, U=U, C=C, beta=p.zeros((p.B,), real=True),
-                          scale=scale, count=count, force=None)
+                          scale=scale, count=count)
     w, count = p.mv(u, adjoint=True), count + 1
     # The scale is ||A v|| (u-steps); ||A^H u|| adds nothing a breakdown is judged by.
-    v, _, beta, scale, bd_v = orthogonalize(p, V, j + 1, w, scale, count, force=s.force,
-                                            track=False, coefs=False)
+    v, _, beta, scale, bd_v = orthogonalize(p, V, j + 1, w, scale, count, track=False,
+                                            coefs=False)
     fresh_from, last_break = _note_breakdowns(p, s, bd_v, j + 1, bd_u)
     return KrylovState(j + 1, V, U, C, v, beta, scale, fresh_from, last_break, count)
 
@@ -130,8 +127,7 @@ def lanczos_step(p: Problem, s: KrylovState) -> KrylovState:
     (row ``j`` of ``C``), the remainder is the next ``v``."""
     j, count = s.j, s.count + 1
     V = p.backend.set_row(s.V, j, s.v)
-    q, c, beta, scale, bd = orthogonalize(p, V, j + 1, p.mv(s.v), s.scale, count,
-                                          force=s.force)
+    q, c, beta, scale, bd = orthogonalize(p, V, j + 1, p.mv(s.v), s.scale, count)
     C = _put_coefs(p, s.C, j, c, None)
     fresh_from, last_break = _note_breakdowns(p, s, bd, j + 1, None)
     return KrylovState(j + 1, V, None, C, q, beta, scale, fresh_from, last_break, count)
@@ -169,8 +165,7 @@ def decompose(p: Problem, step: Callable[[Problem, KrylovState], KrylovState],
         # a compiled loop carries no Python step count: j comes from the loop index
         return step(p, c._replace(j=j0 + i))._replace(j=None)
 
-    out = p.loop(body, s._replace(j=None, force=s.force if not p.traced else None),
-                 num_steps, per_step)
+    out = p.loop(body, s._replace(j=None), num_steps, per_step)
     return out._replace(j=j0 + num_steps)
 
 
@@ -178,11 +173,11 @@ def decompose(p: Problem, step: Callable[[Problem, KrylovState], KrylovState],
 
 
 def orthogonalize(p: Problem, Q: Array, j: Any, w: Array, scale: Array, count: Any, *,
-                  force: Array | None = None, track: bool = True, coefs: bool = True):
+                  track: bool = True, coefs: bool = True):
     """``w`` (B, s) orthogonalized against rows ``[0, j)`` of ``Q`` (B, jmax, s).
 
     Classical Gram–Schmidt, twice. Where the remainder is at rounding level relative to
-    ``scale`` (a breakdown: ``w`` lies in the span of the basis) or ``force`` says so, a
+    ``scale`` (a breakdown: ``w`` lies in the span of the basis), a
     random vector orthogonalized against the basis replaces it and the coupling is 0
     (seeded by ``count``, the products taken so far).
     Returns ``(q, coefs, coupling, scale, broke)``; ``broke`` is ``None`` where no
@@ -195,15 +190,13 @@ def orthogonalize(p: Problem, Q: Array, j: Any, w: Array, scale: Array, count: A
         scale = xp.maximum(scale, p.norm(w))
     w, c = _project_out(p, rows, w, coefs)
     nrm = p.norm(w)
-    if force is None and not p.traced and _clearly_whole(p, nrm, scale):
+    if not p.traced and _clearly_whole(p, nrm, scale):
         return p.scaled(w, nrm), c, nrm, scale, None
     # an infinite product (or one whose norm overflows) is no invariant subspace: it
     # must reach the checks, not a restart; NaN onward (w / inf would be a silent zero).
     # inf - inf is NaN, x - x is 0 for finite x: two operations, and NaN is no breakdown.
     nrm = nrm + (nrm - nrm)
     bd = nrm * (1.0 / p.bd_rtol) <= scale
-    if force is not None:
-        bd = bd | force
 
     def keep():
         return p.scaled(w, nrm), nrm, bd if p.traced else None
@@ -217,6 +210,23 @@ def orthogonalize(p: Problem, Q: Array, j: Any, w: Array, scale: Array, count: A
 
     q, coupling, broke = b.cond(xp.any(bd), repair, keep)
     return q, c, coupling, scale, broke
+
+
+def check_restart(p: Problem, s: KrylovState, force: Array) -> KrylovState:
+    """The check restart of the problems ``force`` ``(B,)`` marks: their next vector
+    becomes a generic direction orthogonal to their basis, with coupling 0 (a breakdown
+    at row ``j``, where their next run begins). The vector it replaces lies outside the
+    basis and takes no product: its coupling times the last entry of a converged Ritz
+    vector is within ``tol``, the residual the restart leaves uncounted."""
+    xp = p.xp
+    rows = p.backend.leading_rows(s.V, s.j) if p.sliced else s.V
+    r, _ = _project_out(p, rows, p.restart_vector(int(s.v.shape[-1]), s.count))
+    n = p.norm(r)
+    r = r / p.cast(xp.where(n > 0, n, xp.ones_like(n)))[:, None]
+    fresh_from, last_break = _note_breakdowns(p, s, force, s.j, None)
+    return s._replace(v=xp.where(force[:, None], r, s.v),
+                      beta=xp.where(force, xp.zeros_like(s.beta), s.beta),
+                      fresh_from=fresh_from, last_break=last_break)
 
 
 def _clearly_whole(p: Problem, nrm: Array, scale: Array) -> bool:
