@@ -506,10 +506,12 @@ class JaxBackend(Backend):
     def batch_ggn_product(self, f, loss, params):
         """One jitted ``J^T H J`` product per batch shape (see the base class), split like
         the Hessian's: a forward pass carrying the tangents ``J V`` and the loss's output
-        Hessian on them, then the forward pass whose residuals the VJP keeps, which an
-        optimization barrier orders after ``H J V`` exist (XLA would otherwise merge the
-        two forward passes and keep the outputs, their tangents and the residuals
-        alive together): a training step's buffers plus ``H J V``."""
+        Hessian on them, then, inside a conditional whose branches are both that pass, the
+        forward pass whose residuals the VJP keeps. XLA schedules a conditional as one
+        step, after its operand ``H J V`` exists, so the two forward passes never overlap
+        (an optimization barrier is lifted before scheduling, and inside a ``lax.scan``
+        body the scheduler then interleaves them): a training step's buffers plus
+        ``H J V``."""
         layout = _layout(params)
 
         @jax.jit
@@ -522,9 +524,15 @@ class JaxBackend(Backend):
                 z, zt = jax.jvp(lambda q: f(q, inputs), (p,), (to_tree(v),))
                 return jax.jvp(loss_grad, (z,), (zt,))[1]
 
-            HZ, q = jax.lax.optimization_barrier((_cols_vmap(output_hessian, V), p))
-            _, vjp_fn = jax.vjp(lambda r: f(r, inputs), q)
-            return _cols_vmap(lambda hz: to_flat(vjp_fn(hz)[0]), HZ)
+            def pullback(HZ, q, x):
+                _, vjp_fn = jax.vjp(lambda r: f(r, x), q)
+                return _cols_vmap(lambda hz: to_flat(vjp_fn(hz)[0]), HZ)
+
+            # a predicate XLA cannot fold, unbatched under a vmap over columns (a batched
+            # one would turn the conditional into a select running both branches)
+            always = jax.lax.optimization_barrier(jnp.bool_(True))
+            return jax.lax.cond(always, pullback, pullback,
+                                _cols_vmap(output_hessian, V), p, inputs)
 
         return _with_batch_placement(prod, params)
 
