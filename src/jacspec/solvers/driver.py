@@ -90,7 +90,9 @@ def krylov_solve(p: Problem, alg: Krylov, k: int, *, tol: float, maxiter: int | 
         return finish(p, alg, s, k, tol, which, jmin, vectors)
     sizes = basis_sizes(r, k, ncv)
     limit = maxiter if maxiter is not None else max(DEFAULT_MAXITER, alg.per_step * r)
-    p = p.staging("krylov", alg, k, tol, which, sizes[1], vectors, detach=True)
+    # the compiled solve always returns vectors: ``vectors`` is no part of its key, so
+    # a solve with and without them shares one program
+    p = p.staging("krylov", alg, k, tol, which, detach=True)
     if p.traced or p.staged:
         true_check = not p.traced and _rounding_may_reach(p, tol)
         out, flag, short, done = p.stage("krylov", _solve_arrays, alg, k, tol, which, sizes,

@@ -241,6 +241,7 @@ class Problem:
             p = dataclasses.replace(template, op=rebuild(arrays), seed=seed, traced=True)
             return fn(p, *static, *args)
 
+        pure.__name__ = pure.__qualname__ = f"stage_{name}"  # the piece in JAX's logs
         run = self.backend.compile(pure, (name, fn.__module__, fn.__qualname__, static, key))
         seed = self.xp.asarray(self.seed, dtype=self.xp.uint32)
 
