@@ -173,17 +173,19 @@ class DatasetOperator(LinearOperator):
         otherwise. Each batch's weighted product (:meth:`_weighted_product`) is added in
         the data's order, as the plain loop adds them; empty batches are left out, as
         there."""
-        if (self._sharded is not None or self._seed is not None
-                or not isinstance(self._data, (list, tuple))):
+        if not self._fixed_in_memory():
             return None
 
         def read() -> list:  # checked as a loop's pass checks them
             return [b for b in self._batches() if self._weight(b)]
 
-        def weighted(batch: Any, W: Array) -> Array:
-            return self._weighted_product(batch, W)
+        return self.backend_impl.scan_batches(self._weighted_product, read, V)
 
-        return self.backend_impl.scan_batches(weighted, read, V)
+    def _fixed_in_memory(self) -> bool:
+        """Whether the data is in memory (a list or tuple) and its products the same in
+        every pass (no random layers, no parameters split across processes)."""
+        return (self._sharded is None and self._seed is None
+                and isinstance(self._data, (list, tuple)))
 
     def _staged_form(self) -> Any:
         """Where the data is in memory (a list or tuple) and nothing varies by product
@@ -191,8 +193,7 @@ class DatasetOperator(LinearOperator):
         framework): one pass of products as one program on the parameters and batches
         (:meth:`Backend.staged_product`), so that an eager solve runs compiled around
         it. The data is read (and checked) once per solve."""
-        if (self._progress or self._sharded is not None or self._seed is not None
-                or not isinstance(self._data, (list, tuple))):
+        if self._progress or not self._fixed_in_memory():
             return None
         b = self.backend_impl
         form = b.staged_product(lambda V: self._mm(V), self.shape[1], self.dtype,
