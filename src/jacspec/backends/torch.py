@@ -52,6 +52,7 @@ from ._base import (
 from ._torch_distributed import refuse_sharded
 from ._torch_state import (
     Guard,
+    Passes,
     States,
     fixed_randomness,
     generator_states,
@@ -101,12 +102,15 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _forward_mode(f: Callable, start: States | None) -> Iterator[Guard]:
-    """Where ``f``'s forward runs: autograd on, the user's state protected, torch's
-    random generators starting from ``start`` (see :func:`state_guard`), and a clear
-    error for parameters created in inference mode (autograd cannot use them)."""
+def _forward_mode(f: Callable, start: States | None, passes: Passes | None = None
+                  ) -> Iterator[Guard]:
+    """Where ``f``'s forward runs: autograd on, the user's state protected (``passes``:
+    the operator's earlier passes of ``f``), torch's random generators starting from
+    ``start`` (see :func:`state_guard`), and a clear error for parameters created in
+    inference mode (autograd cannot use them)."""
     try:
-        with _outside_inference_mode(), torch.enable_grad(), state_guard(f, start) as guard:
+        with _outside_inference_mode(), torch.enable_grad(), \
+                state_guard(f, start, passes) as guard:
             yield guard
     except RuntimeError as err:
         if "Inference tensors cannot be saved for backward" not in str(err):
@@ -292,9 +296,12 @@ def _attention_operands(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
     L, S = q.shape[-2], k.shape[-2]
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     bias = None
-    if is_causal:
-        bias = torch.zeros(L, S, dtype=q.dtype, device=q.device).masked_fill_(
-            torch.ones(L, S, dtype=torch.bool, device=q.device).triu_(1), -math.inf)
+    if is_causal:  # keys after the query masked (a comparison: torch's triu of a
+        # boolean matrix takes milliseconds at a context of 128)
+        later = (torch.arange(S, device=q.device)[None, :]
+                 > torch.arange(L, device=q.device)[:, None])
+        bias = torch.zeros(L, S, dtype=q.dtype, device=q.device).masked_fill_(later,
+                                                                              -math.inf)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device)
@@ -885,6 +892,7 @@ class TorchBackend(Backend):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
         start = generator_states()  # every run of f draws what this one would
+        passes = Passes()
 
         def forward() -> None:
             # The graph is retained for every product. If the user backpropagates through
@@ -892,7 +900,7 @@ class TorchBackend(Backend):
             # the next product then runs this again (at the current parameter values,
             # with the same random draws).
             st.clear()
-            with _forward_mode(f, start) as guard, _kernels_for(guard):
+            with _forward_mode(f, start, passes) as guard, _kernels_for(guard):
                 st["y"] = guard.result(f(arg))
 
         forward()
@@ -1089,6 +1097,7 @@ class TorchBackend(Backend):
         base = super().batch_ggn_product(f, loss, params)
         forward_mode = [True]  # emptied where an operation has no forward mode
         attention = [True]  # emptied once a pass of f calls no attention
+        passes = Passes()  # both passes of every product
 
         def tangent(inputs, v, start):
             import torch.autograd.forward_ad as fwad
@@ -1101,8 +1110,8 @@ class TorchBackend(Backend):
                 duals = [fwad.make_dual(leaf.detach(), t)
                          for leaf, t in zip(leaves, lay.split(v))]
                 # every pass draws what the first does (the batch's dropout masks)
-                with _forward_mode(f, start) as guard, torch.no_grad(), _math_kernels(), \
-                        mode:
+                with _forward_mode(f, start, passes) as guard, torch.no_grad(), \
+                        _math_kernels(), mode:
                     y = guard.result(f(_with_leaves(arg, duals), inputs))
                 out = fwad.unpack_dual(y)
             if attention and not mode.seen:
@@ -1110,7 +1119,7 @@ class TorchBackend(Backend):
             return out
 
         def vjps(inputs, HZ, start, V):
-            with _forward_mode(f, start) as guard:
+            with _forward_mode(f, start, passes) as guard:
                 z = guard.result(f(arg, inputs))
             with _outside_inference_mode(), torch.enable_grad():
                 return [lay.join(torch.autograd.grad(z, leaves, hz, allow_unused=True,
@@ -1160,7 +1169,8 @@ class TorchBackend(Backend):
         bshape = (int(x.shape[0]),) if batched else ()
         lay = _Layout(values, bshape)
         start = generator_states()  # every gradient draws what this run does (dropout)
-        with _forward_mode(f, start) as guard, torch.no_grad():
+        passes = Passes()
+        with _forward_mode(f, start, passes) as guard, torch.no_grad():
             y = guard.result(f(arg))
         check_output(self, y, bshape[0] if batched else None, what="f")
         check_scalar_output(tuple(y.shape), bshape)
@@ -1173,7 +1183,7 @@ class TorchBackend(Backend):
             with _outside_inference_mode(), torch.no_grad():
                 pts = [(v.detach() + p).requires_grad_(True)
                        for v, p in zip(values, lay.split(d))]
-            with _forward_mode(f, start) as guard:
+            with _forward_mode(f, start, passes) as guard:
                 out = guard.result(f(_with_leaves(arg, pts)))
                 gs = (torch.autograd.grad(out.sum(), pts, allow_unused=True)
                       if out.requires_grad else [None] * len(pts))
