@@ -251,6 +251,31 @@ def test_torch_dataset_hessian_through_attention_and_gelu_is_exact(dtype):
     assert torch.is_grad_enabled()
 
 
+def test_torch_dataset_hessian_of_a_gradient_penalty_is_exact():
+    """A loss that differentiates attention and GELU itself (a gradient penalty) needs
+    their third derivative: the products use torch's kernels, exactly, no warning."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    X = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+
+    def loss(p, x):
+        with torch.enable_grad():
+            h = x @ p
+            out = F.gelu(F.scaled_dot_product_attention(h, h, x, is_causal=True)).sum()
+            (d,) = torch.autograd.grad(out, p, create_graph=True)
+        return out + (d**2).sum()
+
+    ref = _np(torch.autograd.functional.hessian(lambda p: loss(p, X), w)).reshape(16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        H = js.hessian(loss, w, data=[X])
+        dense = _np(js.dense(H))
+        assert _rel(dense, ref) < EXACT_TOL["float64"]
+        assert _rel(dense, _np(js.dense(H))) < EXACT_TOL["float64"]  # and again
+
+
 def test_torch_lean_second_order_kernels_match_torch_derivatives():
     """First and second derivatives of the attention and GELU replacements against
     torch's (the math kernel), on values where every term matters: large GELU inputs,

@@ -373,6 +373,17 @@ def _grad(outputs, inputs, grad_outputs, *, create_graph: bool, batched: bool):
     )
 
 
+def _second_order_only() -> None:
+    """Refuse to differentiate a second-order backward of :class:`_LeanSecondOrder`
+    (``f`` takes a gradient itself, e.g. a gradient penalty): the products fall back
+    to torch's own kernels (see :meth:`TorchBackend.batch_hessian_product`).
+    ``once_differentiable`` would instead hand back constants where the incoming
+    cotangent needs no gradient, a wrong Hessian without an error."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("A third derivative through jacspec's second-order attention "
+                           "and GELU is not implemented.")
+
+
 def _softmax_backward(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``p * (g - rowsum(p * g))``: the cotangent of a softmax's input from that of its
     output ``p`` (rows of ``p`` that are zero give zeros)."""
@@ -386,7 +397,7 @@ class _AttentionBackward(torch.autograd.Function):
     per attention call (torch's double backward of the math kernel also keeps the
     cotangents of ``p`` and of the scores, two more tensors of ``p``'s size), and the
     backward forms its products of ``p``'s size one layer at a time. Differentiable
-    once (Hessian products without gradient)."""
+    once (see :func:`_second_order_only`)."""
 
     @staticmethod
     def forward(ctx: Any, g, q, k, v, p, scale: float):
@@ -397,8 +408,8 @@ class _AttentionBackward(torch.autograd.Function):
                 torch.matmul(p.transpose(-2, -1), g))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, a, b, c):
+        _second_order_only()
         # a, b, c: cotangents of dq, dk, dv. With ds = softmax_backward(g v^T, p) and
         # m = scale (a k^T + q b^T): dq = scale ds k and dk = scale ds^T q give
         # scale (ds b, ds^T a) directly; <ds, m> and <c, p^T g> reach g and v through
@@ -451,7 +462,7 @@ _PDF = 1 / math.sqrt(2 * math.pi)
 class _GeluBackward(torch.autograd.Function):
     """``g * gelu'(x)`` (exact GELU), whose own backward forms two temporaries of ``x``'s
     size where torch's forms about six (the peak of a Hessian product through an MLP's
-    GELU). Differentiable once."""
+    GELU). Differentiable once (see :func:`_second_order_only`)."""
 
     @staticmethod
     def forward(ctx: Any, g, x):
@@ -459,8 +470,8 @@ class _GeluBackward(torch.autograd.Function):
         return torch.ops.aten.gelu_backward(g, x)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, gg):
+        _second_order_only()
         g, x = ctx.saved_tensors
         # gelu''(x) = pdf(x) (2 - x^2), gelu'(x) = Phi(x) + x pdf(x); each temporary
         # released once used (``gg`` may carry a batch: no products in place on it)
@@ -1059,15 +1070,15 @@ class TorchBackend(Backend):
         batch, the graph released as the last backward runs (a linearization retains it
         for further products, which a dataset product never asks for). Attention and
         exact GELU go through :class:`_LeanSecondOrder`, whose double backward holds
-        fewer temporaries at the product's peak of memory."""
+        fewer temporaries at the product's peak of memory; where ``f`` differentiates
+        them itself, torch's kernels from then on."""
         _, leaves, arg = self._point(params, batched=False)
         lay = _Layout(leaves, ())
         lean = [True]  # emptied once a pass of f calls none of _LeanSecondOrder's ops
 
-        def prod(batch, V):
-            mode = _LeanSecondOrder() if lean else contextlib.nullcontext()
+        def exact(batch, V, start, mode):
             # The caller fixes the randomness of each batch (see fixed_randomness).
-            with _forward_mode(f, None) as guard, _math_kernels(), mode:
+            with _forward_mode(f, start) as guard, _math_kernels(), mode:
                 y = guard.result(f(arg, batch))
             if lean and not mode.seen:
                 lean.clear()
@@ -1078,6 +1089,18 @@ class TorchBackend(Backend):
             if V.shape[-1] == 1:
                 return _hvp(grads, leaves, lay, V[:, 0], V, retain_graph=False)[:, None]
             return _hvp(grads, leaves, lay, V, V, retain_graph=False)
+
+        def prod(batch, V):
+            if not lean:
+                return exact(batch, V, None, contextlib.nullcontext())
+            start = generator_states()  # a rerun draws what this pass draws
+            try:
+                return exact(batch, V, start, _LeanSecondOrder())
+            except (RuntimeError, NotImplementedError) as err:
+                if not _missing_derivative(err):
+                    raise
+                lean.clear()
+                return exact(batch, V, start, contextlib.nullcontext())
 
         return prod
 
