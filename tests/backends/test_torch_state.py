@@ -366,3 +366,119 @@ def test_saved_outputs_are_freed_with_the_operator(torch):
         assert made[0]() is None
     finally:
         gc.enable()
+
+
+# ------------------------------------- later passes of an operator (the light guard)
+def _scaled(torch, write_weight=False):
+    """A module that doubles its buffer ``scale`` (or clamps its weight) in place on
+    batches of positive sum only, and reads it."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2).double()
+            self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+
+        def forward(self, x):
+            if bool(x.sum() > 0):
+                with torch.no_grad():
+                    if write_weight:
+                        self.lin.weight.clamp_(-0.1, 0.1)
+                    else:
+                        self.scale.mul_(2.0)
+            return torch.tanh(self.lin(x)) * self.scale
+
+    torch.manual_seed(0)
+    return Scaled()
+
+
+def _signed_batches(torch, signs):
+    g = torch.Generator().manual_seed(5)
+    return [(s * torch.rand(4, 3, generator=g, dtype=torch.float64) + s * 0.1,
+             torch.randn(4, 2, generator=g, dtype=torch.float64)) for s in signs]
+
+
+def _ggn(torch, model, data):
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    return js.ggn(lambda p, x: torch.func.functional_call(model, p, (x,)),
+                  torch.nn.functional.mse_loss, params, data=data)
+
+
+def test_later_passes_skip_the_dispatch_mode(torch, monkeypatch):
+    """Once a pass wrote nothing, the operator's later passes run without the
+    per-operation guard; they give the same products."""
+    from jacspec.backends._torch_state import WriteGuard
+
+    calls = []
+    dispatch = WriteGuard.__torch_dispatch__
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return dispatch(self, *args, **kwargs)
+
+    monkeypatch.setattr(WriteGuard, "__torch_dispatch__", counted)
+    G = _ggn(torch, _scaled(torch), _signed_batches(torch, [-1, -1]))
+    v = torch.randn(G.shape[1], dtype=torch.float64)
+    first = G @ v
+    assert calls
+    calls.clear()
+    assert torch.equal(G @ v, first)
+    assert not calls
+
+
+@pytest.mark.parametrize("signs", [[-1, 1], [1, -1], [-1, 1, -1, 1]])
+def test_a_write_on_some_batches_only_is_undone_in_later_passes(torch, signs):
+    """A batch whose pass writes after passes that wrote nothing: the product is that
+    of f as it ran (the buffer doubled on that batch), and the buffer keeps its value."""
+    model = _scaled(torch)
+    data = _signed_batches(torch, signs)
+    G = _ggn(torch, model, data)
+    D = _dense(G)
+    ref_model = _scaled(torch)
+    ref_model.load_state_dict(model.state_dict())
+
+    def as_it_ran(p, x):  # the buffer's value on that batch, without the write
+        s = 2.0 if bool(x.sum() > 0) else 1.0
+        return torch.tanh(torch.func.functional_call(ref_model.lin, {
+            k[4:]: t for k, t in p.items()}, (x,))) * s
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    ref = _dense(js.ggn(as_it_ran, torch.nn.functional.mse_loss, params, data=data))
+    np.testing.assert_allclose(D, ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(_dense(G), ref, rtol=1e-12, atol=1e-14)  # again
+    assert float(model.scale) == 1.0 and model.scale.grad_fn is None
+
+
+def test_a_parameter_written_in_a_later_pass_only_is_an_error(torch):
+    model = _scaled(torch, write_weight=True)
+    G = _ggn(torch, model, _signed_batches(torch, [-1, 1]))
+    with pytest.raises(RuntimeError, match="parameters of shape \\(2, 3\\)"):
+        G @ torch.ones(G.shape[1], dtype=torch.float64)
+
+
+def test_a_mode_switched_between_products_is_guarded(torch):
+    """Batch norm switched to training between two products of one operator writes its
+    statistics in the second: they are restored, and the product is the training-mode
+    one."""
+
+    class Normed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = torch.nn.Linear(3, 2).double(), torch.nn.BatchNorm1d(2)
+
+        def forward(self, x):
+            return self.bn.double()(self.lin(x))
+
+    torch.manual_seed(0)
+    model = Normed().eval()
+    data = _signed_batches(torch, [1, -1])
+    G = _ggn(torch, model, data)
+    v = torch.randn(G.shape[1], dtype=torch.float64)
+    eval_product = G @ v
+    stats = [t.clone() for t in model.bn.buffers()]
+    model.train()
+    train_product = G @ v
+    assert not torch.allclose(train_product, eval_product)
+    torch.testing.assert_close(train_product, _ggn(torch, model, data) @ v)
+    assert all(torch.equal(a, b) for a, b in zip(model.bn.buffers(), stats))
+    assert model.training and model.bn.training

@@ -161,21 +161,85 @@ class WriteGuard(TorchDispatchMode):
         """The storages of the tensors written (see :func:`_storage_key`)."""
         return {_storage_key(t) for t, _ in self._saved.values()}
 
-    def restore(self) -> None:
+    def restore(self) -> list[torch.Tensor]:
         """Write every snapshot back, last-written first (a view and its base), and
-        detach the tensors that a write gave an autograd history."""
+        detach the tensors that a write gave an autograd history. Returns the written
+        tensors that could not be restored: none (see :meth:`_Watch.restore`)."""
         for t, copy in reversed(list(self._saved.values())):
-            # Through ``.data``: the version counter stays that of f's last write.
-            with torch.no_grad(), torch.inference_mode(t.is_inference()):
-                t.data.copy_(copy)
+            _put_back(t, copy)
         for base, requires_grad, was_leaf in self._bases.values():
-            if was_leaf and base.grad_fn is not None:
-                base.detach_()
-            if base.requires_grad != requires_grad:
-                base.requires_grad_(requires_grad)
+            _unmark(base, requires_grad, was_leaf)
         self._saved.clear()
         self._created.clear()
         self._bases.clear()
+        return []
+
+
+def _put_back(t: torch.Tensor, copy: torch.Tensor) -> None:
+    # Through ``.data``: the version counter stays that of f's last write.
+    with torch.no_grad(), torch.inference_mode(t.is_inference()):
+        t.data.copy_(copy)
+
+
+def _unmark(t: torch.Tensor, requires_grad: bool, was_leaf: bool) -> None:
+    """Detach ``t`` from the history a write gave it, and reset its flag."""
+    if was_leaf and t.grad_fn is not None:
+        t.detach_()
+    if t.requires_grad != requires_grad:
+        t.requires_grad_(requires_grad)
+
+
+class _Watch:
+    """The light guard of a pass (see :class:`Passes`): no dispatch mode, but the
+    version counters of the parameters, buffers and other tensors reachable from ``f``
+    before it runs (and of the modules it runs), and copies of those that are neither
+    parameters nor tensors requiring gradients (most of a model's memory). A write
+    shows as a moved version counter; :meth:`restore` puts the copies back."""
+
+    def __init__(self) -> None:
+        # (tensor, version, copy or None, requires_grad, free of history), by id
+        self._watched: dict[int, tuple[torch.Tensor, int, Any, bool, bool]] = {}
+
+    def add(self, t: torch.Tensor) -> None:
+        if id(t) in self._watched or t.is_inference():  # no version counter; and no
+            return  # write outside inference mode, where f runs
+        kept = None
+        if not (t.requires_grad or isinstance(t, torch.nn.Parameter)):
+            with torch.no_grad():
+                kept = t.detach().clone()
+        self._watched[id(t)] = (t, t._version, kept, t.requires_grad, t.grad_fn is None)
+
+    def add_module(self, m: torch.nn.Module) -> None:
+        for tensors in (m.__dict__.get("_parameters", {}), m.__dict__.get("_buffers", {})):
+            for t in tensors.values():
+                if t is not None:
+                    self.add(t)
+
+    def _written(self) -> list[tuple[torch.Tensor, int, Any, bool, bool]]:
+        return [w for w in self._watched.values() if w[0]._version != w[1]]
+
+    def written_storages(self) -> set[Any]:
+        """The storages of the tensors written so far (see :func:`_storage_key`)."""
+        return {_storage_key(w[0]) for w in self._written()}
+
+    def restore(self) -> list[torch.Tensor]:
+        """Put the copies of the written tensors back; returns the written tensors
+        without a copy."""
+        lost = []
+        for t, _, kept, requires_grad, was_leaf in reversed(self._written()):
+            if kept is None:
+                lost.append(t)
+                continue
+            _put_back(t, kept)
+            _unmark(t, requires_grad, was_leaf)
+        self._watched.clear()
+        return lost
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
 
 
 def _storage_key(t: torch.Tensor) -> Any:
@@ -333,32 +397,52 @@ def _is_module(obj: Any) -> bool:
 
 
 class ModuleFlags:
-    """Train/eval modes and ``requires_grad`` flags of modules, recorded once each."""
+    """Train/eval modes and ``requires_grad`` flags of modules, recorded once each;
+    ``watch`` (if set) is shown every module recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch: _Watch | None = None) -> None:
         self._modes: dict[int, tuple[torch.nn.Module, bool]] = {}
         self._flags: dict[int, tuple[torch.Tensor, bool]] = {}
         self._thread = threading.get_ident()
+        self._watch = watch
 
     def record(self, root: torch.nn.Module) -> None:
-        for m in root.modules():
+        """``root`` and its submodules (a recorded module's were recorded with it). The
+        walk reads the modules' dicts, as ``Module.modules()`` would, without its
+        generators' cost (it runs on every pass)."""
+        stack = [root]
+        while stack:
+            m = stack.pop()
             if id(m) in self._modes:
                 continue
             self._modes[id(m)] = (m, m.training)
-            for p in m.parameters(recurse=False):
-                self._flags.setdefault(id(p), (p, p.requires_grad))
+            d = m.__dict__
+            for p in d.get("_parameters", {}).values():
+                if p is not None:
+                    self._flags.setdefault(id(p), (p, p.requires_grad))
+            if self._watch is not None:
+                self._watch.add_module(m)
+            stack.extend(c for c in d.get("_modules", {}).values() if c is not None)
 
     def pre_hook(self, module: torch.nn.Module, args: Any) -> None:
         if threading.get_ident() == self._thread and id(module) not in self._modes:
             self.record(module)
 
-    def restore(self) -> None:
+    def modes(self) -> tuple[tuple[torch.nn.Module, bool], ...]:
+        """The recorded ``(module, training)`` pairs."""
+        return tuple(self._modes.values())
+
+    def restore(self) -> bool:
+        """Reset every mode and flag; returns whether any had changed."""
+        changed = False
         for m, mode in self._modes.values():
             if m.training != mode:
-                m.training = mode
+                m.training, changed = mode, True
         for p, flag in self._flags.values():
             if p.requires_grad != flag:
                 p.requires_grad_(flag)
+                changed = True
+        return changed
 
 
 def _generators() -> list[torch.Generator]:
@@ -419,7 +503,7 @@ class Guard:
 
     pure = False
 
-    def __init__(self, writes: WriteGuard) -> None:
+    def __init__(self, writes: WriteGuard | _Watch) -> None:
         self._writes = writes
 
     def result(self, y: Any) -> Any:
@@ -442,8 +526,59 @@ class _Plain(Guard):
         return y
 
 
+class Passes:
+    """The passes of one ``f`` that one operator runs (a dataset operator's products,
+    the tangent and recorded passes of a GGN product, a linearization's reruns), and
+    the guard each gets.
+
+    Passes run under :class:`WriteGuard` until one of them writes no tensor that
+    existed before it and changes no mode or flag. Later passes, while the modules that
+    pass ran are in the same train/eval modes, run under :class:`_Watch`, which costs
+    nothing per operation: ``f`` ran the same code on the same state before and wrote
+    nothing. Their modes, flags and tensors are recorded before they run from the
+    modules that pass ran (no global forward hook, which would put every module call
+    on torch's slow path). A light pass that writes anyway (a write that depends on the batch) is
+    undone as a guarded one would be, and the passes after it are guarded again; only a
+    parameter written then cannot be restored (parameters are not copied), which is an
+    error.
+    """
+
+    __slots__ = ("_modes",)
+
+    def __init__(self) -> None:
+        self._modes: tuple[tuple[torch.nn.Module, bool], ...] | None = None
+
+    def light(self) -> bool:
+        """Whether the next pass may run under the light guard."""
+        return self._modes is not None and all(m.training == t for m, t in self._modes)
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The modules of the pass that wrote nothing."""
+        return [m for m, _ in self._modes or ()]
+
+    def learn(self, clean: bool, flags: ModuleFlags) -> None:
+        """After a pass: whether it wrote nothing and changed no mode or flag."""
+        self._modes = flags.modes() if clean else None
+
+
+def _is_module_or_tensor(obj: Any) -> bool:
+    return isinstance(obj, (torch.nn.Module, torch.Tensor))
+
+
+def _lost_error(lost: list[torch.Tensor]) -> RuntimeError:
+    shapes = ", ".join(str(tuple(t.shape)) for t in lost)
+    return RuntimeError(
+        f"f wrote in place to parameters of shape {shapes} in a pass after earlier "
+        "passes of the same operator had written nothing. Such passes run without the "
+        "per-operation write guard and keep copies of buffers only, so those "
+        "parameters keep the values f wrote. Write parameters on every pass or on none "
+        "(e.g. clamp weights outside f), or build a new operator per batch."
+    )
+
+
 @contextlib.contextmanager
-def state_guard(f: Callable, start: States | None) -> Iterator[Guard]:
+def state_guard(f: Callable, start: States | None, passes: Passes | None = None
+                ) -> Iterator[Guard]:
     """Run the body (``f``'s forward) without lasting effect on the user's tensors,
     modules' train/eval modes, parameters' ``requires_grad`` flags and torch's global
     random generators (which start from ``start`` inside, unless ``None``).
@@ -451,22 +586,38 @@ def state_guard(f: Callable, start: States | None) -> Iterator[Guard]:
     The autograd graph built inside keeps the values ``f`` computed with: tensors it
     saved that share memory with tensors ``f`` wrote are copied before the writes are
     undone (:class:`SavedTensors`). A module that writes nothing (:func:`writes_nothing`)
-    runs with the random generators fixed only.
+    runs with the random generators fixed only. ``passes``: the operator's earlier
+    passes of ``f``, which may let this one run under the light guard.
     """
     if writes_nothing(f):
         with fixed_randomness(start=start):
             yield _Plain()
         return
-    flags = ModuleFlags()
-    for root in find_closure_objects(f, _is_module):
-        flags.record(root)
-    hook = torch.nn.modules.module.register_module_forward_pre_hook(flags.pre_hook)
-    writes, saved = WriteGuard(), SavedTensors()
+    light = passes is not None and passes.light()
+    writes: WriteGuard | _Watch = _Watch() if light else WriteGuard()
+    flags = ModuleFlags(writes if light else None)
+    for root in find_closure_objects(f, _is_module_or_tensor if light else _is_module):
+        if isinstance(root, torch.nn.Module):
+            flags.record(root)
+        elif light:  # a tensor f reaches (not through a module)
+            writes.add(root)
+    if light:
+        for m in passes.modules():
+            flags.record(m)
+    else:
+        hook = torch.nn.modules.module.register_module_forward_pre_hook(flags.pre_hook)
+    saved = SavedTensors()
     try:
         with fixed_randomness(start=start), saved.hooks(), writes:
             yield Guard(writes)
     finally:
-        hook.remove()
-        saved.release(writes.written_storages())
-        writes.restore()
-        flags.restore()
+        if not light:
+            hook.remove()
+        written = writes.written_storages()
+        saved.release(written)
+        lost = writes.restore()
+        changed = flags.restore()
+        if passes is not None:
+            passes.learn(not written and not changed, flags)
+    if lost:
+        raise _lost_error(lost)

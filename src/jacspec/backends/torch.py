@@ -52,6 +52,7 @@ from ._base import (
 from ._torch_distributed import refuse_sharded
 from ._torch_state import (
     Guard,
+    Passes,
     States,
     fixed_randomness,
     generator_states,
@@ -101,12 +102,15 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _forward_mode(f: Callable, start: States | None) -> Iterator[Guard]:
-    """Where ``f``'s forward runs: autograd on, the user's state protected, torch's
-    random generators starting from ``start`` (see :func:`state_guard`), and a clear
-    error for parameters created in inference mode (autograd cannot use them)."""
+def _forward_mode(f: Callable, start: States | None, passes: Passes | None = None
+                  ) -> Iterator[Guard]:
+    """Where ``f``'s forward runs: autograd on, the user's state protected (``passes``:
+    the operator's earlier passes of ``f``), torch's random generators starting from
+    ``start`` (see :func:`state_guard`), and a clear error for parameters created in
+    inference mode (autograd cannot use them)."""
     try:
-        with _outside_inference_mode(), torch.enable_grad(), state_guard(f, start) as guard:
+        with _outside_inference_mode(), torch.enable_grad(), \
+                state_guard(f, start, passes) as guard:
             yield guard
     except RuntimeError as err:
         if "Inference tensors cannot be saved for backward" not in str(err):
@@ -278,11 +282,12 @@ class _AttentionTangent(torch.autograd.Function):
 _SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
-def _attention_tangent(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
-                       scale=None, enable_gqa=False) -> torch.Tensor | None:
-    """``scaled_dot_product_attention`` through :class:`_AttentionTangent` (the math
-    kernel's definition), or ``None`` where a case is left to the math kernel: dropout,
-    dtypes other than float32/float64, nested tensors, ``torch.func`` transforms."""
+def _attention_operands(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
+                       scale=None, enable_gqa=False) -> tuple | None:
+    """``(q, k, v, bias, scale)`` of a ``scaled_dot_product_attention`` call, the mask
+    as an additive bias and grouped keys repeated, or ``None`` where a case is left to
+    the math kernel: dropout, dtypes other than float32/float64, nested tensors,
+    ``torch.func`` transforms."""
     if (dropout_p or not all(isinstance(t, torch.Tensor) and not t.is_nested
                              and t.dtype in (torch.float32, torch.float64)
                              for t in (q, k, v))
@@ -291,9 +296,12 @@ def _attention_tangent(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
     L, S = q.shape[-2], k.shape[-2]
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     bias = None
-    if is_causal:
-        bias = torch.zeros(L, S, dtype=q.dtype, device=q.device).masked_fill_(
-            torch.ones(L, S, dtype=torch.bool, device=q.device).triu_(1), -math.inf)
+    if is_causal:  # keys after the query masked (a comparison: torch's triu of a
+        # boolean matrix takes milliseconds at a context of 128)
+        later = (torch.arange(S, device=q.device)[None, :]
+                 > torch.arange(L, device=q.device)[:, None])
+        bias = torch.zeros(L, S, dtype=q.dtype, device=q.device).masked_fill_(later,
+                                                                              -math.inf)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device)
@@ -304,7 +312,14 @@ def _attention_tangent(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
     if enable_gqa:
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
         v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
-    return _AttentionTangent.apply(q, k, v, bias, scale)
+    return q, k, v, bias, scale
+
+
+def _attention_tangent(*args, **kwargs) -> torch.Tensor | None:
+    """``scaled_dot_product_attention`` through :class:`_AttentionTangent` (the math
+    kernel's definition), or ``None`` (see :func:`_attention_operands`)."""
+    operands = _attention_operands(*args, **kwargs)
+    return None if operands is None else _AttentionTangent.apply(*operands)
 
 
 class _TangentAttention(torch.overrides.TorchFunctionMode):
@@ -317,10 +332,15 @@ class _TangentAttention(torch.overrides.TorchFunctionMode):
         super().__init__()
         self.seen = False
 
+    #: The calls replaced, each by a function that returns ``None`` for a case it leaves
+    #: to the call itself.
+    routes: dict[Any, Callable[..., torch.Tensor | None]] = {_SDPA: _attention_tangent}
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is _SDPA:
+        route = self.routes.get(func)
+        if route is not None:
             self.seen = True
-            out = _attention_tangent(*args, **(kwargs or {}))
+            out = route(*args, **(kwargs or {}))
             if out is not None:
                 return out
         return func(*args, **(kwargs or {}))
@@ -351,6 +371,147 @@ def _grad(outputs, inputs, grad_outputs, *, create_graph: bool, batched: bool):
         allow_unused=True,
         is_grads_batched=batched,
     )
+
+
+def _softmax_backward(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``p * (g - rowsum(p * g))``: the cotangent of a softmax's input from that of its
+    output ``p`` (rows of ``p`` that are zero give zeros)."""
+    return p * (g - (p * g).sum(-1, keepdim=True))
+
+
+class _AttentionBackward(torch.autograd.Function):
+    """``(dq, dk, dv)`` of ``o = p v``, ``p = softmax(q k^T scale + bias)``, for the
+    cotangent ``g`` of ``o``; ``p`` comes as a constant, its dependence on ``q`` and
+    ``k`` is in the backward. A Hessian product's graph then holds ``g, q, k, v, p``
+    per attention call (torch's double backward of the math kernel also keeps the
+    cotangents of ``p`` and of the scores, two more tensors of ``p``'s size), and the
+    backward forms its products of ``p``'s size one layer at a time. Differentiable
+    once (Hessian products without gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, g, q, k, v, p, scale: float):
+        ctx.save_for_backward(g, q, k, v, p)
+        ctx.scale = scale
+        ds = _softmax_backward(torch.matmul(g, v.transpose(-2, -1)), p).mul_(scale)
+        return (torch.matmul(ds, k), torch.matmul(ds.transpose(-2, -1), q),
+                torch.matmul(p.transpose(-2, -1), g))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, a, b, c):
+        # a, b, c: cotangents of dq, dk, dv. With ds = softmax_backward(g v^T, p) and
+        # m = scale (a k^T + q b^T): dq = scale ds k and dk = scale ds^T q give
+        # scale (ds b, ds^T a) directly; <ds, m> and <c, p^T g> reach g and v through
+        # n = softmax_backward(m, p) and p c, and p through z; z reaches the scores.
+        # Products with a, b, c are out of place (blocks: a vmapped backward).
+        g, q, k, v, p = ctx.saved_tensors
+        scale = ctx.scale
+        dp = torch.matmul(g, v.transpose(-2, -1))
+        r = (p * dp).sum(-1, keepdim=True)
+        ds = (dp - r).mul_(p)
+        gq = torch.matmul(ds, b) * scale
+        gk = torch.matmul(ds.transpose(-2, -1), a) * scale
+        del ds
+        m = (torch.matmul(a, k.transpose(-2, -1)) + torch.matmul(q, b.transpose(-2, -1))) * scale
+        mp = (m * p).sum(-1, keepdim=True)
+        n = (m - mp) * p
+        gg = torch.matmul(n, v) + torch.matmul(p, c)
+        gv = torch.matmul(n.transpose(-2, -1), g)
+        del n
+        z = (m * (dp - r)).sub_(mp * dp).add_(torch.matmul(g, c.transpose(-2, -1)))
+        del m, dp
+        gs = _softmax_backward(z, p).mul_(scale)
+        gq = gq + torch.matmul(gs, k)
+        gk = gk + torch.matmul(gs.transpose(-2, -1), q)
+        return gg, gq, gk, gv, None, None
+
+
+class _Attention(torch.autograd.Function):
+    """``softmax(q k^T scale + bias) v`` (rows that mask every key give zeros, as the
+    math kernel's do), its backward through :class:`_AttentionBackward`."""
+
+    @staticmethod
+    def forward(ctx: Any, q, k, v, bias, scale: float):
+        s = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
+        p = torch.ops.aten._safe_softmax(s if bias is None else s.add_(bias), -1)
+        ctx.save_for_backward(q, k, v, p)
+        ctx.scale = scale
+        return torch.matmul(p, v)
+
+    @staticmethod
+    def backward(ctx: Any, g):
+        q, k, v, p = ctx.saved_tensors
+        return (*_AttentionBackward.apply(g, q, k, v, p, ctx.scale), None, None)
+
+
+_GELU = torch.nn.functional.gelu
+_PDF = 1 / math.sqrt(2 * math.pi)
+
+
+class _GeluBackward(torch.autograd.Function):
+    """``g * gelu'(x)`` (exact GELU), whose own backward forms two temporaries of ``x``'s
+    size where torch's forms about six (the peak of a Hessian product through an MLP's
+    GELU). Differentiable once."""
+
+    @staticmethod
+    def forward(ctx: Any, g, x):
+        ctx.save_for_backward(g, x)
+        return torch.ops.aten.gelu_backward(g, x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, gg):
+        g, x = ctx.saved_tensors
+        # gelu''(x) = pdf(x) (2 - x^2), gelu'(x) = Phi(x) + x pdf(x); each temporary
+        # released once used (``gg`` may carry a batch: no products in place on it)
+        pdf = x.square().mul_(-0.5).exp_().mul_(_PDF)
+        second = x.square().neg_().add_(2).mul_(pdf).mul_(g)
+        first = torch.mul(x, math.sqrt(0.5)).erf_().add_(1).mul_(0.5).addcmul_(x, pdf)
+        del pdf
+        dg = gg * first
+        del first
+        return dg, gg * second
+
+
+class _Gelu(torch.autograd.Function):
+    """Exact GELU, its backward through :class:`_GeluBackward`."""
+
+    @staticmethod
+    def forward(ctx: Any, x):
+        ctx.save_for_backward(x)
+        return _GELU(x)
+
+    @staticmethod
+    def backward(ctx: Any, g):
+        (x,) = ctx.saved_tensors
+        return _GeluBackward.apply(g, x)
+
+
+def _lean_gelu(x, approximate: str = "none") -> torch.Tensor | None:
+    """``gelu`` through :class:`_Gelu`, or ``None`` (tanh approximation, dtypes other
+    than float32/float64: torch's own)."""
+    if (approximate != "none" or not isinstance(x, torch.Tensor)
+            or x.dtype not in (torch.float32, torch.float64)):
+        return None
+    return _Gelu.apply(x)
+
+
+def _lean_attention(*args, **kwargs) -> torch.Tensor | None:
+    """``scaled_dot_product_attention`` through :class:`_Attention`, or ``None`` (see
+    :func:`_attention_operands`; a mask that requires grad: the math kernel)."""
+    operands = _attention_operands(*args, **kwargs)
+    if operands is None or (operands[3] is not None and operands[3].requires_grad):
+        return None
+    return _Attention.apply(*operands)
+
+
+class _LeanSecondOrder(_TangentAttention):
+    """Attention and exact GELU in a forward pass that a Hessian product without
+    gradient differentiates twice go through :func:`_lean_attention` and
+    :func:`_lean_gelu`: the same values and derivatives, with a double backward that
+    holds fewer temporaries at its peak."""
+
+    routes = {_SDPA: _lean_attention, _GELU: _lean_gelu}
 
 
 def _hvp(grads, leaves: list[torch.Tensor], lay: _Layout, V: torch.Tensor,
@@ -731,6 +892,7 @@ class TorchBackend(Backend):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
         start = generator_states()  # every run of f draws what this one would
+        passes = Passes()
 
         def forward() -> None:
             # The graph is retained for every product. If the user backpropagates through
@@ -738,7 +900,7 @@ class TorchBackend(Backend):
             # the next product then runs this again (at the current parameter values,
             # with the same random draws).
             st.clear()
-            with _forward_mode(f, start) as guard, _kernels_for(guard):
+            with _forward_mode(f, start, passes) as guard, _kernels_for(guard):
                 st["y"] = guard.result(f(arg))
 
         forward()
@@ -895,14 +1057,20 @@ class TorchBackend(Backend):
     def batch_hessian_product(self, f, params):
         """One forward, one backward with ``create_graph`` and one double backward per
         batch, the graph released as the last backward runs (a linearization retains it
-        for further products, which a dataset product never asks for)."""
+        for further products, which a dataset product never asks for). Attention and
+        exact GELU go through :class:`_LeanSecondOrder`, whose double backward holds
+        fewer temporaries at the product's peak of memory."""
         _, leaves, arg = self._point(params, batched=False)
         lay = _Layout(leaves, ())
+        lean = [True]  # emptied once a pass of f calls none of _LeanSecondOrder's ops
 
         def prod(batch, V):
+            mode = _LeanSecondOrder() if lean else contextlib.nullcontext()
             # The caller fixes the randomness of each batch (see fixed_randomness).
-            with _forward_mode(f, None) as guard, _math_kernels():
+            with _forward_mode(f, None) as guard, _math_kernels(), mode:
                 y = guard.result(f(arg, batch))
+            if lean and not mode.seen:
+                lean.clear()
             # the backward passes outside the guard, whose dispatch mode costs a few
             # microseconds per operation (f's writes happen in its forward pass)
             with _outside_inference_mode(), torch.enable_grad():
@@ -929,6 +1097,7 @@ class TorchBackend(Backend):
         base = super().batch_ggn_product(f, loss, params)
         forward_mode = [True]  # emptied where an operation has no forward mode
         attention = [True]  # emptied once a pass of f calls no attention
+        passes = Passes()  # both passes of every product
 
         def tangent(inputs, v, start):
             import torch.autograd.forward_ad as fwad
@@ -941,8 +1110,8 @@ class TorchBackend(Backend):
                 duals = [fwad.make_dual(leaf.detach(), t)
                          for leaf, t in zip(leaves, lay.split(v))]
                 # every pass draws what the first does (the batch's dropout masks)
-                with _forward_mode(f, start) as guard, torch.no_grad(), _math_kernels(), \
-                        mode:
+                with _forward_mode(f, start, passes) as guard, torch.no_grad(), \
+                        _math_kernels(), mode:
                     y = guard.result(f(_with_leaves(arg, duals), inputs))
                 out = fwad.unpack_dual(y)
             if attention and not mode.seen:
@@ -950,7 +1119,7 @@ class TorchBackend(Backend):
             return out
 
         def vjps(inputs, HZ, start, V):
-            with _forward_mode(f, start) as guard:
+            with _forward_mode(f, start, passes) as guard:
                 z = guard.result(f(arg, inputs))
             with _outside_inference_mode(), torch.enable_grad():
                 return [lay.join(torch.autograd.grad(z, leaves, hz, allow_unused=True,
@@ -1000,7 +1169,8 @@ class TorchBackend(Backend):
         bshape = (int(x.shape[0]),) if batched else ()
         lay = _Layout(values, bshape)
         start = generator_states()  # every gradient draws what this run does (dropout)
-        with _forward_mode(f, start) as guard, torch.no_grad():
+        passes = Passes()
+        with _forward_mode(f, start, passes) as guard, torch.no_grad():
             y = guard.result(f(arg))
         check_output(self, y, bshape[0] if batched else None, what="f")
         check_scalar_output(tuple(y.shape), bshape)
@@ -1013,7 +1183,7 @@ class TorchBackend(Backend):
             with _outside_inference_mode(), torch.no_grad():
                 pts = [(v.detach() + p).requires_grad_(True)
                        for v, p in zip(values, lay.split(d))]
-            with _forward_mode(f, start) as guard:
+            with _forward_mode(f, start, passes) as guard:
                 out = guard.result(f(_with_leaves(arg, pts)))
                 gs = (torch.autograd.grad(out.sum(), pts, allow_unused=True)
                       if out.requires_grad else [None] * len(pts))
