@@ -18,8 +18,9 @@ def _close(a, b, dtype):
     np.testing.assert_allclose(to_numpy(a), b, **TOL[dtype])
 
 
+# layer widths from a small set: eager JAX compiles per shape, so examples reuse programs
 @given(
-    sizes=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    sizes=st.lists(st.sampled_from([1, 3, 6]), min_size=2, max_size=4),
     act=st.sampled_from(["tanh", "relu", "softplus"]),
     seed=st.integers(0, 2**16),
 )
@@ -47,8 +48,8 @@ def test_jacobian_mlp_matches_dense(autodiff_backend, dtype, sizes, act, seed):
 
 
 @given(
-    sizes=st.lists(st.integers(1, 5), min_size=2, max_size=3),
-    batch=st.integers(1, 4),
+    sizes=st.lists(st.sampled_from([1, 3, 5]), min_size=2, max_size=3),
+    batch=st.sampled_from([1, 4]),
     k=st.integers(1, 3),
     seed=st.integers(0, 2**16),
 )

@@ -33,7 +33,8 @@ def _moments_close(sd, exact_of_p, dtype, scale):
                                    atol=RTOL[dtype] * scale**p)
 
 
-@given(n=st.integers(1, 9), extra_steps=st.integers(0, 3),
+# dimensions from small sets: eager JAX compiles per shape, so examples reuse programs
+@given(n=st.sampled_from([1, 4, 9]), extra_steps=st.sampled_from([0, 3]),
        kind=st.sampled_from(["generic", "repeated", "rank_deficient", "clustered"]),
        seed=st.integers(0, 2**16))
 def test_eig_moments_exact_with_spanning_probes(backend, dtype, n, extra_steps, kind, seed):
@@ -48,7 +49,7 @@ def test_eig_moments_exact_with_spanning_probes(backend, dtype, n, extra_steps, 
     _moments_close(sd, lambda p: np.mean(ev**p), dtype, np.abs(ev).max())
 
 
-@given(m=st.integers(1, 7), n=st.integers(1, 7), seed=st.integers(0, 2**16))
+@given(m=st.sampled_from([1, 4, 7]), n=st.sampled_from([1, 4, 7]), seed=st.integers(0, 2**16))
 def test_singular_moments_match_svd(backend, dtype, m, n, seed):
     rng = np.random.default_rng(seed)
     A = rng.standard_normal((m, n))

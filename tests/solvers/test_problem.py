@@ -52,7 +52,9 @@ def _spectrum_matrix(m: int, n: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("method,k,maxiter", [("lanczos", 1, None), ("lanczos", 3, None),
                                               ("lanczos", 2, 9), ("power", 2, None),
                                               ("dense", 2, None)])
-@pytest.mark.parametrize("shape", [(60, 40), (30, 50)])
+# the wide operator is the tall one's shape transposed: iterating on its adjoint, the
+# solve takes the tall one's shapes, and eager JAX reuses its compiled operations
+@pytest.mark.parametrize("shape", [(60, 40), (40, 60)])
 def test_svds_counts_the_products_taken(backend, method, k, maxiter, shape):
     """Wide operators iterate on the adjoint; a ``v0`` there costs one product more."""
     A = _spectrum_matrix(*shape)
