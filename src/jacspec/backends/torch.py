@@ -460,7 +460,7 @@ _PDF = 1 / math.sqrt(2 * math.pi)
 
 
 class _GeluBackward(torch.autograd.Function):
-    """``g * gelu'(x)`` (exact GELU), whose own backward forms two temporaries of ``x``'s
+    """``g * gelu'(x)`` (exact GELU), whose own backward forms three temporaries of ``x``'s
     size where torch's forms about six (the peak of a Hessian product through an MLP's
     GELU). Differentiable once (see :func:`_second_order_only`)."""
 
