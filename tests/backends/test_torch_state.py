@@ -404,7 +404,13 @@ def _ggn(torch, model, data):
                   torch.nn.functional.mse_loss, params, data=data)
 
 
-def test_later_passes_skip_the_dispatch_mode(torch, monkeypatch):
+def _hessian(torch, model, data):
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    return js.hessian(_loss(model, torch), params, data=data)
+
+
+@pytest.mark.parametrize("build", [_ggn, _hessian])
+def test_later_passes_skip_the_dispatch_mode(torch, monkeypatch, build):
     """Once a pass wrote nothing, the operator's later passes run without the
     per-operation guard; they give the same products."""
     from jacspec.backends._torch_state import WriteGuard
@@ -417,7 +423,7 @@ def test_later_passes_skip_the_dispatch_mode(torch, monkeypatch):
         return dispatch(self, *args, **kwargs)
 
     monkeypatch.setattr(WriteGuard, "__torch_dispatch__", counted)
-    G = _ggn(torch, _scaled(torch), _signed_batches(torch, [-1, -1]))
+    G = build(torch, _scaled(torch), _signed_batches(torch, [-1, -1]))
     v = torch.randn(G.shape[1], dtype=torch.float64)
     first = G @ v
     assert calls
@@ -427,12 +433,13 @@ def test_later_passes_skip_the_dispatch_mode(torch, monkeypatch):
 
 
 @pytest.mark.parametrize("signs", [[-1, 1], [1, -1], [-1, 1, -1, 1]])
-def test_a_write_on_some_batches_only_is_undone_in_later_passes(torch, signs):
+@pytest.mark.parametrize("operator", ["ggn", "hessian"])
+def test_a_write_on_some_batches_only_is_undone_in_later_passes(torch, signs, operator):
     """A batch whose pass writes after passes that wrote nothing: the product is that
     of f as it ran (the buffer doubled on that batch), and the buffer keeps its value."""
     model = _scaled(torch)
     data = _signed_batches(torch, signs)
-    G = _ggn(torch, model, data)
+    G = {"ggn": _ggn, "hessian": _hessian}[operator](torch, model, data)
     D = _dense(G)
     ref_model = _scaled(torch)
     ref_model.load_state_dict(model.state_dict())
@@ -443,7 +450,11 @@ def test_a_write_on_some_batches_only_is_undone_in_later_passes(torch, signs):
             k[4:]: t for k, t in p.items()}, (x,))) * s
 
     params = {k: v.detach() for k, v in model.named_parameters()}
-    ref = _dense(js.ggn(as_it_ran, torch.nn.functional.mse_loss, params, data=data))
+    if operator == "ggn":
+        ref = _dense(js.ggn(as_it_ran, torch.nn.functional.mse_loss, params, data=data))
+    else:
+        ref = _dense(js.hessian(lambda p, b: torch.nn.functional.mse_loss(
+            as_it_ran(p, b[0]), b[1]), params, data=data))
     np.testing.assert_allclose(D, ref, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(_dense(G), ref, rtol=1e-12, atol=1e-14)  # again
     assert float(model.scale) == 1.0 and model.scale.grad_fn is None

@@ -607,9 +607,11 @@ def state_guard(f: Callable, start: States | None, passes: Passes | None = None
     else:
         hook = torch.nn.modules.module.register_module_forward_pre_hook(flags.pre_hook)
     saved = SavedTensors()
+    finished = False  # a pass that raised teaches nothing about the next one
     try:
         with fixed_randomness(start=start), saved.hooks(), writes:
             yield Guard(writes)
+        finished = True
     finally:
         if not light:
             hook.remove()
@@ -618,6 +620,6 @@ def state_guard(f: Callable, start: States | None, passes: Passes | None = None
         lost = writes.restore()
         changed = flags.restore()
         if passes is not None:
-            passes.learn(not written and not changed, flags)
+            passes.learn(finished and not written and not changed, flags)
     if lost:
         raise _lost_error(lost)

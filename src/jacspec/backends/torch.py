@@ -1028,9 +1028,10 @@ class TorchBackend(Backend):
         values_in, leaves, arg = self._point(x, batched=batched)
         st: dict[str, Any] = {}
         start = generator_states()  # every run of f draws what this one would
+        passes = Passes()
 
         def forward() -> None:  # rebuilt if the user's backward frees the graph
-            with _forward_mode(f, start) as guard, _math_kernels():
+            with _forward_mode(f, start, passes) as guard, _math_kernels():
                 y = guard.result(f(arg))
             with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y
@@ -1075,10 +1076,11 @@ class TorchBackend(Backend):
         _, leaves, arg = self._point(params, batched=False)
         lay = _Layout(leaves, ())
         lean = [True]  # emptied once a pass of f calls none of _LeanSecondOrder's ops
+        passes = Passes()
 
         def exact(batch, V, start, mode):
             # The caller fixes the randomness of each batch (see fixed_randomness).
-            with _forward_mode(f, start) as guard, _math_kernels(), mode:
+            with _forward_mode(f, start, passes) as guard, _math_kernels(), mode:
                 y = guard.result(f(arg, batch))
             if lean and not mode.seen:
                 lean.clear()
