@@ -463,7 +463,7 @@ def test_a_write_on_some_batches_only_is_undone_in_later_passes(torch, signs, op
 def test_a_parameter_written_in_a_later_pass_only_is_an_error(torch):
     model = _scaled(torch, write_weight=True)
     G = _ggn(torch, model, _signed_batches(torch, [-1, 1]))
-    with pytest.raises(RuntimeError, match="parameters of shape \\(2, 3\\)"):
+    with pytest.raises(RuntimeError, match="tensors of shape \\(2, 3\\)"):
         G @ torch.ones(G.shape[1], dtype=torch.float64)
 
 

@@ -192,28 +192,30 @@ def _unmark(t: torch.Tensor, requires_grad: bool, was_leaf: bool) -> None:
 class _Watch:
     """The light guard of a pass (see :class:`Passes`): no dispatch mode, but the
     version counters of the parameters, buffers and other tensors reachable from ``f``
-    before it runs (and of the modules it runs), and copies of those that are neither
-    parameters nor tensors requiring gradients (most of a model's memory). A write
-    shows as a moved version counter; :meth:`restore` puts the copies back."""
+    before it runs (and of the modules it runs), and copies of the modules' buffers. A
+    write shows as a moved version counter; :meth:`restore` puts the copies back.
+    Parameters (most of a model's memory) and the other tensors ``f`` reaches (data it
+    captures, which may be large) are not copied."""
 
     def __init__(self) -> None:
         # (tensor, version, copy or None, requires_grad, free of history), by id
         self._watched: dict[int, tuple[torch.Tensor, int, Any, bool, bool]] = {}
 
-    def add(self, t: torch.Tensor) -> None:
+    def add(self, t: torch.Tensor, *, copy: bool = False) -> None:
         if id(t) in self._watched or t.is_inference():  # no version counter; and no
             return  # write outside inference mode, where f runs
         kept = None
-        if not (t.requires_grad or isinstance(t, torch.nn.Parameter)):
+        if copy and not t.requires_grad:
             with torch.no_grad():
                 kept = t.detach().clone()
         self._watched[id(t)] = (t, t._version, kept, t.requires_grad, t.grad_fn is None)
 
     def add_module(self, m: torch.nn.Module) -> None:
-        for tensors in (m.__dict__.get("_parameters", {}), m.__dict__.get("_buffers", {})):
+        d = m.__dict__
+        for copy, tensors in ((False, d.get("_parameters", {})), (True, d.get("_buffers", {}))):
             for t in tensors.values():
                 if t is not None:
-                    self.add(t)
+                    self.add(t, copy=copy)
 
     def _written(self) -> list[tuple[torch.Tensor, int, Any, bool, bool]]:
         return [w for w in self._watched.values() if w[0]._version != w[1]]
@@ -568,11 +570,12 @@ def _is_module_or_tensor(obj: Any) -> bool:
 def _lost_error(lost: list[torch.Tensor]) -> RuntimeError:
     shapes = ", ".join(str(tuple(t.shape)) for t in lost)
     return RuntimeError(
-        f"f wrote in place to parameters of shape {shapes} in a pass after earlier "
-        "passes of the same operator had written nothing. Such passes run without the "
-        "per-operation write guard and keep copies of buffers only, so those "
-        "parameters keep the values f wrote. Write parameters on every pass or on none "
-        "(e.g. clamp weights outside f), or build a new operator per batch."
+        f"f wrote in place to tensors of shape {shapes} (parameters, or tensors f "
+        "captures) in a pass after earlier passes of the same operator had written "
+        "nothing. Such passes run without the per-operation write guard and keep "
+        "copies of the modules' buffers only, so those tensors keep the values f wrote. "
+        "Write them on every pass or on none (e.g. clamp weights outside f), or build "
+        "a new operator per batch."
     )
 
 
