@@ -541,8 +541,8 @@ class Passes:
     modules that pass ran (no global forward hook, which would put every module call
     on torch's slow path). A light pass that writes anyway (a write that depends on the batch) is
     undone as a guarded one would be, and the passes after it are guarded again; only a
-    parameter written then cannot be restored (parameters are not copied), which is an
-    error.
+    parameter or a captured tensor written then cannot be restored (neither is
+    copied), which is an error.
     """
 
     __slots__ = ("_modes",)
