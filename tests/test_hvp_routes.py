@@ -142,6 +142,50 @@ def test_torch_auto_falls_back_where_there_is_no_second_derivative():
     assert _rel(fd, ref) < FD_TOL["float64"]
 
 
+def _torch_cube():
+    """``x**3`` through a custom function whose backward is ``@once_differentiable``."""
+    import torch
+    from torch.autograd.function import once_differentiable
+
+    class Cube(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x**3
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 3 * x**2 * g
+
+    return Cube.apply
+
+
+def test_torch_once_differentiable_is_never_a_silent_zero_hessian():
+    """torch runs a once-differentiable backward unrecorded when its cotangent needs no
+    gradient (the first backward of a sum), so a double backward would see zeros: the
+    exact routes refuse it, "auto" takes central differences."""
+    torch = pytest.importorskip("torch")
+    cube = _torch_cube()
+    x = torch.tensor([1.0, -2.0, 0.5, 0.3], dtype=torch.float64)
+    ref = np.diag(6 * _np(x))
+    with pytest.warns(RuntimeWarning, match="central differences"):
+        dense = _np(js.dense(js.hessian(lambda z: cube(z).sum(), x)))
+    assert _rel(dense, ref) < FD_TOL["float64"]
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        js.dense(js.hessian(lambda z: cube(z).sum(), x, hvp="autodiff"))
+    data = [torch.ones(2, 4, dtype=torch.float64), 2 * torch.ones(1, 4, dtype=torch.float64)]
+    with pytest.warns(RuntimeWarning, match="central differences"):
+        H = js.hessian(lambda w, b: cube(w * b).sum(), x, data=data)
+        dense = _np(js.dense(H))
+    # each batch's Hessian (its rows' b**3 summed) weighted by its share of the samples
+    scale = (2 / 3) * (2 * 1.0) + (1 / 3) * (1 * 8.0)
+    assert _rel(dense, scale * ref) < FD_TOL["float64"]
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        js.dense(js.hessian(lambda w, b: cube(w * b).sum(), x, data=data, hvp="autodiff"))
+
+
 def _torch_flash_op(x):
     """``sum(attention(x, 2x, 3x)**2)`` through torch's CPU flash-attention operation
     called directly (no ``scaled_dot_product_attention`` call that a product could

@@ -70,6 +70,33 @@ _MISSING_DERIVATIVE = (
 )
 
 
+# The code of every backward that torch.autograd.function.once_differentiable wraps.
+_ONCE_DIFFERENTIABLE = torch.autograd.function.once_differentiable(lambda ctx: None).__code__
+
+
+def _refuse_once_differentiable(y: torch.Tensor) -> None:
+    """Raise where ``y``'s graph holds a custom function whose backward is marked
+    ``@once_differentiable``. Given a cotangent that needs no gradient (the first
+    backward of a scalar), torch runs such a backward without recording it and the
+    gradient's graph ends there: the second backward would silently see a zero block.
+    The message is one :func:`_missing_derivative` knows (``hvp="auto"`` then takes
+    finite differences)."""
+    seen, stack = set(), [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        cls = getattr(node, "_forward_cls", None)
+        if getattr(getattr(cls, "backward", None), "__code__", None) is _ONCE_DIFFERENTIABLE:
+            raise RuntimeError(
+                f"f calls the custom autograd function {cls.__name__}, whose backward is "
+                "marked with @once_differentiable: it has no second derivative, so an "
+                "exact Hessian product cannot be formed. Use hvp='finite_difference' (or "
+                "the default hvp='auto', which falls back to it with a warning).")
+        stack.extend(n for n, _ in node.next_functions)
+
+
 def _outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
     """Leave ``torch.inference_mode()`` where the caller is in it: products need autograd
     (the results are the same as outside the mode)."""
@@ -1033,6 +1060,7 @@ class TorchBackend(Backend):
         def forward() -> None:  # rebuilt if the user's backward frees the graph
             with _forward_mode(f, start, passes) as guard, _math_kernels():
                 y = guard.result(f(arg))
+            _refuse_once_differentiable(y)
             with _outside_inference_mode(), torch.enable_grad():
                 st["y"] = y
                 st["grads"] = torch.autograd.grad(
@@ -1077,6 +1105,7 @@ class TorchBackend(Backend):
         lay = _Layout(leaves, ())
         lean = [True]  # emptied once a pass of f calls none of _LeanSecondOrder's ops
         passes = Passes()
+        checked: list[bool] = []  # filled once a graph had no once-differentiable node
 
         def exact(batch, V, start, mode):
             # The caller fixes the randomness of each batch (see fixed_randomness).
@@ -1084,6 +1113,9 @@ class TorchBackend(Backend):
                 y = guard.result(f(arg, batch))
             if lean and not mode.seen:
                 lean.clear()
+            if not checked:  # the first batch's graph (a walk costs a few percent)
+                _refuse_once_differentiable(y)
+                checked.append(True)
             # the backward passes outside the guard, whose dispatch mode costs a few
             # microseconds per operation (f's writes happen in its forward pass)
             with _outside_inference_mode(), torch.enable_grad():
