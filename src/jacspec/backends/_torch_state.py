@@ -537,12 +537,13 @@ class Passes:
     existed before it and changes no mode or flag. Later passes, while the modules that
     pass ran are in the same train/eval modes, run under :class:`_Watch`, which costs
     nothing per operation: ``f`` ran the same code on the same state before and wrote
-    nothing. Their modes, flags and tensors are recorded before they run from the
-    modules that pass ran (no global forward hook, which would put every module call
-    on torch's slow path). A light pass that writes anyway (a write that depends on the batch) is
-    undone as a guarded one would be, and the passes after it are guarded again; only a
-    parameter or a captured tensor written then cannot be restored (neither is
-    copied), which is an error.
+    nothing. Their modes, flags and tensors are recorded before they run, from the
+    modules that pass ran and those ``f`` reaches (no global forward hook, which would
+    put every module call on torch's slow path; a module that only a later pass runs
+    is not recorded). A light pass that writes anyway (a write that depends on the
+    batch) is undone as a guarded one would be, and the passes after it are guarded
+    again; only a parameter or a captured tensor written then cannot be restored
+    (neither is copied), which is an error.
     """
 
     __slots__ = ("_modes",)
