@@ -493,3 +493,55 @@ def test_a_mode_switched_between_products_is_guarded(torch):
     torch.testing.assert_close(train_product, _ggn(torch, model, data) @ v)
     assert all(torch.equal(a, b) for a, b in zip(model.bn.buffers(), stats))
     assert model.training and model.bn.training
+
+
+def test_a_captured_tensor_written_in_a_later_pass_only_is_an_error(torch):
+    """A tensor f captures is watched, not copied: a write on a later pass only (after
+    passes that wrote nothing) cannot be undone and says so."""
+    model = _scaled(torch)
+    scratch = torch.zeros(3, dtype=torch.float64)
+
+    def f(p, x):
+        if bool(x.sum() > 0):
+            with torch.no_grad():
+                scratch.add_(1.0)
+        return torch.func.functional_call(model, p, (x,))
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    G = js.ggn(f, torch.nn.functional.mse_loss, params, data=_signed_batches(torch, [-1, 1]))
+    with pytest.raises(RuntimeError, match="tensors of shape \\(3,\\)"):
+        G @ torch.ones(G.shape[1], dtype=torch.float64)
+
+
+def test_a_pass_that_raised_keeps_the_next_one_guarded(torch, monkeypatch):
+    """A pass that raised part-way may have skipped its writes: the next pass runs under
+    the per-operation guard, and its writes are undone."""
+    from jacspec.backends._torch_state import WriteGuard
+
+    calls = []
+    dispatch = WriteGuard.__torch_dispatch__
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return dispatch(self, *args, **kwargs)
+
+    monkeypatch.setattr(WriteGuard, "__torch_dispatch__", counted)
+    model = _scaled(torch)
+    fail = []
+
+    def loss(p, batch):
+        x, t = batch
+        if fail:
+            fail.clear()
+            raise ValueError("a batch f cannot take")
+        return torch.nn.functional.mse_loss(torch.func.functional_call(model, p, (x,)), t)
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    H = js.hessian(loss, params, data=_signed_batches(torch, [-1]))
+    v = torch.ones(H.shape[1], dtype=torch.float64)
+    fail.append(True)  # the first product's pass raises
+    with pytest.raises(ValueError, match="cannot take"):
+        H @ v
+    calls.clear()
+    H @ v
+    assert calls  # guarded again, not taught by the pass that raised
