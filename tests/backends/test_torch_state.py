@@ -409,13 +409,11 @@ def _hessian(torch, model, data):
     return js.hessian(_loss(model, torch), params, data=data)
 
 
-@pytest.mark.parametrize("build", [_ggn, _hessian])
-def test_later_passes_skip_the_dispatch_mode(torch, monkeypatch, build):
-    """Once a pass wrote nothing, the operator's later passes run without the
-    per-operation guard; they give the same products."""
+def _count_guarded_operations(monkeypatch) -> list:
+    """A list that grows by one per operation the per-operation guard sees."""
     from jacspec.backends._torch_state import WriteGuard
 
-    calls = []
+    calls: list = []
     dispatch = WriteGuard.__torch_dispatch__
 
     def counted(self, *args, **kwargs):
@@ -423,6 +421,14 @@ def test_later_passes_skip_the_dispatch_mode(torch, monkeypatch, build):
         return dispatch(self, *args, **kwargs)
 
     monkeypatch.setattr(WriteGuard, "__torch_dispatch__", counted)
+    return calls
+
+
+@pytest.mark.parametrize("build", [_ggn, _hessian])
+def test_later_passes_skip_the_dispatch_mode(torch, monkeypatch, build):
+    """Once a pass wrote nothing, the operator's later passes run without the
+    per-operation guard; they give the same products."""
+    calls = _count_guarded_operations(monkeypatch)
     G = build(torch, _scaled(torch), _signed_batches(torch, [-1, -1]))
     v = torch.randn(G.shape[1], dtype=torch.float64)
     first = G @ v
@@ -516,16 +522,7 @@ def test_a_captured_tensor_written_in_a_later_pass_only_is_an_error(torch):
 def test_a_pass_that_raised_keeps_the_next_one_guarded(torch, monkeypatch):
     """A pass that raised part-way may have skipped its writes: the next pass runs under
     the per-operation guard, and its writes are undone."""
-    from jacspec.backends._torch_state import WriteGuard
-
-    calls = []
-    dispatch = WriteGuard.__torch_dispatch__
-
-    def counted(self, *args, **kwargs):
-        calls.append(1)
-        return dispatch(self, *args, **kwargs)
-
-    monkeypatch.setattr(WriteGuard, "__torch_dispatch__", counted)
+    calls = _count_guarded_operations(monkeypatch)
     model = _scaled(torch)
     fail = []
 
