@@ -148,7 +148,9 @@ def _fsdp_modules(params: list[Any]) -> list[Any]:
     from torch.distributed.fsdp import FSDPModule
 
     ids = {id(p) for p in params}
-    return [o for o in gc.get_objects() if isinstance(o, FSDPModule)
+    # type(o), not isinstance: isinstance reads ``__class__``, which on torch's
+    # deprecated module proxies (``torch.distributed.reduce_op``) warns
+    return [o for o in gc.get_objects() if issubclass(type(o), FSDPModule)
             and any(id(p) in ids for p in o.parameters())]
 
 
