@@ -652,6 +652,15 @@ def _fd_step(dtype_name: str) -> float:
     return eps ** (1.0 / 3.0)
 
 
+def central_difference(g: Callable[[Any], Any], v: Any, t: Any) -> Any:
+    """``(g(t v) - g(-t v)) / (2 t)``: the derivative of ``g`` at 0 along ``v`` with
+    step ``t`` (a number, or an array that broadcasts against ``v``), error ``O(t^2)``.
+    ``g`` takes the displacement: gradients at ``x + d`` for Hessian products, outputs
+    at ``params + d`` for Jacobian products."""
+    d = v * t
+    return (g(d) - g(-d)) / (2.0 * t)
+
+
 def finite_difference_hessian(backend: Backend, oracle: GradientOracle) -> Linearization:
     """Hessian products by central differences of gradients.
 
@@ -667,8 +676,7 @@ def finite_difference_hessian(backend: Backend, oracle: GradientOracle) -> Linea
     def hv(v: Array) -> Array:
         vn = xp.linalg.vector_norm(v, axis=-1)
         t = c * (1.0 + oracle.point_norm) / xp.where(vn > 0, vn, xp.ones_like(vn))
-        d = v * t[..., None]
-        return (oracle.grad(d) - oracle.grad(-d)) / (2.0 * t[..., None])
+        return central_difference(oracle.grad, v, t[..., None])
 
     def mm(V: Array, grad: bool) -> Array:
         return xp.stack([hv(V[..., j]) for j in range(V.shape[-1])], axis=-1)

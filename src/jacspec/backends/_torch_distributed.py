@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ._base import ShardedProduct, Sharding, _fd_step, check_scalar_output
+from ._base import ShardedProduct, Sharding, _fd_step, central_difference, check_scalar_output
 from ._torch_state import fixed_randomness, generator_states
 
 
@@ -245,9 +245,8 @@ def _hessian_column(f: Callable, params: Any, shards: _Shards) -> Callable:
         return shards.flat(take(), d)
 
     def column(batch, v, t, scale, move, take, state):
-        g_plus = gradient(batch, t * v, scale, move, take, state)
-        g_minus = gradient(batch, -t * v, scale, move, take, state)
-        return (g_plus - g_minus) / (2.0 * t)
+        return central_difference(lambda d: gradient(batch, d, scale, move, take, state),
+                                  v, t)
 
     return column
 
@@ -260,8 +259,7 @@ def _ggn_column(f: Callable, params: Any, shards: _Shards, loss_hvp: Callable) -
 
     def column(batch, v, t, scale, move, take, state):
         inputs, targets = batch
-        jv = (outputs(inputs, t * v, move, state) - outputs(inputs, -t * v, move, state)
-              ) / (2.0 * t)
+        jv = central_difference(lambda d: outputs(inputs, d, move, state), v, t)
         move(None)
         with torch.enable_grad(), fixed_randomness(None, state):
             z = f(params, inputs)
