@@ -16,13 +16,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _torchrun(script: Path, *args: str) -> str:
+#: What torch 2.13 (FSDP2, gloo, CPU) prints when a process aborts at exit, after its
+#: work: rare once the script frees the sharded model before destroying the group.
+_EXIT_ABORT = "terminate called without an active exception"
+
+
+def _torchrun(script: Path, *args: str, done: str | None = None) -> str:
+    """stdout of ``script`` under torchrun with two processes. ``done``: the pattern of
+    a line each process prints at the end of its work; a run that printed it twice and
+    then aborted at exit (see ``_EXIT_ABORT``) runs once more."""
     # the timeout guards against a hang; on a 2-core machine shared by several busy
     # processes a normal run takes minutes
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), *args], env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             "--nproc_per_node=2", str(script), *args],
+            env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+        finished = done is not None and len(re.findall(done, proc.stdout)) == 2
+        if proc.returncode == 0 or not (finished and _EXIT_ABORT in proc.stderr):
+            break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -59,8 +72,9 @@ def test_docs_fsdp_script_runs_as_written(tmp_path):
     pytest.importorskip("torch")
     script = tmp_path / "hessian_fsdp.py"
     script.write_text(_docs_script())
-    out = _torchrun(script)
+    result = r"rank (\d): [^\n]*?top eigenvalues (\[[^\]]*\])"
+    out = _torchrun(script, done=result)
     # the two processes share stdout: their lines may run together
-    lines = sorted(re.findall(r"rank (\d): [^\n]*?top eigenvalues (\[[^\]]*\])", out))
+    lines = sorted(re.findall(result, out))
     assert [rank for rank, _ in lines] == ["0", "1"], out
     assert lines[0][1] == lines[1][1], lines  # the same operator on both ranks
